@@ -1,0 +1,126 @@
+"""The one exception tree of the provider.
+
+``CutoutError`` is the root. Every class says through ``retryable`` whether trying the same call
+again can help; operators use it to decide between failing for good and letting Airflow retry.
+No exception ever holds the API key: messages are built from the response, never from headers.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequestError",
+    "CutoutAPIError",
+    "CutoutConnectionError",
+    "CutoutError",
+    "CutoutTimeoutError",
+    "FailedEditError",
+    "InsufficientCreditsError",
+    "InvalidInputError",
+    "RateLimitError",
+    "ResultDownloadError",
+    "ServerError",
+]
+
+
+class CutoutError(Exception):
+    """Root of every error raised by the provider."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.attempts = attempts
+        if retryable is not None:
+            self.retryable = retryable
+
+    def __str__(self) -> str:
+        if self.attempts > 1:
+            return f"{self.message} (after {self.attempts} attempts)"
+        return self.message
+
+
+class InvalidInputError(CutoutError, ValueError):
+    """The request was rejected before any HTTP call: nothing was sent, nothing was charged."""
+
+
+class ResultDownloadError(CutoutError):
+    """The edited image could not be fetched or stored (expired URL, not an image, too large)."""
+
+
+class CutoutConnectionError(CutoutError):
+    """No usable answer came back: the connection failed or was dropped.
+
+    ``request_sent`` tells whether the server may have received (and charged for) the request.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, request_sent: bool = False, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.request_sent = request_sent
+
+
+class CutoutTimeoutError(CutoutConnectionError):
+    """The connection or the answer took longer than the configured timeout."""
+
+
+class CutoutAPIError(CutoutError):
+    """The API answered with an error envelope or an error status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        http_status: int | None = None,
+        request_id: str | None = None,
+        **kwargs: object,
+    ) -> None:
+        details = ", ".join(
+            f"{name}={value}"
+            for name, value in (("code", code), ("http_status", http_status), ("request_id", request_id))
+            if value is not None
+        )
+        super().__init__(f"{message} [{details}]" if details else message, **kwargs)  # type: ignore[arg-type]
+        self.server_message = message
+        self.code = code
+        self.http_status = http_status
+        self.request_id = request_id
+
+
+class BadRequestError(CutoutAPIError):
+    """The API rejected the request as invalid; fix the input, retrying cannot help."""
+
+
+class AuthenticationError(CutoutAPIError):
+    """The API key is missing, wrong or not allowed (HTTP 401/403): fix the connection's API Key."""
+
+
+class InsufficientCreditsError(CutoutAPIError):
+    """Code 1001: the account has too few credits; top up before running again."""
+
+
+class FailedEditError(CutoutAPIError):
+    """The API accepted the call but the edit failed (``data.status == 0``)."""
+
+    def __init__(self, message: str, *, fail_reason: str | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.fail_reason = fail_reason
+
+
+class RateLimitError(CutoutAPIError):
+    """HTTP 429: too many requests; waiting helps."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class ServerError(CutoutAPIError):
+    """HTTP 5xx or a body that is not the API's JSON envelope; usually transient."""
+
+    retryable = True

@@ -1,0 +1,81 @@
+"""Provider metadata read by Airflow's providers manager (the ``apache_airflow_provider`` entry point).
+
+It also holds the connection form's declarative metadata, the one place the hook's
+``get_ui_field_behaviour`` reads too, so old and new Airflow UIs show the same form.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_cutout import __version__
+
+HOOK_CLASS = "airflow_provider_cutout.hooks.cutout.CutoutHook"
+
+UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden-fields": ["schema", "login", "port"],
+    "relabeling": {"host": "Base URL", "password": "API Key"},
+    "placeholders": {
+        "host": "https://www.cutout.pro (or the sandbox, e.g. http://127.0.0.1:8080)",
+        "password": "your Cutout.Pro API key",
+    },
+}
+
+CONN_FIELDS: dict[str, Any] = {
+    "connect_timeout": {
+        "label": "Connect timeout (s)",
+        "description": "Seconds to wait for a TCP connection (default 10).",
+        "schema": {"type": ["number", "null"], "minimum": 0},
+    },
+    "read_timeout": {
+        "label": "Read timeout (s)",
+        "description": "Seconds to wait for an edit's answer (default 300; edits can take minutes).",
+        "schema": {"type": ["number", "null"], "minimum": 0},
+    },
+    "max_retries": {
+        "label": "Max retries",
+        "description": "Retries for 429, 502-504 and connection failures (default 3).",
+        "schema": {"type": ["integer", "null"], "minimum": 0},
+    },
+    "retry_on_read_timeout": {
+        "label": "Resend an edit after a read timeout",
+        "description": "Off by default: the first request may already have been charged.",
+        "schema": {"type": ["boolean", "null"]},
+    },
+}
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Describe the provider to Airflow: name, versions, connection type, hooks, operators, links."""
+    return {
+        "package-name": "airflow-provider-cutout",
+        "name": "Cutout.Pro",
+        "description": "AI image edits with the Cutout.Pro Image Edit API (https://www.cutout.pro).",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Cutout.Pro",
+                "external-doc-url": "https://www.cutout.pro/api-document",
+                "tags": ["service"],
+            }
+        ],
+        "connection-types": [
+            {
+                "connection-type": "cutout",
+                "hook-class-name": HOOK_CLASS,
+                "hook-name": "Cutout.Pro",
+                "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
+                "conn-fields": CONN_FIELDS,
+            }
+        ],
+        "hooks": [
+            {"integration-name": "Cutout.Pro", "python-modules": ["airflow_provider_cutout.hooks.cutout"]}
+        ],
+        "operators": [
+            {
+                "integration-name": "Cutout.Pro",
+                "python-modules": ["airflow_provider_cutout.operators.image_edit"],
+            }
+        ],
+        "extra-links": ["airflow_provider_cutout.links.CutoutResultLink"],
+    }

@@ -1,0 +1,136 @@
+"""``CutoutHook``: the Airflow connection of type ``cutout`` and the one door to the API."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+
+from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError
+from airflow_provider_cutout.get_provider_info import UI_FIELD_BEHAVIOUR
+from airflow_provider_cutout.models import (
+    DEFAULT_BASE_URL,
+    CreditBalance,
+    ImageEditRequest,
+    ImageEditResult,
+    is_loopback_url,
+)
+
+if TYPE_CHECKING:
+    from airflow_provider_cutout.client import CutoutClient
+
+EXTRA_PREFIX = "extra__cutout__"
+
+
+class CutoutHook(BaseHook):
+    """Talk to the Cutout.Pro Image Edit API with the key kept in an Airflow connection.
+
+    The connection's password is the API key, its host the base URL (default
+    ``https://www.cutout.pro``; scheme and port are kept, so ``http://127.0.0.1:8080`` reaches the
+    sandbox) and its extras the timeout and retry settings of ``ClientSettings``.
+
+    :param cutout_conn_id: id of a connection of type ``cutout``.
+    """
+
+    conn_name_attr = "cutout_conn_id"
+    default_conn_name = "cutout_default"
+    conn_type = "cutout"
+    hook_name = "Cutout.Pro"
+
+    def __init__(self, cutout_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cutout_conn_id = cutout_conn_id
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Connection form: hide unused fields, label the password "API Key" and host "Base URL"."""
+        return {
+            "hidden_fields": list(UI_FIELD_BEHAVIOUR["hidden-fields"]),
+            "relabeling": dict(UI_FIELD_BEHAVIOUR["relabeling"]),
+            "placeholders": dict(UI_FIELD_BEHAVIOUR["placeholders"]),
+        }
+
+    @cached_property
+    def base_url(self) -> str:
+        """The API's base URL from the connection's host (and port, if given apart)."""
+        conn = self.get_connection(self.cutout_conn_id)
+        host = (conn.host or "").strip().rstrip("/")
+        if not host:
+            return DEFAULT_BASE_URL
+        if "://" not in host:
+            scheme = "http" if is_loopback_url(f"http://{host}") else "https"
+            host = f"{scheme}://{host}"
+        if conn.port and host.count(":") < 2:
+            host = f"{host}:{conn.port}"
+        return host
+
+    @cached_property
+    def client(self) -> CutoutClient:
+        """The pooled HTTP client, built once per hook from the connection."""
+        from airflow.sdk.log import mask_secret
+
+        from airflow_provider_cutout.client import ClientSettings, CutoutClient
+
+        conn = self.get_connection(self.cutout_conn_id)
+        api_key = conn.password or ""
+        if api_key:
+            mask_secret(api_key)
+        extras = {
+            key.removeprefix(EXTRA_PREFIX): value
+            for key, value in (conn.extra_dejson or {}).items()
+            if value not in (None, "")
+        }
+        settings = ClientSettings.from_extras(self.base_url, extras)
+        return CutoutClient(api_key, settings, logger=self.log)
+
+    def get_conn(self) -> CutoutClient:
+        """Return the pooled client (Airflow's usual hook entry point)."""
+        return self.client
+
+    def close(self) -> None:
+        """Close the client's pooled connections, if a client was built."""
+        if "client" in self.__dict__:
+            self.client.close()
+            del self.__dict__["client"]
+
+    def validate(
+        self, prompt: Any, image_urls: Any, model: Any, aspect_ratio: Any = "original"
+    ) -> ImageEditRequest:
+        """Validate an edit for this connection without sending anything.
+
+        :raises InvalidInputError: naming the field, the value and the fix.
+        """
+        try:
+            return ImageEditRequest.build(prompt, image_urls, model, aspect_ratio, base_url=self.base_url)
+        except ValueError as err:
+            raise InvalidInputError(str(err)) from None
+
+    def edit_image(
+        self, prompt: str, image_urls: str | list[str], model: str, aspect_ratio: str = "original"
+    ) -> ImageEditResult:
+        """Validate, then run one edit; costs the model's credits when it succeeds.
+
+        :param prompt: what to change in the image(s).
+        :param image_urls: one URL or a list of https URLs of JPEG/PNG source images.
+        :param model: a model name from ``airflow_provider_cutout.models.MODELS``.
+        :param aspect_ratio: ``original``, ``1:1``, ``4:3``, ``3:4``, ``9:16`` or ``16:9``.
+        """
+        return self.client.edit_image(self.validate(prompt, image_urls, model, aspect_ratio))
+
+    def get_credit_balance(self) -> CreditBalance:
+        """Return the account's credit balance (costs nothing)."""
+        return self.client.get_credit_balance()
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the key by reading the balance (``GET /api/v1/mySubscription``, no credits spent)."""
+        try:
+            balance = self.get_credit_balance()
+        except CutoutError as err:
+            return False, f"Cutout.Pro connection failed: {err}"
+        finally:
+            self.close()
+        return True, (
+            f"Connected to {self.base_url}: {balance.total:g} image credits available "
+            f"(monthly {balance.month_balance:g}, pay-as-you-go {balance.image_balance:g})"
+        )

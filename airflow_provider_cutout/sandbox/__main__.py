@@ -1,0 +1,49 @@
+"""Command line of the sandbox: ``cutout-sandbox --port 8080``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+
+from airflow_provider_cutout.sandbox.server import SandboxServer
+from airflow_provider_cutout.sandbox.state import SandboxConfig, SandboxState
+
+
+def _latency(value: str) -> float | dict[str, float]:
+    """``0.5`` for every model, or ``gpt-image-1=2,default=0.5`` per model."""
+    if "=" not in value:
+        return float(value)
+    return {name.strip(): float(seconds) for name, seconds in (p.split("=", 1) for p in value.split(","))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the sandbox until interrupted."""
+    parser = argparse.ArgumentParser(prog="cutout-sandbox", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (0 picks a free one; default 8080)")
+    parser.add_argument("--balance", type=int, default=1000, help="starting credits (default 1000)")
+    parser.add_argument("--api-key", default=None, help="the only key accepted (default: any non-empty key)")
+    parser.add_argument("--latency", type=_latency, default=0.0, help="seconds per edit, or model=s,default=s")
+    parser.add_argument("--result-ttl", type=float, default=None, help="seconds a result URL lives")
+    parser.add_argument("--images", default=None, help="a folder served under /images/")
+    parser.add_argument("--verbose", action="store_true", help="log every request")
+    args = parser.parse_args(argv)
+
+    config = SandboxConfig(api_key=args.api_key, balance=args.balance, latency=args.latency,
+                           result_ttl=args.result_ttl, images_dir=args.images)
+    server = SandboxServer((args.host, args.port), SandboxState(config), verbose=args.verbose)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    print(json.dumps({"sandbox": server.base_url, "balance": args.balance}), flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,419 @@
+"""The sandbox's HTTP server: the Cutout.Pro contract on loopback, with real edits and a ledger.
+
+Shares only the model registry with the provider; everything else (envelopes, checks, fetching)
+is written here again on purpose, so the provider's tests talk to an independent implementation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import ipaddress
+import json
+import mimetypes
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.request import ProxyHandler, build_opener
+
+from PIL import Image, UnidentifiedImageError
+
+from airflow_provider_cutout.models import ASPECT_RATIOS, MODELS
+from airflow_provider_cutout.sandbox import edits
+from airflow_provider_cutout.sandbox.state import Fault, SandboxConfig, SandboxState, fingerprint
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_SOURCE_BYTES = 32 * 1024 * 1024
+_opener = build_opener(ProxyHandler({}))  # never a proxy: sources come from loopback only
+
+
+class EnvelopeError(Exception):
+    """An error answer: HTTP status, API code and message."""
+
+    def __init__(self, status: int, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.status, self.code, self.msg = status, code, msg
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def fetch_source(url: str, index: int) -> bytes:
+    """Download one source image; only loopback hosts are reachable from the sandbox."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise EnvelopeError(400, 400, f"imageUrl[{index}] is not a valid URL")
+    if not _is_loopback_host(parts.hostname):
+        raise EnvelopeError(400, 2001, f"Failed to download imageUrl[{index}]: host {parts.hostname} is unreachable")
+    try:
+        with _opener.open(url, timeout=15) as response:
+            data = response.read(MAX_SOURCE_BYTES + 1)
+    except OSError as err:
+        raise EnvelopeError(400, 2001, f"Failed to download imageUrl[{index}]: {err}") from None
+    return data
+
+
+def check_source(data: bytes, index: int, model: str) -> Image.Image:
+    """Open a source and apply the format and per-model limits the real service applies."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError):
+        raise EnvelopeError(400, 2002, f"imageUrl[{index}] is not a JPEG or PNG image") from None
+    if img.format not in ("JPEG", "PNG"):
+        raise EnvelopeError(400, 2002, f"imageUrl[{index}] is {img.format}; only JPEG and PNG are supported")
+    limits = MODELS[model].source_limits
+    if limits:
+        w, h = img.size
+        problems = []
+        if len(data) > limits.max_bytes:
+            problems.append(f"size {len(data)} bytes > {limits.max_bytes}")
+        if w * h < limits.min_pixels:
+            problems.append(f"{w}x{h} has fewer than {limits.min_pixels} pixels")
+        if max(w, h) > limits.max_side:
+            problems.append(f"{w}x{h} exceeds {limits.max_side}x{limits.max_side}")
+        if min(w, h) <= limits.min_side_exclusive:
+            problems.append(f"width and height must be > {limits.min_side_exclusive}")
+        if not limits.min_aspect <= w / h <= limits.max_aspect:
+            problems.append(f"aspect ratio {w / h:.3f} outside [1/3, 3]")
+        if problems:
+            raise EnvelopeError(400, 2003, f"imageUrl[{index}] does not meet {model} limits: {'; '.join(problems)}")
+    return img
+
+
+def check_payload(payload: Any) -> tuple[str, str, str, list[str]]:
+    """The service's own checks of the JSON body."""
+    if not isinstance(payload, dict):
+        raise EnvelopeError(400, 400, "Request body must be a JSON object")
+    prompt, model, ratio, urls = (payload.get(k) for k in ("prompt", "model", "aspectRatios", "imageUrl"))
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise EnvelopeError(400, 400, "prompt is required")
+    if model not in MODELS:
+        raise EnvelopeError(400, 400, f"Unsupported model: {model}")
+    if ratio not in ASPECT_RATIOS or ratio not in MODELS[model].aspect_ratios:
+        raise EnvelopeError(400, 400, f"Unsupported aspectRatios: {ratio}")
+    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+        raise EnvelopeError(400, 400, "imageUrl must be a non-empty array of URLs")
+    if len(urls) > MODELS[model].max_images:
+        raise EnvelopeError(400, 400, f"{model} accepts at most {MODELS[model].max_images} images")
+    for i, url in enumerate(urls):
+        parts = urlsplit(url)
+        if parts.scheme != "https" and not (parts.scheme == "http" and _is_loopback_host(parts.hostname or "")):
+            raise EnvelopeError(400, 400, f"imageUrl[{i}] must be an https URL")
+    return prompt, model, ratio, urls
+
+
+class SandboxHandler(BaseHTTPRequestHandler):
+    """One request of the sandbox; ``server.state`` holds everything shared."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
+    server: SandboxServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    @property
+    def state(self) -> SandboxState:
+        return self.server.state
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(body).encode(), "application/json", headers)
+
+    def _envelope(self, status: int, code: int, msg: str, data: Any = None, request_id: str | None = None) -> None:
+        request_id = request_id or uuid.uuid4().hex
+        body = {"code": code, "data": data, "msg": msg, "time": int(time.time() * 1000), "requestId": request_id}
+        self._json(status, body, {"X-Request-Id": request_id})
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            raise EnvelopeError(413, 413, "Request body too large")
+        return self.rfile.read(length) if length else b""
+
+    def _authorized(self) -> bool:
+        key = (self.headers.get("APIKEY") or "").strip()
+        expected = self.state.config.api_key
+        return bool(key) and (expected is None or key == expected)
+
+    # -- routing ---------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._route("GET")
+
+    def do_HEAD(self) -> None:
+        self._route("GET")
+
+    def do_POST(self) -> None:
+        self._route("POST")
+
+    def _route(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        path = unquote(parts.path)
+        try:
+            body = self._read_body() if method == "POST" else b""
+            if method == "POST" and path == "/api/v1/image/edit":
+                self._edit(body)
+            elif method == "GET" and path == "/api/v1/mySubscription":
+                self._balance()
+            elif method == "GET" and path.startswith("/results/"):
+                self._result(path.removeprefix("/results/"))
+            elif method == "GET" and path.startswith("/samples/"):
+                self._sample(path.removeprefix("/samples/"), parse_qs(parts.query))
+            elif method == "GET" and path.startswith("/images/"):
+                self._local_image(path.removeprefix("/images/"))
+            elif path.startswith("/__sandbox__/"):
+                self._admin(method, path.removeprefix("/__sandbox__/"), body)
+            else:
+                raise EnvelopeError(404, 404, f"No route for {method} {path}")
+        except EnvelopeError as err:
+            self._envelope(err.status, err.code, err.msg)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except Exception as err:  # an emulator answers with an envelope, never a stack trace
+            self._envelope(500, 500, f"Sandbox internal error: {type(err).__name__}")
+
+    # -- API -------------------------------------------------------------------------------------
+
+    def _fault_before(self, fault: Fault | None, path: str, fp: str | None) -> bool:
+        """Answer a scripted fault that happens before any work; ``True`` when answered."""
+        if fault is None or fault.after_edit or fault.kind in ("slow", "malformed_json", "truncated_body"):
+            return False
+        self.state.record(path, f"fault:{fault.kind}", fingerprint=fp, credits=0)
+        if fault.kind == "rate_limit":
+            headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
+            body = {"code": 429, "data": None, "msg": fault.msg or "Too many requests", "time": int(time.time() * 1000)}
+            self._json(429, body, headers)
+        elif fault.kind == "http_error":
+            status = fault.status or 500
+            self._envelope(status, fault.code or status, fault.msg or "Internal server error")
+        elif fault.kind == "html_error":
+            page = b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
+            self._send(fault.status or 502, page, "text/html")
+        elif fault.kind == "drop":
+            self.close_connection = True
+        elif fault.kind == "insufficient_balance":
+            self._envelope(200, 1001, "Insufficient balance")
+        elif fault.kind == "unknown_code":
+            self._envelope(200, fault.code or 9999, fault.msg or "Unknown error")
+        elif fault.kind == "huge_body":
+            self._huge_body(fault.size)
+        elif fault.kind == "failed_edit":
+            data = {"id": self.state.new_id(), "status": 0, "failReason": fault.fail_reason or "Content moderation failed",
+                    "imageUrl": "", "model": "", "duration": "0"}
+            self._envelope(200, 0, "", data)
+        return True
+
+    def _huge_body(self, size: int) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        chunk = b"x" * 65536
+        sent = 0
+        with contextlib.suppress(OSError):
+            while sent < size:
+                piece = chunk[: size - sent]
+                self.wfile.write(piece)
+                sent += len(piece)
+        self.close_connection = True
+
+    def _edit(self, raw: bytes) -> None:
+        fault = self.state.take_fault("edit")
+        if not self._authorized():
+            self.state.record("edit", "unauthorized", credits=0)
+            raise EnvelopeError(401, 401, "Invalid API key")
+        try:
+            payload = json.loads(raw or b"null")
+        except ValueError:
+            self.state.record("edit", "rejected", credits=0, reason="body is not JSON")
+            raise EnvelopeError(400, 400, "Request body is not valid JSON") from None
+        fp = fingerprint(payload) if isinstance(payload, dict) else None
+        if self._fault_before(fault, "edit", fp):
+            return
+        started = time.monotonic()
+        try:
+            prompt, model, ratio, urls = check_payload(payload)
+            price = MODELS[model].credits
+            if self.state.balance < price:
+                raise EnvelopeError(200, 1001, "Insufficient balance")
+            sources = [check_source(fetch_source(url, i), i, model) for i, url in enumerate(urls)]
+            png, ops = edits.edit(sources, prompt, ratio)
+        except EnvelopeError as err:
+            self.state.record("edit", "rejected", fingerprint=fp, credits=0, reason=err.msg)
+            raise
+        delay = self.state.config.latency_for(model) - (time.monotonic() - started)
+        if delay > 0:
+            time.sleep(delay)
+        if not self.state.charge(price):
+            self.state.record("edit", "rejected", fingerprint=fp, credits=0, reason="Insufficient balance")
+            raise EnvelopeError(200, 1001, "Insufficient balance")
+        result_id = self.state.new_id()
+        self.state.store_result(result_id, png)
+        request_id = uuid.uuid4().hex
+        self.state.record("edit", "charged", fingerprint=fp, credits=price, model=model, id=result_id,
+                          request_id=request_id, operations=ops)
+        data = {
+            "id": int(result_id), "userId": 657890123456789,
+            "imageUrl": f"http://{self.headers.get('Host', 'localhost')}/results/{result_id}.png",
+            "prompt": prompt, "model": model, "aspectRatios": ratio, "referenceImageUrl": urls,
+            "status": 1, "failReason": None, "deleted": 0,
+            "duration": f"{time.monotonic() - started:.2f}", "createdAt": int(time.time() * 1000),
+        }
+        self._after_edit(fault, data, request_id)
+
+    def _after_edit(self, fault: Fault | None, data: dict[str, Any], request_id: str) -> None:
+        """Answer a charged edit, mangled by a fault that strikes after the work was done."""
+        kind = fault.kind if fault else None
+        if kind == "slow":
+            time.sleep(fault.delay)  # type: ignore[union-attr]
+        if kind == "drop":
+            self.close_connection = True
+            return
+        body = json.dumps({"code": 0, "data": data, "msg": "", "time": int(time.time() * 1000),
+                           "requestId": request_id}).encode()
+        if kind == "malformed_json":
+            self._send(200, body[: len(body) // 2] + b"<<garbled", "application/json")
+        elif kind == "truncated_body":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+        else:
+            self._send(200, body, "application/json", {"X-Request-Id": request_id})
+
+    def _balance(self) -> None:
+        fault = self.state.take_fault("balance")
+        if not self._authorized():
+            self.state.record("balance", "unauthorized")
+            raise EnvelopeError(401, 401, "Invalid API key")
+        if self._fault_before(fault, "balance", None):
+            return
+        self.state.record("balance", "ok")
+        data = {"monthBalance": 0, "imageBalance": self.state.balance, "videoBalance": 0,
+                "monthStartDate": None, "monthExpireDate": None}
+        self._envelope(200, 0, "", data)
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def _result(self, name: str) -> None:
+        fault = self.state.take_fault("results")
+        if fault and fault.kind == "huge_body":
+            self._huge_body(fault.size)
+            return
+        if self._fault_before(fault, "results", None):
+            return
+        data = self.state.get_result(name.removesuffix(".png"))
+        if data is None:
+            self._send(404, b"Not Found", "text/plain")
+            return
+        self._send(200, data, "image/png")
+
+    def _sample(self, name: str, query: dict[str, list[str]]) -> None:
+        stem, _, ext = name.partition(".")
+        if stem not in edits.SAMPLE_COLOURS or ext not in ("png", "jpg"):
+            raise EnvelopeError(404, 404, f"No sample {name}; samples: {', '.join(edits.SAMPLE_COLOURS)} (.png/.jpg)")
+        try:
+            w = int(query.get("w", ["1280"])[0])
+            h = int(query.get("h", ["960"])[0])
+        except ValueError:
+            raise EnvelopeError(400, 400, "w and h must be integers") from None
+        if not (1 <= w <= 8000 and 1 <= h <= 8000):
+            raise EnvelopeError(400, 400, "w and h must be between 1 and 8000")
+        data = edits.sample_image(stem, w, h, ext)
+        self._send(200, data, "image/jpeg" if ext == "jpg" else "image/png")
+
+    def _local_image(self, name: str) -> None:
+        root = self.state.config.images_dir
+        if not root:
+            raise EnvelopeError(404, 404, "No images folder configured (start with --images DIR)")
+        base = Path(root).resolve()
+        target = (base / name).resolve()
+        if base not in target.parents or not target.is_file():
+            raise EnvelopeError(404, 404, f"No image {name}")
+        self._send(200, target.read_bytes(), mimetypes.guess_type(target.name)[0] or "application/octet-stream")
+
+    # -- inspection and scripting ----------------------------------------------------------------
+
+    def _admin(self, method: str, name: str, raw: bytes) -> None:
+        if method == "GET" and name == "ledger":
+            self._json(200, self.state.ledger())
+        elif method == "GET" and name == "health":
+            self._json(200, {"ok": True})
+        elif method == "GET" and name == "faults":
+            self._json(200, {"faults": [vars(f) for f in self.state.faults]})
+        elif method == "POST" and name in ("faults", "reset"):
+            try:
+                body = json.loads(raw or b"{}")
+                if name == "reset":
+                    self.state.reset(body.get("balance"))
+                    self._json(200, {"balance": self.state.balance})
+                else:
+                    faults = self.state.add_faults(body.get("faults", []))
+                    self._json(200, {"added": len(faults)})
+            except (ValueError, TypeError, AttributeError) as err:
+                raise EnvelopeError(400, 400, f"Bad sandbox request: {err}") from None
+        else:
+            raise EnvelopeError(404, 404, f"No sandbox route {method} /__sandbox__/{name}")
+
+
+class SandboxServer(ThreadingHTTPServer):
+    """A threading HTTP server holding the sandbox state."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], state: SandboxState, verbose: bool = False) -> None:
+        super().__init__(address, SandboxHandler)
+        self.state = state
+        self.verbose = verbose
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+@contextlib.contextmanager
+def run_sandbox(config: SandboxConfig | None = None, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[SandboxServer]:
+    """Run a sandbox in a background thread for the ``with`` block; ``.base_url`` says where.
+
+    :param config: balance, key, latency, result TTL, images folder.
+    :param port: 0 picks a free port.
+    """
+    server = SandboxServer((host, port), SandboxState(config or SandboxConfig()))
+    thread = threading.Thread(target=server.serve_forever, name="cutout-sandbox", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

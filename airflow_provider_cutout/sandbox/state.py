@@ -1,0 +1,180 @@
+"""The sandbox's memory: configuration, credit ledger, scripted faults and stored results.
+
+All of it sits behind one lock so that concurrent requests see a consistent balance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+FAULT_KINDS = {
+    "rate_limit": "429 with an optional Retry-After header; nothing charged",
+    "http_error": "an error status (default 500) with a JSON error envelope; nothing charged",
+    "html_error": "an HTML error page (default status 502), as a proxy would send; nothing charged",
+    "drop": "close the connection without an answer; with after_edit=true the edit is done and charged first",
+    "slow": "wait `delay` seconds before answering; the edit completes and is charged",
+    "malformed_json": "HTTP 200 with a broken JSON body, after the edit was done and charged",
+    "truncated_body": "HTTP 200 whose body stops short of its Content-Length, after the edit was charged",
+    "insufficient_balance": "code 1001 'Insufficient balance'; nothing charged",
+    "unknown_code": "an error envelope with `code` (default 9999) and `msg`; nothing charged",
+    "failed_edit": "code 0 with data.status 0 and `fail_reason`; nothing charged",
+    "huge_body": "HTTP 200 with a body of `size` bytes (default 64 MiB) that is not JSON",
+}
+FAULT_PATHS = ("edit", "balance", "results", "any")
+
+
+@dataclass
+class Fault:
+    """One scripted fault, applied to the next ``count`` requests on ``path``."""
+
+    kind: str
+    count: int = 1
+    path: str = "edit"
+    status: int | None = None
+    retry_after: float | None = None
+    delay: float = 0.0
+    code: int | None = None
+    msg: str | None = None
+    fail_reason: str | None = None
+    after_edit: bool = False
+    size: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; use one of {', '.join(FAULT_KINDS)}")
+        if self.path not in FAULT_PATHS:
+            raise ValueError(f"unknown fault path {self.path!r}; use one of {', '.join(FAULT_PATHS)}")
+        if self.count < 1:
+            raise ValueError("fault count must be at least 1")
+
+
+@dataclass
+class SandboxConfig:
+    """How the sandbox behaves.
+
+    :param api_key: the only key accepted; ``None`` accepts any non-empty key.
+    :param balance: starting pay-as-you-go credits.
+    :param latency: seconds added to every edit, or a dict of seconds per model.
+    :param result_ttl: seconds a result URL lives (``None``: forever).
+    :param images_dir: a folder served under ``/images/``.
+    """
+
+    api_key: str | None = None
+    balance: int = 1000
+    latency: float | dict[str, float] = 0.0
+    result_ttl: float | None = None
+    images_dir: str | None = None
+
+    def latency_for(self, model: str) -> float:
+        if isinstance(self.latency, dict):
+            return float(self.latency.get(model, self.latency.get("default", 0.0)))
+        return float(self.latency)
+
+
+def fingerprint(payload: dict[str, Any]) -> str:
+    """sha256 of the canonical request body (the provider computes the same from its request)."""
+    canonical = {k: payload.get(k) for k in ("prompt", "model", "aspectRatios", "imageUrl")}
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class SandboxState:
+    """Balance, ledger, faults and results, shared by the request threads."""
+
+    config: SandboxConfig
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    balance: int = 0
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    results: dict[str, tuple[bytes, float]] = field(default_factory=dict)
+    next_id: int = 789_000_000_000_001
+
+    def __post_init__(self) -> None:
+        self.balance = self.config.balance
+
+    def reset(self, balance: int | None = None) -> None:
+        with self.lock:
+            self.balance = self.config.balance if balance is None else balance
+            self.calls.clear()
+            self.faults.clear()
+            self.results.clear()
+
+    def add_faults(self, specs: list[dict[str, Any]]) -> list[Fault]:
+        faults = [Fault(**spec) for spec in specs]
+        with self.lock:
+            self.faults.extend(faults)
+        return faults
+
+    def take_fault(self, path: str) -> Fault | None:
+        """The next scripted fault for ``path``, counting it down."""
+        with self.lock:
+            for fault in self.faults:
+                if fault.path in (path, "any"):
+                    fault.count -= 1
+                    if fault.count == 0:
+                        self.faults.remove(fault)
+                    return fault
+        return None
+
+    def record(self, path: str, outcome: str, **details: Any) -> None:
+        with self.lock:
+            self.calls.append({"seq": len(self.calls) + 1, "path": path, "outcome": outcome, **details})
+
+    def charge(self, credits: int) -> bool:
+        """Take ``credits`` from the balance; ``False`` when it is short."""
+        with self.lock:
+            if self.balance < credits:
+                return False
+            self.balance -= credits
+            return True
+
+    def new_id(self) -> str:
+        with self.lock:
+            self.next_id += 1
+            return str(self.next_id)
+
+    def store_result(self, result_id: str, data: bytes) -> None:
+        with self.lock:
+            self.results[result_id] = (data, time.monotonic())
+
+    def get_result(self, result_id: str) -> bytes | None:
+        with self.lock:
+            item = self.results.get(result_id)
+        if item is None:
+            return None
+        data, created = item
+        ttl = self.config.result_ttl
+        if ttl is not None and time.monotonic() - created > ttl:
+            return None
+        return data
+
+    def ledger(self) -> dict[str, Any]:
+        """Calls and charges, in total and per request fingerprint."""
+        with self.lock:
+            calls = [dict(c) for c in self.calls]
+            balance = self.balance
+        per_fp: dict[str, dict[str, int]] = {}
+        for call in calls:
+            fp = call.get("fingerprint")
+            if not fp:
+                continue
+            entry = per_fp.setdefault(fp, {"calls": 0, "charges": 0, "credits": 0})
+            entry["calls"] += 1
+            if call.get("credits", 0):
+                entry["charges"] += 1
+                entry["credits"] += call["credits"]
+        edits = [c for c in calls if c["path"] == "edit"]
+        return {
+            "balance": balance,
+            "edit_calls": len(edits),
+            "charges": sum(1 for c in edits if c.get("credits", 0)),
+            "credits_charged": sum(c.get("credits", 0) for c in edits),
+            "calls": calls,
+            "by_fingerprint": per_fp,
+        }
