@@ -164,7 +164,9 @@ def parse_envelope(response: requests.Response) -> Any:
     code = body.get("code")
     message = str(body.get("msg") or "").strip()
     request_id = body.get("requestId") or response.headers.get("X-Request-Id")
-    info: dict[str, Any] = {"code": code, "http_status": status, "request_id": request_id}
+    info: dict[str, Any] = {
+        "code": code, "http_status": status, "request_id": request_id, "server_message": message,
+    }
 
     if status in (401, 403):
         raise AuthenticationError(

@@ -67,7 +67,11 @@ class CutoutTimeoutError(CutoutConnectionError):
 
 
 class CutoutAPIError(CutoutError):
-    """The API answered with an error envelope or an error status."""
+    """The API answered with an error envelope or an error status.
+
+    :param code: the envelope's ``code``; :param http_status: the HTTP status;
+    :param request_id: the API's ``requestId``; :param server_message: the envelope's ``msg``.
+    """
 
     def __init__(
         self,
@@ -76,6 +80,7 @@ class CutoutAPIError(CutoutError):
         code: int | None = None,
         http_status: int | None = None,
         request_id: str | None = None,
+        server_message: str | None = None,
         **kwargs: object,
     ) -> None:
         details = ", ".join(
@@ -84,7 +89,7 @@ class CutoutAPIError(CutoutError):
             if value is not None
         )
         super().__init__(f"{message} [{details}]" if details else message, **kwargs)  # type: ignore[arg-type]
-        self.server_message = message
+        self.server_message = message if server_message is None else server_message
         self.code = code
         self.http_status = http_status
         self.request_id = request_id

@@ -82,7 +82,7 @@ class CutoutHook(BaseHook):
             if value not in (None, "")
         }
         settings = ClientSettings.from_extras(self.base_url, extras)
-        return CutoutClient(api_key, settings, logger=self.log)
+        return CutoutClient(api_key, settings, logger=self.log)  # type: ignore[arg-type]
 
     def get_conn(self) -> CutoutClient:
         """Return the pooled client (Airflow's usual hook entry point)."""

@@ -43,7 +43,10 @@ def _background_mask(img: Image.Image, tolerance: int = 48) -> Image.Image:
     w, h = rgb.size
     corners = [rgb.getpixel(p) for p in ((0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1))]
     ref = tuple(sorted(c[i] for c in corners)[1] for i in range(3))  # type: ignore[index]
-    bands = [band.point(lambda v, r=r: 255 if abs(v - r) <= tolerance else 0) for band, r in zip(rgb.split(), ref)]
+    bands = [
+        band.point(lambda v, r=r: 255 if abs(v - r) <= tolerance else 0)
+        for band, r in zip(rgb.split(), ref, strict=True)
+    ]
     mask = bands[0]
     for band in bands[1:]:
         mask = Image.composite(band, Image.new("L", rgb.size, 0), mask)
@@ -63,18 +66,26 @@ def _white_background(img: Image.Image) -> Image.Image:
 
 
 #: Keyword (regular expression on the lower-cased prompt) -> (operation name, operation).
+def _grayscale(img: Image.Image) -> Image.Image:
+    return _keep_alpha(img, ImageOps.grayscale(img.convert("RGB")).convert("RGB"))
+
+
+def _brightness(factor: float) -> Op:
+    return lambda img: _keep_alpha(img, ImageEnhance.Brightness(img.convert("RGB")).enhance(factor))
+
+
 KEYWORDS: list[tuple[str, str, Op]] = [
     (r"remove (the )?background|transparent|cut ?out", "remove_background", _remove_background),
     (r"white background", "white_background", _white_background),
-    (r"gr[ae]yscale|black and white|\bgr[ae]y\b", "grayscale", lambda i: _keep_alpha(i, ImageOps.grayscale(i.convert("RGB")).convert("RGB"))),
+    (r"gr[ae]yscale|black and white|\bgr[ae]y\b", "grayscale", _grayscale),
     (r"sepia|vintage", "sepia", _sepia),
     (r"invert|negative", "invert", _rgb_op(ImageOps.invert)),
     (r"blur", "blur", lambda i: i.filter(ImageFilter.GaussianBlur(4))),
     (r"sharpen", "sharpen", lambda i: i.filter(ImageFilter.SHARPEN)),
     (r"mirror|flip", "mirror", ImageOps.mirror),
     (r"rotate", "rotate", lambda i: i.rotate(90, expand=True)),
-    (r"brighten|brighter|lighten", "brighten", lambda i: _keep_alpha(i, ImageEnhance.Brightness(i.convert("RGB")).enhance(1.4))),
-    (r"darken|darker", "darken", lambda i: _keep_alpha(i, ImageEnhance.Brightness(i.convert("RGB")).enhance(0.6))),
+    (r"brighten|brighter|lighten", "brighten", _brightness(1.4)),
+    (r"darken|darker", "darken", _brightness(0.6)),
 ]
 
 

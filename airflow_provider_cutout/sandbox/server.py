@@ -223,8 +223,9 @@ class SandboxHandler(BaseHTTPRequestHandler):
         elif fault.kind == "huge_body":
             self._huge_body(fault.size)
         elif fault.kind == "failed_edit":
-            data = {"id": self.state.new_id(), "status": 0, "failReason": fault.fail_reason or "Content moderation failed",
-                    "imageUrl": "", "model": "", "duration": "0"}
+            reason = fault.fail_reason or "Content moderation failed"
+            data = {"id": self.state.new_id(), "status": 0, "failReason": reason, "imageUrl": "", "model": "",
+                    "duration": "0"}
             self._envelope(200, 0, "", data)
         return True
 
@@ -398,11 +399,13 @@ class SandboxServer(ThreadingHTTPServer):
     @property
     def base_url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
 
 @contextlib.contextmanager
-def run_sandbox(config: SandboxConfig | None = None, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[SandboxServer]:
+def run_sandbox(
+    config: SandboxConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[SandboxServer]:
     """Run a sandbox in a background thread for the ``with`` block; ``.base_url`` says where.
 
     :param config: balance, key, latency, result TTL, images folder.

@@ -1,0 +1,11 @@
+# The project's commands; each installs what it needs into a local virtual environment.
+.PHONY: test demo bench
+
+test:  ## lint, type-check and run the whole test suite on the newest and the oldest supported Airflow
+	bash scripts/test.sh
+
+demo:  ## start the sandbox, run the example catalog refresh end to end, print where the results are
+	bash scripts/demo.sh
+
+bench:  ## run the benchmarks against the sandbox and write bench/results/report.{json,md}
+	bash scripts/bench.sh

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The full test suite, from scratch: for the newest supported Airflow and for the oldest, create a
+# virtual environment, install the provider with its dev extras, then run ruff, mypy and pytest.
+# Usage: scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NEWEST_AIRFLOW=3.3.2   # newest 3.3.x
+FLOOR_AIRFLOW=3.1.8    # the lowest Airflow pyproject.toml admits
+
+venv() {  # venv DIR AIRFLOW_VERSION: create or update DIR with that Airflow and the provider
+  [ -x "$1/bin/python" ] || python3 -m venv "$1"
+  "$1/bin/python" -m pip install --quiet --disable-pip-version-check "apache-airflow==$2" -e ".[dev]"
+}
+
+echo "== Airflow $NEWEST_AIRFLOW: install, lint, types, tests"
+venv .venv "$NEWEST_AIRFLOW"
+.venv/bin/ruff check airflow_provider_cutout tests example_dags scripts
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"
+
+echo "== Airflow $FLOOR_AIRFLOW: install, tests"
+venv .venv-floor "$FLOOR_AIRFLOW"
+.venv-floor/bin/python -m pytest "$@"

@@ -1,0 +1,93 @@
+"""Shared fixtures: a throw-away Airflow home (sqlite) and a sandbox on loopback.
+
+The Airflow settings are set before anything imports Airflow, so every test runs against the
+same temporary metadata database and the repository root as the DAGs folder.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+_HOME = tempfile.mkdtemp(prefix="cutout-airflow-home-")
+os.environ.update(
+    {
+        "AIRFLOW_HOME": _HOME,
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_HOME}/airflow.db",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+    }
+)
+
+import requests  # noqa: E402
+
+from airflow_provider_cutout.sandbox import SandboxConfig, run_sandbox  # noqa: E402
+
+#: A made-up key; tests search for it in every output to prove it never leaks.
+FAKE_KEY = "sk-test-NEVER-LEAK-7f3a9c2e"
+
+
+class Sandbox:
+    """A running sandbox with helpers to script faults and read the ledger."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.url = server.base_url
+
+    def sample(self, name: str = "mug", ext: str = "png", **size: int) -> str:
+        query = "&".join(f"{k}={v}" for k, v in size.items())
+        return f"{self.url}/samples/{name}.{ext}" + (f"?{query}" if query else "")
+
+    def reset(self, balance: int = 1000) -> None:
+        requests.post(f"{self.url}/__sandbox__/reset", json={"balance": balance}, timeout=5).raise_for_status()
+        self.server.state.config.latency = 0.0
+        self.server.state.config.result_ttl = None
+
+    def fault(self, kind: str, **spec: Any) -> None:
+        body = {"faults": [{"kind": kind, **spec}]}
+        requests.post(f"{self.url}/__sandbox__/faults", json=body, timeout=5).raise_for_status()
+
+    def ledger(self) -> dict[str, Any]:
+        return requests.get(f"{self.url}/__sandbox__/ledger", timeout=5).json()
+
+    def conn_json(self, key: str = FAKE_KEY, **extra: Any) -> str:
+        import json
+
+        return json.dumps({"conn_type": "cutout", "host": self.url, "password": key, "extra": extra})
+
+
+@pytest.fixture(scope="session")
+def _sandbox_server() -> Iterator[Any]:
+    with run_sandbox(SandboxConfig(balance=1000)) as server:
+        yield server
+
+
+@pytest.fixture
+def sandbox(_sandbox_server: Any, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
+    """A fresh sandbox state (1000 credits, no faults) and ``cutout_default`` pointing at it."""
+    box = Sandbox(_sandbox_server)
+    box.reset()
+    monkeypatch.setenv("AIRFLOW_CONN_CUTOUT_DEFAULT", box.conn_json(backoff_base=0.01, backoff_max=0.05))
+    return box
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """Migrate the throw-away sqlite metadata database once per session."""
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        capture_output=True,
+        env=os.environ.copy(),
+    )
+    return _HOME

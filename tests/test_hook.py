@@ -1,0 +1,230 @@
+"""CutoutHook over real HTTP against the sandbox: success, every error class, retries, secrecy."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import pytest
+
+from airflow_provider_cutout import exceptions as exc
+from airflow_provider_cutout.hooks.cutout import CutoutHook
+from tests.conftest import FAKE_KEY
+
+
+def edit(hook: CutoutHook, sandbox, **kw):
+    args = {"prompt": "grayscale", "image_urls": [sandbox.sample(w=64, h=48)], "model": "gpt-image-1"}
+    args.update(kw)
+    return hook.edit_image(**args)
+
+
+def use_conn(monkeypatch, sandbox, key=FAKE_KEY, **extra):
+    extra = {"backoff_base": 0.01, "backoff_max": 0.05, **extra}
+    monkeypatch.setenv("AIRFLOW_CONN_CUTOUT_DEFAULT", sandbox.conn_json(key, **extra))
+    return CutoutHook()
+
+
+def test_connection_from_env_var_and_success(sandbox):
+    hook = CutoutHook()
+    assert hook.base_url == sandbox.url
+    res = edit(hook, sandbox, aspect_ratio="1:1")
+    assert res.status == 1 and res.aspect_ratio == "1:1" and res.credits == 4 and res.request_id
+    assert res.image_url.startswith(sandbox.url + "/results/")
+    ledger = sandbox.ledger()
+    assert ledger["edit_calls"] == 1 and ledger["credits_charged"] == 4 and ledger["balance"] == 996
+
+
+def test_balance_and_test_connection(sandbox):
+    hook = CutoutHook()
+    assert hook.get_credit_balance().total == 1000
+    ok, message = CutoutHook().test_connection()
+    assert ok and "1000 image credits" in message and sandbox.url in message
+    assert sandbox.ledger()["credits_charged"] == 0
+
+
+def test_wrong_key_fails_test_connection(sandbox, monkeypatch):
+    sandbox.server.state.config.api_key = "the-right-key"
+    try:
+        hook = use_conn(monkeypatch, sandbox, key=FAKE_KEY)
+        ok, message = hook.test_connection()
+        assert not ok and "rejected the API key" in message and FAKE_KEY not in message
+        with pytest.raises(exc.AuthenticationError) as info:
+            edit(use_conn(monkeypatch, sandbox, key=FAKE_KEY), sandbox)
+        assert info.value.http_status == 401 and info.value.attempts == 1
+    finally:
+        sandbox.server.state.config.api_key = None
+
+
+def test_missing_key_is_rejected_before_any_call(sandbox, monkeypatch):
+    hook = use_conn(monkeypatch, sandbox, key="")
+    with pytest.raises(exc.InvalidInputError, match="no API key"):
+        edit(hook, sandbox)
+    assert sandbox.ledger()["calls"] == []
+
+
+def test_invalid_input_spends_nothing(sandbox):
+    with pytest.raises(exc.InvalidInputError, match="model='dall-e'"):
+        edit(CutoutHook(), sandbox, model="dall-e")
+    with pytest.raises(exc.InvalidInputError, match="plain http"):
+        edit(CutoutHook(), sandbox, image_urls=["http://example.com/a.png"])
+    assert sandbox.ledger()["calls"] == []
+
+
+@pytest.mark.parametrize(
+    ("fault", "cls", "fragment"),
+    [
+        ({"kind": "insufficient_balance"}, exc.InsufficientCreditsError, "Insufficient balance"),
+        ({"kind": "failed_edit", "fail_reason": "NSFW content"}, exc.FailedEditError, "NSFW content"),
+        ({"kind": "unknown_code", "code": 4242, "msg": "odd"}, exc.CutoutAPIError, "code=4242"),
+        ({"kind": "http_error", "status": 500}, exc.ServerError, "server error"),
+        ({"kind": "malformed_json"}, exc.ServerError, "may have been charged"),
+    ],
+)
+def test_single_attempt_errors(sandbox, fault, cls, fragment):
+    sandbox.fault(**fault)
+    with pytest.raises(cls) as info:
+        edit(CutoutHook(), sandbox)
+    assert fragment in str(info.value) and info.value.attempts == 1
+    assert sandbox.ledger()["edit_calls"] == 1
+
+
+def test_insufficient_credits_for_real(sandbox):
+    sandbox.reset(balance=3)
+    with pytest.raises(exc.InsufficientCreditsError):
+        edit(CutoutHook(), sandbox)
+    assert sandbox.ledger()["credits_charged"] == 0
+
+
+def test_failed_edit_carries_reason(sandbox):
+    sandbox.fault("failed_edit", fail_reason="Face not found")
+    with pytest.raises(exc.FailedEditError) as info:
+        edit(CutoutHook(), sandbox)
+    assert info.value.fail_reason == "Face not found" and not info.value.retryable
+
+
+def retry_lines(capfd) -> list[str]:
+    """Airflow's logging writes to the process's stdout/stderr: read the retry lines there."""
+    out = capfd.readouterr()
+    return [line for line in (out.out + out.err).splitlines() if "; retry " in line]
+
+
+def test_retries_honour_retry_after_then_succeed(sandbox, capfd):
+    sandbox.fault("rate_limit", count=2, retry_after=0.3)
+    started = time.monotonic()
+    res = edit(CutoutHook(), sandbox)
+    assert res.status == 1
+    assert time.monotonic() - started >= 0.6  # two waits of Retry-After
+    retries = retry_lines(capfd)
+    assert len(retries) == 2 and "rate limit" in retries[0] and "retry 1 of 3 in 0.3s" in retries[0]
+    ledger = sandbox.ledger()
+    assert ledger["edit_calls"] == 3 and ledger["charges"] == 1
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_gateway_errors_retried_and_bounded(sandbox, status, monkeypatch):
+    sandbox.fault("http_error", status=status, count=10)
+    with pytest.raises(exc.ServerError) as info:
+        edit(use_conn(monkeypatch, sandbox, max_retries=2), sandbox)
+    assert info.value.attempts == 3 and "after 3 attempts" in str(info.value)
+    assert sandbox.ledger()["edit_calls"] == 3 and sandbox.ledger()["credits_charged"] == 0
+
+
+def test_html_error_page_retried(sandbox):
+    sandbox.fault("html_error", count=1)
+    assert edit(CutoutHook(), sandbox).status == 1
+    assert sandbox.ledger()["edit_calls"] == 2
+
+
+def test_no_resend_after_read_timeout(sandbox, monkeypatch):
+    sandbox.fault("slow", delay=1.0)
+    hook = use_conn(monkeypatch, sandbox, read_timeout=0.3)
+    with pytest.raises(exc.CutoutTimeoutError) as info:
+        edit(hook, sandbox)
+    assert not info.value.retryable and info.value.request_sent and info.value.attempts == 1
+    assert "may still complete and be charged" in str(info.value)
+    time.sleep(1.0)
+    ledger = sandbox.ledger()
+    assert ledger["edit_calls"] == 1 and ledger["charges"] == 1  # charged once, never resent
+
+
+def test_resend_after_read_timeout_when_asked(sandbox, monkeypatch):
+    sandbox.fault("slow", delay=1.0)
+    hook = use_conn(monkeypatch, sandbox, read_timeout=0.5, retry_on_read_timeout=True)
+    assert edit(hook, sandbox).status == 1
+    time.sleep(0.8)
+    assert sandbox.ledger()["charges"] == 2  # the documented price of opting in
+
+
+def test_dropped_connection_after_send_not_resent(sandbox):
+    sandbox.fault("drop", after_edit=True)
+    with pytest.raises(exc.CutoutConnectionError) as info:
+        edit(CutoutHook(), sandbox)
+    assert info.value.request_sent and not info.value.retryable and "may have been charged" in str(info.value)
+    assert sandbox.ledger()["edit_calls"] == 1
+
+
+def test_refused_connection_retried_and_bounded(monkeypatch, sandbox, capfd):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CUTOUT_DEFAULT",
+        f'{{"conn_type": "cutout", "host": "http://127.0.0.1:{port}", "password": "{FAKE_KEY}",'
+        ' "extra": {"backoff_base": 0.01, "max_retries": 2}}',
+    )
+    with pytest.raises(exc.CutoutConnectionError) as info:
+        CutoutHook().edit_image("blur", [f"http://127.0.0.1:{port}/a.png"], "gpt-image-1")
+    assert not info.value.request_sent and info.value.attempts == 3
+    assert len(retry_lines(capfd)) == 2
+
+
+def test_balance_get_retried_after_read_timeout(sandbox, monkeypatch):
+    sandbox.fault("slow", delay=0.0, path="balance")  # slow on GET is harmless: a GET may be resent
+    sandbox.fault("rate_limit", path="balance")
+    assert use_conn(monkeypatch, sandbox).get_credit_balance().total == 1000
+
+
+def test_host_without_scheme_and_separate_port(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_CUTOUT_DEFAULT", '{"conn_type": "cutout", "host": "127.0.0.1", "port": 8080}')
+    assert CutoutHook().base_url == "http://127.0.0.1:8080"
+    monkeypatch.setenv("AIRFLOW_CONN_CUTOUT_DEFAULT", '{"conn_type": "cutout"}')
+    assert CutoutHook().base_url == "https://www.cutout.pro"
+    monkeypatch.setenv("AIRFLOW_CONN_CUTOUT_DEFAULT", '{"conn_type": "cutout", "host": "api.example.com"}')
+    assert CutoutHook().base_url == "https://api.example.com"
+
+
+def test_unknown_extra_rejected(monkeypatch, sandbox):
+    hook = use_conn(monkeypatch, sandbox, headers={"X-Debug": "1"})
+    with pytest.raises(exc.InvalidInputError, match="'headers' is not a setting"):
+        hook.get_credit_balance()
+
+
+def test_key_absent_from_logs_and_errors(sandbox, caplog, capfd, monkeypatch):
+    hook = use_conn(monkeypatch, sandbox, max_retries=1, read_timeout=0.3)
+    texts = []
+    with caplog.at_level(logging.DEBUG):
+        for fault in ({"kind": "rate_limit", "count": 5}, {"kind": "http_error", "status": 503, "count": 5},
+                      {"kind": "insufficient_balance"}, {"kind": "failed_edit"}, {"kind": "malformed_json"},
+                      {"kind": "slow", "delay": 0.6}, {"kind": "drop"}, {"kind": "unknown_code"}):
+            sandbox.reset()
+            sandbox.fault(**fault)
+            with pytest.raises(exc.CutoutError) as info:
+                edit(hook, sandbox)
+            texts += [str(info.value), repr(info.value), repr(vars(info.value))]
+        edit(hook, sandbox)
+    out = capfd.readouterr()
+    texts += [r.getMessage() for r in caplog.records] + [caplog.text, repr(hook.client), out.out, out.err]
+    assert "; retry 1 of 1" in out.out + out.err  # the logs were really captured
+    assert texts and not [t for t in texts if FAKE_KEY in t]
+
+
+def test_ui_field_behaviour_matches_provider_info():
+    from airflow_provider_cutout.get_provider_info import get_provider_info
+
+    behaviour = CutoutHook.get_ui_field_behaviour()
+    assert behaviour["relabeling"] == {"host": "Base URL", "password": "API Key"}
+    assert {"schema", "login", "port"} <= set(behaviour["hidden_fields"])
+    conn_type = get_provider_info()["connection-types"][0]
+    assert conn_type["connection-type"] == "cutout"
+    assert conn_type["ui-field-behaviour"]["relabeling"] == behaviour["relabeling"]

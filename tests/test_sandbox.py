@@ -1,0 +1,253 @@
+"""The sandbox over real HTTP: endpoints, checks, edits, ledger, faults, concurrency, CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from PIL import Image
+
+from airflow_provider_cutout.sandbox import FAULT_KINDS, SandboxConfig, run_sandbox
+from tests.conftest import FAKE_KEY
+
+HEADERS = {"APIKEY": FAKE_KEY}
+
+
+def post_edit(sandbox, prompt="grayscale", urls=None, model="gpt-image-1", ratio="original", headers=HEADERS):
+    body = {"prompt": prompt, "model": model, "aspectRatios": ratio, "imageUrl": urls or [sandbox.sample(w=120, h=80)]}
+    return requests.post(f"{sandbox.url}/api/v1/image/edit", json=body, headers=headers, timeout=30)
+
+
+def fetch_image(url: str) -> Image.Image:
+    r = requests.get(url, timeout=10)
+    r.raise_for_status()
+    return Image.open(io.BytesIO(r.content))
+
+
+def test_edit_envelope_and_result(sandbox):
+    r = post_edit(sandbox, prompt="Remove the background", ratio="16:9")
+    body = r.json()
+    assert r.status_code == 200 and body["code"] == 0 and body["msg"] == "" and len(body["requestId"]) == 32
+    data = body["data"]
+    assert set(data) >= {"id", "userId", "imageUrl", "prompt", "model", "aspectRatios", "referenceImageUrl",
+                         "status", "failReason", "deleted", "duration", "createdAt"}
+    assert data["status"] == 1 and isinstance(data["duration"], str) and isinstance(data["id"], int)
+    img = fetch_image(data["imageUrl"])
+    assert img.format == "PNG" and img.mode == "RGBA"
+    assert abs(img.width / img.height - 16 / 9) < 0.02
+    assert img.getpixel((0, 0))[3] == 0  # background removed to transparency
+
+
+@pytest.mark.parametrize("ratio", ["original", "1:1", "4:3", "3:4", "9:16", "16:9"])
+def test_output_follows_ratio(sandbox, ratio):
+    data = post_edit(sandbox, urls=[sandbox.sample("chair", w=300, h=200)], ratio=ratio).json()["data"]
+    img = fetch_image(data["imageUrl"])
+    expected = 300 / 200 if ratio == "original" else (lambda a, b: a / b)(*map(int, ratio.split(":")))
+    assert abs(img.width / img.height - expected) < 0.02
+
+
+def test_deterministic_output(sandbox):
+    urls = [sandbox.sample("mug", w=90, h=90), sandbox.sample("lamp", "jpg", w=60, h=90)]
+    a = post_edit(sandbox, "sepia and blur and mirror", urls, ratio="4:3").json()["data"]["imageUrl"]
+    b = post_edit(sandbox, "sepia and blur and mirror", urls, ratio="4:3").json()["data"]["imageUrl"]
+    assert a != b
+    assert requests.get(a, timeout=5).content == requests.get(b, timeout=5).content
+
+
+@pytest.mark.parametrize(
+    "prompt", ["grayscale", "blur", "sharpen", "invert", "mirror", "rotate", "brighten", "darken", "sepia",
+               "remove the background", "white background"],
+)
+def test_every_keyword_changes_the_image(sandbox, prompt):
+    src = sandbox.sample("sneaker", w=80, h=60)
+    plain = fetch_image(post_edit(sandbox, "keep it as it is", [src]).json()["data"]["imageUrl"])
+    edited = fetch_image(post_edit(sandbox, prompt, [src]).json()["data"]["imageUrl"])
+    assert edited.tobytes() != plain.tobytes() or edited.mode != plain.mode
+    ops = sandbox.ledger()["calls"][-1]["operations"]
+    assert len(ops) == 1
+
+
+def test_several_references_are_composed(sandbox):
+    urls = [sandbox.sample("mug", w=100, h=100), sandbox.sample("watch", w=50, h=100)]
+    img = fetch_image(post_edit(sandbox, "keep", urls).json()["data"]["imageUrl"])
+    assert img.size == (150, 100)
+
+
+def test_local_images_folder(tmp_path):
+    Image.new("RGB", (40, 30), (10, 200, 10)).save(tmp_path / "green.png")
+    with run_sandbox(SandboxConfig(images_dir=str(tmp_path))) as server:
+        url = f"{server.base_url}/images/green.png"
+        body = {"prompt": "invert", "model": "gpt-image-1", "aspectRatios": "original", "imageUrl": [url]}
+        data = requests.post(f"{server.base_url}/api/v1/image/edit", json=body, headers=HEADERS, timeout=10).json()
+        assert fetch_image(data["data"]["imageUrl"]).getpixel((1, 1))[:3] == (245, 55, 245)
+        assert requests.get(f"{server.base_url}/images/../state.py", timeout=5).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body_patch", "fragment"),
+    [
+        ({"model": "dall-e"}, "Unsupported model"),
+        ({"aspectRatios": "2:1"}, "Unsupported aspectRatios"),
+        ({"prompt": " "}, "prompt is required"),
+        ({"imageUrl": []}, "non-empty array"),
+        ({"model": "qwen-image-edit-plus", "imageUrl": [f"https://h/{i}.png" for i in range(4)]}, "at most 3"),
+        ({"imageUrl": ["http://example.com/a.png"]}, "must be an https URL"),
+        ({"imageUrl": ["https://example.com/a.png"]}, "host example.com is unreachable"),
+    ],
+)
+def test_server_side_checks_answer_envelopes(sandbox, body_patch, fragment):
+    body = {"prompt": "blur", "model": "gpt-image-1", "aspectRatios": "original", "imageUrl": [sandbox.sample()]}
+    body.update(body_patch)
+    r = requests.post(f"{sandbox.url}/api/v1/image/edit", json=body, headers=HEADERS, timeout=10)
+    assert r.status_code == 400 and r.json()["code"] != 0 and fragment in r.json()["msg"]
+    assert sandbox.ledger()["credits_charged"] == 0
+
+
+def test_not_an_image_and_unsupported_format(sandbox):
+    r = post_edit(sandbox, urls=[f"{sandbox.url}/__sandbox__/health"])
+    assert r.status_code == 400 and "not a JPEG or PNG" in r.json()["msg"]
+
+
+@pytest.mark.parametrize(
+    ("size", "ok", "fragment"),
+    [
+        ({"w": 1280, "h": 720}, True, ""),
+        ({"w": 1000, "h": 900}, False, "fewer than 921600 pixels"),
+        ({"w": 3300, "h": 1000}, False, "aspect ratio 3.300"),
+        ({"w": 6100, "h": 2100}, False, "exceeds 6000x6000"),
+    ],
+)
+def test_seedream_limits_measured_on_the_download(sandbox, size, ok, fragment):
+    r = post_edit(sandbox, urls=[sandbox.sample("bottle", "jpg", **size)], model="seedream-4.0")
+    assert (r.json()["code"] == 0) is ok
+    assert fragment in r.json()["msg"]
+
+
+def test_api_key_required_and_configured_key(sandbox):
+    assert post_edit(sandbox, headers={}).status_code == 401
+    assert requests.get(f"{sandbox.url}/api/v1/mySubscription", timeout=5).json()["code"] == 401
+    sandbox.server.state.config.api_key = "right"
+    try:
+        assert post_edit(sandbox).status_code == 401
+        assert post_edit(sandbox, headers={"APIKEY": "right"}).json()["code"] == 0
+    finally:
+        sandbox.server.state.config.api_key = None
+
+
+def test_balance_and_ledger(sandbox):
+    sandbox.reset(balance=19)
+    r = requests.get(f"{sandbox.url}/api/v1/mySubscription", headers=HEADERS, timeout=5).json()
+    assert r["code"] == 0 and r["data"]["imageBalance"] == 19 and "monthBalance" in r["data"]
+    assert post_edit(sandbox, model="gemini-3-pro-image-preview").json()["code"] == 0
+    again = post_edit(sandbox, model="gemini-3-pro-image-preview").json()
+    assert again["code"] == 1001 and again["msg"] == "Insufficient balance" and again["data"] is None
+    post_edit(sandbox, model="qwen-image-edit-plus")
+    ledger = sandbox.ledger()
+    assert ledger["balance"] == 0 and ledger["credits_charged"] == 19 and ledger["charges"] == 2
+    assert [c["outcome"] for c in ledger["calls"] if c["path"] == "edit"] == ["charged", "rejected", "charged"]
+    fps = ledger["by_fingerprint"]
+    assert sorted(v["calls"] for v in fps.values()) == [1, 2]
+
+
+def test_result_ttl_expires_urls(sandbox):
+    sandbox.server.state.config.result_ttl = 0.3
+    url = post_edit(sandbox).json()["data"]["imageUrl"]
+    assert requests.get(url, timeout=5).status_code == 200
+    time.sleep(0.4)
+    assert requests.get(url, timeout=5).status_code == 404
+
+
+def test_latency_emulation_per_model(sandbox):
+    sandbox.server.state.config.latency = {"gpt-image-1": 0.4, "default": 0.0}
+    started = time.monotonic()
+    post_edit(sandbox)
+    assert time.monotonic() - started >= 0.4
+    started = time.monotonic()
+    post_edit(sandbox, model="seedream-4.0", urls=[sandbox.sample(w=1280, h=720)])
+    assert time.monotonic() - started < 0.4
+
+
+@pytest.mark.parametrize(
+    ("spec", "check"),
+    [
+        ({"kind": "rate_limit", "retry_after": 2}, lambda r: r.status_code == 429 and r.headers["Retry-After"] == "2"),
+        ({"kind": "http_error", "status": 503}, lambda r: r.status_code == 503 and r.json()["code"] == 503),
+        ({"kind": "html_error"}, lambda r: r.status_code == 502 and r.text.startswith("<!DOCTYPE html>")),
+        ({"kind": "insufficient_balance"}, lambda r: r.status_code == 200 and r.json()["code"] == 1001),
+        ({"kind": "unknown_code", "code": 7}, lambda r: r.json()["code"] == 7),
+        ({"kind": "failed_edit", "fail_reason": "x"}, lambda r: r.json()["data"]["status"] == 0
+         and r.json()["data"]["failReason"] == "x"),
+        ({"kind": "malformed_json"}, lambda r: r.status_code == 200 and "<<garbled" in r.text),
+        ({"kind": "slow", "delay": 0.3}, lambda r: r.elapsed.total_seconds() >= 0.3 and r.json()["code"] == 0),
+    ],
+)
+def test_each_fault(sandbox, spec, check):
+    sandbox.fault(**spec)
+    assert check(post_edit(sandbox))
+    assert post_edit(sandbox).json()["code"] == 0  # a fault strikes the next N requests only
+
+
+def test_charged_faults_are_charged_and_others_not(sandbox):
+    charged = {"slow": {"delay": 0.01}, "malformed_json": {}, "truncated_body": {}, "drop": {"after_edit": True}}
+    for kind in FAULT_KINDS:
+        if kind == "huge_body":
+            continue
+        sandbox.reset()
+        sandbox.fault(kind, **charged.get(kind, {}))
+        try:
+            post_edit(sandbox)
+        except requests.RequestException:
+            pass
+        assert sandbox.ledger()["credits_charged"] == (4 if kind in charged else 0), kind
+
+
+def test_drop_and_truncated_body(sandbox):
+    sandbox.fault("drop")
+    with pytest.raises(requests.ConnectionError):
+        post_edit(sandbox)
+    sandbox.fault("truncated_body")
+    with pytest.raises(requests.RequestException):
+        post_edit(sandbox).json()
+
+
+def test_faults_on_other_paths_and_bad_fault_spec(sandbox):
+    sandbox.fault("http_error", status=500, path="balance")
+    assert requests.get(f"{sandbox.url}/api/v1/mySubscription", headers=HEADERS, timeout=5).status_code == 500
+    r = requests.post(f"{sandbox.url}/__sandbox__/faults", json={"faults": [{"kind": "meteor"}]}, timeout=5)
+    assert r.status_code == 400 and "unknown fault kind 'meteor'" in r.json()["msg"]
+
+
+def test_unknown_route_is_an_envelope(sandbox):
+    r = requests.get(f"{sandbox.url}/nope", timeout=5)
+    assert r.status_code == 404 and r.json()["code"] == 404
+
+
+def test_64_concurrent_edits(sandbox):
+    sandbox.server.state.config.latency = 0.5
+    urls = [sandbox.sample("mug", w=64, h=64 + i) for i in range(64)]
+    started = time.monotonic()
+    with ThreadPoolExecutor(64) as pool:
+        bodies = list(pool.map(lambda u: post_edit(sandbox, urls=[u]).json(), urls))
+    elapsed = time.monotonic() - started
+    assert all(b["code"] == 0 for b in bodies)
+    assert len({b["data"]["id"] for b in bodies}) == 64
+    assert elapsed < 0.5 * 64 / 4  # all in flight together, not one after another
+    assert sandbox.ledger()["charges"] == 64
+
+
+def test_cli_starts_serves_and_stops():
+    proc = subprocess.Popen([sys.executable, "-m", "airflow_provider_cutout.sandbox", "--port", "0",
+                             "--balance", "7"], stdout=subprocess.PIPE, text=True)
+    try:
+        url = json.loads(proc.stdout.readline())["sandbox"]
+        r = requests.get(f"{url}/api/v1/mySubscription", headers=HEADERS, timeout=5).json()
+        assert r["data"]["imageBalance"] == 7
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
