@@ -50,7 +50,7 @@ BALANCE_PATH = "/api/v1/mySubscription"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 INSUFFICIENT_CREDITS_CODE = 1001
 CHUNK_BYTES = 64 * 1024
-_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"RIFF")
+_IMAGE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": ".png", b"\xff\xd8\xff": ".jpg", b"GIF87a": ".gif", b"GIF89a": ".gif"}
 
 
 @dataclass(frozen=True)
@@ -291,8 +291,10 @@ class CutoutClient:
         except ValueError as err:
             raise ServerError(f"Cutout answered a malformed balance ({_first_line(err)})") from None
 
-    def download(self, url: str, sink: IO[bytes], *, max_bytes: int | None = None) -> int:
-        """Stream the image at ``url`` into ``sink`` with bounded memory; return the byte count.
+    def download(self, url: str, sink: IO[bytes], *, max_bytes: int | None = None) -> tuple[int, str]:
+        """Stream the image at ``url`` into ``sink`` with bounded memory.
+
+        Returns the byte count and the file extension matching the image's type (``.png``...).
 
         Checks that the body starts like an image (PNG, JPEG, GIF or WebP) and stays within
         ``max_bytes`` (the connection's ``max_download_bytes`` by default). The API key is not sent.
@@ -327,7 +329,7 @@ class CutoutClient:
                 for chunk in response.iter_content(CHUNK_BYTES):
                     if len(head) < 16:
                         head += chunk[:16]
-                        if len(head) >= 12 and not _looks_like_image(head):
+                        if len(head) >= 12 and not image_extension(head):
                             raise ResultDownloadError(
                                 f"result URL {url[:200]!r} did not return an image "
                                 f"(content-type {response.headers.get('Content-Type')!r})"
@@ -340,9 +342,10 @@ class CutoutClient:
                 raise CutoutConnectionError(
                     f"download of the result image broke off after {total} bytes ({type(err).__name__})"
                 ) from None
-            if not _looks_like_image(head):
+            extension = image_extension(head)
+            if not extension:
                 raise ResultDownloadError(f"result URL {url[:200]!r} did not return an image")
-            return total
+            return total, extension
 
     # -- the one retry policy --------------------------------------------------------------------
 
@@ -433,8 +436,11 @@ def _first_line(err: Exception) -> str:
     return str(err).splitlines()[0][:200]
 
 
-def _looks_like_image(head: bytes) -> bool:
-    return head.startswith(_IMAGE_SIGNATURES) and (not head.startswith(b"RIFF") or head[8:12] == b"WEBP")
+def image_extension(head: bytes) -> str | None:
+    """The file extension of an image from its first 12 bytes, or ``None`` if it is no image."""
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return ".webp"
+    return next((ext for magic, ext in _IMAGE_SIGNATURES.items() if head.startswith(magic)), None)
 
 
 def _request_was_sent(err: requests.exceptions.ConnectionError) -> bool:

@@ -21,7 +21,7 @@ _HOME = tempfile.mkdtemp(prefix="cutout-airflow-home-")
 os.environ.update(
     {
         "AIRFLOW_HOME": _HOME,
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "tests" / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_HOME}/airflow.db",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
@@ -91,3 +91,21 @@ def airflow_db() -> str:
         env=os.environ.copy(),
     )
     return _HOME
+
+
+def xcoms(dag_run: Any, task_id: str, key: str = "return_value") -> dict[int, Any]:
+    """XCom values of a finished run from the metadata DB, by map index."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        query = XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id, key=key)
+        return {row.map_index: XComModel.deserialize_value(row) for row in session.scalars(query)}
+
+
+def states(dag_run: Any) -> dict[str, list[tuple[Any, int]]]:
+    """Task id -> [(state, try_number)] by map index."""
+    out: dict[str, list[tuple[Any, int]]] = {}
+    for ti in sorted(dag_run.get_task_instances(), key=lambda t: (t.task_id, t.map_index)):
+        out.setdefault(ti.task_id, []).append((ti.state, ti.try_number))
+    return out

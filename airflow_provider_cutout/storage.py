@@ -1,0 +1,48 @@
+"""Storing edited images where Airflow's ``ObjectStoragePath`` reaches (local, s3, gcs, ...).
+
+Result URLs from a CDN expire, so operators copy the image: streamed in chunks (bounded memory)
+to a hidden temporary name beside the target, then renamed, so a crash never leaves a
+half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_provider_cutout.client import CutoutClient
+
+
+def is_folder(output_path: Any) -> bool:
+    """A path ending in ``/`` names a folder: files in it are named after the edit id."""
+    return str(output_path).endswith("/")
+
+
+def store_image(
+    client: CutoutClient, url: str, output_path: Any, stem: str, *, max_bytes: int | None = None
+) -> str:
+    """Download ``url`` to ``output_path`` atomically and return where it was written.
+
+    :param client: the hook's client (the one place for HTTP).
+    :param url: the edited image's URL.
+    :param output_path: a file path, or a folder path ending in ``/``.
+    :param stem: the file name without extension when ``output_path`` is a folder.
+    :param max_bytes: the size cap; the connection's ``max_download_bytes`` by default.
+    """
+    from airflow.sdk import ObjectStoragePath
+
+    target = ObjectStoragePath(str(output_path))
+    folder = target if is_folder(output_path) else target.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{stem}.{uuid.uuid4().hex}.part"
+    try:
+        with partial.open("wb") as sink:
+            _, extension = client.download(url, sink, max_bytes=max_bytes)
+        final = folder / f"{stem}{extension}" if is_folder(output_path) else target
+        partial.rename(final)
+    except BaseException:
+        if partial.exists():
+            partial.unlink()
+        raise
+    return str(final)

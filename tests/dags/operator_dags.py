@@ -1,0 +1,71 @@
+"""DAGs the operator tests run with dag.test(); source images come from the sandbox the
+connection points at, so nothing here knows a port at parse time."""
+
+from __future__ import annotations
+
+import datetime
+
+from airflow.sdk import DAG, XComArg, task
+
+from airflow_provider_cutout.hooks.cutout import CutoutHook
+from airflow_provider_cutout.operators.image_edit import CutoutImageEditOperator
+
+START = datetime.datetime(2026, 1, 1)
+
+
+@task
+def sample_urls(names: list[str], width: int = 120, height: int = 90) -> list[str]:
+    base = CutoutHook().base_url
+    return [f"{base}/samples/{name}.jpg?w={width}&h={height}" for name in names]
+
+
+with DAG("t_chain", schedule=None, start_date=START, params={"out": "/tmp/unused", "ratio": "16:9"}) as chain:
+    urls = sample_urls(["mug", "lamp"])
+
+    @task
+    def pick_prompt() -> str:
+        return "mirror and grayscale"
+
+    prompt = pick_prompt()
+    plain = CutoutImageEditOperator(
+        task_id="plain",
+        prompt="{{ ti.xcom_pull(task_ids='pick_prompt') }}",
+        image_urls=urls,
+        model="qwen-image-edit-plus",
+        aspect_ratio="{{ params.ratio }}",
+        output_path="{{ params.out }}/plain/",
+    )
+    prompt >> plain
+    mapped = CutoutImageEditOperator.partial(
+        task_id="mapped", prompt="sepia", model="gpt-image-1", aspect_ratio="1:1",
+        output_path="{{ params.out }}/mapped/",
+    ).expand(image_urls=urls)
+
+    @task
+    def downstream(url: str, result: dict, mapped_urls: list[str]) -> dict:
+        from airflow.sdk import ObjectStoragePath
+
+        stored = ObjectStoragePath(result["stored_path"])
+        return {"url": url, "size": stored.stat().st_size, "head": stored.read_bytes()[:8].hex(),
+                "mapped": list(mapped_urls)}
+
+    downstream(plain.output, XComArg(plain, key="cutout_result"), mapped.output)
+
+
+with DAG("t_expand_kwargs", schedule=None, start_date=START) as expand_kwargs:
+    @task
+    def edits() -> list[dict]:
+        base = CutoutHook().base_url
+        return [
+            {"prompt": "invert", "image_urls": f"{base}/samples/watch.png?w=50&h=50", "aspect_ratio": "original"},
+            {"prompt": "blur", "image_urls": [f"{base}/samples/chair.png?w=80&h=40"], "aspect_ratio": "16:9"},
+        ]
+
+    CutoutImageEditOperator.partial(task_id="each", model="gemini-2.5-flash-image").expand_kwargs(edits())
+
+
+with DAG("t_single", schedule=None, start_date=START, params={"model": "gpt-image-1"},
+         default_args={"retries": 2, "retry_delay": datetime.timedelta(seconds=0)}) as single:
+    CutoutImageEditOperator(
+        task_id="edit", prompt="darken", image_urls=sample_urls(["bottle"]), model="{{ params.model }}",
+    )

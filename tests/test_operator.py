@@ -1,0 +1,124 @@
+"""CutoutImageEditOperator in real DAG runs (dag.test() on sqlite) against the sandbox."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from PIL import Image
+
+from airflow_provider_cutout.exceptions import InvalidInputError
+from airflow_provider_cutout.operators.image_edit import CutoutImageEditOperator
+from tests.conftest import states, xcoms
+from tests.dags.operator_dags import chain, expand_kwargs, single
+
+
+def test_chain_plain_mapped_templated_and_stored(sandbox, airflow_db, tmp_path):
+    dr = chain.test(run_conf={"out": str(tmp_path), "ratio": "16:9"})
+    assert {task: [s for s, _ in v] for task, v in states(dr).items()} == {
+        "downstream": ["success"], "mapped": ["success", "success"], "pick_prompt": ["success"],
+        "plain": ["success"], "sample_urls": ["success"],
+    }
+    url = xcoms(dr, "plain")[-1]
+    result = xcoms(dr, "plain", "cutout_result")[-1]
+    assert url == result["image_url"] and url.startswith(sandbox.url + "/results/")
+    assert result["model"] == "qwen-image-edit-plus" and result["aspect_ratio"] == "16:9"
+    assert result["credits"] == 4 and len(result["reference_image_urls"]) == 2 and result["request_id"]
+    stored = Image.open(result["stored_path"])
+    assert result["stored_path"] == str(tmp_path / "plain" / f"{result['id']}.png")
+    assert abs(stored.width / stored.height - 16 / 9) < 0.02
+    (call,) = [c for c in sandbox.ledger()["calls"] if c.get("id") == result["id"]]
+    assert call["operations"] == ["mirror", "grayscale"]  # the prompt came from an upstream XCom
+
+    mapped = xcoms(dr, "mapped", "cutout_result")
+    assert sorted(mapped) == [0, 1]
+    for item in mapped.values():
+        img = Image.open(item["stored_path"])
+        assert img.width == img.height and item["aspect_ratio"] == "1:1"
+    down = xcoms(dr, "downstream")[-1]
+    assert down["url"] == url and down["head"] == "89504e470d0a1a0a" and down["size"] > 0
+    assert sorted(down["mapped"]) == sorted(xcoms(dr, "mapped").values())
+    assert not list(tmp_path.rglob("*.part"))
+    ledger = sandbox.ledger()
+    assert ledger["charges"] == 3 and ledger["credits_charged"] == 12
+
+    link = xcoms(dr, "plain", "_link_CutoutResultLink")[-1]
+    assert link == url
+    assert CutoutImageEditOperator.operator_extra_links[0].name == "Cutout result"
+
+
+def test_expand_kwargs(sandbox, airflow_db):
+    dr = expand_kwargs.test()
+    assert [s for s, _ in states(dr)["each"]] == ["success", "success"]
+    results = xcoms(dr, "each", "cutout_result")
+    assert results[0]["aspect_ratio"] == "original" and results[1]["aspect_ratio"] == "16:9"
+    assert len(results[1]["reference_image_urls"]) == 1
+    assert results[0]["stored_path"] is None
+
+
+def test_insufficient_credits_fails_without_airflow_retry(sandbox, airflow_db, capfd):
+    sandbox.reset(balance=2)
+    dr = single.test()
+    assert states(dr)["edit"] == [("failed", 1)]  # retries=2, yet one try
+    ledger = sandbox.ledger()
+    assert ledger["edit_calls"] == 1 and ledger["credits_charged"] == 0
+    out = capfd.readouterr()
+    assert "failing without Airflow retries" in out.out + out.err
+
+
+def test_503_burst_uses_task_retries(sandbox, airflow_db, monkeypatch, capfd):
+    monkeypatch.setenv("AIRFLOW_CONN_CUTOUT_DEFAULT", sandbox.conn_json(max_retries=0))
+    sandbox.fault("http_error", status=503, count=2)
+    dr = single.test()
+    assert states(dr)["edit"] == [("success", 3)]
+    ledger = sandbox.ledger()
+    assert ledger["edit_calls"] == 3 and ledger["charges"] == 1
+    out = capfd.readouterr()
+    assert "task's own retries apply" in out.out + out.err
+
+
+def test_invalid_rendered_value_fails_before_any_call(sandbox, airflow_db, capfd):
+    dr = single.test(run_conf={"model": "gpt-image-9"})
+    assert states(dr)["edit"] == [("failed", 1)]
+    assert sandbox.ledger()["edit_calls"] == 0
+    out = capfd.readouterr()
+    assert "model='gpt-image-9' is not supported" in out.out + out.err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"model": "gpt-4o"}, "model='gpt-4o' is not supported"),
+        ({"aspect_ratio": "21:9"}, "aspect_ratio='21:9'"),
+        ({"prompt": "  "}, "prompt='  ' is empty"),
+        ({"image_urls": "http://example.com/a.png"}, "plain http"),
+        ({"image_urls": [f"https://x/{i}.png" for i in range(4)], "model": "qwen-image-edit-plus"}, "at most 3"),
+    ],
+)
+def test_static_values_validated_at_construction(kwargs, fragment):
+    args = {"task_id": "t", "prompt": "blur", "image_urls": "https://x/a.png", "model": "gpt-image-1", **kwargs}
+    with pytest.raises(InvalidInputError) as info:
+        CutoutImageEditOperator(**args)
+    assert fragment in str(info.value) and "task_id='t'" in str(info.value)
+
+
+def test_templated_values_wait_for_run_time():
+    op = CutoutImageEditOperator(task_id="t", prompt="{{ params.p }}", image_urls="{{ params.u }}",
+                                 model="{{ params.m }}", aspect_ratio="{{ params.r }}")
+    assert op.template_fields == ("prompt", "image_urls", "model", "aspect_ratio", "output_path")
+
+
+def test_bad_static_value_is_a_dag_import_error(tmp_path, airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    (tmp_path / "typo_dag.py").write_text(textwrap.dedent("""
+        import datetime
+        from airflow.sdk import DAG
+        from airflow_provider_cutout.operators.image_edit import CutoutImageEditOperator
+        with DAG("typo", schedule=None, start_date=datetime.datetime(2026, 1, 1)):
+            CutoutImageEditOperator(task_id="edit", prompt="blur", image_urls="https://x/a.png",
+                                    model="gpt-image-l")
+    """))
+    bag = DagBag(dag_folder=str(tmp_path))
+    (error,) = bag.import_errors.values()
+    assert "model='gpt-image-l' is not supported" in error and "task_id='edit'" in error
