@@ -109,7 +109,10 @@ def test_templated_values_wait_for_run_time():
 
 
 def test_bad_static_value_is_a_dag_import_error(tmp_path, airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow < 3.2
+        from airflow.models.dagbag import DagBag
 
     (tmp_path / "typo_dag.py").write_text(textwrap.dedent("""
         import datetime

@@ -75,7 +75,10 @@ def as_url_list(value: Any) -> Any:
 def fail_or_retry(err: CutoutError, log: logging.Logger | Any) -> NoReturn:
     """Apply the failure policy: transient errors re-raise so the task's own ``retries`` apply;
     errors that a retry cannot fix fail the task at once, since each retry could cost credits."""
-    from airflow.sdk.exceptions import AirflowFailException
+    try:
+        from airflow.sdk.exceptions import AirflowFailException
+    except ImportError:  # Airflow < 3.2
+        from airflow.exceptions import AirflowFailException  # type: ignore[no-redef,attr-defined]
 
     if err.retryable:
         log.warning("Transient Cutout error (%s): raising so the task's own retries apply: %s",

@@ -1,0 +1,6 @@
+"""Puts the example DAGs into the tests' DAGs folder, so dag.test() finds them serialized.
+
+(The airflow DAG processor collects DAG objects at the top level of this module.)
+"""
+
+from example_dags.example_cutout_image_edit import dag as example_cutout_image_edit  # noqa: F401
