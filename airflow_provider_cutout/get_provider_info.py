@@ -74,7 +74,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "Cutout.Pro",
-                "python-modules": ["airflow_provider_cutout.operators.image_edit"],
+                "python-modules": [
+                    "airflow_provider_cutout.operators.image_edit",
+                    "airflow_provider_cutout.operators.batch",
+                ],
             }
         ],
         "extra-links": ["airflow_provider_cutout.links.CutoutResultLink"],

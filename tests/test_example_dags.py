@@ -19,3 +19,20 @@ def test_example_cutout_image_edit(sandbox, airflow_db, tmp_path):
     cutouts = sorted((example_folder / "cutouts").iterdir())
     assert len(cutouts) == 3 and all(Image.open(p).mode == "RGBA" for p in cutouts)
     assert sandbox.ledger()["credits_charged"] == 16
+
+
+def test_example_catalog_refresh_second_run_edits_nothing(sandbox, airflow_db, tmp_path):
+    from tests.dags.examples import example_cutout_catalog_refresh as dag
+
+    first = dag.test(run_conf={"output_dir": str(tmp_path)})
+    assert all(state == "success" for runs in states(first).values() for state, _ in runs), states(first)
+    assert xcoms(first, "report")[-1] == {"stored": 12, "edited": 12, "skipped": 0}
+    white = Image.open(tmp_path / "catalog" / "mug-white.png")
+    assert white.width == white.height
+    assert Image.open(tmp_path / "catalog" / "lamp-cutout.png").getpixel((0, 0))[3] == 0
+    charged = sandbox.ledger()["charges"]
+    assert charged == 12
+
+    second = dag.test(run_conf={"output_dir": str(tmp_path)})
+    assert xcoms(second, "report")[-1] == {"stored": 12, "edited": 0, "skipped": 12}
+    assert sandbox.ledger()["charges"] == charged

@@ -11,6 +11,8 @@ import io
 import ipaddress
 import json
 import mimetypes
+import select
+import socket
 import threading
 import time
 import uuid
@@ -155,6 +157,14 @@ class SandboxHandler(BaseHTTPRequestHandler):
             raise EnvelopeError(413, 413, "Request body too large")
         return self.rfile.read(length) if length else b""
 
+    def _client_gone(self) -> bool:
+        """Whether the client closed its end while the edit ran (it sends nothing while it waits)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
     def _authorized(self) -> bool:
         key = (self.headers.get("APIKEY") or "").strip()
         expected = self.state.config.api_key
@@ -270,6 +280,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
         delay = self.state.config.latency_for(model) - (time.monotonic() - started)
         if delay > 0:
             time.sleep(delay)
+        if self._client_gone():  # like a server that cancels work for a client that hung up (499)
+            self.state.record("edit", "cancelled", fingerprint=fp, credits=0, reason="client closed the connection")
+            self.close_connection = True
+            return
         if not self.state.charge(price):
             self.state.record("edit", "rejected", fingerprint=fp, credits=0, reason="Insufficient balance")
             raise EnvelopeError(200, 1001, "Insufficient balance")

@@ -1,0 +1,50 @@
+"""DAGs the batch tests run with dag.test(): items are generated from params at run time, each
+with its own small sandbox sample image (so each has its own request fingerprint)."""
+
+from __future__ import annotations
+
+import datetime
+
+from airflow.sdk import DAG, task
+
+from airflow_provider_cutout.hooks.cutout import CutoutHook
+from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator
+
+START = datetime.datetime(2026, 1, 1)
+PARAMS = {"n": 10, "out": "/tmp/unused", "changed": "", "invalid": False}
+
+
+@task
+def make_items(params=None) -> list[dict]:
+    base = CutoutHook().base_url
+    names = ["mug", "sneaker", "lamp", "chair", "bottle", "watch"]
+    items = [
+        {
+            "key": f"item-{i}",
+            "prompt": "invert" if params["changed"] == f"item-{i}" else "grayscale",
+            "image_urls": [f"{base}/samples/{names[i % 6]}.png?w={40 + i % 40}&h={30 + i // 40}"],
+        }
+        for i in range(int(params["n"]))
+    ]
+    if params["invalid"]:
+        items += [
+            {"key": "bad-model", "image_urls": [f"{base}/samples/mug.png"], "model": "gpt-9"},
+            {"key": "bad-url", "image_urls": ["http://example.com/a.png"]},
+            {"prompt": "no key", "image_urls": [f"{base}/samples/mug.png"]},
+        ]
+    return items
+
+
+def batch_dag(dag_id: str, **operator_kwargs) -> DAG:
+    with DAG(dag_id, schedule=None, start_date=START, params=PARAMS,
+             default_args={"retries": 2, "retry_delay": datetime.timedelta(seconds=0)}) as dag:
+        CutoutBatchImageEditOperator(
+            task_id="batch", items=make_items(), output_dir="{{ params.out }}/", prompt="grayscale",
+            progress_interval=1.0, **operator_kwargs,
+        )
+    return dag
+
+
+batch = batch_dag("t_batch", max_concurrency=8)
+budget = batch_dag("t_batch_budget", max_credits=10)
+slow = batch_dag("t_batch_slow", max_concurrency=4)

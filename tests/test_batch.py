@@ -1,0 +1,131 @@
+"""CutoutBatchImageEditOperator through real Airflow runs against the sandbox and its ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator, chunk_items, file_stem
+from tests.conftest import REPO, states, xcoms
+from tests.dags.batch_dags import batch, budget, slow
+
+
+def summary(dr):
+    return xcoms(dr, "batch")[-1]
+
+
+def manifest_entries(folder):
+    return json.loads((folder / "cutout-manifest.json").read_text())["entries"]
+
+
+def test_200_items_rerun_free_and_one_change(sandbox, airflow_db, tmp_path, capfd):
+    sandbox.reset(balance=5000)
+    conf = {"n": 200, "out": str(tmp_path), "changed": "", "invalid": False}
+    first = summary(batch.test(run_conf=conf))
+    assert first["edited"] == 200 and first["failed"] == 0 and first["credits_spent"] == 800
+    assert len(list(tmp_path.glob("item-*.png"))) == 200
+    entries = manifest_entries(tmp_path)
+    assert len(entries) == 200 and {e["status"] for e in entries.values()} == {"stored"}
+    ledger = sandbox.ledger()
+    assert ledger["charges"] == 200 and all(v["charges"] == 1 for v in ledger["by_fingerprint"].values())
+    log = capfd.readouterr()
+    assert "Cutout batch progress: 200/200 done" in log.out + log.err
+
+    second = summary(batch.test(run_conf=conf))
+    assert second["skipped"] == 200 and second["edited"] == 0 and second["credits_spent"] == 0
+    assert sandbox.ledger()["charges"] == 200  # nothing charged
+
+    third = summary(batch.test(run_conf={**conf, "changed": "item-7"}))
+    assert third["edited"] == 1 and third["skipped"] == 199 and third["credits_spent"] == 4
+    ledger = sandbox.ledger()
+    assert ledger["charges"] == 201
+    (new_call,) = [c for c in ledger["calls"] if c["seq"] > 200 and c["path"] == "edit"]
+    assert new_call["operations"] == ["invert"]
+    assert len(list(tmp_path.glob("item-*.png"))) == 200  # item-7 replaced, not duplicated
+
+
+def test_budget_exceeded_fails_with_zero_calls(sandbox, airflow_db, tmp_path, capfd):
+    dr = budget.test(run_conf={"n": 5, "out": str(tmp_path), "changed": "", "invalid": False})
+    assert states(dr)["batch"] == [("failed", 1)]
+    assert sandbox.ledger()["calls"] == []
+    log = capfd.readouterr()
+    assert "planned cost is 20 credits for 5 edits, over max_credits=10" in log.out + log.err
+
+
+def test_invalid_items_reported_together(sandbox, airflow_db, tmp_path, capfd):
+    dr = batch.test(run_conf={"n": 3, "out": str(tmp_path), "changed": "", "invalid": True})
+    assert states(dr)["batch"] == [("failed", 1)]
+    assert sandbox.ledger()["calls"] == []
+    text = "".join(capfd.readouterr())
+    assert "3 of 6 items are invalid; nothing was sent" in text
+    assert "item 'bad-model': model='gpt-9'" in text and "item 'bad-url'" in text and "items[5]: key=None" in text
+
+
+def test_insufficient_credits_stops_the_batch(sandbox, airflow_db, tmp_path, capfd):
+    sandbox.reset(balance=20)
+    sandbox.server.state.config.latency = 0.05
+    dr = slow.test(run_conf={"n": 40, "out": str(tmp_path), "changed": "", "invalid": False})
+    assert states(dr)["batch"] == [("failed", 1)]
+    ledger = sandbox.ledger()
+    assert ledger["charges"] == 5
+    assert ledger["edit_calls"] <= 5 + 4  # stopped at once: at most the calls already in flight
+    entries = manifest_entries(tmp_path)
+    assert sum(e["status"] == "stored" for e in entries.values()) == 5
+    assert "the batch stopped at once" in "".join(capfd.readouterr())
+
+
+def test_sigkill_mid_run_then_rerun(sandbox, airflow_db, tmp_path):
+    sandbox.reset(balance=5000)
+    sandbox.server.state.config.latency = 0.15
+    conf = json.dumps({"n": 60, "out": str(tmp_path), "changed": "", "invalid": False})
+    script = f"import json; from tests.dags.batch_dags import slow; slow.test(run_conf=json.loads({conf!r}))"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for stored_before_kill in (6, 20, 35):
+        proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "the batch process ended before it was killed"
+            try:
+                entries = manifest_entries(tmp_path)
+            except (FileNotFoundError, ValueError):
+                entries = {}
+            if sum(e["status"] == "stored" for e in entries.values()) >= stored_before_kill:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    final = summary(slow.test(run_conf=json.loads(conf)))
+    assert final["failed"] == 0 and final["skipped"] + final["edited"] + final["recovered"] == 60
+    assert final["skipped"] >= 35
+    assert sorted(p.name for p in tmp_path.glob("item-*")) == sorted(f"item-{i}.png" for i in range(60))
+    assert not list(tmp_path.glob(".*.part"))
+    entries = manifest_entries(tmp_path)
+    assert len(entries) == 60 and {e["status"] for e in entries.values()} == {"stored"}
+    ledger = sandbox.ledger()
+    charges = {fp: v["charges"] for fp, v in ledger["by_fingerprint"].items()}
+    assert len(charges) == 60 and set(charges.values()) == {1}, "an item was charged twice"
+
+
+def test_operator_argument_checks():
+    with pytest.raises(ValueError, match="max_concurrency=0"):
+        CutoutBatchImageEditOperator(task_id="b", items=[], output_dir="/tmp/x/", max_concurrency=0)
+    with pytest.raises(ValueError, match=r"max_failures=1\.5"):
+        CutoutBatchImageEditOperator(task_id="b", items=[], output_dir="/tmp/x/", max_failures=1.5)
+    with pytest.raises(ValueError, match="1 of 2 items are invalid") as info:
+        CutoutBatchImageEditOperator(task_id="b", output_dir="/tmp/x/", prompt="blur", items=[
+            {"key": "a", "image_urls": "https://x/a.png"}, {"key": "a", "image_urls": "https://x/b.png"}])
+    assert "also that of item 'a'" in str(info.value)
+
+
+def test_chunk_items_and_file_stem():
+    items = [{"key": str(i)} for i in range(10)]
+    chunks = chunk_items(items, 4)
+    assert [len(c) for c in chunks] == [4, 4, 2] and [i for c in chunks for i in c] == items
+    assert file_stem("shoes/red sneaker #1") == "shoes_red_sneaker_1"
