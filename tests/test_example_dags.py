@@ -36,3 +36,20 @@ def test_example_catalog_refresh_second_run_edits_nothing(sandbox, airflow_db, t
     second = dag.test(run_conf={"output_dir": str(tmp_path)})
     assert xcoms(second, "report")[-1] == {"stored": 12, "edited": 0, "skipped": 12}
     assert sandbox.ledger()["charges"] == charged
+
+
+def test_demo_command_end_to_end(tmp_path):
+    """``make demo`` without its install step: sandbox, Airflow CLI, two runs, ledger check."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env["CUTOUT_DEMO_PYTHON"] = sys.executable
+    out = subprocess.run(["bash", str(REPO / "scripts" / "demo.sh")], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Connection success!" in out.stdout
+    assert "12 edited images in" in out.stdout and "12 edits charged, 48 credits" in out.stdout
