@@ -53,3 +53,18 @@ def test_demo_command_end_to_end(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Connection success!" in out.stdout
     assert "12 edited images in" in out.stdout and "12 edits charged, 48 credits" in out.stdout
+
+
+def test_example_chunked_catalog(sandbox, airflow_db, tmp_path):
+    from airflow_provider_cutout.manifest import read_manifest
+    from tests.dags.examples import example_cutout_catalog_chunked as dag
+
+    dr = dag.test(run_conf={"output_dir": str(tmp_path)})
+    summaries = xcoms(dr, "refresh_chunk")
+    assert sorted(summaries) == [0, 1, 2] and sum(s["edited"] for s in summaries.values()) == 12
+    folder = tmp_path / "catalog-chunked"
+    assert sorted(p.name for p in folder.glob("cutout-manifest*.json")) == [
+        "cutout-manifest-0.json", "cutout-manifest-1.json", "cutout-manifest-2.json"]
+    assert len(read_manifest(folder)) == 12
+    again = xcoms(dag.test(run_conf={"output_dir": str(tmp_path)}), "refresh_chunk")
+    assert sum(s["skipped"] for s in again.values()) == 12 and sandbox.ledger()["charges"] == 12

@@ -236,6 +236,25 @@ class CutoutBatchImageEditOperator(BaseOperator):
             )
         return planned
 
+    @staticmethod
+    def _remove_own_leftovers(folder: Any, planned: list[PlannedEdit], manifest_file: str) -> set[str]:
+        """Delete temporary files a killed run of these items left; return the folder's file names.
+
+        Only this task's own temporaries (named after its items and its manifest) are removed, so
+        chunks sharing the folder never touch each other's files in progress.
+        """
+        if not folder.exists():
+            return set()
+        own = {file_stem(item.key) for item in planned} | {manifest_file}
+        names = set()
+        for path in folder.iterdir():
+            name = path.name
+            if name.startswith(".") and name.endswith(".part") and name[1:].rsplit(".", 2)[0] in own:
+                path.unlink()
+            else:
+                names.add(name)
+        return names
+
     def _failure_limit(self, to_edit: int) -> int:
         if isinstance(self.max_failures, float):
             return int(self.max_failures * to_edit)
@@ -254,7 +273,8 @@ class CutoutBatchImageEditOperator(BaseOperator):
             fail_or_retry(err, self.log)
         folder = ObjectStoragePath(str(self.output_dir).rstrip("/") + "/")
         known = load_entries(folder)
-        existing = {p.name for p in folder.iterdir()} if folder.exists() else set()
+        map_index = getattr(context.get("ti"), "map_index", -1)
+        existing = self._remove_own_leftovers(folder, planned, manifest_name(map_index))
         todo, recover, skip = [], [], 0
         for item in planned:
             entry = known.get(item.fingerprint)
@@ -284,7 +304,6 @@ class CutoutBatchImageEditOperator(BaseOperator):
                     f"the planned cost is {cost} credits but the account has {balance.total:g}; top up or "
                     "edit fewer items. Nothing was sent."), self.log)
 
-        map_index = getattr(context.get("ti"), "map_index", -1)
         manifest = Manifest(folder, manifest_name(map_index))
         progress = Progress(total=len(planned), skipped=skip)
         stop = threading.Event()

@@ -3,5 +3,6 @@
 (The airflow DAG processor collects DAG objects at the top level of this module.)
 """
 
+from example_dags.example_cutout_catalog_chunked import dag as example_cutout_catalog_chunked  # noqa: F401
 from example_dags.example_cutout_catalog_refresh import dag as example_cutout_catalog_refresh  # noqa: F401
 from example_dags.example_cutout_image_edit import dag as example_cutout_image_edit  # noqa: F401

@@ -1,0 +1,111 @@
+"""Docs match the code: quoted snippets, public names, and the tables built from the code's own data."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+PAGES = [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md"]
+
+
+def test_snippets_match_their_sources():
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import docs_snippets
+    finally:
+        sys.path.pop(0)
+    assert docs_snippets.main(check=True) == 0
+    quoted = sum(len(docs_snippets.BLOCK.findall(p.read_text())) for p in PAGES)
+    assert quoted >= 6
+
+
+def _resolve(dotted: str) -> object:
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(dotted)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_public_name_mentioned_exists(page):
+    text = page.read_text()
+    for dotted in set(re.findall(r"airflow_provider_cutout(?:\.[A-Za-z_]\w*)+", text)):
+        _resolve(dotted.rstrip("."))
+    from airflow_provider_cutout import exceptions
+    from airflow_provider_cutout.hooks.cutout import CutoutHook
+    from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator
+    from airflow_provider_cutout.operators.image_edit import CutoutImageEditOperator
+
+    known = {name for name in dir(exceptions) if not name.startswith("_")}
+    known |= {"CutoutHook", "CutoutImageEditOperator", "CutoutBatchImageEditOperator", "CutoutResultLink",
+              "CutoutClient"}
+    for name in set(re.findall(r"`(Cutout\w+)", text)):
+        assert name in known, f"{page.name} mentions {name}, which does not exist"
+    for method in set(re.findall(r"CutoutHook\.(\w+)", text)):
+        assert hasattr(CutoutHook, method), method
+    for op in (CutoutImageEditOperator, CutoutBatchImageEditOperator):
+        for param in set(re.findall(rf"{op.__name__}\((\w+)=", text)):
+            assert param in op.__init__.__code__.co_varnames, param
+
+
+def test_models_table_matches_the_registry():
+    from airflow_provider_cutout.models import MODELS
+
+    rows = re.findall(r"^\| ([\w.-]+) \| (\d+) \| (\d+) \| ([^|]+) \|", (REPO / "docs" / "models.md").read_text(), re.M)
+    table = {name: (int(credits), int(max_images), tuple(r.strip() for r in ratios.split(",")))
+             for name, credits, max_images, ratios in rows}
+    assert table == {m.name: (m.credits, m.max_images, m.aspect_ratios) for m in MODELS.values()}
+
+
+def test_operator_parameter_tables_list_every_parameter():
+    from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator
+    from airflow_provider_cutout.operators.image_edit import CutoutImageEditOperator
+
+    text = (REPO / "docs" / "operators.md").read_text()
+    for op in (CutoutImageEditOperator, CutoutBatchImageEditOperator):
+        code = op.__init__.__code__
+        params = set(code.co_varnames[1 : code.co_argcount + code.co_kwonlyargcount])
+        for param in params:
+            assert f"| `{param}` |" in text, f"{op.__name__}.{param} is not documented"
+
+
+def test_connection_extras_table_lists_every_setting():
+    from airflow_provider_cutout.client import ClientSettings
+
+    text = (REPO / "docs" / "connection.md").read_text()
+    for field in dataclasses.fields(ClientSettings):
+        if field.name == "base_url":
+            continue
+        default = str(field.default).lower() if isinstance(field.default, bool) else f"{field.default:.15g}"
+        assert f"| `{field.name}` | {default} |" in text, field.name
+
+
+def test_sandbox_tables_list_every_keyword_and_fault():
+    from airflow_provider_cutout.sandbox import FAULT_KINDS
+    from airflow_provider_cutout.sandbox.edits import KEYWORDS
+
+    text = (REPO / "docs" / "sandbox.md").read_text()
+    for _, name, _ in KEYWORDS:
+        assert f"| `{name}`" in text
+    for kind in FAULT_KINDS:
+        assert f"| `{kind}` |" in text
+
+
+def test_readme_commands_exist():
+    readme = (REPO / "README.md").read_text()
+    makefile = (REPO / "Makefile").read_text()
+    for command in ("make demo", "make test"):
+        assert command in readme and f"{command.split()[1]}:" in makefile
+    assert "make test" in (REPO / ".ci" / "run").read_text()
