@@ -50,6 +50,7 @@ BALANCE_PATH = "/api/v1/mySubscription"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 INSUFFICIENT_CREDITS_CODE = 1001
 CHUNK_BYTES = 64 * 1024
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
 _IMAGE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": ".png", b"\xff\xd8\xff": ".jpg", b"GIF87a": ".gif", b"GIF89a": ".gif"}
 
 
@@ -262,7 +263,7 @@ class CutoutClient:
         except CutoutError as err:
             # The POST reached the server: a resend could charge twice, so Airflow must not retry it.
             if isinstance(err, ServerError) and 200 <= response.status_code < 300:
-                err.retryable = False
+                err.retryable, err.maybe_charged = False, True
                 err.message += "; the edit may have been charged, check the account before re-running"
             raise
         except ValueError as err:
@@ -271,6 +272,7 @@ class CutoutClient:
                 "have been charged, check the account before re-running",
                 http_status=response.status_code,
                 retryable=False,
+                maybe_charged=True,
             ) from None
         if result.status == 0:
             raise FailedEditError(
@@ -308,7 +310,7 @@ class CutoutClient:
             is_loopback_url(url) and is_loopback_url(self.settings.base_url) and url.startswith("http://")
         ):
             raise ResultDownloadError(f"result URL {url[:200]!r} is not an https:// URL; refusing to fetch it")
-        response = self._send("GET", url, stream=True, with_key=False)
+        response = self._send("GET", url, download=True)
         with response:
             if response.status_code in (404, 410):
                 raise ResultDownloadError(
@@ -362,17 +364,19 @@ class CutoutClient:
         path_or_url: str,
         *,
         json: Any = None,
-        stream: bool = False,
-        with_key: bool = True,
+        download: bool = False,
     ) -> requests.Response:
         """Send with bounded, logged retries; return the first response that is not retried.
 
         Retried: connection failures before the request was sent, HTTP 429/502/503/504, and, for
-        GET (or POST when ``retry_on_read_timeout`` is set), read timeouts and dropped connections.
+        GET (or POST when ``retry_on_read_timeout`` is set), read timeouts and broken answers.
+        API answers are read here, up to ``MAX_ANSWER_BYTES``; a ``download`` is left streaming,
+        follows redirects and carries no API key.
         """
         url = path_or_url if "://" in path_or_url else self.settings.base_url + path_or_url
-        headers = {"APIKEY": self._api_key} if with_key else {}
+        headers = {} if download else {"APIKEY": self._api_key}
         resend_ok = method == "GET" or self.settings.retry_on_read_timeout
+        charge_note = "" if method == "GET" else "; the edit may have been charged, so it is not sent again"
         timeout = (self.settings.connect_timeout, self.settings.read_timeout)
         attempt = 0
         while True:
@@ -380,43 +384,50 @@ class CutoutClient:
             error: CutoutError
             try:
                 response = self._session.request(
-                    method, url, json=json, headers=headers, timeout=timeout,
-                    stream=stream, allow_redirects=not with_key,
+                    method, url, json=json, headers=headers, timeout=timeout, stream=True,
+                    allow_redirects=download,
                 )
+                if not download:
+                    _read_capped(response, MAX_ANSWER_BYTES)
             except requests.exceptions.ConnectTimeout:
                 error = CutoutTimeoutError(
                     f"could not connect to {self.settings.base_url} within {self.settings.connect_timeout}s"
                 )
             except requests.exceptions.ReadTimeout:
                 error = CutoutTimeoutError(
-                    f"{method} {_path(url)} sent but no answer within {self.settings.read_timeout}s"
-                    + ("" if method == "GET" else "; the edit may still complete and be charged"),
-                    request_sent=True,
-                    retryable=resend_ok,
+                    f"{method} {_path(url)} was sent but no answer came within {self.settings.read_timeout}s"
+                    + charge_note,
+                    request_sent=True, retryable=resend_ok, maybe_charged=method != "GET",
                 )
             except requests.exceptions.TooManyRedirects:
                 raise ResultDownloadError(f"{_path(url)} redirected too many times") from None
             except requests.exceptions.ConnectionError as err:
                 sent = _request_was_sent(err)
                 error = CutoutConnectionError(
-                    f"{method} {_path(url)}: " + (
-                        "the connection was dropped before an answer came"
-                        + ("" if method == "GET" else "; the edit may have been charged")
-                        if sent else f"could not connect to {self.settings.base_url}"
-                    ),
-                    request_sent=sent,
-                    retryable=resend_ok or not sent,
+                    f"{method} {_path(url)}: the connection was dropped before the answer came" + charge_note
+                    if sent else f"{method} {_path(url)}: could not connect to {self.settings.base_url}",
+                    request_sent=sent, retryable=resend_ok or not sent, maybe_charged=sent and method != "GET",
                 )
+            except requests.exceptions.RequestException as err:  # a body cut short or undecodable
+                error = CutoutConnectionError(
+                    f"{method} {_path(url)}: the answer broke off ({type(err).__name__})" + charge_note,
+                    request_sent=True, retryable=resend_ok, maybe_charged=method != "GET",
+                )
+            except CutoutError as err:  # an answer over the size cap
+                error = err
+                error.retryable, error.maybe_charged = resend_ok, method != "GET"
             else:
                 if response.status_code not in RETRY_STATUSES:
                     return response
-                try:
-                    parse_envelope(response)
-                    error = ServerError(f"HTTP {response.status_code}", http_status=response.status_code)
-                except CutoutError as status_error:
-                    error = status_error
-                finally:
+                if download:
                     response.close()
+                    error = ServerError(f"HTTP {response.status_code}", http_status=response.status_code)
+                else:
+                    try:
+                        parse_envelope(response)
+                        error = ServerError(f"HTTP {response.status_code}", http_status=response.status_code)
+                    except CutoutError as status_error:
+                        error = status_error
             if not error.retryable or attempt > self.settings.max_retries:
                 error.attempts = attempt
                 raise error
@@ -426,6 +437,20 @@ class CutoutClient:
                 method, _path(url), error, attempt, self.settings.max_retries, delay,
             )
             self._sleep(delay)
+
+
+def _read_capped(response: requests.Response, limit: int) -> None:
+    """Read an API answer into memory, refusing one larger than ``limit`` bytes."""
+    chunks, size = [], 0
+    with response:
+        for chunk in response.iter_content(CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                raise ServerError(
+                    f"Cutout's answer exceeds {limit} bytes; refusing to read it", http_status=response.status_code
+                )
+            chunks.append(chunk)
+    response._content = b"".join(chunks)
 
 
 def _path(url: str) -> str:

@@ -24,14 +24,25 @@ __all__ = [
 
 
 class CutoutError(Exception):
-    """Root of every error raised by the provider."""
+    """Root of every error raised by the provider.
+
+    :param message: what went wrong, with the value and the fix where there is one.
+    :param retryable: overrides the class's ``retryable`` for this instance.
+    :param attempts: how many attempts were made.
+    :param maybe_charged: an edit may have been charged although no result came back.
+    """
 
     retryable: bool = False
+    #: ``True`` when an edit may have been carried out and charged although no result came back.
+    maybe_charged: bool = False
 
-    def __init__(self, message: str, *, retryable: bool | None = None, attempts: int = 1) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool | None = None, attempts: int = 1, maybe_charged: bool = False
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.attempts = attempts
+        self.maybe_charged = maybe_charged
         if retryable is not None:
             self.retryable = retryable
 

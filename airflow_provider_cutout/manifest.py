@@ -17,7 +17,7 @@ import uuid
 from typing import Any
 
 MANIFEST_GLOB = "cutout-manifest*.json"
-STORED, EDITED, FAILED = "stored", "edited", "failed"
+STORED, EDITED, FAILED, IN_DOUBT = "stored", "edited", "failed", "in_doubt"
 
 
 def manifest_name(map_index: int | None) -> str:

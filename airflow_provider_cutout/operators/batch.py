@@ -21,7 +21,15 @@ from airflow_provider_cutout.exceptions import (
     InvalidInputError,
 )
 from airflow_provider_cutout.hooks.cutout import CutoutHook
-from airflow_provider_cutout.manifest import EDITED, FAILED, STORED, Manifest, load_entries, manifest_name
+from airflow_provider_cutout.manifest import (
+    EDITED,
+    FAILED,
+    IN_DOUBT,
+    STORED,
+    Manifest,
+    load_entries,
+    manifest_name,
+)
 from airflow_provider_cutout.models import ImageEditRequest
 from airflow_provider_cutout.operators.image_edit import as_url_list, fail_or_retry, is_dynamic
 
@@ -73,12 +81,17 @@ class Progress:
     failed: int = 0
     credits: int = 0
     errors: list[str] = field(default_factory=list)
+    doubtful: list[str] = field(default_factory=list)  # keys that may have been charged without a result
     stop_error: CutoutError | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
+    def in_doubt(self) -> int:
+        return len(self.doubtful)
+
+    @property
     def done(self) -> int:
-        return self.skipped + self.edited + self.recovered + self.failed
+        return self.skipped + self.edited + self.recovered + self.failed + self.in_doubt
 
 
 class RateLimiter:
@@ -121,6 +134,9 @@ class CutoutBatchImageEditOperator(BaseOperator):
     :param max_failures: failed items tolerated, as a count (``3``) or a fraction of the items to
         edit (``0.05``); more fails the task at the end (its ``retries`` then redo only those).
     :param check_balance: read the balance first and fail before any call when it is too low.
+    :param resend_in_doubt: edit again items that were (or may have been) charged without a stored
+        result: a read timeout, a dropped connection, a result URL that expired before it was stored.
+        Off by default, since it can charge twice.
     :param progress_interval: seconds between progress lines in the log.
     :param cutout_conn_id: the ``cutout`` connection.
     """
@@ -141,6 +157,7 @@ class CutoutBatchImageEditOperator(BaseOperator):
         max_credits: int | None = None,
         max_failures: int | float = 0,
         check_balance: bool = False,
+        resend_in_doubt: bool = False,
         progress_interval: float = 10.0,
         cutout_conn_id: str = CutoutHook.default_conn_name,
         **kwargs: Any,
@@ -169,6 +186,7 @@ class CutoutBatchImageEditOperator(BaseOperator):
         self.max_credits = max_credits
         self.max_failures = max_failures
         self.check_balance = check_balance
+        self.resend_in_doubt = resend_in_doubt
         self.progress_interval = progress_interval
         self.cutout_conn_id = cutout_conn_id
         if not is_dynamic(items):
@@ -275,7 +293,7 @@ class CutoutBatchImageEditOperator(BaseOperator):
         known = load_entries(folder)
         map_index = getattr(context.get("ti"), "map_index", -1)
         existing = self._remove_own_leftovers(folder, planned, manifest_name(map_index))
-        todo, recover, skip = [], [], 0
+        todo, recover, skip, doubtful = [], [], 0, []
         for item in planned:
             entry = known.get(item.fingerprint)
             status = entry.get("status") if entry else None
@@ -283,12 +301,14 @@ class CutoutBatchImageEditOperator(BaseOperator):
                 skip += 1
             elif status in (STORED, EDITED) and entry and entry.get("image_url"):
                 recover.append((item, entry))  # paid for already: fetch again, never edit again
+            elif status == IN_DOUBT and not self.resend_in_doubt:
+                doubtful.append(item.key)
             else:
                 todo.append(item)
         cost = sum(item.request.credits for item in todo)
         self.log.info(
-            "Cutout batch plan: %d items, %d already stored (skipped), %d to fetch again, %d to edit "
-            "for %d credits", len(planned), skip, len(recover), len(todo), cost,
+            "Cutout batch plan: %d items, %d already stored (skipped), %d to fetch again, %d in doubt "
+            "(not resent), %d to edit for %d credits", len(planned), skip, len(recover), len(doubtful), len(todo), cost,
         )
         if self.max_credits is not None and cost > self.max_credits:
             fail_or_retry(InvalidInputError(
@@ -305,7 +325,7 @@ class CutoutBatchImageEditOperator(BaseOperator):
                     "edit fewer items. Nothing was sent."), self.log)
 
         manifest = Manifest(folder, manifest_name(map_index))
-        progress = Progress(total=len(planned), skipped=skip)
+        progress = Progress(total=len(planned), skipped=skip, doubtful=doubtful)
         stop = threading.Event()
         try:
             self._run(hook, folder, manifest, progress, stop, recover, todo)
@@ -314,7 +334,7 @@ class CutoutBatchImageEditOperator(BaseOperator):
             hook.close()
         summary = {
             "total": progress.total, "skipped": progress.skipped, "edited": progress.edited,
-            "recovered": progress.recovered, "failed": progress.failed,
+            "recovered": progress.recovered, "failed": progress.failed, "in_doubt": progress.in_doubt,
             "not_attempted": progress.total - progress.done, "credits_spent": progress.credits,
             "planned_credits": cost, "manifest": str(manifest.path), "output_dir": str(folder),
         }
@@ -326,6 +346,13 @@ class CutoutBatchImageEditOperator(BaseOperator):
                 "Stored results are kept; a re-run continues from there"
             )
             fail_or_retry(stop_error, self.log)
+        if progress.in_doubt:
+            fail_or_retry(CutoutError(
+                f"{progress.in_doubt} items were or may have been charged without a stored result (a read timeout, "
+                f"a dropped connection, an expired result URL): {', '.join(progress.doubtful[:50])}. They are not "
+                "sent again automatically: check the account's usage, then set resend_in_doubt=True to edit them "
+                "again"),
+                self.log)
         limit = self._failure_limit(len(todo) + len(recover))
         if progress.failed > limit:
             from airflow.sdk.exceptions import AirflowException
@@ -357,13 +384,19 @@ class CutoutBatchImageEditOperator(BaseOperator):
 
         def fail(item: PlannedEdit, entry: dict[str, Any], err: CutoutError) -> None:
             text = f"{item.key}: {type(err).__name__}: {err}"
-            if entry.get("image_url") and err.retryable:
+            charged = bool(entry.get("image_url")) or err.maybe_charged
+            if charged and err.retryable:
                 failed = {**entry, "status": EDITED, "error": text}  # paid for: a re-run fetches it again
+            elif charged:
+                failed = {**entry, "status": IN_DOUBT, "error": text}  # never edited again without consent
             else:
                 failed = {**entry, "status": FAILED, "image_url": None, "error": text}
-            manifest.record(failed)
+            manifest.record(failed, durable=charged)
             with progress.lock:
-                progress.failed += 1
+                if charged and not err.retryable:
+                    progress.doubtful.append(item.key)
+                else:
+                    progress.failed += 1
                 progress.errors.append(text)
                 if isinstance(err, STOP_BATCH) and progress.stop_error is None:
                     progress.stop_error = err

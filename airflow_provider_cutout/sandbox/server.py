@@ -232,6 +232,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self._envelope(200, fault.code or 9999, fault.msg or "Unknown error")
         elif fault.kind == "huge_body":
             self._huge_body(fault.size)
+        elif fault.kind == "redirect":
+            self._send(302, b"", "text/plain", {"Location": fault.location or self.path})
         elif fault.kind == "failed_edit":
             reason = fault.fail_reason or "Content moderation failed"
             data = {"id": self.state.new_id(), "status": 0, "failReason": reason, "imageUrl": "", "model": "",
@@ -339,9 +341,6 @@ class SandboxHandler(BaseHTTPRequestHandler):
 
     def _result(self, name: str) -> None:
         fault = self.state.take_fault("results")
-        if fault and fault.kind == "huge_body":
-            self._huge_body(fault.size)
-            return
         if self._fault_before(fault, "results", None):
             return
         data = self.state.get_result(name.removesuffix(".png"))

@@ -24,6 +24,7 @@ FAULT_KINDS = {
     "unknown_code": "an error envelope with `code` (default 9999) and `msg`; nothing charged",
     "failed_edit": "code 0 with data.status 0 and `fail_reason`; nothing charged",
     "huge_body": "HTTP 200 with a body of `size` bytes (default 64 MiB) that is not JSON",
+    "redirect": "HTTP 302 to `location` (default: the same URL, a redirect loop)",
 }
 FAULT_PATHS = ("edit", "balance", "results", "any")
 
@@ -43,6 +44,7 @@ class Fault:
     fail_reason: str | None = None
     after_edit: bool = False
     size: int = 64 * 1024 * 1024
+    location: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
