@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -227,6 +229,11 @@ class CutoutClient:
         self.log = logger or logging.getLogger(__name__)
         self._sleep = sleep
         self._session = requests.Session()
+        # Read proxy and CA settings from the environment once per host, not on every call (requests
+        # would scan the whole environment and ~/.netrc per request; the API key is our only auth).
+        self._session.trust_env = False
+        self._session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        self._proxies: dict[tuple[str, str], dict[str, str]] = {}
         self._session.max_redirects = 5
         self._session.headers["User-Agent"] = f"airflow-provider-cutout/{__version__}"
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.settings.pool_size, max_retries=0)
@@ -351,6 +358,14 @@ class CutoutClient:
 
     # -- the one retry policy --------------------------------------------------------------------
 
+    def _proxies_for(self, url: str) -> dict[str, str]:
+        """The environment's proxies for this URL's host (``HTTPS_PROXY``, ``NO_PROXY``...), cached."""
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        if key not in self._proxies:
+            self._proxies[key] = requests.utils.get_environ_proxies(url)
+        return self._proxies[key]
+
     def _backoff(self, attempt: int, error: CutoutError) -> float:
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
@@ -385,7 +400,7 @@ class CutoutClient:
             try:
                 response = self._session.request(
                     method, url, json=json, headers=headers, timeout=timeout, stream=True,
-                    allow_redirects=download,
+                    allow_redirects=download, proxies=self._proxies_for(url),
                 )
                 if not download:
                     _read_capped(response, MAX_ANSWER_BYTES)

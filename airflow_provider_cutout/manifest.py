@@ -112,7 +112,7 @@ class Manifest:
                 if self._written == self._version:
                     return
                 version = self._version
-                text = json.dumps({"version": 1, "entries": self.entries}, indent=1, sort_keys=True)
+                text = json.dumps({"version": 1, "entries": self.entries}, separators=(",", ":"))
             try:
                 self._folder.mkdir(parents=True, exist_ok=True)
                 partial = self._folder / f".{self.path.name}.{uuid.uuid4().hex}.part"

@@ -274,7 +274,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
             price = MODELS[model].credits
             if self.state.balance < price:
                 raise EnvelopeError(200, 1001, "Insufficient balance")
-            sources = [check_source(fetch_source(url, i), i, model) for i, url in enumerate(urls)]
+            sources = [check_source(self._fetch(url, i), i, model) for i, url in enumerate(urls)]
             png, ops = edits.edit(sources, prompt, ratio)
         except EnvelopeError as err:
             self.state.record("edit", "rejected", fingerprint=fp, credits=0, reason=err.msg)
@@ -350,6 +350,11 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self._send(200, data, "image/png")
 
     def _sample(self, name: str, query: dict[str, list[str]]) -> None:
+        data, content_type = self._sample_bytes(name, query)
+        self._send(200, data, content_type)
+
+    @staticmethod
+    def _sample_bytes(name: str, query: dict[str, list[str]]) -> tuple[bytes, str]:
         stem, _, ext = name.partition(".")
         if stem not in edits.SAMPLE_COLOURS or ext not in ("png", "jpg"):
             raise EnvelopeError(404, 404, f"No sample {name}; samples: {', '.join(edits.SAMPLE_COLOURS)} (.png/.jpg)")
@@ -360,10 +365,12 @@ class SandboxHandler(BaseHTTPRequestHandler):
             raise EnvelopeError(400, 400, "w and h must be integers") from None
         if not (1 <= w <= 8000 and 1 <= h <= 8000):
             raise EnvelopeError(400, 400, "w and h must be between 1 and 8000")
-        data = edits.sample_image(stem, w, h, ext)
-        self._send(200, data, "image/jpeg" if ext == "jpg" else "image/png")
+        return edits.sample_image(stem, w, h, ext), "image/jpeg" if ext == "jpg" else "image/png"
 
     def _local_image(self, name: str) -> None:
+        self._send(200, *self._local_image_bytes(name))
+
+    def _local_image_bytes(self, name: str) -> tuple[bytes, str]:
         root = self.state.config.images_dir
         if not root:
             raise EnvelopeError(404, 404, "No images folder configured (start with --images DIR)")
@@ -371,7 +378,23 @@ class SandboxHandler(BaseHTTPRequestHandler):
         target = (base / name).resolve()
         if base not in target.parents or not target.is_file():
             raise EnvelopeError(404, 404, f"No image {name}")
-        self._send(200, target.read_bytes(), mimetypes.guess_type(target.name)[0] or "application/octet-stream")
+        return target.read_bytes(), mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+
+    def _fetch(self, url: str, index: int) -> bytes:
+        """A source image: the sandbox's own samples and images are read directly (the same bytes
+        its HTTP routes serve, without a request to itself); other loopback URLs are fetched."""
+        parts = urlsplit(url)
+        own_port = self.server.server_address[1]
+        if _is_loopback_host(parts.hostname or "") and parts.port == own_port:
+            path = unquote(parts.path)
+            try:
+                if path.startswith("/samples/"):
+                    return self._sample_bytes(path.removeprefix("/samples/"), parse_qs(parts.query))[0]
+                if path.startswith("/images/"):
+                    return self._local_image_bytes(path.removeprefix("/images/"))[0]
+            except EnvelopeError as err:
+                raise EnvelopeError(400, 2001, f"Failed to download imageUrl[{index}]: {err.msg}") from None
+        return fetch_source(url, index)
 
     # -- inspection and scripting ----------------------------------------------------------------
 
