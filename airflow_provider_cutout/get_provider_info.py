@@ -13,11 +13,12 @@ from airflow_provider_cutout import __version__
 HOOK_CLASS = "airflow_provider_cutout.hooks.cutout.CutoutHook"
 
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {
-    "hidden-fields": ["schema", "login", "port"],
-    "relabeling": {"host": "Base URL", "password": "API Key"},
+    "hidden-fields": ["schema", "login"],
+    "relabeling": {"host": "Base URL", "password": "API Key", "port": "Port (optional)"},
     "placeholders": {
-        "host": "https://www.cutout.pro (or the sandbox, e.g. http://127.0.0.1:8080)",
+        "host": "https://www.cutout.pro (or the sandbox, e.g. http://127.0.0.1)",
         "password": "your Cutout.Pro API key",
+        "port": "443, or the sandbox's port; used when the Base URL has none",
     },
 }
 

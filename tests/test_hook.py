@@ -192,6 +192,12 @@ def test_host_without_scheme_and_separate_port(monkeypatch):
     assert CutoutHook().base_url == "https://www.cutout.pro"
     monkeypatch.setenv("AIRFLOW_CONN_CUTOUT_DEFAULT", '{"conn_type": "cutout", "host": "api.example.com"}')
     assert CutoutHook().base_url == "https://api.example.com"
+    monkeypatch.setenv("AIRFLOW_CONN_CUTOUT_DEFAULT",
+                       '{"conn_type": "cutout", "host": "https://www.cutout.pro", "port": 443}')
+    assert CutoutHook().base_url == "https://www.cutout.pro:443"
+    monkeypatch.setenv("AIRFLOW_CONN_CUTOUT_DEFAULT",
+                       '{"conn_type": "cutout", "host": "http://127.0.0.1:8080", "port": 9999}')
+    assert CutoutHook().base_url == "http://127.0.0.1:8080"  # a port in the Base URL wins
 
 
 def test_unknown_extra_rejected(monkeypatch, sandbox):
@@ -223,8 +229,8 @@ def test_ui_field_behaviour_matches_provider_info():
     from airflow_provider_cutout.get_provider_info import get_provider_info
 
     behaviour = CutoutHook.get_ui_field_behaviour()
-    assert behaviour["relabeling"] == {"host": "Base URL", "password": "API Key"}
-    assert {"schema", "login", "port"} <= set(behaviour["hidden_fields"])
+    assert behaviour["relabeling"] == {"host": "Base URL", "password": "API Key", "port": "Port (optional)"}
+    assert set(behaviour["hidden_fields"]) == {"schema", "login"}
     conn_type = get_provider_info()["connection-types"][0]
     assert conn_type["connection-type"] == "cutout"
     assert conn_type["ui-field-behaviour"]["relabeling"] == behaviour["relabeling"]

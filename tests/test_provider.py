@@ -33,8 +33,8 @@ def test_cutout_connection_type_resolves_to_the_hook(airflow_db):
     # only when wtforms is installed (it comes with the FAB provider).
     if hasattr(manager, "_load_ui_metadata") or find_spec("wtforms"):
         behaviour = manager.field_behaviours["cutout"]
-        assert behaviour["relabeling"] == {"host": "Base URL", "password": "API Key"}
-        assert set(behaviour["hidden_fields"]) == {"schema", "login", "port"}
+        assert behaviour["relabeling"] == {"host": "Base URL", "password": "API Key", "port": "Port (optional)"}
+        assert set(behaviour["hidden_fields"]) == {"schema", "login"}
 
     from airflow.models.connection import Connection
 

@@ -1,0 +1,166 @@
+"""The `cutout` connection in Airflow's real UI, driven in headless Chromium (Debian's chromium and
+chromedriver): the form's fields, saving, and the Test button against the sandbox.
+
+Runs on the newest supported Airflow only (the floor run deselects ``-m browser``): Airflow 3.1's
+form shows hook-defined field behaviour only with the FAB provider installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from airflow_provider_cutout.sandbox import SandboxConfig, run_sandbox
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.browser
+ARTIFACTS = REPO / ".artifacts" / "browser"
+RIGHT_KEY = "sk-browser-right-key"
+WRONG_KEY = "sk-browser-wrong-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory) -> Iterator[str]:
+    """Airflow's API server on loopback with a throw-away sqlite home; stopped whatever happens."""
+    home = tmp_path_factory.mktemp("airflow-ui-home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",  # off by default; on in this throw-away home only
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+    })
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    port = free_port()
+    log = (home / "api-server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port",
+                             str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (home / "api-server.log").read_text()[-3000:]
+            try:
+                if requests.get(f"{url}/api/v2/version", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("the API server did not start within 120 s")
+        yield url
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver_path, "install Debian's chromium and chromium-driver (scripts/test.sh does)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.implicitly_wait(0)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(driver, condition, timeout: float = 20.0):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(condition)
+
+
+def body_text(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def test_connection_form_save_and_test_button(api_server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+
+    driver = browser
+    with run_sandbox(SandboxConfig(api_key=RIGHT_KEY, balance=1000)) as sandbox:
+        sandbox_port = sandbox.server_address[1]
+        driver.get(f"{api_server}/connections")
+        wait_for(driver, ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Add Connection']"))).click()
+        wait_for(driver, ec.visibility_of_element_located((By.NAME, "connection_id"))).send_keys("cutout_browser")
+        kind = driver.find_element(By.CSS_SELECTOR, "input[role=combobox]")
+        kind.send_keys("Cutout")
+        wait_for(driver, lambda d: "Cutout.Pro" in body_text(d))
+        kind.send_keys(Keys.ENTER)
+        wait_for(driver, ec.visibility_of_element_located((By.NAME, "host")))
+
+        labels = {label.text.strip() for label in driver.find_elements(By.TAG_NAME, "label") if label.text.strip()}
+        assert {"Base URL", "API Key", "Port (optional)"} <= labels, labels
+        assert not {"Login", "Schema", "Host", "Password"} & labels, labels
+        assert not driver.find_elements(By.NAME, "login") and not driver.find_elements(By.NAME, "schema")
+        assert "Read timeout (s)" in body_text(driver) or driver.find_elements(By.NAME, "element_read_timeout")
+        driver.save_screenshot(str(ARTIFACTS / "connection-form.png"))
+
+        driver.find_element(By.NAME, "host").send_keys("http://127.0.0.1")
+        driver.find_element(By.NAME, "port").send_keys(str(sandbox_port))
+        driver.find_element(By.NAME, "password").send_keys(RIGHT_KEY)
+        driver.find_element(By.XPATH, "//button[normalize-space()='Save']").click()
+        row = wait_for(driver, ec.visibility_of_element_located(
+            (By.XPATH, "//tr[.//*[normalize-space()='cutout_browser']]")))
+
+        row.find_element(By.CSS_SELECTOR, "button[aria-label='Test Connection']").click()
+        wait_for(driver, lambda d: "image credits available" in body_text(d) or "Failed" in body_text(d))
+        text = body_text(driver)
+        assert "1000 image credits available" in text, text[-800:]
+        driver.save_screenshot(str(ARTIFACTS / "connection-test-success.png"))
+        assert sandbox.state.ledger()["credits_charged"] == 0  # the test reads the balance only
+
+        driver.refresh()
+        row = wait_for(driver, ec.visibility_of_element_located(
+            (By.XPATH, "//tr[.//*[normalize-space()='cutout_browser']]")))
+        row.find_element(By.CSS_SELECTOR, "button[aria-label='Edit Connection']").click()
+        password = wait_for(driver, ec.visibility_of_element_located((By.NAME, "password")))
+        password.send_keys(Keys.CONTROL, "a")
+        password.send_keys(Keys.DELETE)
+        password.send_keys(WRONG_KEY)
+        driver.find_element(By.XPATH, "//button[normalize-space()='Save']").click()
+        wait_for(driver, ec.invisibility_of_element_located((By.NAME, "password")))
+        row = wait_for(driver, ec.visibility_of_element_located(
+            (By.XPATH, "//tr[.//*[normalize-space()='cutout_browser']]")))
+        row.find_element(By.CSS_SELECTOR, "button[aria-label='Test Connection']").click()
+        wait_for(driver, lambda d: "rejected the API key" in body_text(d) or "Bad Request" in body_text(d))
+        text = body_text(driver)
+        assert "Cutout rejected the API key" in text and "check the API Key" in text, text[-800:]
+        assert WRONG_KEY not in text and RIGHT_KEY not in text
+        driver.save_screenshot(str(ARTIFACTS / "connection-test-failure.png"))
