@@ -68,3 +68,13 @@ def test_example_chunked_catalog(sandbox, airflow_db, tmp_path):
     assert len(read_manifest(folder)) == 12
     again = xcoms(dag.test(run_conf={"output_dir": str(tmp_path)}), "refresh_chunk")
     assert sum(s["skipped"] for s in again.values()) == 12 and sandbox.ledger()["charges"] == 12
+
+
+def test_example_minimal(sandbox, airflow_db, tmp_path):
+    from tests.dags.examples import example_cutout_minimal as dag
+
+    dr = dag.test(run_conf={"photo": sandbox.sample("mug", "jpg"), "output_dir": f"{tmp_path}/"})
+    assert [s for s, _ in states(dr)["publish"]] == ["success"]
+    result = xcoms(dr, "white_background", "cutout_result")[-1]
+    image = Image.open(result["stored_path"])
+    assert image.width == image.height and result["credits"] == 4

@@ -67,6 +67,7 @@ class PlannedEdit:
 
     @property
     def fingerprint(self) -> str:
+        """The request fingerprint that keys the manifest."""
         return self.request.fingerprint
 
 
@@ -87,10 +88,12 @@ class Progress:
 
     @property
     def in_doubt(self) -> int:
+        """Items charged (or maybe charged) without a stored result."""
         return len(self.doubtful)
 
     @property
     def done(self) -> int:
+        """Items finished one way or another."""
         return self.skipped + self.edited + self.recovered + self.failed + self.in_doubt
 
 
@@ -103,6 +106,7 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     def wait(self) -> None:
+        """Block until the next start is allowed."""
         if not self._interval:
             return
         with self._lock:

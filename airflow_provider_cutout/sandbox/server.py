@@ -124,11 +124,13 @@ class SandboxHandler(BaseHTTPRequestHandler):
     server: SandboxServer
 
     def log_message(self, format: str, *args: Any) -> None:
+        """Log requests only with ``--verbose``."""
         if self.server.verbose:
             super().log_message(format, *args)
 
     @property
     def state(self) -> SandboxState:
+        """The sandbox's shared state."""
         return self.server.state
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -173,12 +175,15 @@ class SandboxHandler(BaseHTTPRequestHandler):
     # -- routing ---------------------------------------------------------------------------------
 
     def do_GET(self) -> None:
+        """Route a GET."""
         self._route("GET")
 
     def do_HEAD(self) -> None:
+        """Route a HEAD like a GET, without a body."""
         self._route("GET")
 
     def do_POST(self) -> None:
+        """Route a POST."""
         self._route("POST")
 
     def _route(self, method: str) -> None:
@@ -434,6 +439,7 @@ class SandboxServer(ThreadingHTTPServer):
 
     @property
     def base_url(self) -> str:
+        """Where the sandbox listens, e.g. ``http://127.0.0.1:8080``."""
         host, port = self.server_address[:2]
         return f"http://{host!s}:{port}"
 

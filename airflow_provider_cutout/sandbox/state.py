@@ -73,6 +73,7 @@ class SandboxConfig:
     images_dir: str | None = None
 
     def latency_for(self, model: str) -> float:
+        """Seconds an edit with ``model`` takes."""
         if isinstance(self.latency, dict):
             return float(self.latency.get(model, self.latency.get("default", 0.0)))
         return float(self.latency)
@@ -101,6 +102,7 @@ class SandboxState:
         self.balance = self.config.balance
 
     def reset(self, balance: int | None = None) -> None:
+        """A new balance; no calls, faults or results."""
         with self.lock:
             self.balance = self.config.balance if balance is None else balance
             self.calls.clear()
@@ -108,6 +110,7 @@ class SandboxState:
             self.results.clear()
 
     def add_faults(self, specs: list[dict[str, Any]]) -> list[Fault]:
+        """Queue scripted faults (see ``FAULT_KINDS``)."""
         faults = [Fault(**spec) for spec in specs]
         with self.lock:
             self.faults.extend(faults)
@@ -125,6 +128,7 @@ class SandboxState:
         return None
 
     def record(self, path: str, outcome: str, **details: Any) -> None:
+        """Add a call to the ledger."""
         with self.lock:
             self.calls.append({"seq": len(self.calls) + 1, "path": path, "outcome": outcome, **details})
 
@@ -137,15 +141,18 @@ class SandboxState:
             return True
 
     def new_id(self) -> str:
+        """The next edit id."""
         with self.lock:
             self.next_id += 1
             return str(self.next_id)
 
     def store_result(self, result_id: str, data: bytes) -> None:
+        """Keep an edited image for ``/results/``."""
         with self.lock:
             self.results[result_id] = (data, time.monotonic())
 
     def get_result(self, result_id: str) -> bytes | None:
+        """An edited image, or ``None`` when unknown or expired."""
         with self.lock:
             item = self.results.get(result_id)
         if item is None:
