@@ -382,9 +382,14 @@ class CutoutBatchImageEditOperator(BaseOperator):
             return {"key": item.key, "fingerprint": item.fingerprint, "model": req.model,
                     "aspect_ratio": req.aspect_ratio, "image_urls": list(req.image_urls)}
 
-        def store(item: PlannedEdit, entry: dict[str, Any]) -> None:
-            path = store_image(client, entry["image_url"], out, file_stem(item.key))
+        def store(item: PlannedEdit, entry: dict[str, Any]) -> bool:
+            try:
+                path = store_image(client, entry["image_url"], out, file_stem(item.key))
+            except CutoutError as err:
+                fail(item, entry, err)
+                return False
             manifest.record({**entry, "status": STORED, "stored_path": path, "error": None})
+            return True
 
         def fail(item: PlannedEdit, entry: dict[str, Any], err: CutoutError) -> None:
             text = f"{item.key}: {type(err).__name__}: {err}"
@@ -407,13 +412,9 @@ class CutoutBatchImageEditOperator(BaseOperator):
                     stop.set()
 
         def refetch(item: PlannedEdit, entry: dict[str, Any]) -> None:
-            try:
-                store(item, entry)
-            except CutoutError as err:
-                fail(item, entry, err)
-                return
-            with progress.lock:
-                progress.recovered += 1
+            if store(item, entry):
+                with progress.lock:
+                    progress.recovered += 1
 
         def edit(item: PlannedEdit) -> None:
             if stop.is_set():
@@ -430,13 +431,9 @@ class CutoutBatchImageEditOperator(BaseOperator):
             manifest.record(entry, durable=True)  # charged: never lose it
             with progress.lock:
                 progress.credits += result.credits
-            try:
-                store(item, entry)
-            except CutoutError as err:
-                fail(item, entry, err)
-                return
-            with progress.lock:
-                progress.edited += 1
+            if store(item, entry):
+                with progress.lock:
+                    progress.edited += 1
 
         started = time.monotonic()
         last_report = started
