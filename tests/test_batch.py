@@ -129,3 +129,41 @@ def test_chunk_items_and_file_stem():
     chunks = chunk_items(items, 4)
     assert [len(c) for c in chunks] == [4, 4, 2] and [i for c in chunks for i in c] == items
     assert file_stem("shoes/red sneaker #1") == "shoes_red_sneaker_1"
+
+
+def test_check_balance_fails_before_any_edit(sandbox, airflow_db, tmp_path, capfd):
+    from tests.dags.batch_dags import balance_checked
+
+    sandbox.reset(balance=10)
+    dr = balance_checked.test(run_conf={"n": 5, "out": str(tmp_path), "changed": "", "invalid": False})
+    assert states(dr)["batch"] == [("failed", 1)]
+    ledger = sandbox.ledger()
+    assert ledger["edit_calls"] == 0 and [c["path"] for c in ledger["calls"]] == ["balance"]
+    assert "planned cost is 20 credits but the account has 10" in "".join(capfd.readouterr())
+
+
+def test_failures_within_max_failures_fraction_pass(sandbox, airflow_db, tmp_path):
+    from tests.dags.batch_dags import tolerant
+
+    sandbox.fault("failed_edit", count=2)
+    dr = tolerant.test(run_conf={"n": 5, "out": str(tmp_path), "changed": "", "invalid": False})
+    assert states(dr)["batch"] == [("success", 1)]
+    result = summary(dr)
+    assert result["failed"] == 2 and result["edited"] == 3 and result["credits_spent"] == 12
+    entries = manifest_entries(tmp_path).values()
+    assert sorted(e["status"] for e in entries) == ["failed", "failed", "stored", "stored", "stored"]
+    again = summary(tolerant.test(run_conf={"n": 5, "out": str(tmp_path), "changed": "", "invalid": False}))
+    assert again["edited"] == 2 and again["skipped"] == 3  # only the failed items are edited again
+
+
+def test_rate_limiter_spaces_starts():
+    from airflow_provider_cutout.operators.batch import RateLimiter
+
+    limiter = RateLimiter(50.0)
+    started = time.monotonic()
+    for _ in range(11):
+        limiter.wait()
+    assert time.monotonic() - started >= 10 / 50 - 0.01  # a lower bound: it can never be faster
+    unlimited = RateLimiter(None)
+    for _ in range(1000):
+        unlimited.wait()

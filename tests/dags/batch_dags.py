@@ -48,3 +48,5 @@ def batch_dag(dag_id: str, **operator_kwargs) -> DAG:
 batch = batch_dag("t_batch", max_concurrency=8)
 budget = batch_dag("t_batch_budget", max_credits=10)
 slow = batch_dag("t_batch_slow", max_concurrency=4)
+balance_checked = batch_dag("t_batch_balance", check_balance=True)
+tolerant = batch_dag("t_batch_tolerant", max_failures=0.5, max_concurrency=1)
