@@ -125,3 +125,15 @@ def test_bad_static_value_is_a_dag_import_error(tmp_path, airflow_db):
     bag = DagBag(dag_folder=str(tmp_path))
     (error,) = bag.import_errors.values()
     assert "model='gpt-image-l' is not supported" in error and "task_id='edit'" in error
+
+
+def test_storage_failure_after_the_edit_fails_without_retry(sandbox, airflow_db, tmp_path, capfd):
+    from tests.dags.fault_dags import single  # retries=1
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the output folder should be")
+    dr = single.test(run_conf={"out": str(blocked)})
+    assert states(dr)["edit"] == [("failed", 1)]  # a retry would pay for the edit again
+    assert sandbox.ledger()["charges"] == 1
+    text = "".join(capfd.readouterr())
+    assert "the edit itself succeeded and was charged, its URL is" in text

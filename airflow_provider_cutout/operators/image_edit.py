@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError
+from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError, ResultDownloadError
 from airflow_provider_cutout.hooks.cutout import CutoutHook
 from airflow_provider_cutout.links import RESULT_XCOM_KEY, CutoutResultLink
 from airflow_provider_cutout.models import ImageEditRequest
@@ -169,11 +169,13 @@ class CutoutImageEditOperator(BaseOperator):
                 payload["stored_path"] = store_image(
                     hook.client, result.image_url, self.output_path, result.id, max_bytes=self.max_result_bytes
                 )
-            except CutoutError as err:
+            except Exception as err:
                 # The edit is done and paid for: a task retry would edit (and charge) again.
-                err.retryable = False
-                err.message += f"; the edit itself succeeded and was charged, its URL is {result.image_url}"
-                fail_or_retry(err, self.log)
+                failure = err if isinstance(err, CutoutError) else ResultDownloadError(
+                    f"storing the result at {self.output_path!r} failed: {type(err).__name__}: {err}")
+                failure.retryable = False
+                failure.message += f"; the edit itself succeeded and was charged, its URL is {result.image_url}"
+                fail_or_retry(failure, self.log)
             finally:
                 hook.close()
             self.log.info("Stored the edited image at %s", payload["stored_path"])
