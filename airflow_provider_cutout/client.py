@@ -289,6 +289,12 @@ class CutoutClient:
                 http_status=response.status_code,
                 request_id=result.request_id,
             )
+        if not result.image_url:
+            raise ServerError(
+                "Cutout answered a successful edit without an image URL; the edit may have been charged, "
+                "check the account before re-running",
+                http_status=response.status_code, request_id=result.request_id, retryable=False, maybe_charged=True,
+            )
         return result
 
     def get_credit_balance(self) -> CreditBalance:

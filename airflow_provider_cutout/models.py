@@ -289,8 +289,8 @@ class ImageEditResult(_Response):
     """The ``data`` of a successful edit, in snake_case (camelCase aliases match the API)."""
 
     id: str
-    image_url: str = Field(alias="imageUrl")
-    model: str
+    image_url: str = Field(default="", alias="imageUrl")  # empty on a failed edit
+    model: str = ""
     aspect_ratio: str = Field(default="original", alias="aspectRatios")
     reference_image_urls: list[str] = Field(default_factory=list, alias="referenceImageUrl")
     prompt: str = ""
@@ -307,6 +307,11 @@ class ImageEditResult(_Response):
     def _id_as_text(cls, value: Any) -> Any:
         # Ids are 15+ digit integers: keep them as text so JSON consumers never round them.
         return str(value) if isinstance(value, int) else value
+
+    @field_validator("image_url", "model", "prompt", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return "" if value is None else value
 
     @field_validator("duration", mode="before")
     @classmethod

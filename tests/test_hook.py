@@ -234,3 +234,4 @@ def test_ui_field_behaviour_matches_provider_info():
     conn_type = get_provider_info()["connection-types"][0]
     assert conn_type["connection-type"] == "cutout"
     assert conn_type["ui-field-behaviour"]["relabeling"] == behaviour["relabeling"]
+

@@ -132,3 +132,10 @@ def test_result_parses_api_fields_and_tolerates_unknown_ones():
 def test_credit_balance():
     bal = CreditBalance.model_validate({"monthBalance": 10, "imageBalance": 2.5, "videoBalance": 1, "x": 0})
     assert bal.total == 12.5
+
+
+def test_failed_edit_result_with_null_fields_parses():
+    # a failed edit may carry null imageUrl/model; it must parse, so the client raises FailedEditError
+    result = ImageEditResult.model_validate({"id": 1, "status": 0, "imageUrl": None, "model": None,
+                                             "failReason": "Face not found", "duration": ""})
+    assert result.image_url == "" and result.fail_reason == "Face not found" and result.duration is None
