@@ -13,6 +13,7 @@ import json
 import mimetypes
 import select
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -436,6 +437,12 @@ class SandboxServer(ThreadingHTTPServer):
         super().__init__(address, SandboxHandler)
         self.state = state
         self.verbose = verbose
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (or a scripted drop) is not an error worth a traceback."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
 
     @property
     def base_url(self) -> str:
