@@ -167,3 +167,11 @@ def test_rate_limiter_spaces_starts():
     unlimited = RateLimiter(None)
     for _ in range(1000):
         unlimited.wait()
+
+
+def test_templated_values_wait_for_run_time():
+    # Jinja inside items, or in the operator's defaults, is validated when rendered, not at parse time
+    CutoutBatchImageEditOperator(task_id="b", output_dir="/tmp/x/", prompt="blur",
+                                 items=[{"key": "a", "image_urls": "{{ var.value.cdn }}/a.png"}])
+    CutoutBatchImageEditOperator(task_id="c", output_dir="/tmp/x/", prompt="blur", model="{{ params.model }}",
+                                 items=[{"key": "a", "image_urls": "https://x/a.png"}])

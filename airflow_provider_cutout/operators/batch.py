@@ -193,7 +193,7 @@ class CutoutBatchImageEditOperator(BaseOperator):
         self.resend_in_doubt = resend_in_doubt
         self.progress_interval = progress_interval
         self.cutout_conn_id = cutout_conn_id
-        if not is_dynamic(items):
+        if not is_dynamic([items, prompt, model, aspect_ratio]):
             self.plan_items(items, base_url="http://127.0.0.1")  # parse time: no connection lookup
 
     @cached_property

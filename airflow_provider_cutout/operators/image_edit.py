@@ -36,6 +36,8 @@ def is_dynamic(value: Any) -> bool:
         return "{{" in value or "{%" in value
     if isinstance(value, (list, tuple)):
         return any(is_dynamic(item) for item in value)
+    if isinstance(value, dict):
+        return any(is_dynamic(item) for item in value.values())
     return False
 
 
