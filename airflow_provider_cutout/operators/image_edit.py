@@ -152,34 +152,32 @@ class CutoutImageEditOperator(BaseOperator):
 
         hook = self.hook
         try:
-            result = hook.edit_image(self.prompt, as_url_list(self.image_urls), self.model, self.aspect_ratio)
-        except CutoutError as err:
-            fail_or_retry(err, self.log)
-        finally:
-            if not self.output_path:
-                hook.close()
-        self.log.info(
-            "Cutout edit done: model=%s references=%d ratio=%s credits=%d duration=%ss request_id=%s id=%s",
-            result.model, len(result.reference_image_urls), result.aspect_ratio, result.credits,
-            result.duration, result.request_id, result.id,
-        )
-        self.result_url = result.image_url
-        payload = {**result.to_xcom(), "stored_path": None}
-        context["ti"].xcom_push(key=RESULT_XCOM_KEY, value=payload)
-        if self.output_path:
             try:
-                payload["stored_path"] = store_image(
-                    hook.client, result.image_url, self.output_path, result.id, max_bytes=self.max_result_bytes
-                )
-            except Exception as err:
-                # The edit is done and paid for: a task retry would edit (and charge) again.
-                failure = err if isinstance(err, CutoutError) else ResultDownloadError(
-                    f"storing the result at {self.output_path!r} failed: {type(err).__name__}: {err}")
-                failure.retryable = False
-                failure.message += f"; the edit itself succeeded and was charged, its URL is {result.image_url}"
-                fail_or_retry(failure, self.log)
-            finally:
-                hook.close()
-            self.log.info("Stored the edited image at %s", payload["stored_path"])
+                result = hook.edit_image(self.prompt, as_url_list(self.image_urls), self.model, self.aspect_ratio)
+            except CutoutError as err:
+                fail_or_retry(err, self.log)
+            self.log.info(
+                "Cutout edit done: model=%s references=%d ratio=%s credits=%d duration=%ss request_id=%s id=%s",
+                result.model, len(result.reference_image_urls), result.aspect_ratio, result.credits,
+                result.duration, result.request_id, result.id,
+            )
+            self.result_url = result.image_url
+            payload = {**result.to_xcom(), "stored_path": None}
             context["ti"].xcom_push(key=RESULT_XCOM_KEY, value=payload)
-        return result.image_url
+            if self.output_path:
+                try:
+                    payload["stored_path"] = store_image(
+                        hook.client, result.image_url, self.output_path, result.id, max_bytes=self.max_result_bytes
+                    )
+                except Exception as err:
+                    # The edit is done and paid for: a task retry would edit (and charge) again.
+                    failure = err if isinstance(err, CutoutError) else ResultDownloadError(
+                        f"storing the result at {self.output_path!r} failed: {type(err).__name__}: {err}")
+                    failure.retryable = False
+                    failure.message += f"; the edit itself succeeded and was charged, its URL is {result.image_url}"
+                    fail_or_retry(failure, self.log)
+                self.log.info("Stored the edited image at %s", payload["stored_path"])
+                context["ti"].xcom_push(key=RESULT_XCOM_KEY, value=payload)
+            return result.image_url
+        finally:
+            hook.close()
