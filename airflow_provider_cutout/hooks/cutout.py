@@ -52,9 +52,14 @@ class CutoutHook(BaseHook):
         }
 
     @cached_property
+    def connection(self) -> Any:
+        """The Airflow connection, looked up once per hook."""
+        return self.get_connection(self.cutout_conn_id)
+
+    @cached_property
     def base_url(self) -> str:
         """The API's base URL from the connection's host (and port, if given apart)."""
-        conn = self.get_connection(self.cutout_conn_id)
+        conn = self.connection
         host = (conn.host or "").strip().rstrip("/")
         if not host:
             return DEFAULT_BASE_URL
@@ -72,7 +77,7 @@ class CutoutHook(BaseHook):
 
         from airflow_provider_cutout.client import ClientSettings, CutoutClient
 
-        conn = self.get_connection(self.cutout_conn_id)
+        conn = self.connection
         api_key = conn.password or ""
         if api_key:
             mask_secret(api_key)
