@@ -156,10 +156,10 @@ def test_balance_and_ledger(sandbox):
 
 
 def test_result_ttl_expires_urls(sandbox):
-    sandbox.server.state.config.result_ttl = 0.3
+    sandbox.server.state.config.result_ttl = 1.5
     url = post_edit(sandbox).json()["data"]["imageUrl"]
     assert requests.get(url, timeout=5).status_code == 200
-    time.sleep(0.4)
+    time.sleep(1.6)
     assert requests.get(url, timeout=5).status_code == 404
 
 
