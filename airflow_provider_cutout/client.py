@@ -157,6 +157,11 @@ def parse_envelope(response: requests.Response) -> Any:
 
     The envelope decides, not the HTTP status: HTTP 200 with a non-zero ``code`` is an error.
     """
+    return _parse(response)[0]
+
+
+def _parse(response: requests.Response) -> tuple[Any, str | None]:
+    """``parse_envelope``, also returning the envelope's ``requestId`` (one JSON parse)."""
     status = response.status_code
     try:
         body = response.json()
@@ -192,7 +197,7 @@ def parse_envelope(response: requests.Response) -> Any:
             **info,
         )
     if code == 0 and 200 <= status < 300:
-        return body.get("data")
+        return body.get("data"), request_id
     if code == INSUFFICIENT_CREDITS_CODE:
         raise InsufficientCreditsError(
             f"Cutout: {message or 'insufficient balance'}; top up the account's credits", **info
@@ -262,11 +267,10 @@ class CutoutClient:
         """
         response = self._send("POST", EDIT_PATH, json=request.payload())
         try:
-            data = parse_envelope(response)
+            data, request_id = _parse(response)
             if not isinstance(data, dict):
                 raise ServerError("Cutout answered success without a result object", http_status=response.status_code)
-            body = response.json()
-            result = ImageEditResult.model_validate({**data, "requestId": body.get("requestId")})
+            result = ImageEditResult.model_validate({**data, "requestId": request_id})
         except CutoutError as err:
             # The POST reached the server: a resend could charge twice, so Airflow must not retry it.
             if isinstance(err, ServerError) and 200 <= response.status_code < 300:

@@ -31,7 +31,7 @@ from airflow_provider_cutout.manifest import (
     manifest_name,
 )
 from airflow_provider_cutout.models import ImageEditRequest
-from airflow_provider_cutout.operators.image_edit import as_url_list, fail_or_retry, is_dynamic
+from airflow_provider_cutout.operators.image_edit import as_list, fail_or_retry, is_dynamic
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -205,9 +205,7 @@ class CutoutBatchImageEditOperator(BaseOperator):
 
     def plan_items(self, items: Any, *, base_url: str) -> list[PlannedEdit]:
         """Validate every item; raise one ``InvalidInputError`` listing all invalid ones."""
-        items = as_url_list(items) if isinstance(items, str) else items
-        if isinstance(items, Sequence) and not isinstance(items, (list, tuple, str)):
-            items = list(items)
+        items = as_list(items)
         if not isinstance(items, (list, tuple)):
             raise InvalidInputError(f"items must be a list of dicts, got {type(items).__name__}")
         planned: list[PlannedEdit] = []

@@ -58,8 +58,9 @@ def check_static(owner: str, **values: Any) -> None:
         raise InvalidInputError(f"{owner}: {err}") from None
 
 
-def as_url_list(value: Any) -> Any:
-    """Normalise rendered ``image_urls``: a list rendered to text by Jinja becomes a list again."""
+def as_list(value: Any) -> Any:
+    """Normalise a rendered list (``image_urls``, batch ``items``): a list rendered to text by Jinja
+    becomes a list again, and a lazy XCom sequence from mapped upstream tasks a plain list."""
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("[") and text.endswith("]"):
@@ -70,7 +71,7 @@ def as_url_list(value: Any) -> Any:
                     continue
         return value
     if isinstance(value, Sequence) and not isinstance(value, (list, tuple)):
-        return list(value)  # lazy XCom sequences from mapped upstream tasks
+        return list(value)
     return value
 
 
@@ -153,7 +154,7 @@ class CutoutImageEditOperator(BaseOperator):
         hook = self.hook
         try:
             try:
-                result = hook.edit_image(self.prompt, as_url_list(self.image_urls), self.model, self.aspect_ratio)
+                result = hook.edit_image(self.prompt, as_list(self.image_urls), self.model, self.aspect_ratio)
             except CutoutError as err:
                 fail_or_retry(err, self.log)
             self.log.info(

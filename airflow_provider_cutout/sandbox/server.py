@@ -217,7 +217,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
 
     def _fault_before(self, fault: Fault | None, path: str, fp: str | None) -> bool:
         """Answer a scripted fault that happens before any work; ``True`` when answered."""
-        if fault is None or fault.after_edit or fault.kind in ("slow", "malformed_json", "truncated_body"):
+        if fault is None or fault.after_work:
             return False
         self.state.record(path, f"fault:{fault.kind}", fingerprint=fp, credits=0)
         if fault.kind == "rate_limit":

@@ -54,6 +54,11 @@ class Fault:
         if self.count < 1:
             raise ValueError("fault count must be at least 1")
 
+    @property
+    def after_work(self) -> bool:
+        """Whether it strikes once the edit is done and charged (it mangles the answer)."""
+        return self.after_edit or self.kind in ("slow", "malformed_json", "truncated_body")
+
 
 @dataclass
 class SandboxConfig:
