@@ -10,6 +10,8 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
+    "CatalogStateError",
+    "ClaimedElsewhereError",
     "CutoutAPIError",
     "CutoutConnectionError",
     "CutoutError",
@@ -54,6 +56,17 @@ class CutoutError(Exception):
 
 class InvalidInputError(CutoutError, ValueError):
     """The request was rejected before any HTTP call: nothing was sent, nothing was charged."""
+
+
+class CatalogStateError(CutoutError):
+    """The output folder's claims or manifest cannot be trusted: a store without exclusive create, a
+    heartbeat that cannot be written. Nothing more is sent; fix the storage and run again."""
+
+
+class ClaimedElsewhereError(CutoutError):
+    """Another live run holds some items and did not store them in time; a retry waits again."""
+
+    retryable = True
 
 
 class ResultDownloadError(CutoutError):

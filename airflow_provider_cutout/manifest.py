@@ -1,51 +1,226 @@
 """The batch manifest: which edit (by request fingerprint) produced which stored file.
 
-One JSON file per batch task in the output folder (``cutout-manifest.json``, or
-``cutout-manifest-<map index>.json`` for mapped chunks, so parallel chunks never write the same
-file). It is rewritten whole, to a temporary name and then renamed, by one writer thread that
-coalesces updates; a caller that must not lose a record (an edit that was just charged) waits
-until it is on disk. Reading merges every manifest in the folder, so re-chunking a catalog
-keeps what earlier runs stored.
+A log in ``<output_dir>/_cutout/manifest/``, modelled on Delta Lake's transaction log: every file in
+it is immutable JSON Lines, one entry per line. A writer appends a small segment holding only its
+new records (coalesced by one thread; a caller that must not lose a record waits until it is
+written), folds its own segments into one every ``ROLLUP_SEGMENTS``, and at the end of a run
+compacts the whole log into one snapshot. Bytes written per record stay constant whatever the size
+of the catalog. Readers read every file and keep the newest entry per fingerprint, so concurrent
+writers (chunks, overlapping runs) never overwrite each other. Older single-file manifests
+(``cutout-manifest*.json``) are still read.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
 from typing import Any
 
-MANIFEST_GLOB = "cutout-manifest*.json"
+from airflow_provider_cutout.storage import list_names, write_whole
+
 STORED, EDITED, FAILED, IN_DOUBT = "stored", "edited", "failed", "in_doubt"
+STATE_DIR = "_cutout"
+LEGACY_GLOB = "cutout-manifest*.json"
+ROLLUP_SEGMENTS = 256
+
+log = logging.getLogger(__name__)
 
 
-def manifest_name(map_index: int | None) -> str:
-    """The manifest file of one task: one per map index, so chunks never share a file."""
-    return "cutout-manifest.json" if map_index is None or map_index < 0 else f"cutout-manifest-{map_index}.json"
+def manifest_dir(folder: Any) -> Any:
+    """Where the manifest log of an output folder lives."""
+    return folder / STATE_DIR / "manifest"
 
 
-def _load(path: Any) -> dict[str, dict[str, Any]]:
+def _newer(entry: dict[str, Any], than: dict[str, Any] | None) -> bool:
+    return than is None or entry.get("updated_at", 0) >= than.get("updated_at", 0)
+
+
+def parse_segment(name: str, text: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The entries of one log file and a description of each line that is not a valid entry."""
+    entries, problems = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as err:
+            problems.append(f"{name} line {number}: not valid JSON ({err})")
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("fingerprint"), str):
+            entries.append(entry)
+        else:
+            problems.append(f"{name} line {number}: not a manifest entry")
+    return entries, problems
+
+
+def _legacy_entries(path: Any) -> list[dict[str, Any]]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        return {}
+        return []
     except ValueError as err:
         raise ValueError(f"manifest {path} is not valid JSON ({err}); move it aside to start over") from None
-    entries = data.get("entries", {}) if isinstance(data, dict) else {}
-    return {fp: e for fp, e in entries.items() if isinstance(e, dict)}
+    found = data.get("entries", {}) if isinstance(data, dict) else {}
+    return [{**e, "fingerprint": fp} for fp, e in found.items() if isinstance(e, dict)]
 
 
-def load_entries(folder: Any) -> dict[str, dict[str, Any]]:
-    """Every manifest entry in ``folder`` by fingerprint; the newest entry wins."""
-    merged: dict[str, dict[str, Any]] = {}
-    if not folder.exists():
-        return merged
-    for path in sorted(folder.glob(MANIFEST_GLOB)):
-        for fp, entry in _load(path).items():
-            if fp not in merged or entry.get("updated_at", 0) >= merged[fp].get("updated_at", 0):
-                merged[fp] = entry
-    return merged
+class Manifest:
+    """The manifest log of one output folder: what every writer recorded, and this run's writer.
+
+    :param folder: the output folder (an ``ObjectStoragePath``).
+    :param writer: a name unique to this run's writer; ``None`` opens it read-only.
+    """
+
+    def __init__(self, folder: Any, writer: str | None = None) -> None:
+        self.folder = folder
+        self.path = manifest_dir(folder)
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.problems: list[str] = []
+        self.bytes_written = 0
+        self._read: set[str] = set()  # log files folded into ``entries``; all immutable
+        self._broken: set[str] = set()  # kept in place for inspection, never compacted away
+        self._writer_name = writer
+        self._own: list[str] = []  # this writer's segments since its last rollup
+        self._since_rollup: list[dict[str, Any]] = []
+        self._pending: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        self._version = self._written = self._seq = 0
+        self._error: BaseException | None = None
+        self._closed = False
+        for legacy in sorted(folder.glob(LEGACY_GLOB)) if folder.exists() else ():
+            self._merge(_legacy_entries(legacy))
+        self.refresh()
+        self._thread: threading.Thread | None = None
+        if writer is not None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._thread = threading.Thread(target=self._write_loop, name="cutout-manifest", daemon=True)
+            self._thread.start()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def get(self, fingerprint: str) -> dict[str, Any] | None:
+        """The newest entry of ``fingerprint`` known to this reader."""
+        with self._cond:
+            return self.entries.get(fingerprint)
+
+    def refresh(self) -> int:
+        """Read the log files written since the last call; return how many there were."""
+        for _ in range(10):
+            names = [n for n in list_names(self.path) if n.endswith(".jsonl") and n not in self._read]
+            vanished = False
+            for name in sorted(names):
+                try:
+                    text = (self.path / name).read_text()
+                except FileNotFoundError:  # compacted meanwhile: its snapshot shows up on the next listing
+                    vanished = True
+                    continue
+                entries, problems = parse_segment(name, text)
+                if problems:
+                    self._broken.add(name)
+                    for problem in problems:
+                        log.warning("Cutout manifest: %s; the file's other records are kept. Inspect %s and "
+                                    "delete it once it is no longer needed.", problem, self.path / name)
+                    self.problems.extend(problems)
+                self._merge(entries)
+                self._read.add(name)
+            if not vanished:
+                return len(names)
+        raise OSError(f"the manifest log {self.path} keeps changing under this reader; try again")
+
+    def _merge(self, entries: list[dict[str, Any]]) -> None:
+        with self._cond:
+            for entry in entries:
+                fp = entry["fingerprint"]
+                if _newer(entry, self.entries.get(fp)):
+                    self.entries[fp] = entry
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def record(self, entry: dict[str, Any], *, durable: bool = False) -> None:
+        """Add or replace the entry of ``entry["fingerprint"]``; with ``durable``, wait until it is written."""
+        entry = {**entry, "updated_at": time.time()}
+        with self._cond:
+            self._check()
+            self.entries[entry["fingerprint"]] = entry
+            self._pending.append(entry)
+            self._version += 1
+            version = self._version
+            self._cond.notify_all()
+            while durable and self._written < version and self._error is None:
+                self._cond.wait()
+            self._check()
+
+    def close(self, *, compact: bool = True) -> None:
+        """Write what is pending, stop the writer and (by default) compact the log into one snapshot."""
+        if self._thread is None:
+            return
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        self._thread = None
+        self._check()
+        if compact and (self._seq or len(self._read) > 1):
+            self.compact()
+
+    def compact(self) -> None:
+        """Fold every log file read so far, and this writer's own, into one snapshot; delete them."""
+        self.refresh()
+        with self._cond:
+            lines = [json.dumps(e, separators=(",", ":")) for e in self.entries.values()]
+        folded = (self._read - self._broken) | set(self._own)
+        self._write(f"{self._writer_name or uuid.uuid4().hex}-snapshot.jsonl", lines)
+        for name in folded:
+            (self.path / name).unlink(missing_ok=True)
+        self._read -= folded
+        self._own = []
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise OSError(f"cannot write the manifest {self.path}: {self._error}") from self._error
+
+    def _write(self, name: str, lines: list[str]) -> None:
+        data = ("\n".join(lines) + "\n").encode()
+        write_whole(self.path / name, data)
+        self.bytes_written += len(data)
+        self._read.add(name)
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._written == self._version and not self._closed:
+                    self._cond.wait()
+                if self._written == self._version:
+                    return
+                version, batch, self._pending = self._version, self._pending, []
+            try:
+                self._append(batch)
+            except BaseException as err:  # reported to every waiter and at close
+                with self._cond:
+                    self._error = err
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._written = version
+                self._cond.notify_all()
+
+    def _append(self, batch: list[dict[str, Any]]) -> None:
+        self._seq += 1
+        name = f"{self._writer_name}-{self._seq:08d}.jsonl"
+        self._write(name, [json.dumps(e, separators=(",", ":")) for e in batch])
+        self._own.append(name)
+        self._since_rollup.extend(batch)
+        if len(self._own) >= ROLLUP_SEGMENTS:  # one file instead of many, for readers and for a crash
+            newest = {e["fingerprint"]: e for e in self._since_rollup}
+            self._write(f"{self._writer_name}-rollup-{self._seq:08d}.jsonl",
+                        [json.dumps(e, separators=(",", ":")) for e in newest.values()])
+            for old in self._own:
+                (self.path / old).unlink(missing_ok=True)
+                self._read.discard(old)
+            self._own, self._since_rollup = [], []
 
 
 def read_manifest(output_dir: Any) -> dict[str, dict[str, Any]]:
@@ -56,73 +231,8 @@ def read_manifest(output_dir: Any) -> dict[str, dict[str, Any]]:
     from airflow.sdk import ObjectStoragePath
 
     by_key: dict[str, dict[str, Any]] = {}
-    for entry in load_entries(ObjectStoragePath(str(output_dir))).values():
+    for entry in Manifest(ObjectStoragePath(str(output_dir).rstrip("/") + "/")).entries.values():
         key = entry.get("key")
-        if key is not None and (key not in by_key or entry.get("updated_at", 0) >= by_key[key].get("updated_at", 0)):
+        if key is not None and _newer(entry, by_key.get(key)):
             by_key[key] = entry
     return by_key
-
-
-class Manifest:
-    """This task's manifest file, written atomically in the background.
-
-    :param folder: the output folder (an ``ObjectStoragePath``).
-    :param name: the file name, see ``manifest_name``.
-    """
-
-    def __init__(self, folder: Any, name: str) -> None:
-        self.path = folder / name
-        self.entries = _load(self.path)
-        self._folder = folder
-        self._cond = threading.Condition()
-        self._version = 0
-        self._written = 0
-        self._error: BaseException | None = None
-        self._closed = False
-        self._writer = threading.Thread(target=self._write_loop, name="cutout-manifest", daemon=True)
-        self._writer.start()
-
-    def record(self, entry: dict[str, Any], *, durable: bool = False) -> None:
-        """Add or replace the entry of ``entry["fingerprint"]``; with ``durable``, wait until it is on disk."""
-        with self._cond:
-            self.entries[entry["fingerprint"]] = {**entry, "updated_at": time.time()}
-            self._version += 1
-            version = self._version
-            self._cond.notify_all()
-            if durable:
-                while self._written < version and self._error is None:
-                    self._cond.wait()
-            if self._error is not None:
-                raise OSError(f"cannot write the manifest {self.path}: {self._error}") from self._error
-
-    def close(self) -> None:
-        """Write what is pending and stop the writer."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._writer.join()
-        if self._error is not None:
-            raise OSError(f"cannot write the manifest {self.path}: {self._error}") from self._error
-
-    def _write_loop(self) -> None:
-        while True:
-            with self._cond:
-                while self._written == self._version and not self._closed:
-                    self._cond.wait()
-                if self._written == self._version:
-                    return
-                version = self._version
-                text = json.dumps({"version": 1, "entries": self.entries}, separators=(",", ":"))
-            try:
-                self._folder.mkdir(parents=True, exist_ok=True)
-                partial = self._folder / f".{self.path.name}.{uuid.uuid4().hex}.part"
-                partial.write_text(text)
-                partial.rename(self.path)
-            except BaseException as err:  # reported to every waiter and at close
-                with self._cond:
-                    self._error = err
-                    self._cond.notify_all()
-                return
-            with self._cond:
-                self._written = version
-                self._cond.notify_all()

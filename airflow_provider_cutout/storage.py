@@ -20,7 +20,8 @@ def is_folder(output_path: Any) -> bool:
 
 
 def store_image(
-    client: CutoutClient, url: str, output_path: Any, stem: str, *, max_bytes: int | None = None
+    client: CutoutClient, url: str, output_path: Any, stem: str, *, max_bytes: int | None = None,
+    tag: str | None = None,
 ) -> str:
     """Download ``url`` to ``output_path`` atomically and return where it was written.
 
@@ -29,13 +30,15 @@ def store_image(
     :param output_path: a file path, or a folder path ending in ``/``.
     :param stem: the file name without extension when ``output_path`` is a folder.
     :param max_bytes: the size cap; the connection's ``max_download_bytes`` by default.
+    :param tag: names the writer in the temporary file's name (``.<stem>.<tag>.part``), so the batch
+        can tell leftovers of dead runs from files in progress; random by default.
     """
     from airflow.sdk import ObjectStoragePath
 
     target = ObjectStoragePath(str(output_path))
     folder = target if is_folder(output_path) else target.parent
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{stem}.{uuid.uuid4().hex}.part"
+    partial = folder / f".{stem}.{tag or uuid.uuid4().hex}.part"
     try:
         with partial.open("wb") as sink:
             _, extension = client.download(url, sink, max_bytes=max_bytes)
@@ -46,3 +49,28 @@ def store_image(
             partial.unlink()
         raise
     return str(final)
+
+
+def is_local(path: Any) -> bool:
+    """Whether ``path`` is on the local file system (where a write is not atomic by itself)."""
+    return path.protocol in ("", "file", "local")
+
+
+def write_whole(path: Any, data: bytes) -> None:
+    """Write (or replace) a file so that no reader ever sees half of it: on local disks through a
+    temporary name and a rename, on object stores in one PUT, which is atomic there."""
+    if not is_local(path):
+        with path.open("wb") as sink:
+            sink.write(data)
+        return
+    partial = path.parent / f".{path.name}.{uuid.uuid4().hex}.part"
+    partial.write_bytes(data)
+    partial.rename(path)
+
+
+def list_names(folder: Any) -> list[str]:
+    """File names in ``folder`` as the store has them now (object stores cache listings)."""
+    try:
+        return [name.rstrip("/").rsplit("/", 1)[-1] for name in folder.fs.ls(folder.path, detail=False, refresh=True)]
+    except FileNotFoundError:
+        return []

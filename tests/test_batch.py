@@ -21,7 +21,11 @@ def summary(dr):
 
 
 def manifest_entries(folder):
-    return json.loads((folder / "cutout-manifest.json").read_text())["entries"]
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_cutout.manifest import Manifest
+
+    return Manifest(ObjectStoragePath(f"{folder}/")).entries
 
 
 def test_200_items_rerun_free_and_one_change(sandbox, airflow_db, tmp_path, capfd):
@@ -167,7 +171,7 @@ def test_failures_within_max_failures_fraction_pass(sandbox, airflow_db, tmp_pat
 
 
 def test_rate_limiter_spaces_starts():
-    from airflow_provider_cutout.operators.batch import RateLimiter
+    from airflow_provider_cutout.operators.batch_run import RateLimiter
 
     limiter = RateLimiter(50.0)
     started = time.monotonic()

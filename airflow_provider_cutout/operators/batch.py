@@ -4,40 +4,22 @@ a budget, and re-runs that only pay for what changed."""
 from __future__ import annotations
 
 import re
-import threading
-import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_cutout.exceptions import (
-    AuthenticationError,
-    CutoutError,
-    InsufficientCreditsError,
-    InvalidInputError,
-)
+from airflow_provider_cutout.claims import Owner
+from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError
 from airflow_provider_cutout.hooks.cutout import CutoutHook
-from airflow_provider_cutout.manifest import (
-    EDITED,
-    FAILED,
-    IN_DOUBT,
-    STORED,
-    Manifest,
-    load_entries,
-    manifest_name,
-)
 from airflow_provider_cutout.models import ImageEditRequest
-from airflow_provider_cutout.operators.image_edit import as_list, fail_or_retry, is_dynamic
+from airflow_provider_cutout.operators._common import as_list, fail_or_retry, is_dynamic
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-#: Errors after which every further call would fail the same way (or cost money for nothing).
-STOP_BATCH = (AuthenticationError, InsufficientCreditsError)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -71,58 +53,14 @@ class PlannedEdit:
         return self.request.fingerprint
 
 
-@dataclass
-class Progress:
-    """Counters shared by the worker threads."""
-
-    total: int
-    skipped: int = 0
-    edited: int = 0
-    recovered: int = 0
-    failed: int = 0
-    credits: int = 0
-    errors: list[str] = field(default_factory=list)
-    doubtful: list[str] = field(default_factory=list)  # keys that may have been charged without a result
-    stop_error: CutoutError | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def in_doubt(self) -> int:
-        """Items charged (or maybe charged) without a stored result."""
-        return len(self.doubtful)
-
-    @property
-    def done(self) -> int:
-        """Items finished one way or another."""
-        return self.skipped + self.edited + self.recovered + self.failed + self.in_doubt
-
-
-class RateLimiter:
-    """At most ``per_second`` starts per second across threads (``None``: no limit)."""
-
-    def __init__(self, per_second: float | None) -> None:
-        self._interval = 1.0 / per_second if per_second else 0.0
-        self._next = time.monotonic()
-        self._lock = threading.Lock()
-
-    def wait(self) -> None:
-        """Block until the next start is allowed."""
-        if not self._interval:
-            return
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self._interval
-        if start > now:
-            time.sleep(start - now)
-
-
 class CutoutBatchImageEditOperator(BaseOperator):
     """Edit a whole catalog in one task and store every result in ``output_dir``.
 
     Every item is validated and the cost is planned before the first call; items whose edit (by
     request fingerprint) is already stored are skipped and cost nothing, so a daily re-run pays
-    only for new or changed items. A manifest in ``output_dir`` records every result as it arrives.
+    only for new or changed items. Before an edit is sent, it is claimed in ``output_dir``, so runs
+    that overlap (or chunks that share an item) never both pay for it; a run waits for the items
+    another live run holds. A manifest log in ``output_dir`` records every result as it arrives.
     Returns a small summary; read the manifest with ``airflow_provider_cutout.manifest.read_manifest``.
 
     :param items: a list (or XComArg) of dicts with ``key``, ``prompt`` (or the operator's
@@ -139,8 +77,12 @@ class CutoutBatchImageEditOperator(BaseOperator):
         edit (``0.05``); more fails the task at the end (its ``retries`` then redo only those).
     :param check_balance: read the balance first and fail before any call when it is too low.
     :param resend_in_doubt: edit again items that were (or may have been) charged without a stored
-        result: a read timeout, a dropped connection, a result URL that expired before it was stored.
-        Off by default, since it can charge twice.
+        result: a read timeout, a dropped connection, a result URL that expired before it was stored,
+        a worker that died with the edit claimed. Off by default, since it can charge twice.
+    :param claim_wait_timeout: seconds to wait, after this run's own items, for the results of items
+        that other live runs hold; then the task fails naming those runs (a retry waits again).
+    :param heartbeat_timeout: seconds without a heartbeat after which a run on another host counts
+        as dead (its claims without a result become in doubt). Keep it well above clock skew.
     :param progress_interval: seconds between progress lines in the log.
     :param cutout_conn_id: the ``cutout`` connection.
     """
@@ -162,6 +104,8 @@ class CutoutBatchImageEditOperator(BaseOperator):
         max_failures: int | float = 0,
         check_balance: bool = False,
         resend_in_doubt: bool = False,
+        claim_wait_timeout: float = 1800.0,
+        heartbeat_timeout: float = 120.0,
         progress_interval: float = 10.0,
         cutout_conn_id: str = CutoutHook.default_conn_name,
         **kwargs: Any,
@@ -180,6 +124,9 @@ class CutoutBatchImageEditOperator(BaseOperator):
             raise InvalidInputError(
                 f"{owner}: max_failures={max_failures!r} must be a count (0, 1, 2...) or a fraction below 1 (0.05)"
             )
+        for name, seconds in (("claim_wait_timeout", claim_wait_timeout), ("heartbeat_timeout", heartbeat_timeout)):
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+                raise InvalidInputError(f"{owner}: {name}={seconds!r} must be a positive number of seconds")
         self.items = items
         self.output_dir = output_dir
         self.prompt = prompt
@@ -191,6 +138,8 @@ class CutoutBatchImageEditOperator(BaseOperator):
         self.max_failures = max_failures
         self.check_balance = check_balance
         self.resend_in_doubt = resend_in_doubt
+        self.claim_wait_timeout = claim_wait_timeout
+        self.heartbeat_timeout = heartbeat_timeout
         self.progress_interval = progress_interval
         self.cutout_conn_id = cutout_conn_id
         if not is_dynamic([items, prompt, model, aspect_ratio]):
@@ -256,26 +205,8 @@ class CutoutBatchImageEditOperator(BaseOperator):
             )
         return planned
 
-    @staticmethod
-    def _remove_own_leftovers(folder: Any, planned: list[PlannedEdit], manifest_file: str) -> set[str]:
-        """Delete temporary files a killed run of these items left; return the folder's file names.
-
-        Only this task's own temporaries (named after its items and its manifest) are removed, so
-        chunks sharing the folder never touch each other's files in progress.
-        """
-        if not folder.exists():
-            return set()
-        own = {file_stem(item.key) for item in planned} | {manifest_file}
-        names = set()
-        for path in folder.iterdir():
-            name = path.name
-            if name.startswith(".") and name.endswith(".part") and name[1:].rsplit(".", 2)[0] in own:
-                path.unlink()
-            else:
-                names.add(name)
-        return names
-
-    def _failure_limit(self, to_edit: int) -> int:
+    def failure_limit(self, to_edit: int) -> int:
+        """How many failed items ``max_failures`` tolerates among ``to_edit``."""
         if isinstance(self.max_failures, float):
             return int(self.max_failures * to_edit)
         return int(self.max_failures)
@@ -283,178 +214,18 @@ class CutoutBatchImageEditOperator(BaseOperator):
     # -- running ---------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Plan, skip what is stored, edit the rest concurrently, and return a summary."""
+        """Plan, skip what is stored, claim and edit the rest concurrently, and return a summary."""
         from airflow.sdk import ObjectStoragePath
+
+        from airflow_provider_cutout.operators.batch_run import BatchRun
 
         hook = self.hook
         try:
-            planned = self.plan_items(self.items, base_url=hook.base_url)
-        except CutoutError as err:
-            fail_or_retry(err, self.log)
-        folder = ObjectStoragePath(str(self.output_dir).rstrip("/") + "/")
-        known = load_entries(folder)
-        map_index = getattr(context.get("ti"), "map_index", -1)
-        existing = self._remove_own_leftovers(folder, planned, manifest_name(map_index))
-        todo, recover, skip, doubtful = [], [], 0, []
-        for item in planned:
-            entry = known.get(item.fingerprint)
-            status = entry.get("status") if entry else None
-            if status == STORED and ObjectStoragePath(entry["stored_path"]).name in existing:  # type: ignore[index]
-                skip += 1
-            elif status in (STORED, EDITED) and entry and entry.get("image_url"):
-                recover.append((item, entry))  # paid for already: fetch again, never edit again
-            elif status == IN_DOUBT and not self.resend_in_doubt:
-                doubtful.append(item.key)
-            else:
-                todo.append(item)
-        cost = sum(item.request.credits for item in todo)
-        self.log.info(
-            "Cutout batch plan: %d items, %d already stored (skipped), %d to fetch again, %d in doubt "
-            "(not resent), %d to edit for %d credits", len(planned), skip, len(recover), len(doubtful), len(todo), cost,
-        )
-        if self.max_credits is not None and cost > self.max_credits:
-            fail_or_retry(InvalidInputError(
-                f"the planned cost is {cost} credits for {len(todo)} edits, over max_credits={self.max_credits}; "
-                "raise max_credits or edit fewer items. Nothing was sent."), self.log)
-        if self.check_balance and todo:
             try:
-                balance = hook.get_credit_balance()
+                planned = self.plan_items(self.items, base_url=hook.base_url)
             except CutoutError as err:
                 fail_or_retry(err, self.log)
-            if balance.total < cost:
-                fail_or_retry(InsufficientCreditsError(
-                    f"the planned cost is {cost} credits but the account has {balance.total:g}; top up or "
-                    "edit fewer items. Nothing was sent."), self.log)
-
-        manifest = Manifest(folder, manifest_name(map_index))
-        progress = Progress(total=len(planned), skipped=skip, doubtful=doubtful)
-        stop = threading.Event()
-        try:
-            self._run(hook, folder, manifest, progress, stop, recover, todo)
+            folder = ObjectStoragePath(str(self.output_dir).rstrip("/") + "/")
+            return BatchRun(self, hook, folder, Owner.of_task(context), planned).execute()
         finally:
-            manifest.close()
             hook.close()
-        summary = {
-            "total": progress.total, "skipped": progress.skipped, "edited": progress.edited,
-            "recovered": progress.recovered, "failed": progress.failed, "in_doubt": progress.in_doubt,
-            "not_attempted": progress.total - progress.done, "credits_spent": progress.credits,
-            "planned_credits": cost, "manifest": str(manifest.path), "output_dir": str(folder),
-        }
-        self.log.info("Cutout batch summary: %s", summary)
-        if progress.stop_error is not None:
-            stop_error = progress.stop_error
-            stop_error.message += (
-                f"; the batch stopped at once: {summary['not_attempted']} items were not attempted. "
-                "Stored results are kept; a re-run continues from there"
-            )
-            fail_or_retry(stop_error, self.log)
-        if progress.in_doubt:
-            fail_or_retry(CutoutError(
-                f"{progress.in_doubt} items were or may have been charged without a stored result (a read timeout, "
-                f"a dropped connection, an expired result URL): {', '.join(progress.doubtful[:50])}. They are not "
-                "sent again automatically: check the account's usage, then set resend_in_doubt=True to edit them "
-                "again"),
-                self.log)
-        limit = self._failure_limit(len(todo) + len(recover))
-        if progress.failed > limit:
-            from airflow.sdk.exceptions import AirflowException
-
-            raise AirflowException(
-                f"{progress.failed} items failed, more than max_failures={self.max_failures!r} allows ({limit}); "
-                f"first errors: {'; '.join(progress.errors[:5])}. Stored results are kept; a retry only redoes "
-                "the failed items."
-            )
-        return summary
-
-    def _run(self, hook: CutoutHook, folder: Any, manifest: Manifest, progress: Progress,
-             stop: threading.Event, recover: list[tuple[PlannedEdit, dict[str, Any]]],
-             todo: list[PlannedEdit]) -> None:
-        from airflow_provider_cutout.storage import store_image
-
-        limiter = RateLimiter(self.requests_per_second)
-        client = hook.client
-        out = str(folder).rstrip("/") + "/"
-
-        def base_entry(item: PlannedEdit) -> dict[str, Any]:
-            req = item.request
-            return {"key": item.key, "fingerprint": item.fingerprint, "model": req.model,
-                    "aspect_ratio": req.aspect_ratio, "image_urls": list(req.image_urls)}
-
-        def store(item: PlannedEdit, entry: dict[str, Any]) -> bool:
-            try:
-                path = store_image(client, entry["image_url"], out, file_stem(item.key))
-            except CutoutError as err:
-                fail(item, entry, err)
-                return False
-            manifest.record({**entry, "status": STORED, "stored_path": path, "error": None})
-            return True
-
-        def fail(item: PlannedEdit, entry: dict[str, Any], err: CutoutError) -> None:
-            text = f"{item.key}: {type(err).__name__}: {err}"
-            charged = bool(entry.get("image_url")) or err.maybe_charged
-            if charged and err.retryable:
-                failed = {**entry, "status": EDITED, "error": text}  # paid for: a re-run fetches it again
-            elif charged:
-                failed = {**entry, "status": IN_DOUBT, "error": text}  # never edited again without consent
-            else:
-                failed = {**entry, "status": FAILED, "image_url": None, "error": text}
-            manifest.record(failed, durable=charged)
-            with progress.lock:
-                if charged and not err.retryable:
-                    progress.doubtful.append(item.key)
-                else:
-                    progress.failed += 1
-                progress.errors.append(text)
-                if isinstance(err, STOP_BATCH) and progress.stop_error is None:
-                    progress.stop_error = err
-                    stop.set()
-
-        def refetch(item: PlannedEdit, entry: dict[str, Any]) -> None:
-            if store(item, entry):
-                with progress.lock:
-                    progress.recovered += 1
-
-        def edit(item: PlannedEdit) -> None:
-            if stop.is_set():
-                return
-            limiter.wait()
-            entry = base_entry(item)
-            try:
-                result = client.edit_image(item.request)
-            except CutoutError as err:
-                fail(item, entry, err)
-                return
-            entry.update(status=EDITED, image_url=result.image_url, id=result.id, request_id=result.request_id,
-                         credits=result.credits, duration=result.duration)
-            manifest.record(entry, durable=True)  # charged: never lose it
-            with progress.lock:
-                progress.credits += result.credits
-            if store(item, entry):
-                with progress.lock:
-                    progress.edited += 1
-
-        started = time.monotonic()
-        last_report = started
-        with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="cutout-batch") as pool:
-            pending: set[Future[None]] = {pool.submit(refetch, item, entry) for item, entry in recover}
-            pending |= {pool.submit(edit, item) for item in todo}
-            while pending:
-                done, pending = wait(pending, timeout=min(1.0, self.progress_interval), return_when=FIRST_COMPLETED)
-                for future in done:
-                    future.result()  # a bug in a worker must not pass silently
-                now = time.monotonic()
-                if now - last_report >= self.progress_interval:
-                    last_report = now
-                    self._report(progress, now - started)
-        self._report(progress, time.monotonic() - started)
-
-    def _report(self, progress: Progress, elapsed: float) -> None:
-        with progress.lock:
-            worked = progress.edited + progress.recovered + progress.failed
-            done, total = progress.done, progress.total
-            rate = worked / elapsed if elapsed > 0 else 0.0
-            eta = (total - done) / rate if rate > 0 else float("nan")
-            self.log.info(
-                "Cutout batch progress: %d/%d done, %d skipped, %d failed, %d credits spent, %.1f items/s, "
-                "ETA %.0fs", done, total, progress.skipped, progress.failed, progress.credits, rate, eta,
-            )

@@ -2,95 +2,19 @@
 
 from __future__ import annotations
 
-import ast
-import json
 from collections.abc import Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError, ResultDownloadError
+from airflow_provider_cutout.exceptions import CutoutError, ResultDownloadError
 from airflow_provider_cutout.hooks.cutout import CutoutHook
 from airflow_provider_cutout.links import RESULT_XCOM_KEY, CutoutResultLink
-from airflow_provider_cutout.models import ImageEditRequest
+from airflow_provider_cutout.operators._common import as_list, check_static, fail_or_retry
 
 if TYPE_CHECKING:
-    import logging
-
     from airflow.sdk import Context
-
-_PLACEHOLDERS = {
-    "prompt": "placeholder prompt",
-    "image_urls": ["https://placeholder.invalid/image.png"],
-    "model": "gpt-image-1",
-    "aspect_ratio": "original",
-}
-
-
-def is_dynamic(value: Any) -> bool:
-    """Whether a value is only known at run time: an XComArg, or a string with Jinja in it."""
-    if hasattr(value, "resolve"):  # XComArg, MappedArgument
-        return True
-    if isinstance(value, str):
-        return "{{" in value or "{%" in value
-    if isinstance(value, (list, tuple)):
-        return any(is_dynamic(item) for item in value)
-    if isinstance(value, dict):
-        return any(is_dynamic(item) for item in value.values())
-    return False
-
-
-def check_static(owner: str, **values: Any) -> None:
-    """Validate at DAG parse time what is already known, without any network call.
-
-    Values known only at run time are replaced by valid placeholders; plain-http loopback URLs are
-    let through here and checked against the connection's base URL at run time.
-
-    :raises InvalidInputError: naming the task, the field, the value and the fix.
-    """
-    if all(is_dynamic(v) for v in values.values()):
-        return
-    args = {name: _PLACEHOLDERS[name] if is_dynamic(v) else v for name, v in values.items()}
-    try:
-        ImageEditRequest.build(**args, base_url="http://127.0.0.1")
-    except ValueError as err:
-        raise InvalidInputError(f"{owner}: {err}") from None
-
-
-def as_list(value: Any) -> Any:
-    """Normalise a rendered list (``image_urls``, batch ``items``): a list rendered to text by Jinja
-    becomes a list again, and a lazy XCom sequence from mapped upstream tasks a plain list."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("[") and text.endswith("]"):
-            for parse in (json.loads, ast.literal_eval):
-                try:
-                    return list(parse(text))
-                except (ValueError, SyntaxError, TypeError):
-                    continue
-        return value
-    if isinstance(value, Sequence) and not isinstance(value, (list, tuple)):
-        return list(value)
-    return value
-
-
-def fail_or_retry(err: CutoutError, log: logging.Logger | Any) -> NoReturn:
-    """Apply the failure policy: transient errors re-raise so the task's own ``retries`` apply;
-    errors that a retry cannot fix fail the task at once, since each retry could cost credits."""
-    try:
-        from airflow.sdk.exceptions import AirflowFailException
-    except ImportError:  # Airflow < 3.2
-        from airflow.exceptions import AirflowFailException  # type: ignore[no-redef,attr-defined]
-
-    if err.retryable:
-        log.warning("Transient Cutout error (%s): raising so the task's own retries apply: %s",
-                    type(err).__name__, err)
-        raise err
-    log.error("Cutout error that a retry cannot fix (%s): failing without Airflow retries: %s",
-              type(err).__name__, err)
-    raise AirflowFailException(f"{type(err).__name__}: {err}") from err
-
 
 class CutoutImageEditOperator(BaseOperator):
     """Edit images with the Cutout.Pro Image Edit API and push the result URL to XCom.

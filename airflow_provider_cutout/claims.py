@@ -1,0 +1,212 @@
+"""Per-item claims: before an edit is sent, its request fingerprint is claimed in the output folder.
+
+A claim is a file created exclusively (``O_EXCL`` on local disks, a conditional PUT on S3), so of two
+runs that want the same edit exactly one sends it: overlapping runs of one DAG, chunks that list the
+same item, two DAGs over one folder. A claim names its owner (DAG, run, task, map index, try, host,
+process); the owner keeps a heartbeat file fresh while it runs. A claim stays after its edit was
+charged, so it also records the intent to send: an owner that died without recording a result
+leaves an item *in doubt*. A definite failure that charged nothing releases the claim.
+
+Layout under ``<output_dir>/_cutout/``: ``claims/<fingerprint>.json``, ``owners/<token>.json``, and
+``claims/<fingerprint>.<dead token>.takeover`` when a run takes over an in-doubt item.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_provider_cutout.exceptions import CatalogStateError
+from airflow_provider_cutout.manifest import STATE_DIR
+from airflow_provider_cutout.storage import write_whole
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who holds a claim: one try of one task instance, in one process."""
+
+    token: str
+    dag_id: str | None = None
+    run_id: str | None = None
+    task_id: str | None = None
+    map_index: int = -1
+    try_number: int = 0
+    host: str = ""
+    pid: int = 0
+
+    @classmethod
+    def of_task(cls, context: Any) -> Owner:
+        """This process, running the task instance of ``context``."""
+        ti = context.get("ti") if context else None
+        map_index = getattr(ti, "map_index", None)
+        return cls(
+            token=uuid.uuid4().hex[:20], dag_id=getattr(ti, "dag_id", None), run_id=getattr(ti, "run_id", None),
+            task_id=getattr(ti, "task_id", None), map_index=-1 if map_index is None else map_index,
+            try_number=getattr(ti, "try_number", 0) or 0, host=socket.gethostname(), pid=os.getpid(),
+        )
+
+    def describe(self) -> str:
+        """A line that tells a user which run holds an item."""
+        return (f"dag_id={self.dag_id} run_id={self.run_id} task_id={self.task_id} map_index={self.map_index} "
+                f"try={self.try_number} host={self.host} pid={self.pid}")
+
+    def is_earlier_try_of(self, other: Owner) -> bool:
+        """Whether this is an earlier try of ``other``'s task instance (so it no longer runs)."""
+        same = (self.dag_id, self.run_id, self.task_id, self.map_index) == (
+            other.dag_id, other.run_id, other.task_id, other.map_index)
+        return same and self.dag_id is not None and self.try_number < other.try_number
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner_from(data: bytes) -> Owner | None:
+    try:
+        fields = json.loads(data)["owner"]
+        return Owner(**{f.name: fields[f.name] for f in dataclasses.fields(Owner) if f.name in fields})
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class Claims:
+    """This run's claims in one output folder, and its heartbeat.
+
+    :param folder: the output folder (an ``ObjectStoragePath``).
+    :param owner: this run.
+    :param heartbeat_timeout: seconds without a heartbeat after which an owner counts as dead.
+    """
+
+    def __init__(self, folder: Any, owner: Owner, heartbeat_timeout: float = 120.0) -> None:
+        self.owner = owner
+        self.timeout = heartbeat_timeout
+        self.dir = folder / STATE_DIR / "claims"
+        self._owners = folder / STATE_DIR / "owners"
+        self._me = self._owners / f"{owner.token}.json"
+        self._stop = threading.Event()
+        self._last_beat = 0.0
+        self._alive: dict[str, tuple[bool, float]] = {}
+        self._thread: threading.Thread | None = None
+
+    def open(self) -> None:
+        """Check that the store gives exclusive create, write the first heartbeat, start beating."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._owners.mkdir(parents=True, exist_ok=True)
+        self._create(self._me, self._beat_body())
+        try:
+            self._create(self._me, self._beat_body())
+        except FileExistsError:
+            pass
+        else:
+            raise CatalogStateError(
+                f"the store of {self.dir} does not refuse a second exclusive create, so claims cannot keep two runs "
+                "from paying for the same edit; put output_dir on a local or shared file system, S3, or GCS")
+        self._last_beat = time.monotonic()
+        self._thread = threading.Thread(target=self._beat_loop, name="cutout-heartbeat", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the heartbeat; this owner is gone from now on."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._me.unlink(missing_ok=True)
+
+    def claim(self, fingerprint: str) -> Owner | None:
+        """Claim an edit: ``None`` when it is now this run's, else the owner that holds it."""
+        if time.monotonic() - self._last_beat > self.timeout / 2:
+            raise CatalogStateError(
+                f"this run could not write its heartbeat to {self._owners} for {self.timeout / 2:.0f}s; it stops "
+                "sending, since other runs may soon count it as dead")
+        for _ in range(3):
+            try:
+                self._create(self.dir / f"{fingerprint}.json", self._claim_body())
+                return None
+            except FileExistsError:
+                holder = self.holder(fingerprint)
+            if holder is not None:
+                return holder
+        return self.holder(fingerprint) or Owner(token="")
+
+    def holder(self, fingerprint: str) -> Owner | None:
+        """Who holds the claim of an edit (an unreadable claim: an owner with no token), or ``None``."""
+        path = self.dir / f"{fingerprint}.json"
+        for _ in range(20):
+            try:
+                owner = _owner_from(path.read_bytes())
+            except FileNotFoundError:
+                return None
+            if owner is not None:
+                return owner
+            time.sleep(0.05)  # being written right now
+        return Owner(token="")  # a claim its owner died writing: it sent nothing, but cannot be read
+
+    def release(self, fingerprint: str) -> None:
+        """Give up a claim after a failure that charged nothing, so a later run can try again."""
+        (self.dir / f"{fingerprint}.json").unlink(missing_ok=True)
+
+    def take_over(self, fingerprint: str, dead: Owner) -> Owner | None:
+        """Take the claim of a dead owner: ``None`` when it is now this run's, else who took it first."""
+        try:
+            self._create(self.dir / f"{fingerprint}.{dead.token or 'unreadable'}.takeover", self.owner.token.encode())
+        except FileExistsError:
+            return self.holder(fingerprint) or Owner(token="")
+        write_whole(self.dir / f"{fingerprint}.json", self._claim_body())
+        return None
+
+    def is_alive(self, other: Owner) -> bool:
+        """Whether ``other`` still runs: same process, a live process on this host, or a fresh heartbeat."""
+        if other.token == self.owner.token:
+            return True
+        if not other.token or other.is_earlier_try_of(self.owner):
+            return False
+        if other.host == self.owner.host and not _pid_running(other.pid):
+            return False
+        cached = self._alive.get(other.token)
+        if cached and time.monotonic() - cached[1] < min(5.0, self.timeout / 4):
+            return cached[0]
+        try:
+            beat = json.loads((self._owners / f"{other.token}.json").read_bytes())["heartbeat_at"]
+            alive = time.time() - float(beat) < self.timeout
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            alive = False
+        self._alive[other.token] = (alive, time.monotonic())
+        return alive
+
+    @staticmethod
+    def _create(path: Any, data: bytes) -> None:
+        try:
+            with path.open("xb") as sink:
+                sink.write(data)
+        except (ValueError, NotImplementedError, TypeError) as err:
+            raise CatalogStateError(
+                f"the store of {path.parent} cannot create a file exclusively ({type(err).__name__}: {err}), so "
+                "claims cannot keep two runs from paying for the same edit; use a local or shared file system, "
+                "S3, or GCS for output_dir") from err
+
+    def _claim_body(self) -> bytes:
+        return json.dumps({"owner": dataclasses.asdict(self.owner), "claimed_at": time.time()}).encode()
+
+    def _beat_body(self) -> bytes:
+        return json.dumps({"owner": dataclasses.asdict(self.owner), "heartbeat_at": time.time()}).encode()
+
+    def _beat_loop(self) -> None:
+        while not self._stop.wait(self.timeout / 4):
+            try:
+                write_whole(self._me, self._beat_body())
+                self._last_beat = time.monotonic()
+            except OSError:
+                continue  # claim() refuses new work once the heartbeat is stale

@@ -1,0 +1,418 @@
+"""One run of the batch operator: plan, claim, send, record, store, report.
+
+``classify`` decides, from what the manifest and the claims say of an item, what a run does with it;
+``BatchRun`` carries the shared state of one run through short steps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_cutout.claims import Claims, Owner
+from airflow_provider_cutout.exceptions import (
+    AuthenticationError,
+    CatalogStateError,
+    ClaimedElsewhereError,
+    CutoutError,
+    InsufficientCreditsError,
+    InvalidInputError,
+)
+from airflow_provider_cutout.manifest import EDITED, FAILED, IN_DOUBT, STORED, Manifest
+from airflow_provider_cutout.storage import list_names, store_image
+
+if TYPE_CHECKING:
+    from airflow_provider_cutout.hooks.cutout import CutoutHook
+    from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator, PlannedEdit
+
+#: Errors after which every further call would fail the same way (or cost money for nothing).
+STOP_BATCH = (AuthenticationError, InsufficientCreditsError, CatalogStateError)
+
+SKIP, REFETCH, EDIT, WAIT, IN_DOUBT_ACTION, TAKE_OVER = "skip", "refetch", "edit", "wait", "in_doubt", "take_over"
+LIVE, DEAD = "live", "dead"
+POLL_SECONDS = 0.5
+
+
+def classify(entry: dict[str, Any] | None, *, file_present: bool, resend_in_doubt: bool,
+             holder: str | None = None) -> str:
+    """What a run does with one item.
+
+    :param entry: the item's newest manifest entry, if any.
+    :param file_present: whether the entry's stored file exists.
+    :param resend_in_doubt: the operator's consent to pay again for an item that may have been charged.
+    :param holder: ``"live"`` or ``"dead"`` when another run's claim holds the item, else ``None``.
+    :return: ``skip`` (stored), ``wait`` (a live run has it), ``refetch`` (paid for, not stored: download
+        again), ``in_doubt`` (maybe charged, no result: never resent without consent), ``take_over`` (the
+        same, with consent), or ``edit``.
+    """
+    status = entry.get("status") if entry else None
+    if status == STORED and file_present:
+        return SKIP
+    if holder == LIVE:
+        return WAIT
+    if status in (STORED, EDITED) and entry and entry.get("image_url"):
+        return REFETCH
+    if holder == DEAD or status == IN_DOUBT:
+        return TAKE_OVER if resend_in_doubt else IN_DOUBT_ACTION
+    return EDIT
+
+
+@dataclass
+class Progress:
+    """Counters shared by the worker threads."""
+
+    total: int
+    skipped: int = 0
+    edited: int = 0
+    recovered: int = 0
+    failed: int = 0
+    by_other_runs: int = 0
+    credits: int = 0
+    errors: list[str] = field(default_factory=list)
+    doubtful: list[str] = field(default_factory=list)  # keys that may have been charged without a result
+    stop_error: CutoutError | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def in_doubt(self) -> int:
+        """Items charged (or maybe charged) without a stored result."""
+        return len(self.doubtful)
+
+    @property
+    def done(self) -> int:
+        """Items finished one way or another."""
+        return self.skipped + self.edited + self.recovered + self.failed + self.in_doubt + self.by_other_runs
+
+
+class RateLimiter:
+    """At most ``per_second`` starts per second across threads (``None``: no limit)."""
+
+    def __init__(self, per_second: float | None) -> None:
+        self._interval = 1.0 / per_second if per_second else 0.0
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        """Block until the next start is allowed."""
+        if not self._interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self._interval
+        if start > now:
+            time.sleep(start - now)
+
+
+class BatchRun:
+    """One run of ``CutoutBatchImageEditOperator`` over its planned items.
+
+    :param op: the operator (its arguments and log).
+    :param hook: the hook whose client sends every request.
+    :param folder: the output folder (an ``ObjectStoragePath``).
+    :param owner: who this run is, for its claims.
+    :param planned: the validated items.
+    """
+
+    def __init__(self, op: CutoutBatchImageEditOperator, hook: CutoutHook, folder: Any, owner: Owner,
+                 planned: list[PlannedEdit]) -> None:
+        self.op, self.log, self.client = op, op.log, hook.client
+        self.hook = hook
+        self.folder, self.out = folder, str(folder).rstrip("/") + "/"
+        self.planned = planned
+        self.owner = owner
+        self.progress = Progress(total=len(planned))
+        self.stop = threading.Event()
+        self.held: dict[str, tuple[PlannedEdit, Owner]] = {}
+        self.limiter = RateLimiter(op.requests_per_second)
+        self.claims = Claims(folder, owner, op.heartbeat_timeout)
+        self.manifest = Manifest(folder, writer=owner.token)
+        self.cost = 0
+        self.to_edit: list[PlannedEdit] = []
+        self.to_refetch: list[tuple[PlannedEdit, dict[str, Any]]] = []
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    def execute(self) -> dict[str, Any]:
+        """Plan, check the budget, send, wait for items other runs hold, and report."""
+        from airflow_provider_cutout.operators._common import fail_or_retry
+
+        try:
+            try:
+                self.plan()
+                self.check_budget()
+                self.claims.open()
+                try:
+                    self.sweep_leftovers()
+                    self.work([(self.refetch, item, entry) for item, entry in self.to_refetch]
+                              + [(self.edit, item) for item in self.to_edit])
+                    self.settle_held()
+                finally:
+                    self.claims.close()
+            finally:
+                self.manifest.close()
+        except CutoutError as err:
+            fail_or_retry(err, self.log)
+        return self.report()
+
+    def plan(self) -> None:
+        """Sort the items by what the manifest says of them; nothing is sent yet."""
+        names = set(list_names(self.folder))
+        for item in self.planned:
+            entry = self.manifest.get(item.fingerprint)
+            stored = str(entry.get("stored_path") or "") if entry else ""
+            action = classify(entry, file_present=stored.rsplit("/", 1)[-1] in names,
+                              resend_in_doubt=self.op.resend_in_doubt)
+            if action == SKIP:
+                self.progress.skipped += 1
+            elif action == REFETCH:
+                self.to_refetch.append((item, entry))  # type: ignore[arg-type]
+            elif action == IN_DOUBT_ACTION:
+                self.progress.doubtful.append(item.key)
+            else:
+                self.to_edit.append(item)
+        self.cost = sum(item.request.credits for item in self.to_edit)
+        self.log.info(
+            "Cutout batch plan: %d items, %d already stored (skipped), %d to fetch again, %d in doubt (not resent), "
+            "%d to edit for %d credits", len(self.planned), self.progress.skipped, len(self.to_refetch),
+            self.progress.in_doubt, len(self.to_edit), self.cost,
+        )
+
+    def check_budget(self) -> None:
+        """``max_credits`` and ``check_balance``, before anything is sent."""
+        if self.op.max_credits is not None and self.cost > self.op.max_credits:
+            raise InvalidInputError(
+                f"the planned cost is {self.cost} credits for {len(self.to_edit)} edits, over max_credits="
+                f"{self.op.max_credits}; raise max_credits or edit fewer items. Nothing was sent.")
+        if self.op.check_balance and self.to_edit:
+            balance = self.hook.get_credit_balance()
+            if balance.total < self.cost:
+                raise InsufficientCreditsError(
+                    f"the planned cost is {self.cost} credits but the account has {balance.total:g}; top up or "
+                    "edit fewer items. Nothing was sent.")
+
+    def sweep_leftovers(self) -> None:
+        """Delete temporary files that runs no longer alive left while storing these items."""
+        from airflow_provider_cutout.operators.batch import file_stem
+
+        stems = {file_stem(item.key) for item in self.planned}
+        for name in list_names(self.folder):
+            if not (name.startswith(".") and name.endswith(".part")):
+                continue
+            stem, _, token = name[1:-5].rpartition(".")
+            if stem in stems and not self.claims.is_alive(Owner(token=token)):
+                (self.folder / name).unlink(missing_ok=True)
+
+    def work(self, jobs: Iterable[tuple[Any, ...]]) -> None:
+        """Run jobs ``(function, *args)`` on ``max_concurrency`` threads, with progress lines."""
+        started = last_report = time.monotonic()
+        with ThreadPoolExecutor(self.op.max_concurrency, thread_name_prefix="cutout-batch") as pool:
+            pending: set[Future[None]] = {pool.submit(*job) for job in jobs}
+            while pending:
+                done, pending = wait(pending, timeout=min(1.0, self.op.progress_interval),
+                                     return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()  # a bug in a worker must not pass silently
+                if time.monotonic() - last_report >= self.op.progress_interval:
+                    last_report = time.monotonic()
+                    self._report_progress(last_report - started)
+        self._report_progress(time.monotonic() - started)
+
+    def edit(self, item: PlannedEdit) -> None:
+        """Claim an item and, when this run now holds it, send it."""
+        if self.stop.is_set():
+            return
+        try:
+            holder = self.claims.claim(item.fingerprint)
+        except CutoutError as err:
+            self._stop_with(err)
+            return
+        if holder is None:
+            self.send(item)
+        else:
+            with self.progress.lock:
+                self.held[item.fingerprint] = (item, holder)
+
+    def send(self, item: PlannedEdit) -> None:
+        """Send a claimed edit, record it as soon as it is charged, then store its image."""
+        self.limiter.wait()
+        if self.stop.is_set():
+            self.claims.release(item.fingerprint)
+            return
+        entry = self._base_entry(item)
+        try:
+            result = self.client.edit_image(item.request)
+        except CutoutError as err:
+            self.fail(item, entry, err)
+            return
+        entry.update(status=EDITED, image_url=result.image_url, id=result.id, request_id=result.request_id,
+                     credits=result.credits, duration=result.duration)
+        self.manifest.record(entry, durable=True)  # charged: never lose it
+        with self.progress.lock:
+            self.progress.credits += result.credits
+        if self.store(item, entry):
+            with self.progress.lock:
+                self.progress.edited += 1
+
+    def refetch(self, item: PlannedEdit, entry: dict[str, Any]) -> None:
+        """Download again an edit that was paid for but not stored."""
+        if self.store(item, entry):
+            with self.progress.lock:
+                self.progress.recovered += 1
+
+    def store(self, item: PlannedEdit, entry: dict[str, Any]) -> bool:
+        """Copy the result into the output folder and record it as stored."""
+        from airflow_provider_cutout.operators.batch import file_stem
+
+        try:
+            path = store_image(self.client, entry["image_url"], self.out, file_stem(item.key), tag=self.owner.token)
+        except CutoutError as err:
+            self.fail(item, entry, err)
+            return False
+        self.manifest.record({**entry, "status": STORED, "stored_path": path, "error": None})
+        return True
+
+    def fail(self, item: PlannedEdit, entry: dict[str, Any], err: CutoutError) -> None:
+        """Record a failed item: paid for (fetch again later), in doubt, or free (release its claim)."""
+        text = f"{item.key}: {type(err).__name__}: {err}"
+        charged = bool(entry.get("image_url")) or err.maybe_charged
+        if charged and err.retryable:
+            self.manifest.record({**entry, "status": EDITED, "error": text}, durable=True)
+        elif charged:
+            self.manifest.record({**entry, "status": IN_DOUBT, "error": text}, durable=True)
+        else:
+            self.manifest.record({**entry, "status": FAILED, "image_url": None, "error": text})
+            self.claims.release(item.fingerprint)
+        with self.progress.lock:
+            if charged and not err.retryable:
+                self.progress.doubtful.append(item.key)
+            else:
+                self.progress.failed += 1
+            self.progress.errors.append(text)
+        if isinstance(err, STOP_BATCH):
+            self._stop_with(err)
+
+    def settle_held(self) -> None:
+        """Wait, up to ``claim_wait_timeout``, for the items other runs held when this run wanted them."""
+        deadline = time.monotonic() + self.op.claim_wait_timeout
+        if self.held:
+            self.log.info("Cutout batch: %d items are held by other runs; waiting for their results",
+                          len(self.held))
+        while self.held and not self.stop.is_set():
+            self.manifest.refresh()
+            jobs: list[tuple[Callable[..., None], Any]] = []
+            for fp, (item, _) in list(self.held.items()):
+                job = self._settle(fp, item)
+                if job is not None:
+                    jobs.append(job)
+            if jobs:
+                self.work(jobs)
+            elif self.held and time.monotonic() > deadline:
+                raise ClaimedElsewhereError(
+                    f"{len(self.held)} items are still held by other runs after claim_wait_timeout="
+                    f"{self.op.claim_wait_timeout:g}s, so their results are not stored yet: {self._held_text()}. "
+                    "This run's own items are stored; a retry waits for them again")
+            elif self.held:
+                time.sleep(POLL_SECONDS)
+
+    def _settle(self, fp: str, item: PlannedEdit) -> tuple[Callable[..., None], Any] | None:
+        """Look again at one held item; a job when this run must act on it now."""
+        holder = self.claims.holder(fp)
+        state = None if holder is None else LIVE if self.claims.is_alive(holder) else DEAD
+        entry = self.manifest.get(fp)
+        action = classify(entry, file_present=True, resend_in_doubt=self.op.resend_in_doubt, holder=state)
+        if action == WAIT:
+            self.held[fp] = (item, holder)  # type: ignore[assignment]
+            return None
+        del self.held[fp]
+        if action == SKIP:
+            with self.progress.lock:
+                self.progress.by_other_runs += 1
+        elif action == REFETCH:
+            return (self.refetch, item, entry)  # type: ignore[return-value]
+        elif action == IN_DOUBT_ACTION:
+            self.manifest.record({**self._base_entry(item), "status": IN_DOUBT,
+                                  "error": f"claimed by {holder.describe() if holder else '?'}, which "
+                                           "ended without recording a result"})
+            with self.progress.lock:
+                self.progress.doubtful.append(item.key)
+        elif action == TAKE_OVER and holder is not None:
+            winner = self.claims.take_over(fp, holder)
+            if winner is not None:
+                self.held[fp] = (item, winner)
+                return None
+            return (self.send, item)
+        else:
+            return (self.edit, item)  # the claim was released: claim it again
+        return None
+
+    # -- reporting -------------------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        """The summary for XCom; fail when a result is missing or too many items failed."""
+        from airflow_provider_cutout.operators._common import fail_or_retry
+
+        progress = self.progress
+        summary = {
+            "total": progress.total, "skipped": progress.skipped, "edited": progress.edited,
+            "recovered": progress.recovered, "by_other_runs": progress.by_other_runs, "failed": progress.failed,
+            "in_doubt": progress.in_doubt, "not_attempted": progress.total - progress.done,
+            "credits_spent": progress.credits, "planned_credits": self.cost,
+            "manifest": str(self.manifest.path), "manifest_bytes_written": self.manifest.bytes_written,
+            "output_dir": str(self.folder),
+        }
+        self.log.info("Cutout batch summary: %s", summary)
+        if progress.stop_error is not None:
+            err = progress.stop_error
+            fail_or_retry(type(err)(
+                f"{err.message}; the batch stopped at once: {summary['not_attempted']} items were not attempted. "
+                "Stored results are kept; a re-run continues from there", retryable=err.retryable), self.log)
+        if progress.in_doubt:
+            fail_or_retry(CutoutError(
+                f"{progress.in_doubt} items were or may have been charged without a stored result (a read timeout, "
+                f"a dropped connection, an expired result URL, a worker that died with edits in flight): "
+                f"{', '.join(progress.doubtful[:50])}. They are not sent again automatically: check the account's "
+                "usage, then set resend_in_doubt=True to edit them again"), self.log)
+        limit = self.op.failure_limit(len(self.to_edit) + len(self.to_refetch))
+        if progress.failed > limit:
+            from airflow.sdk.exceptions import AirflowException
+
+            raise AirflowException(
+                f"{progress.failed} items failed, more than max_failures={self.op.max_failures!r} allows ({limit}); "
+                f"first errors: {'; '.join(progress.errors[:5])}. Stored results are kept; a retry only redoes "
+                "the failed items."
+            )
+        return summary
+
+    def _report_progress(self, elapsed: float) -> None:
+        progress = self.progress
+        with progress.lock:
+            worked = progress.edited + progress.recovered + progress.failed
+            done, total = progress.done, progress.total
+            rate = worked / elapsed if elapsed > 0 else 0.0
+            eta = (total - done) / rate if rate > 0 else float("nan")
+            self.log.info(
+                "Cutout batch progress: %d/%d done, %d skipped, %d failed, %d credits spent, %.1f items/s, "
+                "ETA %.0fs", done, total, progress.skipped, progress.failed, progress.credits, rate, eta,
+            )
+
+    def _stop_with(self, err: CutoutError) -> None:
+        with self.progress.lock:
+            if self.progress.stop_error is None:
+                self.progress.stop_error = err
+        self.stop.set()
+
+    def _held_text(self) -> str:
+        shown = [f"{item.key} (held by {holder.describe()})" for item, holder in list(self.held.values())[:20]]
+        more = len(self.held) - len(shown)
+        return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+    @staticmethod
+    def _base_entry(item: PlannedEdit) -> dict[str, Any]:
+        req = item.request
+        return {"key": item.key, "fingerprint": item.fingerprint, "model": req.model,
+                "aspect_ratio": req.aspect_ratio, "image_urls": list(req.image_urls)}
