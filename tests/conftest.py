@@ -109,3 +109,12 @@ def states(dag_run: Any) -> dict[str, list[tuple[Any, int]]]:
     for ti in sorted(dag_run.get_task_instances(), key=lambda t: (t.task_id, t.map_index)):
         out.setdefault(ti.task_id, []).append((ti.state, ti.try_number))
     return out
+
+
+def manifest_entries(folder: Any) -> dict[str, dict[str, Any]]:
+    """Every manifest entry of an output folder by fingerprint, as the next run would read them."""
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_cutout.manifest import Manifest
+
+    return Manifest(ObjectStoragePath(f"{str(folder).rstrip('/')}/")).entries

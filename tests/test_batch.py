@@ -12,20 +12,12 @@ import time
 import pytest
 
 from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator, chunk_items, file_stem
-from tests.conftest import REPO, states, xcoms
+from tests.conftest import REPO, manifest_entries, states, xcoms
 from tests.dags.batch_dags import batch, budget, slow
 
 
 def summary(dr):
     return xcoms(dr, "batch")[-1]
-
-
-def manifest_entries(folder):
-    from airflow.sdk import ObjectStoragePath
-
-    from airflow_provider_cutout.manifest import Manifest
-
-    return Manifest(ObjectStoragePath(f"{folder}/")).entries
 
 
 def test_200_items_rerun_free_and_one_change(sandbox, airflow_db, tmp_path, capfd):

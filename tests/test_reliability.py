@@ -4,7 +4,6 @@ invalid input that never reaches the sandbox, hostile answers, and a secret-leak
 from __future__ import annotations
 
 import io
-import json
 import string
 
 import pytest
@@ -14,7 +13,7 @@ from hypothesis import strategies as st
 from airflow_provider_cutout import exceptions as exc
 from airflow_provider_cutout.hooks.cutout import CutoutHook
 from airflow_provider_cutout.models import ASPECT_RATIOS, MODELS
-from tests.conftest import FAKE_KEY, states
+from tests.conftest import FAKE_KEY, manifest_entries, states
 from tests.fault_matrix import CASES, DOC, FAIL1, OK1, OK2, Case, render
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05}
@@ -78,7 +77,7 @@ def test_matrix_batch(sandbox, airflow_db, monkeypatch, tmp_path, case):
     wait_for_slow_edits(case)
     ((state, tries),) = states(dr)["edit"]
     outcome = {("success", 1): OK1, ("success", 2): OK2, ("failed", 1): FAIL1}[(str(state), tries)]
-    (entry,) = json.loads((tmp_path / "cutout-manifest.json").read_text())["entries"].values()
+    (entry,) = manifest_entries(tmp_path).values()
     if entry["status"] == "in_doubt":
         outcome += ", item in doubt"
     elif "InsufficientCreditsError" in (entry.get("error") or ""):
@@ -330,7 +329,7 @@ def test_the_key_appears_nowhere(sandbox, airflow_db, monkeypatch, tmp_path, cap
         for path in root.rglob("*"):
             if path.is_file():
                 places[str(path)] = path.read_bytes()
-    assert any(p.endswith("airflow.db") for p in places) and any("cutout-manifest" in p for p in places)
+    assert any(p.endswith("airflow.db") for p in places) and any("_cutout/manifest" in p for p in places)
     assert any(b"Cutout" in data for data in places.values())  # the failures were really logged
     leaks = [where for where, data in places.items() if key.encode() in data]
     assert not leaks, f"the API key leaked into {leaks}"
