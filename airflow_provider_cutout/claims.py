@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_cutout.exceptions import CatalogStateError
-from airflow_provider_cutout.manifest import STATE_DIR
-from airflow_provider_cutout.storage import write_whole
+from airflow_provider_cutout.storage import STATE_DIR, write_whole
 
 
 @dataclass(frozen=True)

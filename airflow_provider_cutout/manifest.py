@@ -19,10 +19,9 @@ import time
 import uuid
 from typing import Any
 
-from airflow_provider_cutout.storage import list_names, write_whole
+from airflow_provider_cutout.storage import STATE_DIR, list_names, write_whole
 
 STORED, EDITED, FAILED, IN_DOUBT = "stored", "edited", "failed", "in_doubt"
-STATE_DIR = "_cutout"
 LEGACY_GLOB = "cutout-manifest*.json"
 ROLLUP_SEGMENTS = 256
 

@@ -7,11 +7,16 @@ half-written file under the final name.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from airflow_provider_cutout.client import CutoutClient
+
+
+#: The folder, inside an output folder, that holds the provider's own state (manifest, claims, records).
+STATE_DIR = "_cutout"
 
 
 def is_folder(output_path: Any) -> bool:
@@ -74,3 +79,33 @@ def list_names(folder: Any) -> list[str]:
         return [name.rstrip("/").rsplit("/", 1)[-1] for name in folder.fs.ls(folder.path, detail=False, refresh=True)]
     except FileNotFoundError:
         return []
+
+
+def _edit_record(output_path: Any, fingerprint: str) -> Any:
+    from airflow.sdk import ObjectStoragePath
+
+    target = ObjectStoragePath(str(output_path))
+    if is_folder(output_path):
+        return target / STATE_DIR / "edits" / f"{fingerprint}.json"
+    return target.parent / STATE_DIR / "edits" / f"{target.name}.json"
+
+
+def find_stored_edit(output_path: Any, fingerprint: str) -> dict[str, Any] | None:
+    """The result an earlier run stored at ``output_path`` for this very edit, if its file is still there."""
+    from airflow.sdk import ObjectStoragePath
+
+    try:
+        record = json.loads(_edit_record(output_path, fingerprint).read_bytes())
+    except (OSError, ValueError):  # none yet, or a path that cannot hold one: storing will say why
+        return None
+    stored = record.get("stored_path") if isinstance(record, dict) else None
+    if record.get("fingerprint") != fingerprint or not stored or not ObjectStoragePath(stored).exists():
+        return None
+    return {k: v for k, v in record.items() if k != "fingerprint"}
+
+
+def remember_stored_edit(output_path: Any, fingerprint: str, payload: dict[str, Any]) -> None:
+    """Record which edit is stored at ``output_path``, so a re-run of it can return it for free."""
+    path = _edit_record(output_path, fingerprint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_whole(path, json.dumps({**payload, "fingerprint": fingerprint}).encode())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -137,3 +138,28 @@ def test_storage_failure_after_the_edit_fails_without_retry(sandbox, airflow_db,
     assert sandbox.ledger()["charges"] == 1
     text = "".join(capfd.readouterr())
     assert "the edit itself succeeded and was charged, its URL is" in text
+
+
+@pytest.mark.parametrize("into", ["folder/", "file.png"])
+def test_rerun_returns_the_stored_edit_and_force_edits_again(sandbox, airflow_db, tmp_path, capfd, into):
+    from tests.dags.operator_dags import stored, stored_forced
+
+    conf = {"out": f"{tmp_path}/{into}"}
+    first = xcoms(stored.test(run_conf=conf), "edit", "cutout_result")[-1]
+    again_run = stored.test(run_conf=conf)
+    assert states(again_run)["edit"] == [("success", 1)]
+    again = xcoms(again_run, "edit", "cutout_result")[-1]
+    assert again == first and xcoms(again_run, "edit")[-1] == first["image_url"]  # same XCom shape and values
+    ledger = sandbox.ledger()
+    assert ledger["edit_calls"] == 1 and list(ledger["by_fingerprint"].values()) == [
+        {"calls": 1, "charges": 1, "credits": 4}]
+    assert "already stored at" in "".join(capfd.readouterr())
+
+    forced = xcoms(stored_forced.test(run_conf=conf), "edit", "cutout_result")[-1]
+    assert forced["id"] != first["id"]
+    (charges,) = [v["charges"] for v in sandbox.ledger()["by_fingerprint"].values()]
+    assert charges == 2  # force=True pays again, as asked
+
+    Path(forced["stored_path"]).unlink()  # the stored copy is gone: the next run edits again
+    xcoms(stored.test(run_conf=conf), "edit", "cutout_result")
+    assert sandbox.ledger()["charges"] == 3

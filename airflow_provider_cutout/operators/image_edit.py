@@ -11,6 +11,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_cutout.exceptions import CutoutError, ResultDownloadError
 from airflow_provider_cutout.hooks.cutout import CutoutHook
 from airflow_provider_cutout.links import RESULT_XCOM_KEY, CutoutResultLink
+from airflow_provider_cutout.models import ImageEditRequest
 from airflow_provider_cutout.operators._common import as_list, check_static, fail_or_retry
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ class CutoutImageEditOperator(BaseOperator):
         after the edit id. Templated.
     :param max_result_bytes: the largest result image to store (the connection's
         ``max_download_bytes``, 100 MiB, by default).
+    :param force: edit (and pay) again even when ``output_path`` already holds the result of this
+        very edit from an earlier run; by default a cleared or re-run task returns that result.
     """
 
     template_fields: Sequence[str] = ("prompt", "image_urls", "model", "aspect_ratio", "output_path")
@@ -50,6 +53,7 @@ class CutoutImageEditOperator(BaseOperator):
         cutout_conn_id: str = CutoutHook.default_conn_name,
         output_path: str | None = None,
         max_result_bytes: int | None = None,
+        force: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -60,6 +64,7 @@ class CutoutImageEditOperator(BaseOperator):
         self.cutout_conn_id = cutout_conn_id
         self.output_path = output_path
         self.max_result_bytes = max_result_bytes
+        self.force = force
         self.result_url: str | None = None  # set by execute; read by the extra link
         check_static(
             f"{type(self).__name__}(task_id={self.task_id!r})",
@@ -72,37 +77,64 @@ class CutoutImageEditOperator(BaseOperator):
         return CutoutHook(cutout_conn_id=self.cutout_conn_id)
 
     def execute(self, context: Context) -> str:
-        """Validate the rendered values, edit, store the copy if asked, push the result."""
-        from airflow_provider_cutout.storage import store_image
+        """Validate the rendered values; return the stored result of this very edit if an earlier run
+        kept it at ``output_path`` (unless ``force``); else edit, store the copy if asked, push the result."""
+        from airflow_provider_cutout.storage import find_stored_edit
 
         hook = self.hook
         try:
             try:
-                result = hook.edit_image(self.prompt, as_list(self.image_urls), self.model, self.aspect_ratio)
+                request = hook.validate(self.prompt, as_list(self.image_urls), self.model, self.aspect_ratio)
             except CutoutError as err:
                 fail_or_retry(err, self.log)
-            self.log.info(
-                "Cutout edit done: model=%s references=%d ratio=%s credits=%d duration=%ss request_id=%s id=%s",
-                result.model, len(result.reference_image_urls), result.aspect_ratio, result.credits,
-                result.duration, result.request_id, result.id,
-            )
-            self.result_url = result.image_url
-            payload = {**result.to_xcom(), "stored_path": None}
+            stored = None if self.force or not self.output_path else find_stored_edit(
+                self.output_path, request.fingerprint)
+            if stored is not None:
+                self.log.info("Cutout edit already stored at %s by an earlier run (id=%s): nothing sent, nothing "
+                              "spent. Set force=True to edit again.", stored["stored_path"], stored["id"])
+                payload = stored
+            else:
+                payload = self._edit(hook, request, context)
+            self.result_url = payload["image_url"]
             context["ti"].xcom_push(key=RESULT_XCOM_KEY, value=payload)
-            if self.output_path:
-                try:
-                    payload["stored_path"] = store_image(
-                        hook.client, result.image_url, self.output_path, result.id, max_bytes=self.max_result_bytes
-                    )
-                except Exception as err:
-                    # The edit is done and paid for: a task retry would edit (and charge) again.
-                    failure = err if isinstance(err, CutoutError) else ResultDownloadError(
-                        f"storing the result at {self.output_path!r} failed: {type(err).__name__}: {err}")
-                    failure.retryable = False
-                    failure.message += f"; the edit itself succeeded and was charged, its URL is {result.image_url}"
-                    fail_or_retry(failure, self.log)
-                self.log.info("Stored the edited image at %s", payload["stored_path"])
-                context["ti"].xcom_push(key=RESULT_XCOM_KEY, value=payload)
-            return result.image_url
+            return str(payload["image_url"])
         finally:
             hook.close()
+
+    def _edit(self, hook: CutoutHook, request: ImageEditRequest, context: Context) -> dict[str, Any]:
+        """Send the edit and store its copy; the result is in XCom as soon as it is charged."""
+        try:
+            result = hook.client.edit_image(request)
+        except CutoutError as err:
+            fail_or_retry(err, self.log)
+        self.log.info(
+            "Cutout edit done: model=%s references=%d ratio=%s credits=%d duration=%ss request_id=%s id=%s",
+            result.model, len(result.reference_image_urls), result.aspect_ratio, result.credits,
+            result.duration, result.request_id, result.id,
+        )
+        payload = {**result.to_xcom(), "stored_path": None}
+        context["ti"].xcom_push(key=RESULT_XCOM_KEY, value=payload)
+        if self.output_path:
+            payload["stored_path"] = self._store(hook, result.image_url, result.id, request.fingerprint, payload)
+        return payload
+
+    def _store(self, hook: CutoutHook, url: str, edit_id: str, fingerprint: str, payload: dict[str, Any]) -> str:
+        """Copy a charged result to ``output_path`` and remember which edit it is."""
+        from airflow_provider_cutout.storage import remember_stored_edit, store_image
+
+        try:
+            path = store_image(hook.client, url, self.output_path, edit_id, max_bytes=self.max_result_bytes)
+        except Exception as err:
+            # The edit is done and paid for: a task retry would edit (and charge) again.
+            failure = err if isinstance(err, CutoutError) else ResultDownloadError(
+                f"storing the result at {self.output_path!r} failed: {type(err).__name__}: {err}")
+            failure.retryable = False
+            failure.message += f"; the edit itself succeeded and was charged, its URL is {url}"
+            fail_or_retry(failure, self.log)
+        self.log.info("Stored the edited image at %s", path)
+        try:
+            remember_stored_edit(self.output_path, fingerprint, {**payload, "stored_path": path})
+        except OSError as err:
+            self.log.warning("Could not record the stored edit beside %s (%s): a re-run of this task will edit "
+                             "and pay again", path, err)
+        return path

@@ -69,3 +69,15 @@ with DAG("t_single", schedule=None, start_date=START, params={"model": "gpt-imag
     CutoutImageEditOperator(
         task_id="edit", prompt="darken", image_urls=sample_urls(["bottle"]), model="{{ params.model }}",
     )
+
+
+
+def stored_dag(dag_id: str, **kwargs) -> DAG:
+    with DAG(dag_id, schedule=None, start_date=START, params={"out": "/tmp/unused/"}) as dag:
+        CutoutImageEditOperator(task_id="edit", prompt="sepia", image_urls=sample_urls(["lamp"]), model="gpt-image-1",
+                                output_path="{{ params.out }}", **kwargs)
+    return dag
+
+
+stored = stored_dag("t_stored")
+stored_forced = stored_dag("t_stored_forced", force=True)
