@@ -3,10 +3,11 @@
 A log in ``<output_dir>/_cutout/manifest/``, modelled on Delta Lake's transaction log: every file in
 it is immutable JSON Lines, one entry per line. A writer appends a small segment holding only its
 new records (coalesced by one thread; a caller that must not lose a record waits until it is
-written), folds its own segments into one every ``ROLLUP_SEGMENTS``, and at the end of a run
-compacts the whole log into one snapshot. Bytes written per record stay constant whatever the size
-of the catalog. Readers read every file and keep the newest entry per fingerprint, so concurrent
-writers (chunks, overlapping runs) never overwrite each other. Older single-file manifests
+written), and folds every ``ROLLUP_SEGMENTS`` of its own segments (and its last ones, at the end of a
+run) into one. When the files beside the log's largest one reach ``COMPACT_RATIO`` of its size, the
+end of a run compacts the whole log into one snapshot, as Delta Lake checkpoints. Bytes written per
+record stay constant whatever the size of the catalog. Readers read every file and keep the newest
+entry per fingerprint, so concurrent writers (chunks, overlapping runs) never overwrite each other. Older single-file manifests
 (``cutout-manifest*.json``) are still read.
 """
 
@@ -19,11 +20,14 @@ import time
 import uuid
 from typing import Any
 
-from airflow_provider_cutout.storage import STATE_DIR, list_names, write_whole
+from airflow_provider_cutout.storage import STATE_DIR, list_files, write_whole
 
 STORED, EDITED, FAILED, IN_DOUBT = "stored", "edited", "failed", "in_doubt"
 LEGACY_GLOB = "cutout-manifest*.json"
 ROLLUP_SEGMENTS = 256
+#: The log is compacted when the files beside its largest one hold this share of its size: each
+#: record is then rewritten a bounded number of times, so bytes per record stay constant.
+COMPACT_RATIO = 0.25
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +86,8 @@ class Manifest:
         self._read: set[str] = set()  # log files folded into ``entries``; all immutable
         self._broken: set[str] = set()  # kept in place for inspection, never compacted away
         self._writer_name = writer
-        self._own: list[str] = []  # this writer's segments since its last rollup
-        self._since_rollup: list[dict[str, Any]] = []
+        self._own: list[tuple[str, list[dict[str, Any]]]] = []  # this writer's segments since its last rollup
+        self._rolled: list[str] = []  # this writer's rollups
         self._pending: list[dict[str, Any]] = []
         self._cond = threading.Condition()
         self._version = self._written = self._seq = 0
@@ -108,11 +112,11 @@ class Manifest:
     def refresh(self) -> int:
         """Read the log files written since the last call; return how many there were."""
         for _ in range(10):
-            names = [n for n in list_names(self.path) if n.endswith(".jsonl") and n not in self._read]
+            names = [n for n in list_files(self.path) if n.endswith(".jsonl") and n not in self._read]
             vanished = False
             for name in sorted(names):
                 try:
-                    text = (self.path / name).read_text()
+                    text = (self.path / name).read_bytes().decode("utf-8", errors="replace")
                 except FileNotFoundError:  # compacted meanwhile: its snapshot shows up on the next listing
                     vanished = True
                     continue
@@ -153,7 +157,8 @@ class Manifest:
             self._check()
 
     def close(self, *, compact: bool = True) -> None:
-        """Write what is pending, stop the writer and (by default) compact the log into one snapshot."""
+        """Write what is pending, stop the writer, roll this run's segments into one file and, when the
+        log has grown enough beside its snapshot, compact it."""
         if self._thread is None:
             return
         with self._cond:
@@ -162,20 +167,25 @@ class Manifest:
         self._thread.join()
         self._thread = None
         self._check()
-        if compact and (self._seq or len(self._read) > 1):
-            self.compact()
+        if len(self._own) > 1:
+            self._rollup()
+        if compact and self._seq:
+            sizes = [size for name, size in list_files(self.path).items()
+                     if name.endswith(".jsonl") and name not in self._broken]
+            if len(sizes) > 1 and sum(sizes) - max(sizes) >= max(sizes) * COMPACT_RATIO:
+                self.compact()
 
     def compact(self) -> None:
         """Fold every log file read so far, and this writer's own, into one snapshot; delete them."""
         self.refresh()
         with self._cond:
             lines = [json.dumps(e, separators=(",", ":")) for e in self.entries.values()]
-        folded = (self._read - self._broken) | set(self._own)
-        self._write(f"{self._writer_name or uuid.uuid4().hex}-snapshot.jsonl", lines)
+        folded = (self._read - self._broken) | {name for name, _ in self._own} | set(self._rolled)
+        self._write(f"{self._writer_name or uuid.uuid4().hex}-snapshot-{time.time_ns()}.jsonl", lines)
         for name in folded:
             (self.path / name).unlink(missing_ok=True)
         self._read -= folded
-        self._own = []
+        self._own, self._rolled = [], []
 
     def _check(self) -> None:
         if self._error is not None:
@@ -206,20 +216,24 @@ class Manifest:
                 self._written = version
                 self._cond.notify_all()
 
-    def _append(self, batch: list[dict[str, Any]]) -> None:
+    def _append(self, records: list[dict[str, Any]]) -> None:
         self._seq += 1
         name = f"{self._writer_name}-{self._seq:08d}.jsonl"
-        self._write(name, [json.dumps(e, separators=(",", ":")) for e in batch])
-        self._own.append(name)
-        self._since_rollup.extend(batch)
-        if len(self._own) >= ROLLUP_SEGMENTS:  # one file instead of many, for readers and for a crash
-            newest = {e["fingerprint"]: e for e in self._since_rollup}
-            self._write(f"{self._writer_name}-rollup-{self._seq:08d}.jsonl",
-                        [json.dumps(e, separators=(",", ":")) for e in newest.values()])
-            for old in self._own:
-                (self.path / old).unlink(missing_ok=True)
-                self._read.discard(old)
-            self._own, self._since_rollup = [], []
+        self._write(name, [json.dumps(e, separators=(",", ":")) for e in records])
+        self._own.append((name, records))
+        if len(self._own) >= ROLLUP_SEGMENTS:
+            self._rollup()
+
+    def _rollup(self) -> None:
+        """Fold this writer's segments into one file: few files for readers, even after a crash."""
+        segments, self._own = self._own, []
+        newest = {e["fingerprint"]: e for _, records in segments for e in records}
+        name = f"{self._writer_name}-rollup-{self._seq:08d}.jsonl"
+        self._write(name, [json.dumps(e, separators=(",", ":")) for e in newest.values()])
+        self._rolled.append(name)
+        for old, _ in segments:
+            (self.path / old).unlink(missing_ok=True)
+            self._read.discard(old)
 
 
 def read_manifest(output_dir: Any) -> dict[str, dict[str, Any]]:

@@ -73,12 +73,13 @@ def write_whole(path: Any, data: bytes) -> None:
     partial.rename(path)
 
 
-def list_names(folder: Any) -> list[str]:
-    """File names in ``folder`` as the store has them now (object stores cache listings)."""
+def list_files(folder: Any) -> dict[str, int]:
+    """File names in ``folder`` and their sizes, as the store has them now (object stores cache listings)."""
     try:
-        return [name.rstrip("/").rsplit("/", 1)[-1] for name in folder.fs.ls(folder.path, detail=False, refresh=True)]
+        found = folder.fs.ls(folder.path, detail=True, refresh=True)
     except FileNotFoundError:
-        return []
+        return {}
+    return {info["name"].rstrip("/").rsplit("/", 1)[-1]: int(info.get("size") or 0) for info in found}
 
 
 def _edit_record(output_path: Any, fingerprint: str) -> Any:

@@ -52,6 +52,7 @@ class Sandbox:
         requests.post(f"{self.url}/__sandbox__/reset", json={"balance": balance}, timeout=5).raise_for_status()
         self.server.state.config.latency = 0.0
         self.server.state.config.result_ttl = None
+        self.server.state.config.charge_hung_up = False
 
     def fault(self, kind: str, **spec: Any) -> None:
         body = {"faults": [{"kind": kind, **spec}]}

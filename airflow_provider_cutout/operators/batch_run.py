@@ -23,7 +23,7 @@ from airflow_provider_cutout.exceptions import (
     InvalidInputError,
 )
 from airflow_provider_cutout.manifest import EDITED, FAILED, IN_DOUBT, STORED, Manifest
-from airflow_provider_cutout.storage import list_names, store_image
+from airflow_provider_cutout.storage import list_files, store_image
 
 if TYPE_CHECKING:
     from airflow_provider_cutout.hooks.cutout import CutoutHook
@@ -161,7 +161,7 @@ class BatchRun:
 
     def plan(self) -> None:
         """Sort the items by what the manifest says of them; nothing is sent yet."""
-        names = set(list_names(self.folder))
+        names = set(list_files(self.folder))
         for item in self.planned:
             entry = self.manifest.get(item.fingerprint)
             stored = str(entry.get("stored_path") or "") if entry else ""
@@ -200,7 +200,7 @@ class BatchRun:
         from airflow_provider_cutout.operators.batch import file_stem
 
         stems = {file_stem(item.key) for item in self.planned}
-        for name in list_names(self.folder):
+        for name in list_files(self.folder):
             if not (name.startswith(".") and name.endswith(".part")):
                 continue
             stem, _, token = name[1:-5].rpartition(".")

@@ -28,11 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=_latency, default=0.0, help="seconds per edit, or model=s,default=s")
     parser.add_argument("--result-ttl", type=float, default=None, help="seconds a result URL lives")
     parser.add_argument("--images", default=None, help="a folder served under /images/")
+    parser.add_argument("--charge-hung-up", action="store_true",
+                        help="charge edits whose client hung up (default: cancel them, free)")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="skip source fetching and image work: a tiny PNG after the latency")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
 
     config = SandboxConfig(api_key=args.api_key, balance=args.balance, latency=args.latency,
-                           result_ttl=args.result_ttl, images_dir=args.images)
+                           result_ttl=args.result_ttl, images_dir=args.images,
+                           charge_hung_up=args.charge_hung_up, latency_only=args.latency_only)
     server = SandboxServer((args.host, args.port), SandboxState(config), verbose=args.verbose)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     print(json.dumps({"sandbox": server.base_url, "balance": args.balance}), flush=True)

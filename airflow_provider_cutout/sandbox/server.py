@@ -7,6 +7,7 @@ is written here again on purpose, so the provider's tests talk to an independent
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import ipaddress
 import json
@@ -65,6 +66,14 @@ def fetch_source(url: str, index: int) -> bytes:
     except OSError as err:
         raise EnvelopeError(400, 2001, f"Failed to download imageUrl[{index}]: {err}") from None
     return data
+
+
+@functools.cache
+def _tiny_png() -> bytes:
+    """The answer of every edit in ``latency_only`` mode."""
+    out = io.BytesIO()
+    Image.new("RGB", (2, 2), (200, 200, 200)).save(out, "PNG")
+    return out.getvalue()
 
 
 def check_source(data: bytes, index: int, model: str) -> Image.Image:
@@ -280,15 +289,19 @@ class SandboxHandler(BaseHTTPRequestHandler):
             price = MODELS[model].credits
             if self.state.balance < price:
                 raise EnvelopeError(200, 1001, "Insufficient balance")
-            sources = [check_source(self._fetch(url, i), i, model) for i, url in enumerate(urls)]
-            png, ops = edits.edit(sources, prompt, ratio)
+            if self.state.config.latency_only:
+                png, ops = _tiny_png(), ["none"]
+            else:
+                sources = [check_source(self._fetch(url, i), i, model) for i, url in enumerate(urls)]
+                png, ops = edits.edit(sources, prompt, ratio)
         except EnvelopeError as err:
             self.state.record("edit", "rejected", fingerprint=fp, credits=0, reason=err.msg)
             raise
         delay = self.state.config.latency_for(model) - (time.monotonic() - started)
         if delay > 0:
             time.sleep(delay)
-        if self._client_gone():  # like a server that cancels work for a client that hung up (499)
+        hung_up = self._client_gone()
+        if hung_up and not self.state.config.charge_hung_up:  # like a server that cancels the work (499)
             self.state.record("edit", "cancelled", fingerprint=fp, credits=0, reason="client closed the connection")
             self.close_connection = True
             return
@@ -299,7 +312,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self.state.store_result(result_id, png)
         request_id = uuid.uuid4().hex
         self.state.record("edit", "charged", fingerprint=fp, credits=price, model=model, id=result_id,
-                          request_id=request_id, operations=ops)
+                          request_id=request_id, operations=ops, hung_up=hung_up)
+        if hung_up:  # charged, but nobody is there to read the answer
+            self.close_connection = True
+            return
         data = {
             "id": int(result_id), "userId": 657890123456789,
             "imageUrl": f"http://{self.headers.get('Host', 'localhost')}/results/{result_id}.png",

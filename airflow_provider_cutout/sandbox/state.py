@@ -69,6 +69,10 @@ class SandboxConfig:
     :param latency: seconds added to every edit, or a dict of seconds per model.
     :param result_ttl: seconds a result URL lives (``None``: forever).
     :param images_dir: a folder served under ``/images/``.
+    :param charge_hung_up: charge an edit whose client hung up while it ran, as a service that
+        finishes the work anyway would (by default such edits are cancelled and free).
+    :param latency_only: skip fetching sources and editing; answer every valid edit with a tiny PNG
+        after the latency, so benchmarks at catalog scale measure the client, not the sandbox.
     """
 
     api_key: str | None = None
@@ -76,6 +80,8 @@ class SandboxConfig:
     latency: float | dict[str, float] = 0.0
     result_ttl: float | None = None
     images_dir: str | None = None
+    charge_hung_up: bool = False
+    latency_only: bool = False
 
     def latency_for(self, model: str) -> float:
         """Seconds an edit with ``model`` takes."""

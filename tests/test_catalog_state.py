@@ -1,0 +1,171 @@
+"""The catalog state on its own: the item classification, the manifest log and the claims."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from airflow.sdk import ObjectStoragePath
+
+from airflow_provider_cutout import manifest as manifest_module
+from airflow_provider_cutout.claims import Claims, Owner
+from airflow_provider_cutout.exceptions import CatalogStateError
+from airflow_provider_cutout.manifest import Manifest, read_manifest
+from airflow_provider_cutout.operators.batch_run import classify
+
+
+def folder(tmp_path):
+    return ObjectStoragePath(f"{tmp_path}/")
+
+
+STORED = {"status": "stored", "image_url": "https://cdn/x.png", "stored_path": "/out/x.png"}
+EDITED = {"status": "edited", "image_url": "https://cdn/x.png"}
+
+
+@pytest.mark.parametrize(("entry", "present", "resend", "holder", "action"), [
+    (None, False, False, None, "edit"),
+    (STORED, True, False, None, "skip"),
+    (STORED, False, False, None, "refetch"),  # paid for, file deleted since: fetch, never edit again
+    (EDITED, False, False, None, "refetch"),
+    ({"status": "failed", "image_url": None}, False, False, None, "edit"),  # charged nothing: try again
+    ({"status": "in_doubt"}, False, False, None, "in_doubt"),
+    ({"status": "in_doubt"}, False, True, None, "take_over"),
+    (None, False, False, "live", "wait"),
+    (EDITED, False, False, "live", "wait"),  # its owner is about to store it
+    (STORED, True, False, "live", "skip"),
+    (EDITED, False, False, "dead", "refetch"),  # its owner died after the charge was recorded
+    (None, False, False, "dead", "in_doubt"),  # died with the edit claimed: maybe charged
+    (None, False, True, "dead", "take_over"),
+])
+def test_classify(entry, present, resend, holder, action):
+    assert classify(entry, file_present=present, resend_in_doubt=resend, holder=holder) == action
+
+
+def entry(fp, status="stored", **more):
+    return {"fingerprint": fp, "key": f"k-{fp}", "status": status, **more}
+
+
+def test_two_writers_never_overwrite_each_other_and_newest_wins(tmp_path):
+    a, b = Manifest(folder(tmp_path), "a"), Manifest(folder(tmp_path), "b")
+    a.record(entry("1", "edited"), durable=True)
+    b.record(entry("2"), durable=True)
+    a.record(entry("1"), durable=True)
+    b.refresh()
+    assert b.get("1")["status"] == "stored" and b.get("2")["status"] == "stored"
+    a.close()
+    b.close()
+    log = tmp_path / "_cutout" / "manifest"
+    (snapshot,) = log.iterdir()  # a's compaction folded b's segment too; b had nothing left to fold
+    assert snapshot.name.startswith("a-snapshot-")
+    assert {k: e["status"] for k, e in read_manifest(tmp_path).items()} == {"k-1": "stored", "k-2": "stored"}
+
+
+def test_bytes_per_record_stay_constant_and_segments_roll_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(manifest_module, "ROLLUP_SEGMENTS", 8)
+    log = tmp_path / "_cutout" / "manifest"
+    written = []
+    for n in (100, 1000):
+        writer = Manifest(folder(tmp_path / str(n)), "w")
+        for i in range(n):
+            writer.record(entry(f"{i:06d}", url="https://cdn/" + "x" * 40), durable=True)
+        files = list((tmp_path / str(n) / "_cutout" / "manifest").iterdir())
+        assert len(files) <= n / 8 + 8  # a rollup per 8 segments, and the segments not rolled up yet
+        before_close = writer.bytes_written
+        writer.close()
+        written.append(before_close / n)
+    assert written[1] < written[0] * 1.1  # per record, whatever the catalog size
+    assert not log.exists()
+
+
+def test_corrupt_and_half_written_segments_are_reported_and_lose_nothing_else(tmp_path, caplog):
+    writer = Manifest(folder(tmp_path), "w")
+    for i in range(5):
+        writer.record(entry(str(i)), durable=True)
+    writer.close(compact=False)
+    log = tmp_path / "_cutout" / "manifest"
+    (log / "crashed-00000001.jsonl").write_text(json.dumps(entry("5")) + '\n{"fingerprint": "6", "sta')
+    (log / "garbage-00000001.jsonl").write_bytes(b"\x00\xff not json\n[1, 2]\n")
+    reader = Manifest(folder(tmp_path))
+    assert sorted(reader.entries) == ["0", "1", "2", "3", "4", "5"]
+    assert [p.split(" (")[0] for p in reader.problems] == [
+        "crashed-00000001.jsonl line 2: not valid JSON",
+        "garbage-00000001.jsonl line 1: not valid JSON",
+        "garbage-00000001.jsonl line 2: not a manifest entry",
+    ]
+    assert "the file's other records are kept" in caplog.text and "crashed-00000001.jsonl" in caplog.text
+    compactor = Manifest(folder(tmp_path), "c")
+    compactor.record(entry("7"))
+    compactor.close(compact=False)
+    compactor.compact()
+    assert sorted(p.name.split("-")[0] for p in log.iterdir()) == ["c", "crashed", "garbage"]  # broken files stay
+    assert len(Manifest(folder(tmp_path)).entries) == 7
+
+
+def test_old_single_file_manifests_are_still_read(tmp_path):
+    old = {"version": 1, "entries": {"fp-old": {"key": "a", "status": "stored", "stored_path": "x", "updated_at": 1}}}
+    (tmp_path / "cutout-manifest-0.json").write_text(json.dumps(old))
+    assert read_manifest(tmp_path)["a"]["fingerprint"] == "fp-old"
+    writer = Manifest(folder(tmp_path), "w")
+    writer.record(entry("fp-new"))
+    writer.close()
+    assert sorted(read_manifest(tmp_path)) == ["a", "k-fp-new"]
+
+
+def owner(token, **more):
+    return Owner(token=token, dag_id="d", run_id="r", task_id="t", host="elsewhere", pid=1, **more)
+
+
+def test_claims_are_exclusive_released_and_taken_over_once(tmp_path):
+    a, b, c = (Claims(folder(tmp_path), owner(t), heartbeat_timeout=60) for t in "abc")
+    for claims in (a, b, c):
+        claims.open()
+    assert a.claim("fp") is None
+    assert b.claim("fp") == a.owner and b.is_alive(a.owner)
+    a.release("fp")
+    assert b.claim("fp") is None and a.claim("fp") == b.owner
+    b.close()  # b ends without a result for fp: in doubt for everyone else
+    assert not a.is_alive(b.owner) and not c.is_alive(b.owner)
+    assert a.take_over("fp", b.owner) is None
+    assert c.take_over("fp", b.owner) == a.owner  # one winner only
+    assert c.holder("fp") == a.owner
+    a.close()
+    c.close()
+
+
+def test_liveness_earlier_try_dead_process_and_stale_heartbeat(tmp_path):
+    me = Claims(folder(tmp_path), Owner(token="me", dag_id="d", run_id="r", task_id="t", try_number=2,
+                                        host="h1", pid=os.getpid()))
+    assert not me.is_alive(Owner(token="x", dag_id="d", run_id="r", task_id="t", try_number=1, host="h2"))
+    me = Claims(folder(tmp_path), Owner(token="me", dag_id="d", run_id="r2", task_id="t", host="h1", pid=os.getpid()))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert not me.is_alive(Owner(token="y", host="h1", pid=int(dead.stdout)))  # this host, process gone
+    other = Claims(folder(tmp_path), owner("z"), heartbeat_timeout=0.5)
+    other.open()
+    assert me.is_alive(other.owner)
+    other._stop.set()  # the heartbeat stops as it would on a frozen host
+    other._thread.join()
+    fresh = Claims(folder(tmp_path), owner("w"), heartbeat_timeout=0.5)
+    import time
+
+    time.sleep(0.6)
+    assert not fresh.is_alive(other.owner)
+
+
+def test_a_store_without_exclusive_create_fails_loudly(tmp_path):
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+    from upath import UPath
+
+    class Overwriting(MemoryFileSystem):
+        protocol = "overwriting"
+
+        def _open(self, path, mode="rb", **kwargs):
+            return super()._open(path, mode.replace("x", "w"), **kwargs)
+
+    fsspec.register_implementation("overwriting", Overwriting, clobber=True)
+    claims = Claims(UPath("overwriting://bucket/out/"), owner("a"))
+    with pytest.raises(CatalogStateError, match="does not refuse a second exclusive create"):
+        claims.open()
