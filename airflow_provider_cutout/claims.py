@@ -73,9 +73,9 @@ def _pid_running(pid: int) -> bool:
     return True
 
 
-def _owner_from(data: bytes) -> Owner | None:
+def _owner_from(data: Any) -> Owner | None:
     try:
-        fields = json.loads(data)["owner"]
+        fields = data["owner"]
         return Owner(**{f.name: fields[f.name] for f in dataclasses.fields(Owner) if f.name in fields})
     except (ValueError, KeyError, TypeError):
         return None
@@ -145,9 +145,11 @@ class Claims:
         path = self.dir / f"{fingerprint}.json"
         for _ in range(20):
             try:
-                owner = _owner_from(path.read_bytes())
+                owner = _owner_from(json.loads(path.read_bytes()))
             except FileNotFoundError:
                 return None
+            except ValueError:
+                owner = None
             if owner is not None:
                 return owner
             time.sleep(0.05)  # being written right now
@@ -167,23 +169,28 @@ class Claims:
         return None
 
     def is_alive(self, other: Owner) -> bool:
-        """Whether ``other`` still runs: same process, a live process on this host, or a fresh heartbeat."""
+        """Whether ``other`` still runs (its answer is cached for a few seconds)."""
         if other.token == self.owner.token:
             return True
-        if not other.token or other.is_earlier_try_of(self.owner):
-            return False
-        if other.host == self.owner.host and not _pid_running(other.pid):
-            return False
         cached = self._alive.get(other.token)
         if cached and time.monotonic() - cached[1] < min(5.0, self.timeout / 4):
             return cached[0]
-        try:
-            beat = json.loads((self._owners / f"{other.token}.json").read_bytes())["heartbeat_at"]
-            alive = time.time() - float(beat) < self.timeout
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            alive = False
+        alive = bool(other.token) and not other.is_earlier_try_of(self.owner) and self._beating(other.token)
         self._alive[other.token] = (alive, time.monotonic())
         return alive
+
+    def _beating(self, token: str) -> bool:
+        """A heartbeat fresher than the timeout, from a process that is not gone from this host."""
+        try:
+            data = json.loads((self._owners / f"{token}.json").read_bytes())
+            known, beat = _owner_from(data), float(data["heartbeat_at"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return False  # ended, or never started
+        if known is None or known.is_earlier_try_of(self.owner):
+            return False
+        if known.host == self.owner.host and not _pid_running(known.pid):
+            return False
+        return time.time() - beat < self.timeout
 
     @staticmethod
     def _create(path: Any, data: bytes) -> None:

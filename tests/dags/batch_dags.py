@@ -51,3 +51,16 @@ slow = batch_dag("t_batch_slow", max_concurrency=4)
 balance_checked = batch_dag("t_batch_balance", check_balance=True)
 tolerant = batch_dag("t_batch_tolerant", max_failures=0.5, max_concurrency=1)
 serial = batch_dag("t_batch_serial", max_concurrency=1)
+overlapping = batch_dag("t_batch_overlapping", max_concurrency=4)
+killed = batch_dag("t_batch_killed", max_concurrency=4)
+killed_resend = batch_dag("t_batch_killed_resend", max_concurrency=4, resend_in_doubt=True)
+
+
+with DAG("t_batch_shared_chunks", schedule=None, start_date=START, params=PARAMS) as shared_chunks:
+    @task
+    def chunks_sharing_item_0(items: list[dict]) -> list[list[dict]]:
+        return [items[: len(items) // 2 + 1], items[len(items) // 2 :] + items[:1]]
+
+    CutoutBatchImageEditOperator.partial(
+        task_id="batch", output_dir="{{ params.out }}/", prompt="grayscale", max_concurrency=4,
+    ).expand(items=chunks_sharing_item_0(make_items()))
