@@ -132,11 +132,16 @@ def test_overlapping_runs_of_chunks_that_share_items(sandbox, airflow_db, tmp_pa
     assert len(charges(sandbox)) == n and set(charges(sandbox).values()) == {1}
 
 
-def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> bool:
+def wait_for_claims(owners: Path, proc: subprocess.Popen[str], timeout: float = 60) -> bool:
+    """Wait until the run in ``proc`` has opened its claims (its heartbeat file names its process)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if path.exists() and any(path.iterdir()):
-            return True
+        for beat in owners.glob("*.json") if owners.exists() else ():
+            try:
+                if json.loads(beat.read_text())["owner"]["pid"] == proc.pid:
+                    return True
+            except (OSError, ValueError):
+                continue
         time.sleep(0.01)
     return False
 
@@ -157,7 +162,7 @@ def test_sigkill_at_20_random_moments_never_charges_twice_without_consent(sandbo
         proc = spawn("tests.dags.batch_dags:killed", conf(str(tmp_path), n))
         if kill < 3:
             time.sleep(rng.uniform(0.5, 3.0))  # start-up, parsing, planning
-        elif wait_for(owners, proc):
+        elif wait_for_claims(owners, proc):
             time.sleep(rng.uniform(0.0, 0.8))  # claims, edits in flight, storing, recording
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
