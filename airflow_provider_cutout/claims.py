@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_cutout.exceptions import CatalogStateError
-from airflow_provider_cutout.storage import STATE_DIR, write_whole
+from airflow_provider_cutout.storage import STATE_DIR, list_files, write_whole
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,13 @@ class Claims:
         if self._thread is not None:
             self._thread.join()
         self._me.unlink(missing_ok=True)
+
+    def forget_dead_owners(self) -> None:
+        """Delete the heartbeat files that killed runs left: a missing heartbeat means dead too."""
+        for name in list_files(self._owners):
+            token = name.removesuffix(".json")
+            if name.endswith(".json") and not self.is_alive(Owner(token=token)):
+                (self._owners / name).unlink(missing_ok=True)
 
     def claim(self, fingerprint: str) -> Owner | None:
         """Claim an edit: ``None`` when it is now this run's, else the owner that holds it."""

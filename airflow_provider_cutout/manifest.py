@@ -7,8 +7,8 @@ written), and folds every ``ROLLUP_SEGMENTS`` of its own segments (and its last 
 run) into one. When the files beside the log's largest one reach ``COMPACT_RATIO`` of its size, the
 end of a run compacts the whole log into one snapshot, as Delta Lake checkpoints. Bytes written per
 record stay constant whatever the size of the catalog. Readers read every file and keep the newest
-entry per fingerprint, so concurrent writers (chunks, overlapping runs) never overwrite each other. Older single-file manifests
-(``cutout-manifest*.json``) are still read.
+entry per fingerprint, so concurrent writers (chunks, overlapping runs) never overwrite each other.
+Older single-file manifests (``cutout-manifest*.json``) are still read.
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
 """The catalog refresh spread over workers: the catalog is split into chunks and the batch operator
-is mapped over them, so Celery or Kubernetes executors run chunks in parallel. Each chunk writes its
-own manifest (``cutout-manifest-<map index>.json``) in the shared output folder, and every chunk reads
-all of them, so a re-run skips what any chunk stored, even when the chunks are cut differently.
+is mapped over them, so Celery or Kubernetes executors run chunks in parallel. The chunks share one
+output folder (put it on storage every worker reaches): each appends to its manifest log, claims keep
+two chunks (or two overlapping runs) from paying for one item, and a re-run skips what any chunk
+stored, even when the chunks are cut differently.
+
+``max_active_runs=1`` keeps the schedule from overlapping itself; the claims still matter for a
+manual run or a backfill beside it, and for other DAGs writing the same folder.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ with DAG(
     schedule="@daily",
     start_date=datetime.datetime(2026, 1, 1),
     catchup=False,
+    max_active_runs=1,
     params={"output_dir": OUTPUT_DIR},
     tags=["example", "cutout"],
 ) as dag:

@@ -6,6 +6,7 @@ noisy, so absolute times are reported only as context. Writes ``bench/results/re
 
 Usage: python scripts/bench.py [--quick] [--only 1,3]
   --quick: fewer items and rounds, for a smoke run; --only: run just these benchmarks (no report written)
+  Benchmark 6 (catalog scale) covers 1,000, 10,000 and 100,000 items: about 15 minutes on its own.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "performance.md"
 QUICK = "--quick" in sys.argv
-ONLY = {int(n) for n in sys.argv[sys.argv.index("--only") + 1].split(",")} if "--only" in sys.argv else {1, 2, 3, 4, 5}
+ALL = {1, 2, 3, 4, 5, 6}
+ONLY = {int(n) for n in sys.argv[sys.argv.index("--only") + 1].split(",")} if "--only" in sys.argv else ALL
 KEY = "bench-key-not-secret"
 
 HOME = tempfile.mkdtemp(prefix="cutout-bench-home-")
@@ -269,6 +271,75 @@ def bench_store() -> dict[str, Any]:
     }
 
 
+def run_scale(n: int, out: str) -> dict[str, Any]:
+    """One real DAG run of ``bench_scale`` in its own process: its summary, CPU seconds and wall time."""
+    conf = json.dumps({"n": n, "out": out})
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.run_dag", "bench.dags.bench_scale:dag", conf], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    output = proc.stdout.read()  # type: ignore[union-attr]
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    run = json.loads(output.strip().splitlines()[-1])
+    assert run["state"] == "success", run
+    return {"summary": run["summaries"][0], "cpu": usage.ru_utime + usage.ru_stime, "wall": wall}
+
+
+def bench_scale() -> list[dict[str, Any]]:
+    sizes, latency, concurrency = ((500, 2000, 8000) if QUICK else (1000, 10_000, 100_000)), 0.2, 32
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+    sandbox = Sandbox("--latency", str(latency), "--latency-only")
+    first, again = {}, {}
+    try:
+        sandbox.use(pool_size=concurrency)
+        for n in sizes:
+            sandbox.reset()
+            with tempfile.TemporaryDirectory() as out:
+                first[n] = run_scale(n, out)
+                assert first[n]["summary"]["edited"] == n and sandbox.ledger()["charges"] == n
+                again[n] = run_scale(n, out)
+                assert again[n]["summary"]["skipped"] == n and sandbox.ledger()["charges"] == n
+    finally:
+        sandbox.stop()
+    a, b, c = sizes
+
+    def slope(runs: dict[int, dict[str, Any]], lo: int, hi: int) -> float:
+        return (runs[hi]["cpu"] - runs[lo]["cpu"]) / (hi - lo) * 1000
+
+    cpu_low, cpu_high = slope(first, a, b), slope(first, b, c)
+    send = {n: first[n]["summary"]["seconds_sending"] / (n * latency / concurrency) for n in sizes}
+    per_edit = {n: first[n]["summary"]["manifest_bytes_written"] / n for n in sizes}
+    re_low, re_high = slope(again, a, b), slope(again, b, c)
+    walls = ", ".join(f"{n:,}: {first[n]['wall']:.0f} s" for n in sizes)
+    return [{
+        "name": "6. catalog scale", "metric": f"client CPU ms per added edit, {b:,}->{c:,} items (slope ratio)",
+        "value": f"{cpu_high:.2f} ({cpu_high / cpu_low:.2f} x)", "target": "<= 5 and <= 1.3 x",
+        "passed": cpu_high <= 5 and cpu_high / cpu_low <= 1.3,
+        "detail": f"real DAG runs (dag.test in a process of its own, CPU from wait4) of {a:,}, {b:,} and {c:,} items; "
+                  f"{cpu_low:.2f} ms per edit from {a:,} to {b:,}; sandbox in its own process, {latency} s latency, "
+                  f"--latency-only, max_concurrency {concurrency}; whole runs took {walls}",
+    }, {
+        "name": "7. catalog scale", "metric": f"sending phase / ideal at {c:,} items",
+        "value": round(send[c], 3), "target": "<= 1.15", "passed": send[c] <= 1.15,
+        "detail": "ideal = N x latency / concurrency; " + ", ".join(f"{n:,}: {send[n]:.3f}" for n in sizes),
+    }, {
+        "name": "8. catalog scale", "metric": "manifest bytes written per edit, largest / smallest size",
+        "value": round(max(per_edit.values()) / min(per_edit.values()), 3), "target": "<= 1.2 (constant)",
+        "passed": max(per_edit.values()) / min(per_edit.values()) <= 1.2,
+        "detail": "bytes per edit (segments, rollups and compaction): "
+                  + ", ".join(f"{n:,}: {v:.0f}" for n, v in per_edit.items()),
+    }, {
+        "name": "9. catalog scale", "metric": f"re-run of an unchanged catalog: CPU ms per item, {b:,}->{c:,} "
+                                              "(slope ratio)",
+        "value": f"{re_high:.3f} ({re_high / re_low:.2f} x)", "target": "<= 1.3 x (linear)",
+        "passed": re_high / re_low <= 1.3,
+        "detail": f"{re_low:.3f} ms per item from {a:,} to {b:,}; every item skipped, 0 charges; whole re-runs took "
+                  + ", ".join(f"{n:,}: {again[n]['wall']:.0f} s" for n in sizes),
+    }]
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -320,11 +391,14 @@ def main() -> int:
         keep(bench_import())
     if 5 in ONLY:
         keep(bench_store())
+    if 6 in ONLY:
+        for result in bench_scale():
+            keep(result)
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
               "quick": QUICK, "results": results}
     table = markdown(report)
     print(table)
-    if ONLY == {1, 2, 3, 4, 5}:
+    if ONLY == ALL:
         (RESULTS / "report.json").write_text(json.dumps(report, indent=1))
         (RESULTS / "report.md").write_text(table)
         doc = DOC.read_text()

@@ -59,7 +59,7 @@ ledger = json.load(urllib.request.urlopen(f"{sandbox}/__sandbox__/ledger"))
 print(f"== {len(stored)} edited images in {folder}")
 for path in stored[:4]:
     print(f"   {path}")
-print(f"   ... manifest: {folder}/cutout-manifest.json")
+print(f"   ... manifest log: {folder}/_cutout/manifest/")
 print(f"== sandbox ledger: {ledger['charges']} edits charged, {ledger['credits_charged']} credits, "
       f"balance {ledger['balance']} (the second run charged nothing)")
 if len(stored) != 12 or ledger["charges"] != 12:

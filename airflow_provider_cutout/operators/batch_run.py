@@ -132,6 +132,7 @@ class BatchRun:
         self.claims = Claims(folder, owner, op.heartbeat_timeout)
         self.manifest = Manifest(folder, writer=owner.token)
         self.cost = 0
+        self.seconds_sending = 0.0
         self.to_edit: list[PlannedEdit] = []
         self.to_refetch: list[tuple[PlannedEdit, dict[str, Any]]] = []
 
@@ -148,8 +149,10 @@ class BatchRun:
                 self.claims.open()
                 try:
                     self.sweep_leftovers()
+                    started = time.monotonic()
                     self.work([(self.refetch, item, entry) for item, entry in self.to_refetch]
                               + [(self.edit, item) for item in self.to_edit])
+                    self.seconds_sending = time.monotonic() - started
                     self.settle_held()
                 finally:
                     self.claims.close()
@@ -196,9 +199,10 @@ class BatchRun:
                     "edit fewer items. Nothing was sent.")
 
     def sweep_leftovers(self) -> None:
-        """Delete temporary files that runs no longer alive left while storing these items."""
+        """Delete what runs no longer alive left: temporary files of these items, heartbeat files."""
         from airflow_provider_cutout.operators.batch import file_stem
 
+        self.claims.forget_dead_owners()
         stems = {file_stem(item.key) for item in self.planned}
         for name in list_files(self.folder):
             if not (name.startswith(".") and name.endswith(".part")):
@@ -362,7 +366,8 @@ class BatchRun:
             "recovered": progress.recovered, "by_other_runs": progress.by_other_runs, "failed": progress.failed,
             "in_doubt": progress.in_doubt, "not_attempted": progress.total - progress.done,
             "credits_spent": progress.credits, "planned_credits": self.cost,
-            "manifest": str(self.manifest.path), "manifest_bytes_written": self.manifest.bytes_written,
+            "seconds_sending": round(self.seconds_sending, 3), "manifest": str(self.manifest.path),
+            "manifest_bytes_written": self.manifest.bytes_written,
             "output_dir": str(self.folder),
         }
         self.log.info("Cutout batch summary: %s", summary)
