@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -212,18 +212,29 @@ class BatchRun:
                 (self.folder / name).unlink(missing_ok=True)
 
     def work(self, jobs: Iterable[tuple[Any, ...]]) -> None:
-        """Run jobs ``(function, *args)`` on ``max_concurrency`` threads, with progress lines."""
-        started = last_report = time.monotonic()
+        """Run jobs ``(function, *args)`` on ``max_concurrency`` threads that take them one by one (so
+        the cost per job stays constant however many there are), with progress lines."""
+        queue, lock = iter(jobs), threading.Lock()
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    job = next(queue, None)
+                if job is None:
+                    return
+                job[0](*job[1:])
+
+        started = time.monotonic()
         with ThreadPoolExecutor(self.op.max_concurrency, thread_name_prefix="cutout-batch") as pool:
-            pending: set[Future[None]] = {pool.submit(*job) for job in jobs}
-            while pending:
-                done, pending = wait(pending, timeout=min(1.0, self.op.progress_interval),
-                                     return_when=FIRST_COMPLETED)
-                for future in done:
-                    future.result()  # a bug in a worker must not pass silently
-                if time.monotonic() - last_report >= self.op.progress_interval:
-                    last_report = time.monotonic()
-                    self._report_progress(last_report - started)
+            workers = [pool.submit(worker) for _ in range(self.op.max_concurrency)]
+            while True:
+                done, running = wait(workers, timeout=self.op.progress_interval, return_when=FIRST_EXCEPTION)
+                if any(future.exception() for future in done):
+                    self.stop.set()  # a bug in a worker must not pass silently: stop, then raise it
+                    next(future for future in done if future.exception()).result()
+                if not running:
+                    break
+                self._report_progress(time.monotonic() - started)
         self._report_progress(time.monotonic() - started)
 
     def edit(self, item: PlannedEdit) -> None:
