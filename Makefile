@@ -1,5 +1,5 @@
 # The project's commands; each installs what it needs into a local virtual environment.
-.PHONY: test demo bench
+.PHONY: test demo bench dist
 
 test:  ## lint, type-check and run the whole test suite on the newest and the oldest supported Airflow
 	bash scripts/test.sh
@@ -9,3 +9,6 @@ demo:  ## start the sandbox, run the example catalog refresh end to end, print w
 
 bench:  ## run the benchmarks against the sandbox and write bench/results/report.{json,md}
 	bash scripts/bench.sh
+
+dist:  ## build the sdist and the wheel (from the sdist) into dist/ and check them with twine
+	bash scripts/dist.sh

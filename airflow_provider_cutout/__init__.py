@@ -1,3 +1,3 @@
 """Apache Airflow provider for the Cutout.Pro Image Edit API."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from airflow_provider_cutout.manifest import read_manifest
 from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator, chunk_items, file_stem
 from tests.conftest import manifest_entries, states, xcoms
 from tests.dags.batch_dags import batch, budget, slow
@@ -133,3 +134,34 @@ def test_templated_values_wait_for_run_time():
                                  items=[{"key": "a", "image_urls": "{{ var.value.cdn }}/a.png"}])
     CutoutBatchImageEditOperator(task_id="c", output_dir="/tmp/x/", prompt="blur", model="{{ params.model }}",
                                  items=[{"key": "a", "image_urls": "https://x/a.png"}])
+
+
+def test_an_item_held_by_a_live_run_is_waited_for_then_named_then_in_doubt(sandbox, airflow_db, tmp_path, capfd):
+    import os
+    import socket
+
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_cutout.claims import Claims, Owner
+    from airflow_provider_cutout.hooks.cutout import CutoutHook
+    from tests.dags.batch_dags import impatient
+
+    conf = {"n": 3, "out": str(tmp_path), "changed": "", "invalid": False}
+    held = CutoutHook().validate("grayscale", [f"{sandbox.url}/samples/mug.png?w=40&h=30"], "gpt-image-1")
+    other = Claims(ObjectStoragePath(f"{tmp_path}/"), Owner(token="other-run", dag_id="other_dag", run_id="r1",
+                                                            task_id="t", host=socket.gethostname(), pid=os.getpid()))
+    other.open()
+    assert other.claim(held.fingerprint) is None  # item-0 is another live run's
+    dr = impatient.test(run_conf=conf)
+    assert states(dr)["batch"] == [("failed", 3)]  # each try waited 1 s for it, then failed (retryable)
+    text = "".join(capfd.readouterr())
+    assert "1 items are still held by other runs after claim_wait_timeout=1s" in text
+    assert "item-0 (held by dag_id=other_dag run_id=r1 task_id=t" in text
+    paid = sandbox.ledger()["by_fingerprint"]
+    assert held.fingerprint not in paid and len(paid) == 2 and {v["charges"] for v in paid.values()} == {1}
+
+    other.close()  # the other run ends without a result for item-0: it is in doubt, and named
+    dr = impatient.test(run_conf=conf)
+    assert states(dr)["batch"] == [("failed", 1)]
+    assert "1 items were or may have been charged without a stored result" in "".join(capfd.readouterr())
+    assert read_manifest(tmp_path)["item-0"]["status"] == "in_doubt" and sandbox.ledger()["charges"] == 2

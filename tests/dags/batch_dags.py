@@ -64,3 +64,4 @@ with DAG("t_batch_shared_chunks", schedule=None, start_date=START, params=PARAMS
     CutoutBatchImageEditOperator.partial(
         task_id="batch", output_dir="{{ params.out }}/", prompt="grayscale", max_concurrency=4,
     ).expand(items=chunks_sharing_item_0(make_items()))
+impatient = batch_dag("t_batch_impatient", claim_wait_timeout=1.0)

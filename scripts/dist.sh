@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# make dist: build the sdist, then the wheel from it (python -m build), into dist/, and check both
+# with twine. Installs build and twine into .venv like make test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "build>=1.2" "twine>=5"
+rm -rf dist
+.venv/bin/python -m build --outdir dist .
+.venv/bin/python -m twine check --strict dist/*
+ls -l dist
