@@ -1,24 +1,28 @@
 """The only place where the provider speaks HTTP.
 
 One ``requests.Session`` with a pooled adapter per client, timeouts on every call, one retry policy
-(``CutoutClient._send``) and one envelope parser (``parse_envelope``). A POST that may already have
-reached the server is never sent again unless the connection explicitly asks for it, because the
-API has no idempotency key and every accepted POST may be charged.
+(tenacity runs the loop; ``_transport_error`` and ``_parse`` decide what each failed attempt is) and
+one envelope parser. A POST that may already have reached the server is never sent again unless the
+connection explicitly asks for it, because the API has no idempotency key and every accepted POST
+may be charged.
 """
 
 from __future__ import annotations
 
 import email.utils
+import functools
+import json
 import logging
 import os
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
-from typing import IO, Any
+from dataclasses import dataclass
+from typing import IO, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import requests
+import tenacity
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
@@ -37,13 +41,8 @@ from airflow_provider_cutout.exceptions import (
     ResultDownloadError,
     ServerError,
 )
-from airflow_provider_cutout.models import (
-    DEFAULT_BASE_URL,
-    CreditBalance,
-    ImageEditRequest,
-    ImageEditResult,
-    is_loopback_url,
-)
+from airflow_provider_cutout.models import CreditBalance, ImageEditRequest, ImageEditResult, is_loopback_url
+from airflow_provider_cutout.settings import ClientSettings
 
 __all__ = ["ClientSettings", "CutoutClient", "parse_envelope"]
 
@@ -53,88 +52,34 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 INSUFFICIENT_CREDITS_CODE = 1001
 CHUNK_BYTES = 64 * 1024
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
+CHARGED_NOTE = "; the edit may have been charged, check the account before re-running"
 _IMAGE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": ".png", b"\xff\xd8\xff": ".jpg", b"GIF87a": ".gif", b"GIF89a": ".gif"}
+T = TypeVar("T")
+
+
+class _Answer(Protocol):
+    """What the envelope parser reads: an ``Answer`` or a ``requests.Response``."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def content(self) -> bytes: ...
 
 
 @dataclass(frozen=True)
-class ClientSettings:
-    """Timeouts and retry settings; every field can be set in the connection's extras.
+class Answer:
+    """An API answer read whole (within ``MAX_ANSWER_BYTES``), and the attempt that got it."""
 
-    :param base_url: scheme, host and optional port of the API (the connection's host).
-    :param connect_timeout: seconds to wait for a TCP connection.
-    :param read_timeout: seconds to wait for an answer; edits can take minutes.
-    :param max_retries: retries after the first attempt for retryable failures.
-    :param backoff_base: first backoff in seconds, doubled on each retry (with jitter).
-    :param backoff_max: cap of one backoff, in seconds.
-    :param retry_after_max: cap on how long a ``Retry-After`` header may make us wait.
-    :param retry_on_read_timeout: also resend a POST after a read timeout or a dropped connection;
-        the edit may then be charged twice.
-    :param pool_size: connections kept alive in the pool (raise it for concurrent batches).
-    :param max_download_bytes: largest result image the provider will download.
-    """
-
-    base_url: str = DEFAULT_BASE_URL
-    connect_timeout: float = 10.0
-    read_timeout: float = 300.0
-    max_retries: int = 3
-    backoff_base: float = 1.0
-    backoff_max: float = 30.0
-    retry_after_max: float = 120.0
-    retry_on_read_timeout: bool = False
-    pool_size: int = 16
-    max_download_bytes: int = 100 * 1024 * 1024
-
-    def __post_init__(self) -> None:
-        base = (self.base_url or DEFAULT_BASE_URL).strip().rstrip("/")
-        if "://" not in base:
-            base = f"https://{base}"
-        object.__setattr__(self, "base_url", base)
-        for name in ("connect_timeout", "read_timeout", "backoff_max", "retry_after_max"):
-            if getattr(self, name) <= 0:
-                raise InvalidInputError(f"{name}={getattr(self, name)!r} must be greater than 0")
-        for name in ("max_retries", "backoff_base"):
-            if getattr(self, name) < 0:
-                raise InvalidInputError(f"{name}={getattr(self, name)!r} must be 0 or more")
-        if self.pool_size < 1 or self.max_download_bytes < 1:
-            raise InvalidInputError("pool_size and max_download_bytes must be at least 1")
-
-    @classmethod
-    def from_extras(cls, base_url: str | None, extras: Mapping[str, Any]) -> ClientSettings:
-        """Build settings from a connection's extras, naming any unknown or mistyped key.
-
-        :param base_url: the connection's host, or ``None`` for the public API.
-        :param extras: the connection's extra JSON as a dict.
-        """
-        known = {f.name: f.type for f in fields(cls) if f.name != "base_url"}
-        values: dict[str, Any] = {}
-        for key, raw in extras.items():
-            if key not in known:
-                raise InvalidInputError(
-                    f"connection extra {key!r} is not a setting of the cutout connection; "
-                    f"known extras: {', '.join(sorted(known))}"
-                )
-            values[key] = _coerce(key, raw, known[key])
-        return cls(base_url=base_url or DEFAULT_BASE_URL, **values)
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+    attempts: int = 1
 
 
-def _coerce(key: str, raw: Any, annotation: Any) -> Any:
-    kind = {"float": float, "int": int, "bool": bool}[str(annotation)]
-    try:
-        if kind is bool:
-            if isinstance(raw, bool):
-                return raw
-            if str(raw).strip().lower() in ("true", "1", "yes", "false", "0", "no"):
-                return str(raw).strip().lower() in ("true", "1", "yes")
-            raise ValueError
-        return kind(raw)
-    except (TypeError, ValueError):
-        raise InvalidInputError(
-            f"connection extra {key}={raw!r} must be a {kind.__name__}"
-        ) from None
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
     if not value:
         return None
     try:
@@ -147,12 +92,12 @@ def _retry_after(response: requests.Response) -> float | None:
         return max(0.0, moment.timestamp() - time.time())
 
 
-def _snippet(response: requests.Response) -> str:
-    text = response.text[:160].replace("\n", " ").strip()
+def _snippet(answer: _Answer) -> str:
+    text = answer.content[:160].decode("utf-8", errors="replace").replace("\n", " ").strip()
     return text or "<empty body>"
 
 
-def parse_envelope(response: requests.Response) -> Any:
+def parse_envelope(response: _Answer) -> Any:
     """Return the ``data`` of a successful envelope, or raise the matching ``CutoutError``.
 
     The envelope decides, not the HTTP status: HTTP 200 with a non-zero ``code`` is an error.
@@ -160,51 +105,50 @@ def parse_envelope(response: requests.Response) -> Any:
     return _parse(response)[0]
 
 
-def _parse(response: requests.Response) -> tuple[Any, str | None]:
-    """``parse_envelope``, also returning the envelope's ``requestId`` (one JSON parse)."""
-    status = response.status_code
+def _envelope(answer: _Answer) -> dict[str, Any]:
     try:
-        body = response.json()
+        body = json.loads(answer.content)
     except ValueError:
-        body = None
-    if not isinstance(body, dict) or "code" not in body:
-        body = {}
-    code = body.get("code")
-    message = str(body.get("msg") or "").strip()
-    request_id = body.get("requestId") or response.headers.get("X-Request-Id")
-    info: dict[str, Any] = {
-        "code": code, "http_status": status, "request_id": request_id, "server_message": message,
-    }
+        return {}
+    return body if isinstance(body, dict) and "code" in body else {}
 
+
+def _parse(answer: _Answer, *, edit: bool = False, attempts: int = 1) -> tuple[Any, str | None]:
+    """``parse_envelope``, also returning the envelope's ``requestId``. With ``edit``, a 2xx answer that
+    is not a usable envelope means the edit may have been charged: not retryable, ``maybe_charged``."""
+    status, body = answer.status_code, _envelope(answer)
+    code, message = body.get("code"), str(body.get("msg") or "").strip()
+    request_id = body.get("requestId") or answer.headers.get("X-Request-Id")
+    info: dict[str, Any] = {"code": code, "http_status": status, "request_id": request_id,
+                            "server_message": message, "attempts": attempts}
     if status in (401, 403):
-        raise AuthenticationError(
-            f"Cutout rejected the API key: {message or 'unauthorized'}; "
-            "check the API Key (password) of the cutout connection",
-            **info,
-        )
+        raise AuthenticationError(f"Cutout rejected the API key: {message or 'unauthorized'}; check the API Key "
+                                  "(password) of the cutout connection", **info)
     if status == 429:
-        raise RateLimitError(
-            f"Cutout rate limit reached: {message or 'too many requests'}",
-            retry_after=_retry_after(response),
-            **info,
-        )
+        raise RateLimitError(f"Cutout rate limit reached: {message or 'too many requests'}",
+                             retry_after=_retry_after(answer.headers), **info)
     if status >= 500:
-        raise ServerError(f"Cutout server error: {message or _snippet(response)}", **info)
+        raise ServerError(f"Cutout server error: {message or _snippet(answer)}", **info)
     if not body:
-        raise ServerError(
-            f"Cutout answered HTTP {status} with a body that is not the API's JSON envelope: "
-            f"{_snippet(response)!r}",
-            **info,
-        )
+        if edit and 200 <= status < 300:  # the edit may have been done: never resent
+            info.update(retryable=False, maybe_charged=True)
+        raise ServerError(f"Cutout answered HTTP {status} with a body that is not the API's JSON envelope: "
+                          f"{_snippet(answer)!r}" + (CHARGED_NOTE if info.get("maybe_charged") else ""), **info)
     if code == 0 and 200 <= status < 300:
         return body.get("data"), request_id
     if code == INSUFFICIENT_CREDITS_CODE:
-        raise InsufficientCreditsError(
-            f"Cutout: {message or 'insufficient balance'}; top up the account's credits", **info
-        )
+        raise InsufficientCreditsError(f"Cutout: {message or 'insufficient balance'}; top up the account's credits",
+                                       **info)
     if status in (400, 422):
         raise BadRequestError(f"Cutout rejected the request: {message or 'bad request'}", **info)
     raise CutoutAPIError(f"Cutout API error: {message or 'no message'}", **info)
+
+
+def _retry_here(err: BaseException) -> bool:
+    """The client retries what failed before an answer, and 429/502/503/504; other retryable errors
+    (a 500, which may have been processed) are left to the task's own retries."""
+    status = getattr(err, "http_status", None)
+    return isinstance(err, CutoutError) and err.retryable and (status is None or status in RETRY_STATUSES)
 
 
 class CutoutClient:
@@ -213,7 +157,7 @@ class CutoutClient:
     :param api_key: the key sent in the ``APIKEY`` header (never logged or put in errors).
     :param settings: timeouts, retries and pool size.
     :param logger: where retries are reported; the module logger by default.
-    :param sleep: the function that waits between attempts (tests may count the waits).
+    :param sleep: the function that waits between attempts (tests count the waits through it).
     """
 
     def __init__(
@@ -265,46 +209,29 @@ class CutoutClient:
 
         :param request: a validated request (see ``ImageEditRequest.build``).
         """
-        response = self._send("POST", EDIT_PATH, json=request.payload())
+        answer = self._with_retries("POST", EDIT_PATH, self._call_api, json=request.payload())
+        data, request_id = _parse(answer, edit=True, attempts=answer.attempts)
+        where: dict[str, Any] = {"http_status": answer.status_code, "request_id": request_id,
+                                 "attempts": answer.attempts}
+        charged = {**where, "retryable": False, "maybe_charged": True}
+        if not isinstance(data, dict):
+            raise ServerError("Cutout answered success without a result object" + CHARGED_NOTE, **charged)
         try:
-            data, request_id = _parse(response)
-            if not isinstance(data, dict):
-                raise ServerError("Cutout answered success without a result object", http_status=response.status_code)
             result = ImageEditResult.model_validate({**data, "requestId": request_id})
-        except CutoutError as err:
-            # The POST reached the server: a resend could charge twice, so Airflow must not retry it.
-            if isinstance(err, ServerError) and 200 <= response.status_code < 300:
-                err.retryable, err.maybe_charged = False, True
-                err.message += "; the edit may have been charged, check the account before re-running"
-            raise
         except ValueError as err:
-            raise ServerError(
-                f"Cutout answered success with a malformed result ({_first_line(err)}); the edit may "
-                "have been charged, check the account before re-running",
-                http_status=response.status_code,
-                retryable=False,
-                maybe_charged=True,
-            ) from None
+            raise ServerError(f"Cutout answered success with a malformed result ({_first_line(err)})" + CHARGED_NOTE,
+                              **charged) from None
         if result.status == 0:
-            raise FailedEditError(
-                f"Cutout could not perform the edit: {result.fail_reason or 'no reason given'}",
-                fail_reason=result.fail_reason,
-                code=0,
-                http_status=response.status_code,
-                request_id=result.request_id,
-            )
+            raise FailedEditError(f"Cutout could not perform the edit: {result.fail_reason or 'no reason given'}",
+                                  fail_reason=result.fail_reason, code=0, **where)
         if not result.image_url:
-            raise ServerError(
-                "Cutout answered a successful edit without an image URL; the edit may have been charged, "
-                "check the account before re-running",
-                http_status=response.status_code, request_id=result.request_id, retryable=False, maybe_charged=True,
-            )
+            raise ServerError("Cutout answered a successful edit without an image URL" + CHARGED_NOTE, **charged)
         return result
 
     def get_credit_balance(self) -> CreditBalance:
         """Return the account's credit balance; costs no credits."""
-        response = self._send("GET", BALANCE_PATH)
-        data = parse_envelope(response)
+        answer = self._with_retries("GET", BALANCE_PATH, self._call_api)
+        data, _ = _parse(answer, attempts=answer.attempts)
         try:
             return CreditBalance.model_validate(data if isinstance(data, dict) else {})
         except ValueError as err:
@@ -314,7 +241,6 @@ class CutoutClient:
         """Stream the image at ``url`` into ``sink`` with bounded memory.
 
         Returns the byte count and the file extension matching the image's type (``.png``...).
-
         Checks that the body starts like an image (PNG, JPEG, GIF or WebP) and stays within
         ``max_bytes`` (the connection's ``max_download_bytes`` by default). The API key is not sent.
 
@@ -327,46 +253,107 @@ class CutoutClient:
             is_loopback_url(url) and is_loopback_url(self.settings.base_url) and url.startswith("http://")
         ):
             raise ResultDownloadError(f"result URL {url[:200]!r} is not an https:// URL; refusing to fetch it")
-        response = self._send("GET", url, download=True)
-        with response:
-            if response.status_code in (404, 410):
-                raise ResultDownloadError(
-                    f"result URL {url[:200]!r} answered HTTP {response.status_code}: it has expired or "
-                    "never existed; result URLs are temporary, store results with output_path"
-                )
-            if response.status_code != 200:
-                raise ResultDownloadError(
-                    f"result URL {url[:200]!r} answered HTTP {response.status_code}",
-                    retryable=response.status_code >= 500,
-                )
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > limit:
-                raise ResultDownloadError(f"result image is {int(declared)} bytes, over the {limit}-byte cap")
-            total = 0
-            head = b""
-            try:
-                for chunk in response.iter_content(CHUNK_BYTES):
-                    if len(head) < 16:
-                        head += chunk[:16]
-                        if len(head) >= 12 and not image_extension(head):
-                            raise ResultDownloadError(
-                                f"result URL {url[:200]!r} did not return an image "
-                                f"(content-type {response.headers.get('Content-Type')!r})"
-                            )
-                    total += len(chunk)
-                    if total > limit:
-                        raise ResultDownloadError(f"result image exceeds the {limit}-byte cap; download stopped")
-                    sink.write(chunk)
-            except requests.RequestException as err:
-                raise CutoutConnectionError(
-                    f"download of the result image broke off after {total} bytes ({type(err).__name__})"
-                ) from None
-            extension = image_extension(head)
-            if not extension:
-                raise ResultDownloadError(f"result URL {url[:200]!r} did not return an image")
-            return total, extension
+        with self._with_retries("GET", url, self._open_download) as response:
+            _check_download(response, url, limit)
+            return _stream(response, sink, url, limit)
 
-    # -- the one retry policy --------------------------------------------------------------------
+    # -- one attempt, and the loop around it -------------------------------------------------------
+
+    def _with_retries(self, method: str, path_or_url: str, attempt: Callable[..., T], **kwargs: Any) -> T:
+        """Run ``attempt`` until it succeeds or fails for good: bounded retries with backoff and jitter,
+        ``Retry-After`` honoured up to its cap, a log line before each wait."""
+        url = path_or_url if "://" in path_or_url else self.settings.base_url + path_or_url
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.settings.max_retries + 1),
+            wait=self._wait, retry=tenacity.retry_if_exception(_retry_here), reraise=True, sleep=self._sleep,
+            before_sleep=functools.partial(self._log_retry, method, _path(url)),
+        )
+        for round_ in retrying:
+            with round_:
+                return attempt(method, url, attempts=round_.retry_state.attempt_number, **kwargs)
+        raise AssertionError("tenacity ended without an outcome")  # reraise=True: never reached
+
+    def _call_api(self, method: str, url: str, *, attempts: int, json: Any = None) -> Answer:
+        """One API request, read whole; a retryable status is raised as its error."""
+        response = self._request(method, url, attempts, headers={"APIKEY": self._api_key}, json=json)
+        with response:
+            answer = Answer(response.status_code, response.headers, self._read_capped(response, method, attempts),
+                            attempts)
+        if answer.status_code in RETRY_STATUSES:
+            _parse(answer, attempts=attempts)  # always raises for these statuses
+        return answer
+
+    def _open_download(self, method: str, url: str, *, attempts: int) -> requests.Response:
+        """One download request, left streaming; follows redirects and carries no API key."""
+        response = self._request(method, url, attempts, allow_redirects=True)
+        if response.status_code in RETRY_STATUSES:
+            response.close()
+            raise ServerError(f"HTTP {response.status_code}", http_status=response.status_code, attempts=attempts)
+        return response
+
+    def _request(self, method: str, url: str, attempts: int, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("allow_redirects", False)
+        try:
+            return self._session.request(
+                method, url, timeout=(self.settings.connect_timeout, self.settings.read_timeout), stream=True,
+                proxies=self._proxies_for(url), **kwargs,
+            )
+        except requests.RequestException as err:
+            raise self._transport_error(method, url, err, attempts) from None
+
+    def _read_capped(self, response: requests.Response, method: str, attempts: int) -> bytes:
+        """The answer's body, refusing one larger than ``MAX_ANSWER_BYTES``."""
+        chunks, size = [], 0
+        try:
+            for chunk in response.iter_content(CHUNK_BYTES):
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    raise ServerError(f"Cutout's answer exceeds {MAX_ANSWER_BYTES} bytes; refusing to read it",
+                                      retryable=method == "GET" or self.settings.retry_on_read_timeout,
+                                      maybe_charged=method != "GET", attempts=attempts)
+                chunks.append(chunk)
+        except requests.RequestException as err:
+            raise self._transport_error(method, response.url, err, attempts) from None
+        return b"".join(chunks)
+
+    def _transport_error(self, method: str, url: str, err: requests.RequestException, attempts: int) -> CutoutError:
+        """What a request that got no usable answer means: whether it may have been charged, and whether
+        sending it again is safe (a GET always; a POST only before it left, or when the connection asks)."""
+        post, resend_ok = method != "GET", method == "GET" or self.settings.retry_on_read_timeout
+        note = "; the edit may have been charged, so it is not sent again" if post else ""
+        where, base = f"{method} {_path(url)}", self.settings.base_url
+        if isinstance(err, requests.exceptions.ConnectTimeout):
+            return CutoutTimeoutError(f"could not connect to {base} within {self.settings.connect_timeout}s",
+                                      attempts=attempts)
+        if isinstance(err, requests.exceptions.ReadTimeout):
+            return CutoutTimeoutError(f"{where} was sent but no answer came within {self.settings.read_timeout}s"
+                                      + note, request_sent=True, retryable=resend_ok, maybe_charged=post,
+                                      attempts=attempts)
+        if isinstance(err, requests.exceptions.TooManyRedirects):
+            return ResultDownloadError(f"{_path(url)} redirected too many times", attempts=attempts)
+        if isinstance(err, requests.exceptions.ConnectionError) and not _request_was_sent(err):
+            return CutoutConnectionError(f"{where}: could not connect to {base}", attempts=attempts)
+        dropped = isinstance(err, requests.exceptions.ConnectionError)
+        return CutoutConnectionError(
+            f"{where}: the connection was dropped before the answer came" + note if dropped else
+            f"{where}: the answer broke off ({type(err).__name__})" + note,
+            request_sent=True, retryable=resend_ok, maybe_charged=post, attempts=attempts,
+        )
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        """``Retry-After`` up to its cap, else exponential backoff with jitter."""
+        error = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            return float(min(retry_after, self.settings.retry_after_max))
+        cap = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (state.attempt_number - 1))
+        return cap / 2 + random.uniform(0, cap / 2)
+
+    def _log_retry(self, method: str, path: str, state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        self.log.warning("Cutout %s %s failed (%s); retry %d of %d in %.1fs",
+                         method, path, error, state.attempt_number, self.settings.max_retries, delay)
 
     def _proxies_for(self, url: str) -> dict[str, str]:
         """The environment's proxies for this URL's host (``HTTPS_PROXY``, ``NO_PROXY``...), cached."""
@@ -376,106 +363,42 @@ class CutoutClient:
             self._proxies[key] = requests.utils.get_environ_proxies(url)
         return self._proxies[key]
 
-    def _backoff(self, attempt: int, error: CutoutError) -> float:
-        retry_after = getattr(error, "retry_after", None)
-        if retry_after is not None:
-            return min(retry_after, self.settings.retry_after_max)
-        cap = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (attempt - 1))
-        return cap / 2 + random.uniform(0, cap / 2)
 
-    def _send(
-        self,
-        method: str,
-        path_or_url: str,
-        *,
-        json: Any = None,
-        download: bool = False,
-    ) -> requests.Response:
-        """Send with bounded, logged retries; return the first response that is not retried.
-
-        Retried: connection failures before the request was sent, HTTP 429/502/503/504, and, for
-        GET (or POST when ``retry_on_read_timeout`` is set), read timeouts and broken answers.
-        API answers are read here, up to ``MAX_ANSWER_BYTES``; a ``download`` is left streaming,
-        follows redirects and carries no API key.
-        """
-        url = path_or_url if "://" in path_or_url else self.settings.base_url + path_or_url
-        headers = {} if download else {"APIKEY": self._api_key}
-        resend_ok = method == "GET" or self.settings.retry_on_read_timeout
-        charge_note = "" if method == "GET" else "; the edit may have been charged, so it is not sent again"
-        timeout = (self.settings.connect_timeout, self.settings.read_timeout)
-        attempt = 0
-        while True:
-            attempt += 1
-            error: CutoutError
-            try:
-                response = self._session.request(
-                    method, url, json=json, headers=headers, timeout=timeout, stream=True,
-                    allow_redirects=download, proxies=self._proxies_for(url),
-                )
-                if not download:
-                    _read_capped(response, MAX_ANSWER_BYTES)
-            except requests.exceptions.ConnectTimeout:
-                error = CutoutTimeoutError(
-                    f"could not connect to {self.settings.base_url} within {self.settings.connect_timeout}s"
-                )
-            except requests.exceptions.ReadTimeout:
-                error = CutoutTimeoutError(
-                    f"{method} {_path(url)} was sent but no answer came within {self.settings.read_timeout}s"
-                    + charge_note,
-                    request_sent=True, retryable=resend_ok, maybe_charged=method != "GET",
-                )
-            except requests.exceptions.TooManyRedirects:
-                raise ResultDownloadError(f"{_path(url)} redirected too many times") from None
-            except requests.exceptions.ConnectionError as err:
-                sent = _request_was_sent(err)
-                error = CutoutConnectionError(
-                    f"{method} {_path(url)}: the connection was dropped before the answer came" + charge_note
-                    if sent else f"{method} {_path(url)}: could not connect to {self.settings.base_url}",
-                    request_sent=sent, retryable=resend_ok or not sent, maybe_charged=sent and method != "GET",
-                )
-            except requests.exceptions.RequestException as err:  # a body cut short or undecodable
-                error = CutoutConnectionError(
-                    f"{method} {_path(url)}: the answer broke off ({type(err).__name__})" + charge_note,
-                    request_sent=True, retryable=resend_ok, maybe_charged=method != "GET",
-                )
-            except CutoutError as err:  # an answer over the size cap
-                error = err
-                error.retryable, error.maybe_charged = resend_ok, method != "GET"
-            else:
-                if response.status_code not in RETRY_STATUSES:
-                    return response
-                if download:
-                    response.close()
-                    error = ServerError(f"HTTP {response.status_code}", http_status=response.status_code)
-                else:
-                    try:
-                        parse_envelope(response)
-                        error = ServerError(f"HTTP {response.status_code}", http_status=response.status_code)
-                    except CutoutError as status_error:
-                        error = status_error
-            if not error.retryable or attempt > self.settings.max_retries:
-                error.attempts = attempt
-                raise error
-            delay = self._backoff(attempt, error)
-            self.log.warning(
-                "Cutout %s %s failed (%s); retry %d of %d in %.1fs",
-                method, _path(url), error, attempt, self.settings.max_retries, delay,
-            )
-            self._sleep(delay)
+def _check_download(response: requests.Response, url: str, limit: int) -> None:
+    """Refuse a result answer that is no image to store: expired, an error, or over the size cap."""
+    shown = url[:200]
+    if response.status_code in (404, 410):
+        raise ResultDownloadError(f"result URL {shown!r} answered HTTP {response.status_code}: it has expired or "
+                                  "never existed; result URLs are temporary, store results with output_path")
+    if response.status_code != 200:
+        raise ResultDownloadError(f"result URL {shown!r} answered HTTP {response.status_code}",
+                                  retryable=response.status_code >= 500)
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ResultDownloadError(f"result image is {int(declared)} bytes, over the {limit}-byte cap")
 
 
-def _read_capped(response: requests.Response, limit: int) -> None:
-    """Read an API answer into memory, refusing one larger than ``limit`` bytes."""
-    chunks, size = [], 0
-    with response:
+def _stream(response: requests.Response, sink: IO[bytes], url: str, limit: int) -> tuple[int, str]:
+    """Copy a result image into ``sink`` chunk by chunk; stop at once on a body that is no image."""
+    total, head = 0, b""
+    try:
         for chunk in response.iter_content(CHUNK_BYTES):
-            size += len(chunk)
-            if size > limit:
-                raise ServerError(
-                    f"Cutout's answer exceeds {limit} bytes; refusing to read it", http_status=response.status_code
-                )
-            chunks.append(chunk)
-    response._content = b"".join(chunks)
+            if len(head) < 16:
+                head += chunk[:16]
+                if len(head) >= 12 and not image_extension(head):
+                    raise ResultDownloadError(f"result URL {url[:200]!r} did not return an image "
+                                              f"(content-type {response.headers.get('Content-Type')!r})")
+            total += len(chunk)
+            if total > limit:
+                raise ResultDownloadError(f"result image exceeds the {limit}-byte cap; download stopped")
+            sink.write(chunk)
+    except requests.RequestException as err:
+        raise CutoutConnectionError(
+            f"download of the result image broke off after {total} bytes ({type(err).__name__})") from None
+    extension = image_extension(head)
+    if not extension:
+        raise ResultDownloadError(f"result URL {url[:200]!r} did not return an image")
+    return total, extension
 
 
 def _path(url: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_cutout import __version__
+from airflow_provider_cutout.settings import conn_fields
 
 HOOK_CLASS = "airflow_provider_cutout.hooks.cutout.CutoutHook"
 
@@ -22,28 +23,8 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     },
 }
 
-CONN_FIELDS: dict[str, Any] = {
-    "connect_timeout": {
-        "label": "Connect timeout (s)",
-        "description": "Seconds to wait for a TCP connection (default 10).",
-        "schema": {"type": ["number", "null"], "minimum": 0},
-    },
-    "read_timeout": {
-        "label": "Read timeout (s)",
-        "description": "Seconds to wait for an edit's answer (default 300; edits can take minutes).",
-        "schema": {"type": ["number", "null"], "minimum": 0},
-    },
-    "max_retries": {
-        "label": "Max retries",
-        "description": "Retries for 429, 502-504 and connection failures (default 3).",
-        "schema": {"type": ["integer", "null"], "minimum": 0},
-    },
-    "retry_on_read_timeout": {
-        "label": "Resend an edit after a read timeout",
-        "description": "Off by default: the first request may already have been charged.",
-        "schema": {"type": ["boolean", "null"]},
-    },
-}
+#: The connection form's extra fields, one per setting, generated from ``ClientSettings``.
+CONN_FIELDS: dict[str, Any] = conn_fields()
 
 
 def get_provider_info() -> dict[str, Any]:

@@ -264,17 +264,23 @@ class ImageEditRequest(BaseModel):
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def format_validation_error(err: ValidationError) -> str:
-    """One readable line per problem; our validators already name the field and the fix."""
+def format_validation_error(err: ValidationError, *, unknown: str = "is not a known field") -> str:
+    """One readable line per problem: our validators already name the field and the fix; pydantic's
+    own checks (types, bounds) get the field and the value in front.
+
+    :param unknown: what to say of a field that does not exist.
+    """
     lines = []
     for item in err.errors(include_url=False):
-        msg = str(item.get("msg", ""))
-        msg = msg.removeprefix("Value error, ")
+        msg = str(item.get("msg", "")).removeprefix("Value error, ")
         loc = ".".join(str(part) for part in item.get("loc", ()))
-        if item.get("type") == "missing":
+        kind = item.get("type")
+        if kind == "missing":
             msg = f"{loc} is required"
-        elif item.get("type") == "extra_forbidden":
-            msg = f"{loc} is not a known field"
+        elif kind == "extra_forbidden":
+            msg = f"{loc} {unknown}"
+        elif kind != "value_error":
+            msg = f"{loc}={item.get('input')!r}: {msg[:1].lower()}{msg[1:]}"
         lines.append(msg)
     return "; ".join(lines)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import inspect
 import re
@@ -83,14 +82,14 @@ def test_operator_parameter_tables_list_every_parameter():
 
 
 def test_connection_extras_table_lists_every_setting():
-    from airflow_provider_cutout.client import ClientSettings
+    from airflow_provider_cutout.settings import ClientSettings
 
     text = (REPO / "docs" / "connection.md").read_text()
-    for field in dataclasses.fields(ClientSettings):
-        if field.name == "base_url":
+    for name, field in ClientSettings.model_fields.items():
+        if name == "base_url":
             continue
         default = str(field.default).lower() if isinstance(field.default, bool) else f"{field.default:.15g}"
-        assert f"| `{field.name}` | {default} |" in text, field.name
+        assert f"| `{name}` | {default} |" in text, name
 
 
 def test_sandbox_tables_list_every_keyword_and_fault():

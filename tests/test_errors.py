@@ -8,7 +8,8 @@ import pytest
 import requests
 
 from airflow_provider_cutout import exceptions as exc
-from airflow_provider_cutout.client import ClientSettings, parse_envelope
+from airflow_provider_cutout.client import parse_envelope
+from airflow_provider_cutout.settings import ClientSettings
 
 
 def response(status: int, body, headers: dict | None = None) -> requests.Response:
@@ -82,9 +83,13 @@ def test_settings_from_extras():
                                                            "retry_on_read_timeout": "true"})
     assert (s.base_url, s.read_timeout, s.max_retries, s.retry_on_read_timeout) == ("http://127.0.0.1:9", 12.5, 1, True)
     assert ClientSettings.from_extras(None, {}).base_url == "https://www.cutout.pro"
-    with pytest.raises(exc.InvalidInputError, match="'headers' is not a setting"):
+    with pytest.raises(exc.InvalidInputError, match="headers is not a setting of the cutout connection; known"):
         ClientSettings.from_extras(None, {"headers": {"X": "1"}})
-    with pytest.raises(exc.InvalidInputError, match="read_timeout='soon' must be a float"):
+    with pytest.raises(exc.InvalidInputError, match="read_timeout='soon': input should be a valid number"):
         ClientSettings.from_extras(None, {"read_timeout": "soon"})
-    with pytest.raises(exc.InvalidInputError, match=r"read_timeout=0\.0 must be greater than 0"):
+    with pytest.raises(exc.InvalidInputError, match="read_timeout=0: input should be greater than 0"):
         ClientSettings.from_extras(None, {"read_timeout": 0})
+    with pytest.raises(exc.InvalidInputError, match=r"'base_url' is not a setting .* Base URL field"):
+        ClientSettings.from_extras(None, {"base_url": "https://elsewhere"})
+    with pytest.raises(ValueError, match="frozen"):
+        s.read_timeout = 1  # type: ignore[misc]

@@ -202,7 +202,7 @@ def test_host_without_scheme_and_separate_port(monkeypatch):
 
 def test_unknown_extra_rejected(monkeypatch, sandbox):
     hook = use_conn(monkeypatch, sandbox, headers={"X-Debug": "1"})
-    with pytest.raises(exc.InvalidInputError, match="'headers' is not a setting"):
+    with pytest.raises(exc.InvalidInputError, match="headers is not a setting"):
         hook.get_credit_balance()
 
 

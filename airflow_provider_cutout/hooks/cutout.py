@@ -9,13 +9,8 @@ from airflow.sdk import BaseHook
 
 from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError
 from airflow_provider_cutout.get_provider_info import UI_FIELD_BEHAVIOUR
-from airflow_provider_cutout.models import (
-    DEFAULT_BASE_URL,
-    CreditBalance,
-    ImageEditRequest,
-    ImageEditResult,
-    is_loopback_url,
-)
+from airflow_provider_cutout.models import CreditBalance, ImageEditRequest, ImageEditResult
+from airflow_provider_cutout.settings import ClientSettings, normalise_base_url
 
 if TYPE_CHECKING:
     from airflow_provider_cutout.client import CutoutClient
@@ -59,23 +54,14 @@ class CutoutHook(BaseHook):
     @cached_property
     def base_url(self) -> str:
         """The API's base URL from the connection's host (and port, if given apart)."""
-        conn = self.connection
-        host = (conn.host or "").strip().rstrip("/")
-        if not host:
-            return DEFAULT_BASE_URL
-        if "://" not in host:
-            scheme = "http" if is_loopback_url(f"http://{host}") else "https"
-            host = f"{scheme}://{host}"
-        if conn.port and host.count(":") < 2:
-            host = f"{host}:{conn.port}"
-        return host
+        return normalise_base_url(self.connection.host, self.connection.port)
 
     @cached_property
     def client(self) -> CutoutClient:
         """The pooled HTTP client, built once per hook from the connection."""
         from airflow.sdk.log import mask_secret
 
-        from airflow_provider_cutout.client import ClientSettings, CutoutClient
+        from airflow_provider_cutout.client import CutoutClient
 
         conn = self.connection
         api_key = conn.password or ""

@@ -1,0 +1,96 @@
+"""The settings of a ``cutout`` connection: its base URL and the timeouts and retries in its extras.
+
+One pydantic declaration gives the defaults, the coercion of values typed into the connection form,
+the errors naming an unknown or invalid extra, and the form's fields (``conn_fields``). Pure
+pydantic: no Airflow, no HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from airflow_provider_cutout.exceptions import InvalidInputError
+from airflow_provider_cutout.models import DEFAULT_BASE_URL, format_validation_error, is_loopback_url
+
+__all__ = ["ClientSettings", "conn_fields", "normalise_base_url"]
+
+
+def normalise_base_url(host: str | None, port: int | None = None) -> str:
+    """The API's base URL from a connection's host (and port): a scheme added when missing (http for
+    loopback hosts, the sandbox; https otherwise), no trailing slash; ``port`` when the host has none."""
+    base = (host or "").strip().rstrip("/")
+    if not base:
+        return DEFAULT_BASE_URL
+    if "://" not in base:
+        base = f"{'http' if is_loopback_url(f'http://{base}') else 'https'}://{base}"
+    if port and base.count(":") < 2:
+        base = f"{base}:{port}"
+    return base
+
+
+def _field(default: Any, label: str, description: str, **limits: Any) -> Any:
+    return Field(default, description=description, json_schema_extra={"label": label}, **limits)
+
+
+class ClientSettings(BaseModel):
+    """Timeouts and retry settings; every field but ``base_url`` can be set in the connection's extras."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_url: str = Field(default=DEFAULT_BASE_URL, description="Scheme, host and optional port of the API.")
+    connect_timeout: float = _field(10.0, "Connect timeout (s)", "Seconds to wait for a TCP connection.", gt=0)
+    read_timeout: float = _field(300.0, "Read timeout (s)", "Seconds to wait for an answer; edits can take minutes.",
+                                 gt=0)
+    max_retries: int = _field(3, "Max retries", "Retries after the first attempt, for 429, 502-504 and connection "
+                              "failures.", ge=0)
+    backoff_base: float = _field(1.0, "Backoff base (s)", "First wait between retries, doubled per retry (with "
+                                 "jitter).", ge=0)
+    backoff_max: float = _field(30.0, "Backoff cap (s)", "Longest wait between two retries.", gt=0)
+    retry_after_max: float = _field(120.0, "Retry-After cap (s)", "Longest wait a Retry-After header may ask for.",
+                                    gt=0)
+    retry_on_read_timeout: bool = _field(False, "Resend an edit after a read timeout", "Off by default: the first "
+                                         "request may already have been charged, so a resend can charge twice.")
+    pool_size: int = _field(16, "Connection pool size", "Connections kept alive; raise it for concurrent batches.",
+                            ge=1)
+    max_download_bytes: int = _field(100 * 1024 * 1024, "Largest result (bytes)", "Largest result image the "
+                                     "provider will download.", ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _normalise(cls, value: str) -> str:
+        return normalise_base_url(value)
+
+    @classmethod
+    def from_extras(cls, base_url: str | None, extras: Mapping[str, Any]) -> ClientSettings:
+        """Build settings from a connection's extras, naming any unknown or invalid key.
+
+        :param base_url: the connection's base URL, or ``None`` for the public API.
+        :param extras: the connection's extra JSON as a dict.
+        """
+        known = ", ".join(name for name in cls.model_fields if name != "base_url")
+        if "base_url" in extras:
+            raise InvalidInputError("connection extra 'base_url' is not a setting of the cutout connection: put the "
+                                    f"URL in the Base URL field; known extras: {known}")
+        try:
+            return cls.model_validate({**extras, "base_url": base_url or DEFAULT_BASE_URL})
+        except ValidationError as err:
+            problems = format_validation_error(err, unknown="is not a setting of the cutout connection")
+            raise InvalidInputError(f"connection extras: {problems}; known extras: {known}") from None
+
+
+def conn_fields() -> dict[str, Any]:
+    """The connection form's extra fields, from the settings' JSON schema (each optional: empty keeps the
+    default, which the description states)."""
+    fields = {}
+    for name, prop in ClientSettings.model_json_schema()["properties"].items():
+        if name == "base_url":
+            continue
+        schema = {"type": [prop["type"], "null"]}
+        schema.update({key: prop[key] for key in ("minimum", "exclusiveMinimum") if key in prop})
+        default = str(prop["default"]).lower() if prop["type"] == "boolean" else f"{prop['default']:g}"
+        fields[name] = {"label": prop["label"], "description": f"{prop['description']} Default {default}.",
+                        "schema": schema}
+    return fields
