@@ -346,7 +346,7 @@ class CutoutClient:
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
             return float(min(retry_after, self.settings.retry_after_max))
-        cap = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (state.attempt_number - 1))
+        cap = min(self.settings.backoff_max, self.settings.backoff_base * 2.0 ** (state.attempt_number - 1))
         return cap / 2 + random.uniform(0, cap / 2)
 
     def _log_retry(self, method: str, path: str, state: tenacity.RetryCallState) -> None:

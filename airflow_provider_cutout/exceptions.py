@@ -7,6 +7,9 @@ No exception ever holds the API key: messages are built from the response, never
 
 from __future__ import annotations
 
+import logging
+from typing import Any, NoReturn
+
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
@@ -22,6 +25,7 @@ __all__ = [
     "RateLimitError",
     "ResultDownloadError",
     "ServerError",
+    "fail_or_retry",
 ]
 
 
@@ -153,3 +157,20 @@ class ServerError(CutoutAPIError):
     """HTTP 5xx or a body that is not the API's JSON envelope; usually transient."""
 
     retryable = True
+
+
+def fail_or_retry(err: CutoutError, log: logging.Logger | logging.LoggerAdapter[Any] | Any) -> NoReturn:
+    """Apply the failure policy: transient errors re-raise so the task's own ``retries`` apply;
+    errors that a retry cannot fix fail the task at once, since each retry could cost credits."""
+    try:  # Airflow is imported here only: the tree itself stays free of it
+        from airflow.sdk.exceptions import AirflowFailException
+    except ImportError:  # Airflow < 3.2
+        from airflow.exceptions import AirflowFailException  # type: ignore[no-redef,attr-defined]
+
+    if err.retryable:
+        log.warning("Transient Cutout error (%s): raising so the task's own retries apply: %s",
+                    type(err).__name__, err)
+        raise err
+    log.error("Cutout error that a retry cannot fix (%s): failing without Airflow retries: %s",
+              type(err).__name__, err)
+    raise AirflowFailException(f"{type(err).__name__}: {err}") from err

@@ -45,7 +45,7 @@ def store_image(
     folder.mkdir(parents=True, exist_ok=True)
     partial = folder / f".{stem}.{tag or uuid.uuid4().hex}.part"
     try:
-        with partial.open("wb") as sink:
+        with partial.open("wb") as sink:  # type: ignore[no-untyped-call]  # ObjectStoragePath.open is untyped
             _, extension = client.download(url, sink, max_bytes=max_bytes)
         final = folder / f"{stem}{extension}" if is_folder(output_path) else target
         partial.rename(final)

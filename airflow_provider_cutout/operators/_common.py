@@ -1,17 +1,14 @@
-"""Helpers both operators share: what is known at parse time, rendered lists, the failure policy."""
+"""Helpers both operators share: what is known at parse time, and rendered lists."""
 
 from __future__ import annotations
 
 import ast
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any
 
-from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError
+from airflow_provider_cutout.exceptions import InvalidInputError
 from airflow_provider_cutout.models import ImageEditRequest
-
-if TYPE_CHECKING:
-    import logging
 
 _PLACEHOLDERS = {
     "prompt": "placeholder prompt",
@@ -66,20 +63,3 @@ def as_list(value: Any) -> Any:
     if isinstance(value, Sequence) and not isinstance(value, (list, tuple)):
         return list(value)
     return value
-
-
-def fail_or_retry(err: CutoutError, log: logging.Logger | Any) -> NoReturn:
-    """Apply the failure policy: transient errors re-raise so the task's own ``retries`` apply;
-    errors that a retry cannot fix fail the task at once, since each retry could cost credits."""
-    try:
-        from airflow.sdk.exceptions import AirflowFailException
-    except ImportError:  # Airflow < 3.2
-        from airflow.exceptions import AirflowFailException  # type: ignore[no-redef,attr-defined]
-
-    if err.retryable:
-        log.warning("Transient Cutout error (%s): raising so the task's own retries apply: %s",
-                    type(err).__name__, err)
-        raise err
-    log.error("Cutout error that a retry cannot fix (%s): failing without Airflow retries: %s",
-              type(err).__name__, err)
-    raise AirflowFailException(f"{type(err).__name__}: {err}") from err

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_cutout.claims import Owner
-from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError
+from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError, fail_or_retry
 from airflow_provider_cutout.hooks.cutout import CutoutHook
 from airflow_provider_cutout.models import ImageEditRequest
-from airflow_provider_cutout.operators._common import as_list, fail_or_retry, is_dynamic
+from airflow_provider_cutout.operators._common import as_list, is_dynamic
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -159,42 +159,13 @@ class CutoutBatchImageEditOperator(BaseOperator):
             raise InvalidInputError(f"items must be a list of dicts, got {type(items).__name__}")
         planned: list[PlannedEdit] = []
         problems: list[str] = []
-        seen_keys: dict[str, str] = {}
-        seen_fps: dict[str, str] = {}
+        stems: dict[str, str] = {}
+        fingerprints: dict[str, str] = {}
         for index, item in enumerate(items):
-            where = f"items[{index}]"
-            if not isinstance(item, dict):
-                problems.append(f"{where}: must be a dict with key, prompt and image_urls, got {type(item).__name__}")
-                continue
-            key = item.get("key")
-            if not isinstance(key, str) or not key.strip():
-                problems.append(f"{where}: key={key!r} must be a non-empty string that names the item")
-                continue
-            where = f"item {key!r}"
-            unknown = set(item) - {"key", "prompt", "image_urls", "model", "aspect_ratio"}
-            if unknown:
-                problems.append(f"{where}: unknown fields {sorted(unknown)}; use key, prompt, image_urls, model, "
-                                "aspect_ratio")
-                continue
-            stem = file_stem(key)
-            if stem in seen_keys:
-                problems.append(f"{where}: its file name {stem!r} is also that of item {seen_keys[stem]!r}; "
-                                "keys must be unique")
-                continue
-            seen_keys[stem] = key
             try:
-                request = ImageEditRequest.build(
-                    item.get("prompt", self.prompt), item.get("image_urls"), item.get("model", self.model),
-                    item.get("aspect_ratio", self.aspect_ratio), base_url=base_url,
-                )
+                planned.append(self._plan_item(index, item, base_url, stems, fingerprints))
             except ValueError as err:
-                problems.append(f"{where}: {err}")
-                continue
-            if request.fingerprint in seen_fps:
-                problems.append(f"{where}: the same edit as item {seen_fps[request.fingerprint]!r}; list it once")
-                continue
-            seen_fps[request.fingerprint] = key
-            planned.append(PlannedEdit(key, request))
+                problems.append(str(err))
         if problems:
             shown = "\n  ".join(problems[:50])
             if len(problems) > 50:
@@ -204,6 +175,37 @@ class CutoutBatchImageEditOperator(BaseOperator):
                 f"invalid; nothing was sent:\n  {shown}"
             )
         return planned
+
+    def _plan_item(self, index: int, item: Any, base_url: str, stems: dict[str, str],
+                   fingerprints: dict[str, str]) -> PlannedEdit:
+        """One item, validated against the others seen so far; a ``ValueError`` names what is wrong."""
+        where = f"items[{index}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}: must be a dict with key, prompt and image_urls, got {type(item).__name__}")
+        key = item.get("key")
+        if not isinstance(key, str) or not key.strip():
+            raise ValueError(f"{where}: key={key!r} must be a non-empty string that names the item")
+        where = f"item {key!r}"
+        unknown = set(item) - {"key", "prompt", "image_urls", "model", "aspect_ratio"}
+        if unknown:
+            raise ValueError(f"{where}: unknown fields {sorted(unknown)}; use key, prompt, image_urls, model, "
+                             "aspect_ratio")
+        stem = file_stem(key)
+        if stem in stems:
+            raise ValueError(f"{where}: its file name {stem!r} is also that of item {stems[stem]!r}; keys must be "
+                             "unique")
+        stems[stem] = key
+        try:
+            request = ImageEditRequest.build(
+                item.get("prompt", self.prompt), item.get("image_urls"), item.get("model", self.model),
+                item.get("aspect_ratio", self.aspect_ratio), base_url=base_url,
+            )
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        if request.fingerprint in fingerprints:
+            raise ValueError(f"{where}: the same edit as item {fingerprints[request.fingerprint]!r}; list it once")
+        fingerprints[request.fingerprint] = key
+        return PlannedEdit(key, request)
 
     def failure_limit(self, to_edit: int) -> int:
         """How many failed items ``max_failures`` tolerates among ``to_edit``."""

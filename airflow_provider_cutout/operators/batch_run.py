@@ -21,6 +21,7 @@ from airflow_provider_cutout.exceptions import (
     CutoutError,
     InsufficientCreditsError,
     InvalidInputError,
+    fail_or_retry,
 )
 from airflow_provider_cutout.manifest import EDITED, FAILED, IN_DOUBT, STORED, Manifest
 from airflow_provider_cutout.storage import list_files, store_image
@@ -140,8 +141,6 @@ class BatchRun:
 
     def execute(self) -> dict[str, Any]:
         """Plan, check the budget, send, wait for items other runs hold, and report."""
-        from airflow_provider_cutout.operators._common import fail_or_retry
-
         try:
             try:
                 self.plan()
@@ -369,8 +368,6 @@ class BatchRun:
 
     def report(self) -> dict[str, Any]:
         """The summary for XCom; fail when a result is missing or too many items failed."""
-        from airflow_provider_cutout.operators._common import fail_or_retry
-
         progress = self.progress
         summary = {
             "total": progress.total, "skipped": progress.skipped, "edited": progress.edited,

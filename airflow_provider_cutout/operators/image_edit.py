@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_cutout.exceptions import CutoutError, ResultDownloadError
+from airflow_provider_cutout.exceptions import CutoutError, ResultDownloadError, fail_or_retry
 from airflow_provider_cutout.hooks.cutout import CutoutHook
 from airflow_provider_cutout.links import RESULT_XCOM_KEY, CutoutResultLink
 from airflow_provider_cutout.models import ImageEditRequest
-from airflow_provider_cutout.operators._common import as_list, check_static, fail_or_retry
+from airflow_provider_cutout.operators._common import as_list, check_static
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -126,10 +126,10 @@ class CutoutImageEditOperator(BaseOperator):
             path = store_image(hook.client, url, self.output_path, edit_id, max_bytes=self.max_result_bytes)
         except Exception as err:
             # The edit is done and paid for: a task retry would edit (and charge) again.
-            failure = err if isinstance(err, CutoutError) else ResultDownloadError(
-                f"storing the result at {self.output_path!r} failed: {type(err).__name__}: {err}")
-            failure.retryable = False
-            failure.message += f"; the edit itself succeeded and was charged, its URL is {url}"
+            failure = ResultDownloadError(
+                f"storing the result at {self.output_path!r} failed: {type(err).__name__}: {err}; the edit itself "
+                f"succeeded and was charged, its URL is {url}", retryable=False)
+            failure.__cause__ = err
             fail_or_retry(failure, self.log)
         self.log.info("Stored the edited image at %s", path)
         try:

@@ -62,7 +62,7 @@ def fetch_source(url: str, index: int) -> bytes:
         raise EnvelopeError(400, 2001, f"Failed to download imageUrl[{index}]: host {parts.hostname} is unreachable")
     try:
         with _opener.open(url, timeout=15) as response:
-            data = response.read(MAX_SOURCE_BYTES + 1)
+            data: bytes = response.read(MAX_SOURCE_BYTES + 1)
     except OSError as err:
         raise EnvelopeError(400, 2001, f"Failed to download imageUrl[{index}]: {err}") from None
     return data
@@ -287,24 +287,34 @@ class SandboxHandler(BaseHTTPRequestHandler):
         try:
             prompt, model, ratio, urls = check_payload(payload)
             price = MODELS[model].credits
-            if self.state.balance < price:
-                raise EnvelopeError(200, 1001, "Insufficient balance")
-            if self.state.config.latency_only:
-                png, ops = _tiny_png(), ["none"]
-            else:
-                sources = [check_source(self._fetch(url, i), i, model) for i, url in enumerate(urls)]
-                png, ops = edits.edit(sources, prompt, ratio)
+            png, ops = self._work(prompt, model, ratio, urls)
         except EnvelopeError as err:
             self.state.record("edit", "rejected", fingerprint=fp, credits=0, reason=err.msg)
             raise
         delay = self.state.config.latency_for(model) - (time.monotonic() - started)
         if delay > 0:
             time.sleep(delay)
+        charged = self._charge(fp, model, price, ops, png)
+        if charged is None:
+            return
+        result_id, request_id = charged
+        data = {
+            "id": int(result_id), "userId": 657890123456789,
+            "imageUrl": f"http://{self.headers.get('Host', 'localhost')}/results/{result_id}.png",
+            "prompt": prompt, "model": model, "aspectRatios": ratio, "referenceImageUrl": urls,
+            "status": 1, "failReason": None, "deleted": 0,
+            "duration": f"{time.monotonic() - started:.2f}", "createdAt": int(time.time() * 1000),
+        }
+        self._after_edit(fault, data, request_id)
+
+    def _charge(self, fp: str | None, model: str, price: int, ops: list[str], png: bytes) -> tuple[str, str] | None:
+        """Charge a finished edit and keep its result: its id and request id, or ``None`` when its client
+        hung up (cancelled and free, or with ``charge_hung_up`` charged and never answered)."""
         hung_up = self._client_gone()
         if hung_up and not self.state.config.charge_hung_up:  # like a server that cancels the work (499)
             self.state.record("edit", "cancelled", fingerprint=fp, credits=0, reason="client closed the connection")
             self.close_connection = True
-            return
+            return None
         if not self.state.charge(price):
             self.state.record("edit", "rejected", fingerprint=fp, credits=0, reason="Insufficient balance")
             raise EnvelopeError(200, 1001, "Insufficient balance")
@@ -315,15 +325,17 @@ class SandboxHandler(BaseHTTPRequestHandler):
                           request_id=request_id, operations=ops, hung_up=hung_up)
         if hung_up:  # charged, but nobody is there to read the answer
             self.close_connection = True
-            return
-        data = {
-            "id": int(result_id), "userId": 657890123456789,
-            "imageUrl": f"http://{self.headers.get('Host', 'localhost')}/results/{result_id}.png",
-            "prompt": prompt, "model": model, "aspectRatios": ratio, "referenceImageUrl": urls,
-            "status": 1, "failReason": None, "deleted": 0,
-            "duration": f"{time.monotonic() - started:.2f}", "createdAt": int(time.time() * 1000),
-        }
-        self._after_edit(fault, data, request_id)
+            return None
+        return result_id, request_id
+
+    def _work(self, prompt: str, model: str, ratio: str, urls: list[str]) -> tuple[bytes, list[str]]:
+        """The edit itself, after the checks the service makes first (balance, then each source)."""
+        if self.state.balance < MODELS[model].credits:
+            raise EnvelopeError(200, 1001, "Insufficient balance")
+        if self.state.config.latency_only:
+            return _tiny_png(), ["none"]
+        sources = [check_source(self._fetch(url, i), i, model) for i, url in enumerate(urls)]
+        return edits.edit(sources, prompt, ratio)
 
     def _after_edit(self, fault: Fault | None, data: dict[str, Any], request_id: str) -> None:
         """Answer a charged edit, mangled by a fault that strikes after the work was done."""
