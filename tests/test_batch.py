@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from airflow_provider_cutout.manifest import read_manifest
@@ -118,14 +116,23 @@ def test_failures_within_max_failures_fraction_pass(sandbox, airflow_db, tmp_pat
 def test_rate_limiter_spaces_starts():
     from airflow_provider_cutout.operators.batch_run import RateLimiter
 
-    limiter = RateLimiter(50.0)
-    started = time.monotonic()
+    now, waits = [100.0], []
+
+    def sleep(seconds):
+        waits.append(round(seconds, 9))
+        now[0] += seconds
+
+    limiter = RateLimiter(50.0, clock=lambda: now[0], sleep=sleep)
     for _ in range(11):
         limiter.wait()
-    assert time.monotonic() - started >= 10 / 50 - 0.01  # a lower bound: it can never be faster
-    unlimited = RateLimiter(None)
+    assert waits == [0.02] * 10  # the first start at once, then one every 1/50 s
+    now[0] += 1.0  # idle for a second: no burst is owed, the next start waits for nobody
+    limiter.wait()
+    assert len(waits) == 10
+    unlimited = RateLimiter(None, sleep=sleep)
     for _ in range(1000):
         unlimited.wait()
+    assert len(waits) == 10
 
 
 def test_templated_values_wait_for_run_time():

@@ -64,7 +64,7 @@ def test_example_chunked_catalog(sandbox, airflow_db, tmp_path):
     assert sorted(summaries) == [0, 1, 2] and sum(s["edited"] for s in summaries.values()) == 12
     folder = tmp_path / "catalog-chunked"
     log = sorted(p.name for p in (folder / "_cutout" / "manifest").iterdir())
-    assert len(log) <= 2 and "-snapshot-" in log[0]  # compacted once the other files grew beside the snapshot
+    assert len(log) <= 2 and any("-snapshot-" in name for name in log)  # compacted as files grew beside it
     assert len(read_manifest(folder)) == 12
     again = xcoms(dag.test(run_conf={"output_dir": str(tmp_path)}), "refresh_chunk")
     assert sum(s["skipped"] for s in again.values()) == 12 and sandbox.ledger()["charges"] == 12

@@ -9,7 +9,10 @@ import time
 import pytest
 
 from airflow_provider_cutout import exceptions as exc
+from airflow_provider_cutout.client import CutoutClient
 from airflow_provider_cutout.hooks.cutout import CutoutHook
+from airflow_provider_cutout.models import ImageEditRequest
+from airflow_provider_cutout.settings import ClientSettings
 from tests.conftest import FAKE_KEY
 
 
@@ -111,14 +114,51 @@ def retry_lines(capfd) -> list[str]:
 
 def test_retries_honour_retry_after_then_succeed(sandbox, capfd):
     sandbox.fault("rate_limit", count=2, retry_after=0.3)
-    started = time.monotonic()
     res = edit(CutoutHook(), sandbox)
     assert res.status == 1
-    assert time.monotonic() - started >= 0.6  # two waits of Retry-After
     retries = retry_lines(capfd)
     assert len(retries) == 2 and "rate limit" in retries[0] and "retry 1 of 3 in 0.3s" in retries[0]
     ledger = sandbox.ledger()
     assert ledger["edit_calls"] == 3 and ledger["charges"] == 1
+
+
+def counting_client(sandbox, **settings):
+    """A client whose waits between attempts are counted through its ``sleep`` seam, not slept."""
+    waits: list[float] = []
+    return CutoutClient(FAKE_KEY, ClientSettings(base_url=sandbox.url, **settings), sleep=waits.append), waits
+
+
+def a_request(sandbox):
+    return ImageEditRequest.build("grayscale", [sandbox.sample(w=64, h=48)], "gpt-image-1", base_url=sandbox.url)
+
+
+def test_waits_honour_retry_after_up_to_its_cap(sandbox):
+    sandbox.fault("rate_limit", count=2, retry_after=30)
+    client, waits = counting_client(sandbox, retry_after_max=2.5)
+    assert client.edit_image(a_request(sandbox)).status == 1
+    assert waits == [2.5, 2.5]  # the server asked for 30 s each time
+    sandbox.fault("rate_limit", count=1, retry_after=0.4)
+    client.edit_image(a_request(sandbox))
+    assert waits[2:] == [0.4]
+
+
+def test_backoff_doubles_with_jitter_up_to_its_cap_then_gives_up(sandbox):
+    sandbox.fault("http_error", status=503, count=10)
+    client, waits = counting_client(sandbox, max_retries=4, backoff_base=1.0, backoff_max=4.0)
+    with pytest.raises(exc.ServerError) as info:
+        client.edit_image(a_request(sandbox))
+    assert info.value.attempts == 5 and len(waits) == 4
+    for wait, cap in zip(waits, [1.0, 2.0, 4.0, 4.0], strict=True):
+        assert cap / 2 <= wait <= cap, waits
+    assert sandbox.ledger()["edit_calls"] == 5 and sandbox.ledger()["charges"] == 0
+
+
+def test_no_wait_before_an_error_that_is_not_retried(sandbox):
+    sandbox.fault("insufficient_balance")
+    client, waits = counting_client(sandbox)
+    with pytest.raises(exc.InsufficientCreditsError):
+        client.edit_image(a_request(sandbox))
+    assert waits == [] and sandbox.ledger()["edit_calls"] == 1
 
 
 @pytest.mark.parametrize("status", [502, 503, 504])

@@ -59,7 +59,7 @@ def test_expand_kwargs(sandbox, airflow_db):
 
 def test_insufficient_credits_fails_without_airflow_retry(sandbox, airflow_db, capfd):
     sandbox.reset(balance=2)
-    dr = single.test()
+    dr = single.test(run_conf={"model": "gpt-image-1"})
     assert states(dr)["edit"] == [("failed", 1)]  # retries=2, yet one try
     ledger = sandbox.ledger()
     assert ledger["edit_calls"] == 1 and ledger["credits_charged"] == 0
@@ -70,7 +70,7 @@ def test_insufficient_credits_fails_without_airflow_retry(sandbox, airflow_db, c
 def test_503_burst_uses_task_retries(sandbox, airflow_db, monkeypatch, capfd):
     monkeypatch.setenv("AIRFLOW_CONN_CUTOUT_DEFAULT", sandbox.conn_json(max_retries=0))
     sandbox.fault("http_error", status=503, count=2)
-    dr = single.test()
+    dr = single.test(run_conf={"model": "gpt-image-1"})
     assert states(dr)["edit"] == [("success", 3)]
     ledger = sandbox.ledger()
     assert ledger["edit_calls"] == 3 and ledger["charges"] == 1

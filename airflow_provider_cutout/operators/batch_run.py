@@ -90,11 +90,16 @@ class Progress:
 
 
 class RateLimiter:
-    """At most ``per_second`` starts per second across threads (``None``: no limit)."""
+    """At most ``per_second`` starts per second across threads (``None``: no limit).
 
-    def __init__(self, per_second: float | None) -> None:
+    :param clock: the monotonic clock; :param sleep: how to wait (tests count the waits through both).
+    """
+
+    def __init__(self, per_second: float | None, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self._interval = 1.0 / per_second if per_second else 0.0
-        self._next = time.monotonic()
+        self._clock, self._sleep = clock, sleep
+        self._next = clock()
         self._lock = threading.Lock()
 
     def wait(self) -> None:
@@ -102,11 +107,11 @@ class RateLimiter:
         if not self._interval:
             return
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             start = max(now, self._next)
             self._next = start + self._interval
         if start > now:
-            time.sleep(start - now)
+            self._sleep(start - now)
 
 
 class BatchRun:
