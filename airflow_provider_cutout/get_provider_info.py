@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_cutout import __version__
-from airflow_provider_cutout.settings import conn_fields
 
 HOOK_CLASS = "airflow_provider_cutout.hooks.cutout.CutoutHook"
 
@@ -23,12 +22,10 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     },
 }
 
-#: The connection form's extra fields, one per setting, generated from ``ClientSettings``.
-CONN_FIELDS: dict[str, Any] = conn_fields()
-
-
 def get_provider_info() -> dict[str, Any]:
     """Describe the provider to Airflow: name, versions, connection type, hooks, operators, links."""
+    from airflow_provider_cutout.settings import conn_fields  # pydantic models: only when Airflow asks
+
     return {
         "package-name": "airflow-provider-cutout",
         "name": "Cutout.Pro",
@@ -47,7 +44,7 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-class-name": HOOK_CLASS,
                 "hook-name": "Cutout.Pro",
                 "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
-                "conn-fields": CONN_FIELDS,
+                "conn-fields": conn_fields(),  # one field per setting, from ClientSettings
             }
         ],
         "hooks": [

@@ -7,7 +7,6 @@ spending a credit is checked here, so every layer above validates in one place.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from airflow_provider_cutout.urls import DEFAULT_BASE_URL, is_loopback_url
+
 __all__ = [
     "ASPECT_RATIOS",
     "DEFAULT_BASE_URL",
@@ -36,7 +37,6 @@ __all__ = [
     "is_loopback_url",
 ]
 
-DEFAULT_BASE_URL = "https://www.cutout.pro"
 ASPECT_RATIOS: tuple[str, ...] = ("original", "1:1", "4:3", "3:4", "9:16", "16:9")
 MAX_PROMPT_CHARS = 4000
 
@@ -84,25 +84,6 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("qwen-image-edit-plus", credits=4, max_images=3),
     )
 }
-
-_LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
-
-
-def is_loopback_url(url: str | None) -> bool:
-    """Whether ``url`` points at this machine (127.0.0.0/8, ::1 or localhost)."""
-    if not url:
-        return False
-    try:
-        host = urlsplit(url).hostname or ""
-    except ValueError:
-        return False
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 def _shorten(value: object, limit: int = 80) -> str:
     text = repr(value)

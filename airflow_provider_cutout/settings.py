@@ -13,22 +13,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from airflow_provider_cutout.exceptions import InvalidInputError
-from airflow_provider_cutout.models import DEFAULT_BASE_URL, format_validation_error, is_loopback_url
+from airflow_provider_cutout.urls import DEFAULT_BASE_URL, normalise_base_url
 
-__all__ = ["ClientSettings", "conn_fields", "normalise_base_url"]
-
-
-def normalise_base_url(host: str | None, port: int | None = None) -> str:
-    """The API's base URL from a connection's host (and port): a scheme added when missing (http for
-    loopback hosts, the sandbox; https otherwise), no trailing slash; ``port`` when the host has none."""
-    base = (host or "").strip().rstrip("/")
-    if not base:
-        return DEFAULT_BASE_URL
-    if "://" not in base:
-        base = f"{'http' if is_loopback_url(f'http://{base}') else 'https'}://{base}"
-    if port and base.count(":") < 2:
-        base = f"{base}:{port}"
-    return base
+__all__ = ["ClientSettings", "conn_fields"]
 
 
 def _field(default: Any, label: str, description: str, **limits: Any) -> Any:
@@ -77,6 +64,8 @@ class ClientSettings(BaseModel):
         try:
             return cls.model_validate({**extras, "base_url": base_url or DEFAULT_BASE_URL})
         except ValidationError as err:
+            from airflow_provider_cutout.models import format_validation_error
+
             problems = format_validation_error(err, unknown="is not a setting of the cutout connection")
             raise InvalidInputError(f"connection extras: {problems}; known extras: {known}") from None
 

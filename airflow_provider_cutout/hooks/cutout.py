@@ -10,7 +10,8 @@ from airflow.sdk import BaseHook
 from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError
 from airflow_provider_cutout.get_provider_info import UI_FIELD_BEHAVIOUR
 from airflow_provider_cutout.models import CreditBalance, ImageEditRequest, ImageEditResult
-from airflow_provider_cutout.settings import ClientSettings, normalise_base_url
+from airflow_provider_cutout.settings import ClientSettings
+from airflow_provider_cutout.urls import normalise_base_url
 
 if TYPE_CHECKING:
     from airflow_provider_cutout.client import CutoutClient
