@@ -299,11 +299,11 @@ class BatchRun:
         """Record a failed item: paid for (fetch again later), in doubt, or free (release its claim)."""
         text = f"{item.key}: {type(err).__name__}: {err}"
         charged = bool(entry.get("image_url")) or err.maybe_charged
-        if charged and err.retryable:
+        if charged and err.retryable and entry.get("image_url"):
             self.manifest.record({**entry, "status": EDITED, "error": text}, durable=True)
-        elif charged:
+        elif charged and not err.retryable:
             self.manifest.record({**entry, "status": IN_DOUBT, "error": text}, durable=True)
-        else:
+        else:  # charged nothing, or maybe charged with the connection's consent to resend (retry_on_read_timeout)
             self.manifest.record({**entry, "status": FAILED, "image_url": None, "error": text})
             self.claims.release(item.fingerprint)
         with self.progress.lock:
