@@ -176,8 +176,8 @@ class BatchRun:
                               resend_in_doubt=self.op.resend_in_doubt)
             if action == SKIP:
                 self.progress.skipped += 1
-            elif action == REFETCH:
-                self.to_refetch.append((item, entry))  # type: ignore[arg-type]
+            elif action == REFETCH and entry is not None:
+                self.to_refetch.append((item, entry))
             elif action == IN_DOUBT_ACTION:
                 self.progress.doubtful.append(item.key)
             else:
@@ -323,7 +323,7 @@ class BatchRun:
                           len(self.held))
         while self.held and not self.stop.is_set():
             self.manifest.refresh()
-            jobs: list[tuple[Callable[..., None], Any]] = []
+            jobs: list[tuple[Any, ...]] = []
             for fp, (item, _) in list(self.held.items()):
                 job = self._settle(fp, item)
                 if job is not None:
@@ -338,21 +338,21 @@ class BatchRun:
             elif self.held:
                 time.sleep(POLL_SECONDS)
 
-    def _settle(self, fp: str, item: PlannedEdit) -> tuple[Callable[..., None], Any] | None:
+    def _settle(self, fp: str, item: PlannedEdit) -> tuple[Any, ...] | None:
         """Look again at one held item; a job when this run must act on it now."""
         holder = self.claims.holder(fp)
         state = None if holder is None else LIVE if self.claims.is_alive(holder) else DEAD
         entry = self.manifest.get(fp)
         action = classify(entry, file_present=True, resend_in_doubt=self.op.resend_in_doubt, holder=state)
-        if action == WAIT:
-            self.held[fp] = (item, holder)  # type: ignore[assignment]
+        if action == WAIT and holder is not None:
+            self.held[fp] = (item, holder)
             return None
         del self.held[fp]
         if action == SKIP:
             with self.progress.lock:
                 self.progress.by_other_runs += 1
         elif action == REFETCH:
-            return (self.refetch, item, entry)  # type: ignore[return-value]
+            return (self.refetch, item, entry)
         elif action == IN_DOUBT_ACTION:
             self.manifest.record({**self._base_entry(item), "status": IN_DOUBT,
                                   "error": f"claimed by {holder.describe() if holder else '?'}, which "
@@ -386,9 +386,11 @@ class BatchRun:
         self.log.info("Cutout batch summary: %s", summary)
         if progress.stop_error is not None:
             err = progress.stop_error
-            fail_or_retry(type(err)(
-                f"{err.message}; the batch stopped at once: {summary['not_attempted']} items were not attempted. "
-                "Stored results are kept; a re-run continues from there", retryable=err.retryable), self.log)
+            stopped = type(err)(f"{err.message}; the batch stopped at once: {summary['not_attempted']} items were "
+                                "not attempted. Stored results are kept; a re-run continues from there",
+                                retryable=err.retryable)
+            stopped.__cause__ = err
+            fail_or_retry(stopped, self.log)
         if progress.in_doubt:
             fail_or_retry(CutoutError(
                 f"{progress.in_doubt} items were or may have been charged without a stored result (a read timeout, "
