@@ -320,7 +320,8 @@ class CutoutClient:
         """What a request that got no usable answer means: whether it may have been charged, and whether
         sending it again is safe (a GET always; a POST only before it left, or when the connection asks)."""
         post, resend_ok = method != "GET", method == "GET" or self.settings.retry_on_read_timeout
-        note = "; the edit may have been charged, so it is not sent again" if post else ""
+        then = "and retry_on_read_timeout allows sending it again" if resend_ok else "so it is not sent again"
+        note = f"; the edit may have been charged, {then}" if post else ""
         where, base = f"{method} {_path(url)}", self.settings.base_url
         if isinstance(err, requests.exceptions.ConnectTimeout):
             return CutoutTimeoutError(f"could not connect to {base} within {self.settings.connect_timeout}s",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from airflow_provider_cutout.manifest import read_manifest
@@ -172,3 +174,19 @@ def test_an_item_held_by_a_live_run_is_waited_for_then_named_then_in_doubt(sandb
     assert states(dr)["batch"] == [("failed", 1)]
     assert "1 items were or may have been charged without a stored result" in "".join(capfd.readouterr())
     assert read_manifest(tmp_path)["item-0"]["status"] == "in_doubt" and sandbox.ledger()["charges"] == 2
+
+
+def test_consent_to_resend_after_a_read_timeout_releases_the_claim(sandbox, airflow_db, tmp_path, monkeypatch):
+    """With the connection's retry_on_read_timeout, an edit whose answer never came is not in doubt: the
+    user accepted paying twice, so its claim is released and the task's retry edits it again."""
+    from tests.dags.batch_dags import batch
+
+    monkeypatch.setenv("AIRFLOW_CONN_CUTOUT_DEFAULT", sandbox.conn_json(
+        read_timeout=0.3, retry_on_read_timeout=True, max_retries=0, backoff_base=0.01))
+    sandbox.fault("slow", delay=1.0)
+    dr = batch.test(run_conf={"n": 1, "out": str(tmp_path), "changed": "", "invalid": False})
+    assert states(dr)["batch"] == [("success", 2)]  # try 1 failed the item, try 2 edited it
+    assert read_manifest(tmp_path)["item-0"]["status"] == "stored"
+    time.sleep(1.0)  # the slow first edit completes on the server
+    (paid,) = sandbox.ledger()["by_fingerprint"].values()
+    assert paid["charges"] == 2  # the documented price of the consent
