@@ -32,11 +32,6 @@ COMPACT_RATIO = 0.25
 log = logging.getLogger(__name__)
 
 
-def manifest_dir(folder: Any) -> Any:
-    """Where the manifest log of an output folder lives."""
-    return folder / STATE_DIR / "manifest"
-
-
 def _newer(entry: dict[str, Any], than: dict[str, Any] | None) -> bool:
     return than is None or entry.get("updated_at", 0) >= than.get("updated_at", 0)
 
@@ -78,8 +73,7 @@ class Manifest:
     """
 
     def __init__(self, folder: Any, writer: str | None = None) -> None:
-        self.folder = folder
-        self.path = manifest_dir(folder)
+        self.path = folder / STATE_DIR / "manifest"
         self.entries: dict[str, dict[str, Any]] = {}
         self.problems: list[str] = []
         self.bytes_written = 0
