@@ -13,13 +13,15 @@ import json
 import os
 from pathlib import Path
 
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG, Asset, task
 
 from airflow_provider_cutout.hooks.cutout import CutoutHook
 from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator
 
 CATALOG = Path(__file__).parent / "catalog" / "products.json"
 OUTPUT_DIR = os.environ.get("CUTOUT_EXAMPLE_OUTPUT", "/tmp/cutout-examples")
+#: The edited catalog as an Airflow asset: example_cutout_publish runs whenever a refresh succeeds.
+EDITED_CATALOG = Asset(name="cutout_edited_catalog", uri=f"file://{OUTPUT_DIR}/catalog")
 
 with DAG(
     dag_id="example_cutout_catalog_refresh",
@@ -57,6 +59,7 @@ with DAG(
         max_concurrency=8,
         max_credits=200,
         max_failures=0.05,
+        outlets=[EDITED_CATALOG],  # its event's extra: edited, skipped, failed, credits, manifest, folder
     )
     # [END howto_operator_cutout_batch]
 

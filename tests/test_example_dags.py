@@ -37,6 +37,31 @@ def test_example_catalog_refresh_second_run_edits_nothing(sandbox, airflow_db, t
     assert xcoms(second, "report")[-1] == {"stored": 12, "edited": 0, "skipped": 12}
     assert sandbox.ledger()["charges"] == charged
 
+    extras = [event.extra for event in asset_events("cutout_edited_catalog")[-2:]]  # one per successful run
+    assert [(e["edited"], e["skipped"], e["failed"], e["credits_spent"]) for e in extras] == [
+        (12, 0, 0, 48), (0, 12, 0, 0)]
+    assert extras[-1]["output_dir"] == str(tmp_path / "catalog") and extras[-1]["manifest"].endswith("_cutout/manifest")
+
+    from tests.dags.examples import example_cutout_publish as publish
+
+    assert "cutout_edited_catalog" in repr(publish.timetable.asset_condition)  # scheduled on the asset
+    published = xcoms(publish.test(run_conf={"output_dir": str(tmp_path)}), "publish")[-1]
+    assert published == {"published": 12, "folder": f"{tmp_path}/catalog"}
+
+
+def asset_events(name: str) -> list:
+    """The asset events of an asset, oldest first, from the metadata DB."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        query = select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id).where(
+            AssetModel.name == name).order_by(AssetEvent.id)
+        events = list(session.scalars(query))
+        session.expunge_all()
+        return events
+
 
 def test_demo_command_end_to_end(tmp_path):
     """``make demo`` without its install step: sandbox, Airflow CLI, two runs, ledger check."""

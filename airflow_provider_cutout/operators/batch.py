@@ -62,6 +62,8 @@ class CutoutBatchImageEditOperator(BaseOperator):
     that overlap (or chunks that share an item) never both pay for it; a run waits for the items
     another live run holds. A manifest log in ``output_dir`` records every result as it arrives.
     Returns a small summary; read the manifest with ``airflow_provider_cutout.manifest.read_manifest``.
+    With assets in ``outlets`` (the output folder, say), their events carry the run's counts, the
+    manifest and the output folder as ``extra``.
 
     :param items: a list (or XComArg) of dicts with ``key``, ``prompt`` (or the operator's
         ``prompt``), ``image_urls``, and optional ``model`` / ``aspect_ratio``. Templated.
@@ -228,6 +230,19 @@ class CutoutBatchImageEditOperator(BaseOperator):
             except CutoutError as err:
                 fail_or_retry(err, self.log)
             folder = ObjectStoragePath(str(self.output_dir).rstrip("/") + "/")
-            return BatchRun(self, hook, folder, Owner.of_task(context), planned).execute()
+            summary = BatchRun(self, hook, folder, Owner.of_task(context), planned).execute()
         finally:
             hook.close()
+        self._announce(context, summary)
+        return summary
+
+    def _announce(self, context: Context, summary: dict[str, Any]) -> None:
+        """Attach the run's counts to the event of every asset in ``outlets`` (Airflow emits them when
+        the task succeeds), so DAGs scheduled on the asset know what changed."""
+        from airflow.sdk import Asset
+
+        extra = {key: summary[key] for key in ("edited", "skipped", "by_other_runs", "failed", "credits_spent",
+                                              "manifest", "output_dir")}
+        for outlet in self.outlets:
+            if isinstance(outlet, Asset):
+                context["outlet_events"][outlet].extra = extra
