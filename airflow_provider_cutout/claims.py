@@ -1,6 +1,6 @@
 """Per-item claims: before an edit is sent, its request fingerprint is claimed in the output folder.
 
-A claim is a file created exclusively (``O_EXCL`` on local disks, a conditional PUT on S3), so of two
+A claim is a file created exclusively and whole (a hard link on local disks, a conditional PUT on S3), so of two
 runs that want the same edit exactly one sends it: overlapping runs of one DAG, chunks that list the
 same item, two DAGs over one folder. A claim names its owner (DAG, run, task, map index, try, host,
 process); the owner keeps a heartbeat file fresh while it runs. A claim stays after its edit was
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_cutout.exceptions import CatalogStateError
-from airflow_provider_cutout.storage import STATE_DIR, list_files, write_whole
+from airflow_provider_cutout.storage import STATE_DIR, create_whole, list_files, write_whole
 
 
 @dataclass(frozen=True)
@@ -104,15 +104,20 @@ class Claims:
         """Check that the store gives exclusive create, write the first heartbeat, start beating."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self._owners.mkdir(parents=True, exist_ok=True)
-        self._create(self._me, self._beat_body())
+        probe = self._owners / f"{self.owner.token}.exclusive-check"
+        token = self.owner.token.encode()  # not empty: s3fs writes an empty file without the condition
+        self._create(probe, token)
         try:
-            self._create(self._me, self._beat_body())
+            self._create(probe, token)
         except FileExistsError:
             pass
         else:
             raise CatalogStateError(
                 f"the store of {self.dir} does not refuse a second exclusive create, so claims cannot keep two runs "
                 "from paying for the same edit; put output_dir on a local or shared file system, S3, or GCS")
+        finally:
+            probe.unlink(missing_ok=True)
+        write_whole(self._me, self._beat_body())  # whole or not at all: a half-read heartbeat would look dead
         self._last_beat = time.monotonic()
         self._thread = threading.Thread(target=self._beat_loop, name="cutout-heartbeat", daemon=True)
         self._thread.start()
@@ -137,15 +142,22 @@ class Claims:
             raise CatalogStateError(
                 f"this run could not write its heartbeat to {self._owners} for {self.timeout / 2:.0f}s; it stops "
                 "sending, since other runs may soon count it as dead")
-        for _ in range(3):
+        path, failure = self.dir / f"{fingerprint}.json", None
+        for attempt in range(5):
             try:
-                self._create(self.dir / f"{fingerprint}.json", self._claim_body())
+                self._create(path, self._claim_body())
                 return None
             except FileExistsError:
-                holder = self.holder(fingerprint)
+                failure = None
+            except OSError as err:  # S3 answers 409 while another conditional write of the name is in flight
+                failure = err
+                time.sleep(0.05 * (attempt + 1))
+            holder = self.holder(fingerprint)
             if holder is not None:
                 return holder
-        return self.holder(fingerprint) or Owner(token="")
+        if failure is not None:
+            raise CatalogStateError(f"cannot create the claim {path}: {failure}; nothing more is sent") from failure
+        return Owner(token="")
 
     def holder(self, fingerprint: str) -> Owner | None:
         """Who holds the claim of an edit (an unreadable claim: an owner with no token), or ``None``."""
@@ -159,8 +171,8 @@ class Claims:
                 owner = None
             if owner is not None:
                 return owner
-            time.sleep(0.05)  # being written right now
-        return Owner(token="")  # a claim its owner died writing: it sent nothing, but cannot be read
+            time.sleep(0.05)  # claims are created whole: this one is damaged
+        return Owner(token="")  # unreadable: its owner cannot be known, so it counts as dead (in doubt)
 
     def release(self, fingerprint: str) -> None:
         """Give up a claim after a failure that charged nothing, so a later run can try again."""
@@ -191,8 +203,10 @@ class Claims:
         try:
             data = json.loads((self._owners / f"{token}.json").read_bytes())
             known, beat = _owner_from(data), float(data["heartbeat_at"])
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+        except FileNotFoundError:
             return False  # ended, or never started
+        except (ValueError, KeyError, TypeError):
+            return True  # heartbeats are written whole, so this is damage, not death: never assume a run dead
         if known is None or known.is_earlier_try_of(self.owner):
             return False
         if known.host == self.owner.host and not _pid_running(known.pid):
@@ -202,8 +216,7 @@ class Claims:
     @staticmethod
     def _create(path: Any, data: bytes) -> None:
         try:
-            with path.open("xb") as sink:
-                sink.write(data)
+            create_whole(path, data)
         except (ValueError, NotImplementedError, TypeError) as err:
             raise CatalogStateError(
                 f"the store of {path.parent} cannot create a file exclusively ({type(err).__name__}: {err}), so "

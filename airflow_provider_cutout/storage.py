@@ -8,6 +8,7 @@ half-written file under the final name.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,22 @@ def write_whole(path: Any, data: bytes) -> None:
     partial = path.parent / f".{path.name}.{uuid.uuid4().hex}.part"
     partial.write_bytes(data)
     partial.rename(path)
+
+
+def create_whole(path: Any, data: bytes) -> None:
+    """Create a file only if it does not exist, with all of ``data`` at once, so a reader never sees it
+    half-written: on local disks a hard link of a complete temporary file (atomic and exclusive, NFS
+    too), on object stores a conditional PUT (``open("xb")``). Raises ``FileExistsError`` when it exists."""
+    if not is_local(path):
+        with path.open("xb") as sink:
+            sink.write(data)
+        return
+    partial = path.parent / f".{path.name}.{uuid.uuid4().hex}.part"
+    partial.write_bytes(data)
+    try:
+        os.link(partial.path, path.path)
+    finally:
+        partial.unlink()
 
 
 def list_files(folder: Any) -> dict[str, int]:

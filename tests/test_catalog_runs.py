@@ -41,7 +41,12 @@ def spawn(dag: str, conf: dict[str, Any]) -> subprocess.Popen[str]:
 def finish(proc: subprocess.Popen[str], timeout: float = 300) -> dict[str, Any]:
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, f"the DAG run process ended with {proc.returncode}: {err[-3000:]}"
-    return json.loads(out.strip().splitlines()[-1])
+    run = json.loads(out.strip().splitlines()[-1])
+    if run["state"] != "success":  # keep the run's log for the failure message
+        log = Path(tempfile.mkstemp(prefix="cutout-failed-run-", suffix=".log")[1])
+        log.write_text(out + err)
+        run["log"] = f"{log}: " + " | ".join(line for line in err.splitlines() if "Cutout error" in line)[-1500:]
+    return run
 
 
 def charges(sandbox) -> dict[str, int]:
@@ -104,7 +109,7 @@ def test_two_overlapping_runs_then_a_third_charge_every_item_once(sandbox, airfl
     sandbox.reset(balance=10_000)
     sandbox.server.state.config.latency = 0.1
     first, second = (finish(p) for p in [spawn("tests.dags.batch_dags:overlapping", conf(out)) for _ in range(2)])
-    assert first["state"] == second["state"] == "success"
+    assert first["state"] == second["state"] == "success", (first.get("log"), second.get("log"))
     runs = [first["summaries"][0], second["summaries"][0]]
     assert sum(r["edited"] for r in runs) == N and all(r["edited"] > 0 for r in runs)  # they really overlapped
     for r in runs:
@@ -125,7 +130,7 @@ def test_overlapping_runs_of_chunks_that_share_items(sandbox, airflow_db, tmp_pa
     n = 40  # chunks of 21 and 20 items: items 0 and 20 are in both chunks of each run
     runs = [finish(p) for p in [spawn("tests.dags.batch_dags:shared_chunks", conf(str(tmp_path), n))
                                 for _ in range(2)]]
-    assert [r["state"] for r in runs] == ["success", "success"]
+    assert [r["state"] for r in runs] == ["success", "success"], [r.get("log") for r in runs]
     summaries = [s for r in runs for s in r["summaries"]]
     assert sum(s["edited"] for s in summaries) == n
     assert sum(s["skipped"] + s["by_other_runs"] for s in summaries) == 2 * (n + 2) - n
