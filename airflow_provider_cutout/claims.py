@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_cutout.exceptions import CatalogStateError
-from airflow_provider_cutout.storage import STATE_DIR, create_whole, list_files, write_whole
+from airflow_provider_cutout.storage import STATE_DIR, list_files, write_whole
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ class Claims:
     @staticmethod
     def _create(path: Any, data: bytes) -> None:
         try:
-            create_whole(path, data)
+            write_whole(path, data, exclusive=True)
         except (ValueError, NotImplementedError, TypeError) as err:
             raise CatalogStateError(
                 f"the store of {path.parent} cannot create a file exclusively ({type(err).__name__}: {err}), so "

@@ -62,28 +62,22 @@ def is_local(path: Any) -> bool:
     return path.protocol in ("", "file", "local")
 
 
-def write_whole(path: Any, data: bytes) -> None:
-    """Write (or replace) a file so that no reader ever sees half of it: on local disks through a
-    temporary name and a rename, on object stores in one PUT, which is atomic there."""
+def write_whole(path: Any, data: bytes, *, exclusive: bool = False) -> None:
+    """Write a file so that no reader ever sees half of it: on local disks a complete temporary file
+    renamed into place, on object stores one PUT (atomic there).
+
+    :param exclusive: create it only if it does not exist (``FileExistsError`` otherwise): locally a hard
+        link of the temporary file (atomic and exclusive, NFS too), on object stores a conditional PUT.
+    """
     if not is_local(path):
-        with path.open("wb") as sink:
+        with path.open("xb" if exclusive else "wb") as sink:
             sink.write(data)
         return
     partial = path.parent / f".{path.name}.{uuid.uuid4().hex}.part"
     partial.write_bytes(data)
-    partial.rename(path)
-
-
-def create_whole(path: Any, data: bytes) -> None:
-    """Create a file only if it does not exist, with all of ``data`` at once, so a reader never sees it
-    half-written: on local disks a hard link of a complete temporary file (atomic and exclusive, NFS
-    too), on object stores a conditional PUT (``open("xb")``). Raises ``FileExistsError`` when it exists."""
-    if not is_local(path):
-        with path.open("xb") as sink:
-            sink.write(data)
+    if not exclusive:
+        partial.rename(path)
         return
-    partial = path.parent / f".{path.name}.{uuid.uuid4().hex}.part"
-    partial.write_bytes(data)
     try:
         os.link(partial.path, path.path)
     finally:

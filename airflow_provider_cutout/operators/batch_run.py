@@ -158,6 +158,7 @@ class BatchRun:
                               + [(self.edit, item) for item in self.to_edit])
                     self.seconds_sending = time.monotonic() - started
                     self.settle_held()
+                    self.manifest.close()  # every record written while the heartbeat still says "alive"
                 finally:
                     self.claims.close()
             finally:
@@ -322,12 +323,11 @@ class BatchRun:
             self.log.info("Cutout batch: %d items are held by other runs; waiting for their results",
                           len(self.held))
         while self.held and not self.stop.is_set():
+            # Holders first, the log after: a run writes its records before its heartbeat stops, so a holder
+            # seen dead here has every record it will ever write already in the log read next.
+            holders = {fp: self._holder(fp) for fp in list(self.held)}
             self.manifest.refresh()
-            jobs: list[tuple[Any, ...]] = []
-            for fp, (item, _) in list(self.held.items()):
-                job = self._settle(fp, item)
-                if job is not None:
-                    jobs.append(job)
+            jobs = [job for fp, holder in holders.items() if (job := self._settle(fp, *holder)) is not None]
             if jobs:
                 self.work(jobs)
             elif self.held and time.monotonic() > deadline:
@@ -338,10 +338,14 @@ class BatchRun:
             elif self.held:
                 time.sleep(POLL_SECONDS)
 
-    def _settle(self, fp: str, item: PlannedEdit) -> tuple[Any, ...] | None:
-        """Look again at one held item; a job when this run must act on it now."""
+    def _holder(self, fp: str) -> tuple[Owner | None, str | None]:
+        """Who holds an item's claim now, and whether it is alive."""
         holder = self.claims.holder(fp)
-        state = None if holder is None else LIVE if self.claims.is_alive(holder) else DEAD
+        return holder, None if holder is None else LIVE if self.claims.is_alive(holder) else DEAD
+
+    def _settle(self, fp: str, holder: Owner | None, state: str | None) -> tuple[Any, ...] | None:
+        """Look again at one held item; a job when this run must act on it now."""
+        item = self.held[fp][0]
         entry = self.manifest.get(fp)
         action = classify(entry, file_present=True, resend_in_doubt=self.op.resend_in_doubt, holder=state)
         if action == WAIT and holder is not None:
