@@ -154,7 +154,7 @@ class BatchRun:
                 try:
                     self.sweep_leftovers()
                     started = time.monotonic()
-                    self.work([(self.refetch, item, entry) for item, entry in self.to_refetch]
+                    self.work([(self.recover, item, entry) for item, entry in self.to_refetch]
                               + [(self.edit, item) for item in self.to_edit])
                     self.seconds_sending = time.monotonic() - started
                     self.settle_held()
@@ -277,6 +277,16 @@ class BatchRun:
         if self.store(item, entry):
             with self.progress.lock:
                 self.progress.edited += 1
+
+    def recover(self, item: PlannedEdit, entry: dict[str, Any]) -> None:
+        """Fetch a planned paid-for edit again, unless another run claimed it: that run may be storing it
+        right now (its stored record not yet in the log this run read), so it is settled like any held item."""
+        holder = self.claims.holder(item.fingerprint)
+        if holder is not None and holder.token != self.owner.token:
+            with self.progress.lock:
+                self.held[item.fingerprint] = (item, holder)
+        else:
+            self.refetch(item, entry)
 
     def refetch(self, item: PlannedEdit, entry: dict[str, Any]) -> None:
         """Download again an edit that was paid for but not stored."""
