@@ -158,6 +158,7 @@ class CutoutClient:
     :param settings: timeouts, retries and pool size.
     :param logger: where retries are reported; the module logger by default.
     :param sleep: the function that waits between attempts (tests count the waits through it).
+    :param on_retry: called with the error's class name before each retry (the operators count retries).
     """
 
     def __init__(
@@ -167,6 +168,7 @@ class CutoutClient:
         *,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
         if not api_key or not api_key.strip():
             raise InvalidInputError(
@@ -177,6 +179,7 @@ class CutoutClient:
         self.settings = settings or ClientSettings()
         self.log = logger or logging.getLogger(__name__)
         self._sleep = sleep
+        self.on_retry = on_retry
         self._session = requests.Session()
         # Read proxy and CA settings from the environment once per host, not on every call (requests
         # would scan the whole environment and ~/.netrc per request; the API key is our only auth).
@@ -355,6 +358,8 @@ class CutoutClient:
         delay = state.next_action.sleep if state.next_action else 0.0
         self.log.warning("Cutout %s %s failed (%s); retry %d of %d in %.1fs",
                          method, path, error, state.attempt_number, self.settings.max_retries, delay)
+        if self.on_retry is not None:
+            self.on_retry(type(error).__name__)
 
     def _proxies_for(self, url: str) -> dict[str, str]:
         """The environment's proxies for this URL's host (``HTTPS_PROXY``, ``NO_PROXY``...), cached."""

@@ -59,5 +59,8 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             }
         ],
-        "extra-links": ["airflow_provider_cutout.links.CutoutResultLink"],
+        "extra-links": [
+            "airflow_provider_cutout.links.CutoutResultLink",
+            "airflow_provider_cutout.links.CutoutGalleryLink",
+        ],
     }

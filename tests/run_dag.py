@@ -1,14 +1,47 @@
-"""Run one test DAG with ``dag.test()`` in its own process and print what it did as one JSON line.
+"""Run one test DAG with ``dag.test()`` in its own process and print what it did as one JSON line
+(after ``MARK``).
 
-Usage: python -m tests.run_dag MODULE:DAG CONF_JSON. The Airflow settings (home, metadata DB, the
-connections) come from the environment of the test that starts it, so both share one database.
+Usage: python -m tests.run_dag MODULE:DAG CONF_JSON. The Airflow settings (the connections, a copy of
+the migrated metadata DB) come from the test that starts it with ``spawn``.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+MARK = "CUTOUT-TEST-RUN "  # the line with the run's outcome (listeners may print after it)
+
+
+def spawn(dag: str, conf: dict[str, Any], **env: str) -> subprocess.Popen[str]:
+    """A DAG run in its own process with its own copy of the migrated metadata DB (two processes
+    serializing DAGs into one sqlite file at once collide; Postgres is the deployment issue's), and
+    this test's connections and ``env``."""
+    home = Path(tempfile.mkdtemp(prefix="cutout-run-home-"))
+    shutil.copy(Path(os.environ["AIRFLOW_HOME"]) / "airflow.db", home / "airflow.db")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "AIRFLOW_HOME": str(home),
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db", **env}
+    return subprocess.Popen([sys.executable, "-m", "tests.run_dag", dag, json.dumps(conf)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 300) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"the DAG run process ended with {proc.returncode}: {err[-3000:]}"
+    run = json.loads(next(line for line in reversed(out.splitlines()) if line.startswith(MARK))[len(MARK):])
+    if run["state"] != "success":  # keep the run's log for the failure message
+        log = Path(tempfile.mkstemp(prefix="cutout-failed-run-", suffix=".log")[1])
+        log.write_text(out + err)
+        run["log"] = f"{log}: " + " | ".join(line for line in err.splitlines() if "Cutout error" in line)[-1500:]
+    return run
 
 
 def main() -> None:
@@ -24,7 +57,7 @@ def main() -> None:
                                                   key="return_value"))
         summaries = [XComModel.deserialize_value(row) for row in rows]
     states = sorted(str(ti.state) for ti in run.get_task_instances() if ti.task_id == "batch")
-    print(json.dumps({"run_id": run.run_id, "state": str(run.state), "batch": states, "summaries": summaries}))
+    print(MARK + json.dumps({"run_id": run.run_id, "state": str(run.state), "batch": states, "summaries": summaries}))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""The `cutout` connection in Airflow's real UI, driven in headless Chromium (Debian's chromium and
-chromedriver): the form's fields, saving, and the Test button against the sandbox.
+"""Pages in headless Chromium (Debian's chromium and chromedriver): the `cutout` connection in Airflow's
+real UI (the form's fields, saving, the Test button against the sandbox) and a batch run's review gallery.
 
 Runs on the newest supported Airflow only (the floor run deselects ``-m browser``): Airflow 3.1's
 form shows hook-defined field behaviour only with the FAB provider installed.
@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from airflow_provider_cutout.sandbox import SandboxConfig, run_sandbox
-from tests.conftest import REPO
+from tests.conftest import REPO, states, xcoms
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = REPO / ".artifacts" / "browser"
@@ -87,6 +87,7 @@ def browser() -> Iterator[object]:
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--disable-dev-shm-usage", "--window-size=1400,1000"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console messages, read by the tests
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.implicitly_wait(0)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -164,3 +165,39 @@ def test_connection_form_save_and_test_button(api_server, browser):
         assert "Cutout rejected the API key" in text and "check the API Key" in text, text[-800:]
         assert WRONG_KEY not in text and RIGHT_KEY not in text
         driver.save_screenshot(str(ARTIFACTS / "connection-test-failure.png"))
+
+
+def test_gallery_of_a_real_batch_run_shows_every_item_failed_first(sandbox, airflow_db, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    from tests.dags.batch_dags import tolerant
+
+    driver = browser
+    sandbox.fault("failed_edit", count=2)  # the first two edits fail (and cost nothing)
+    out = tmp_path / "catalog"
+    dr = tolerant.test(run_conf={"n": 7, "out": str(out), "changed": "", "invalid": False})
+    assert states(dr)["batch"] == [("success", 1)]
+    summary = xcoms(dr, "batch")[-1]
+    assert summary["gallery"] == str(out / "cutout-gallery.html") and summary["failed"] == 2
+    assert xcoms(dr, "batch", "_link_CutoutGalleryLink")[-1] == (out / "cutout-gallery.html").as_uri()
+    ledger = sandbox.ledger()
+    charged = [v["charges"] for v in ledger["by_fingerprint"].values() if v["charges"]]
+    assert ledger["charges"] == 5 and charged == [1] * 5
+
+    driver.get((out / "cutout-gallery.html").as_uri())
+    cards = driver.find_elements(By.CSS_SELECTOR, "section.item")
+    statuses = [card.get_attribute("data-status") for card in cards]
+    assert statuses == ["failed"] * 2 + ["stored"] * 5, statuses
+    assert sorted(card.get_attribute("data-key") for card in cards) == sorted(f"item-{i}" for i in range(7))
+    assert "FailedEditError" in cards[0].text and "grayscale" in cards[0].text
+    for card in cards:
+        driver.execute_script("arguments[0].scrollIntoView()", card)
+        images = card.find_elements(By.TAG_NAME, "img")
+        assert len(images) == (1 if card.get_attribute("data-status") == "failed" else 2)
+        for image in images:
+            wait_for(driver, lambda d, img=image: d.execute_script(
+                "return arguments[0].complete && arguments[0].naturalWidth > 0", img), timeout=10)
+    driver.execute_script("window.scrollTo(0, 0)")
+    driver.save_screenshot(str(ARTIFACTS / "gallery.png"))
+    errors = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
+    assert not errors, errors

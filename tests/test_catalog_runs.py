@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,33 +18,10 @@ from typing import Any
 import pytest
 
 from airflow_provider_cutout.manifest import read_manifest
-from tests.conftest import REPO
+from tests.run_dag import finish, spawn
 
 pytestmark = pytest.mark.e2e
 N = 200
-
-
-def spawn(dag: str, conf: dict[str, Any]) -> subprocess.Popen[str]:
-    """A DAG run in its own process with its own copy of the migrated metadata DB (two processes
-    serializing DAGs into one sqlite file at once collide; Postgres is the deployment issue's), and
-    this test's connections."""
-    home = Path(tempfile.mkdtemp(prefix="cutout-run-home-"))
-    shutil.copy(Path(os.environ["AIRFLOW_HOME"]) / "airflow.db", home / "airflow.db")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "AIRFLOW_HOME": str(home),
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db"}
-    return subprocess.Popen([sys.executable, "-m", "tests.run_dag", dag, json.dumps(conf)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 300) -> dict[str, Any]:
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, f"the DAG run process ended with {proc.returncode}: {err[-3000:]}"
-    run = json.loads(out.strip().splitlines()[-1])
-    if run["state"] != "success":  # keep the run's log for the failure message
-        log = Path(tempfile.mkstemp(prefix="cutout-failed-run-", suffix=".log")[1])
-        log.write_text(out + err)
-        run["log"] = f"{log}: " + " | ".join(line for line in err.splitlines() if "Cutout error" in line)[-1500:]
-    return run
 
 
 def charges(sandbox) -> dict[str, int]:

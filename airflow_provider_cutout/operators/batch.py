@@ -14,6 +14,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_cutout.claims import Owner
 from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError, fail_or_retry
 from airflow_provider_cutout.hooks.cutout import CutoutHook
+from airflow_provider_cutout.links import CutoutGalleryLink, gallery_link
 from airflow_provider_cutout.models import ImageEditRequest
 from airflow_provider_cutout.operators._common import as_list, is_dynamic
 
@@ -86,11 +87,16 @@ class CutoutBatchImageEditOperator(BaseOperator):
     :param heartbeat_timeout: seconds without a heartbeat after which a run on another host counts
         as dead (its claims without a result become in doubt). Keep it well above clock skew.
     :param progress_interval: seconds between progress lines in the log.
+    :param gallery: write the review gallery ``cutout-gallery.html`` into ``output_dir`` at the end of
+        each run (from the whole manifest; the "Cutout gallery" link on the task opens it).
+    :param gallery_link_expiry: on object storage, show results in the gallery through signed URLs valid
+        this many seconds; by default the page links them relative to itself (copy or serve the folder).
     :param cutout_conn_id: the ``cutout`` connection.
     """
 
     template_fields: Sequence[str] = ("items", "output_dir", "prompt", "model", "aspect_ratio")
     ui_color = "#d4ecfb"
+    operator_extra_links = (CutoutGalleryLink(),)
 
     def __init__(
         self,
@@ -109,6 +115,8 @@ class CutoutBatchImageEditOperator(BaseOperator):
         claim_wait_timeout: float = 1800.0,
         heartbeat_timeout: float = 120.0,
         progress_interval: float = 10.0,
+        gallery: bool = True,
+        gallery_link_expiry: int | None = None,
         cutout_conn_id: str = CutoutHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
@@ -126,6 +134,10 @@ class CutoutBatchImageEditOperator(BaseOperator):
             raise InvalidInputError(
                 f"{owner}: max_failures={max_failures!r} must be a count (0, 1, 2...) or a fraction below 1 (0.05)"
             )
+        if gallery_link_expiry is not None and (isinstance(gallery_link_expiry, bool) or not isinstance(
+                gallery_link_expiry, int) or gallery_link_expiry <= 0):
+            raise InvalidInputError(f"{owner}: gallery_link_expiry={gallery_link_expiry!r} must be a positive number "
+                                    "of seconds (an int), or None to link results relative to the page")
         for name, seconds in (("claim_wait_timeout", claim_wait_timeout), ("heartbeat_timeout", heartbeat_timeout)):
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
                 raise InvalidInputError(f"{owner}: {name}={seconds!r} must be a positive number of seconds")
@@ -143,6 +155,10 @@ class CutoutBatchImageEditOperator(BaseOperator):
         self.claim_wait_timeout = claim_wait_timeout
         self.heartbeat_timeout = heartbeat_timeout
         self.progress_interval = progress_interval
+        self.gallery = gallery
+        self.gallery_link_expiry = gallery_link_expiry
+        self.gallery_url: str | None = None  # set by execute; read by the extra link
+        self._lineage: tuple[list[PlannedEdit], dict[str, Any]] | None = None  # set by execute
         self.cutout_conn_id = cutout_conn_id
         if not is_dynamic([items, prompt, model, aspect_ratio]):
             self.plan_items(items, base_url="http://127.0.0.1")  # parse time: no connection lookup
@@ -230,11 +246,29 @@ class CutoutBatchImageEditOperator(BaseOperator):
             except CutoutError as err:
                 fail_or_retry(err, self.log)
             folder = ObjectStoragePath(str(self.output_dir).rstrip("/") + "/")
-            summary = BatchRun(self, hook, folder, Owner.of_task(context), planned).execute()
+            run = BatchRun(self, hook, folder, Owner.of_task(context), planned)
+            try:
+                summary = run.execute()
+            finally:
+                self.gallery_url = gallery_link(run.gallery)
         finally:
             hook.close()
         self._announce(context, summary)
+        self._lineage = (planned, summary)
         return summary
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Lineage (openlineage provider): the sources' folders in, the output folder out, the run's counts."""
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        from airflow_provider_cutout.lineage import batch_lineage
+
+        if self._lineage is None:
+            return OperatorLineage()
+        planned, summary = self._lineage
+        models = sorted({item.request.model for item in planned}) or [str(self.model)]
+        return batch_lineage((url for item in planned for url in item.request.image_urls), str(self.output_dir),
+                             ",".join(models), summary)
 
     def _announce(self, context: Context, summary: dict[str, Any]) -> None:
         """Attach the run's counts to the event of every asset in ``outlets`` (Airflow emits them when

@@ -13,6 +13,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_cutout import metrics
 from airflow_provider_cutout.claims import Claims, Owner
 from airflow_provider_cutout.exceptions import (
     AuthenticationError,
@@ -127,6 +128,7 @@ class BatchRun:
     def __init__(self, op: CutoutBatchImageEditOperator, hook: CutoutHook, folder: Any, owner: Owner,
                  planned: list[PlannedEdit]) -> None:
         self.op, self.log, self.client = op, op.log, hook.client
+        self.client.on_retry = metrics.retried
         self.hook = hook
         self.folder, self.out = folder, str(folder).rstrip("/") + "/"
         self.planned = planned
@@ -139,6 +141,7 @@ class BatchRun:
         self.manifest = Manifest(folder, writer=owner.token)
         self.cost = 0
         self.seconds_sending = 0.0
+        self.gallery: Any = None
         self.to_edit: list[PlannedEdit] = []
         self.to_refetch: list[tuple[PlannedEdit, dict[str, Any]]] = []
 
@@ -163,6 +166,7 @@ class BatchRun:
                     self.claims.close()
             finally:
                 self.manifest.close()
+                self.write_gallery()
         except CutoutError as err:
             fail_or_retry(err, self.log)
         return self.report()
@@ -264,11 +268,16 @@ class BatchRun:
             self.claims.release(item.fingerprint)
             return
         entry = self._base_entry(item)
+        started = time.monotonic()
         try:
             result = self.client.edit_image(item.request)
         except CutoutError as err:
+            metrics.edit_done(item.request.model, "in_doubt" if err.maybe_charged else "failed",
+                              seconds=time.monotonic() - started)
             self.fail(item, entry, err)
             return
+        metrics.edit_done(result.model or item.request.model, "succeeded", credits=result.credits,
+                          seconds=time.monotonic() - started)
         entry.update(status=EDITED, image_url=result.image_url, id=result.id, request_id=result.request_id,
                      credits=result.credits, duration=result.duration)
         self.manifest.record(entry, durable=True)  # charged: never lose it
@@ -385,6 +394,23 @@ class BatchRun:
 
     # -- reporting -------------------------------------------------------------------------------
 
+    def write_gallery(self) -> None:
+        """Regenerate the folder's review gallery from the whole manifest; a failure to write it is logged,
+        never raised (the edits and the manifest are what count)."""
+        if not self.op.gallery:
+            return
+        from airflow_provider_cutout.gallery import write_gallery
+
+        progress = self.progress
+        run = {"edited": progress.edited, "skipped": progress.skipped, "failed": progress.failed,
+               "in_doubt": progress.in_doubt, "credits_spent": progress.credits}
+        try:
+            self.manifest.refresh()
+            self.gallery = write_gallery(self.folder, list(self.manifest.entries.values()), run=run,
+                                         link_expiry=self.op.gallery_link_expiry)
+        except (OSError, ValueError, NotImplementedError) as err:
+            self.log.warning("Cutout batch: the review gallery was not written (%s: %s)", type(err).__name__, err)
+
     def report(self) -> dict[str, Any]:
         """The summary for XCom; fail when a result is missing or too many items failed."""
         progress = self.progress
@@ -395,7 +421,7 @@ class BatchRun:
             "credits_spent": progress.credits, "planned_credits": self.cost,
             "seconds_sending": round(self.seconds_sending, 3), "manifest": str(self.manifest.path),
             "manifest_bytes_written": self.manifest.bytes_written,
-            "output_dir": str(self.folder),
+            "output_dir": str(self.folder), "gallery": None if self.gallery is None else str(self.gallery),
         }
         self.log.info("Cutout batch summary: %s", summary)
         if progress.stop_error is not None:
@@ -448,5 +474,5 @@ class BatchRun:
     @staticmethod
     def _base_entry(item: PlannedEdit) -> dict[str, Any]:
         req = item.request
-        return {"key": item.key, "fingerprint": item.fingerprint, "model": req.model,
+        return {"key": item.key, "fingerprint": item.fingerprint, "prompt": req.prompt, "model": req.model,
                 "aspect_ratio": req.aspect_ratio, "image_urls": list(req.image_urls)}

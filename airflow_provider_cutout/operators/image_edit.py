@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_cutout import metrics
 from airflow_provider_cutout.exceptions import CutoutError, ResultDownloadError, fail_or_retry
 from airflow_provider_cutout.hooks.cutout import CutoutHook
 from airflow_provider_cutout.links import RESULT_XCOM_KEY, CutoutResultLink
@@ -66,6 +68,7 @@ class CutoutImageEditOperator(BaseOperator):
         self.max_result_bytes = max_result_bytes
         self.force = force
         self.result_url: str | None = None  # set by execute; read by the extra link
+        self._lineage: tuple[list[str], dict[str, Any]] | None = None  # set by execute
         check_static(
             f"{type(self).__name__}(task_id={self.task_id!r})",
             prompt=prompt, image_urls=image_urls, model=model, aspect_ratio=aspect_ratio,
@@ -96,17 +99,36 @@ class CutoutImageEditOperator(BaseOperator):
             else:
                 payload = self._edit(hook, request, context)
             self.result_url = payload["image_url"]
+            self._lineage = (list(request.image_urls), payload)
             context["ti"].xcom_push(key=RESULT_XCOM_KEY, value=payload)
             return str(payload["image_url"])
         finally:
             hook.close()
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Lineage (openlineage provider): the source images in, the stored copy out, model, credits and
+        the API's request id."""
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        from airflow_provider_cutout.lineage import single_edit_lineage
+
+        if self._lineage is None:
+            return OperatorLineage()
+        sources, payload = self._lineage
+        return single_edit_lineage(sources, payload.get("stored_path"), payload)
+
     def _edit(self, hook: CutoutHook, request: ImageEditRequest, context: Context) -> dict[str, Any]:
         """Send the edit and store its copy; the result is in XCom as soon as it is charged."""
+        hook.client.on_retry = metrics.retried
+        started = time.monotonic()
         try:
             result = hook.client.edit_image(request)
         except CutoutError as err:
+            metrics.edit_done(request.model, "in_doubt" if err.maybe_charged else "failed",
+                              seconds=time.monotonic() - started)
             fail_or_retry(err, self.log)
+        metrics.edit_done(result.model or request.model, "succeeded", credits=result.credits,
+                          seconds=time.monotonic() - started)
         self.log.info(
             "Cutout edit done: model=%s references=%d ratio=%s credits=%d duration=%ss request_id=%s id=%s",
             result.model, len(result.reference_image_urls), result.aspect_ratio, result.credits,

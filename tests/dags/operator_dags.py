@@ -81,3 +81,7 @@ def stored_dag(dag_id: str, **kwargs) -> DAG:
 
 stored = stored_dag("t_stored")
 stored_forced = stored_dag("t_stored_forced", force=True)
+
+with DAG("t_single_stored_edit", schedule=None, start_date=START, params={"out": "/tmp/unused"}) as stored_edit:
+    CutoutImageEditOperator(task_id="edit", prompt="grayscale", image_urls=sample_urls(["mug"]), model="gpt-image-1",
+                            output_path="{{ params.out }}/")

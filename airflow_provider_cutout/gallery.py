@@ -1,0 +1,127 @@
+"""The review gallery: one self-contained HTML page per output folder, each item's source and result side by
+side, the items that need a look (failed, in doubt, paid for but not stored) first.
+
+The page holds no script and loads no style or font from anywhere: results are referenced relative to the
+page (the folder can be copied or served as it is), sources by their own URLs.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from airflow_provider_cutout.manifest import EDITED, FAILED, IN_DOUBT, STORED
+from airflow_provider_cutout.storage import is_local, write_whole
+
+GALLERY_NAME = "cutout-gallery.html"
+DEFAULT_LIMIT = 2000
+_ORDER = {FAILED: 0, IN_DOUBT: 1, EDITED: 2, STORED: 3}
+_LABELS = {FAILED: "failed", IN_DOUBT: "in doubt", EDITED: "paid, not stored", STORED: "stored"}
+
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1d2733;background:#f6f8fa}
+h1{font-size:20px;margin:0 0 8px}.counts span{margin-right:18px}.note{color:#5b6875}
+.item{display:flex;gap:16px;background:#fff;border:1px solid #d5dbe1;border-radius:6px;padding:12px;margin:12px 0}
+.item.failed,.item.in_doubt{border-color:#d1242f}.item.edited{border-color:#bf8700}
+figure{margin:0;flex:0 0 180px;text-align:center}figcaption{color:#5b6875;font-size:12px}
+img{width:180px;height:180px;object-fit:contain;background:repeating-conic-gradient(#eee 0 25%,#fff 0 50%) 0 0/16px}
+.none{width:180px;height:180px;display:flex;align-items:center;justify-content:center;background:#f0f2f4;color:#5b6875}
+dl{margin:0;display:grid;grid-template-columns:auto 1fr;gap:2px 10px;align-content:start}
+dt{color:#5b6875}
+.status{font-weight:600}.failed .status,.in_doubt .status{color:#d1242f}.edited .status{color:#bf8700}
+.error{color:#d1242f;white-space:pre-wrap}
+"""
+# Only inline style and images: the page can run no script, whatever a prompt or an error text holds.
+_CSP = "default-src 'none'; img-src * data: blob: file:; style-src 'unsafe-inline'"
+
+
+def gallery_items(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest entry of each item key: those that need a look first, then the newest stored."""
+    newest: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        key = str(entry.get("key"))
+        if key not in newest or entry.get("updated_at", 0) >= newest[key].get("updated_at", 0):
+            newest[key] = entry
+    return sorted(newest.values(), key=lambda e: (_ORDER.get(e.get("status", ""), 0), -e.get("updated_at", 0),
+                                                  str(e.get("key"))))
+
+
+def render_gallery(entries: Iterable[dict[str, Any]], *, title: str, run: dict[str, Any] | None = None,
+                   result_src: Callable[[str], str] | None = None, limit: int = DEFAULT_LIMIT) -> str:
+    """The gallery page for manifest entries.
+
+    :param title: the heading (the output folder).
+    :param run: this run's summary, shown above the catalog's counts.
+    :param result_src: a function from a stored file's name to the URL the page shows it by (the name
+        itself, relative to the page, by default).
+    :param limit: the most items shown; every item that needs a look is shown, the stored ones beyond
+        the limit are counted, not shown.
+    """
+    items = gallery_items(entries)
+    counts = dict.fromkeys(_ORDER, 0)
+    for entry in items:
+        counts[entry.get("status", FAILED)] = counts.get(entry.get("status", FAILED), 0) + 1
+    credits = sum(int(e.get("credits") or 0) for e in items if e.get("status") != FAILED)
+    shown = items[: max(limit, len(items) - counts[STORED])]
+    top = "".join(f"<span>{_LABELS[s]}: <b>{counts[s]}</b></span>" for s in _ORDER)
+    top += f"<span>credits recorded: <b>{credits}</b></span>"
+    this_run = "" if run is None else (
+        f"<p class='note'>This run: {run.get('edited', 0)} edited, {run.get('skipped', 0)} skipped, "
+        f"{run.get('failed', 0)} failed, {run.get('in_doubt', 0)} in doubt, {run.get('credits_spent', 0)} credits.</p>")
+    left_out = len(items) - len(shown)
+    more = f"<p class='note'>{left_out} more stored items are in the manifest, not shown.</p>" if left_out else ""
+    cards = "\n".join(_card(entry, result_src or (lambda name: name)) for entry in shown)
+    generated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    return (
+        "<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<meta http-equiv='Content-Security-Policy' content=\"{_CSP}\">"
+        f"<title>Cutout gallery: {_e(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>Cutout gallery: {_e(title)}</h1><p class='counts'>{top}</p>{this_run}"
+        f"<p class='note'>Generated {generated} from the manifest; items that need a look come first.</p>{more}"
+        f"<main>\n{cards}\n</main></body></html>\n"
+    )
+
+
+def _card(entry: dict[str, Any], result_src: Callable[[str], str]) -> str:
+    status = entry.get("status", FAILED)
+    sources = [str(url) for url in entry.get("image_urls") or []]
+    source = f"<img src='{_e(sources[0])}' alt='source of {_e(entry.get('key'))}' loading='lazy'>" if sources \
+        else "<div class='none'>no source</div>"
+    stored = str(entry.get("stored_path") or "").rsplit("/", 1)[-1]
+    result = (f"<img src='{_e(result_src(stored))}' alt='result of {_e(entry.get('key'))}' loading='lazy'>"
+              if status == STORED and stored else "<div class='none'>no result</div>")
+    extra = f" (+{len(sources) - 1} more)" if len(sources) > 1 else ""
+    rows = [("key", entry.get("key")), ("prompt", entry.get("prompt")), ("model", entry.get("model")),
+            ("ratio", entry.get("aspect_ratio")), ("credits", entry.get("credits") or 0),
+            ("request id", entry.get("request_id"))]
+    details = "".join(f"<dt>{name}</dt><dd>{_e(value)}</dd>" for name, value in rows if value not in (None, ""))
+    error = f"<dt>error</dt><dd class='error'>{_e(entry['error'])}</dd>" if entry.get("error") else ""
+    return (
+        f"<section class='item {_e(status)}' data-key='{_e(entry.get('key'))}' data-status='{_e(status)}'>"
+        f"<figure>{source}<figcaption>source{extra}</figcaption></figure>"
+        f"<figure>{result}<figcaption>result</figcaption></figure>"
+        f"<dl><dt>status</dt><dd class='status'>{_LABELS.get(status, _e(status))}</dd>{details}{error}</dl></section>"
+    )
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def write_gallery(folder: Any, entries: Iterable[dict[str, Any]], *, run: dict[str, Any] | None = None,
+                  link_expiry: int | None = None, limit: int = DEFAULT_LIMIT) -> Any:
+    """Write ``cutout-gallery.html`` into ``folder`` whole, from every manifest entry; return its path.
+
+    :param link_expiry: on object storage, link results by signed URLs valid this many seconds (a browser
+        cannot read ``s3://``); ``None`` links them relative to the page (copy or serve the folder).
+    """
+    def signed(name: str) -> str:
+        return str((folder / name).sign(expiration=link_expiry))
+
+    result_src = signed if link_expiry is not None and not is_local(folder) else None
+    page = folder / GALLERY_NAME
+    write_whole(page, render_gallery(entries, title=str(folder), run=run, result_src=result_src,
+                                     limit=limit).encode("utf-8"))
+    return page

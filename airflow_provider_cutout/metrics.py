@@ -1,0 +1,38 @@
+"""The provider's metrics, sent through Airflow's ``Stats`` (StatsD or OpenTelemetry, as configured).
+
+Tags are low-cardinality only (model, outcome, reason): never item keys, URLs or connection ids.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+EDITS = "cutout.edits"
+CREDITS = "cutout.credits"
+RETRIES = "cutout.retries"
+EDIT_SECONDS = "cutout.edit_seconds"
+
+
+def _stats() -> Any:
+    try:
+        from airflow.sdk.observability.stats import Stats  # Airflow 3.2+
+    except ImportError:
+        from airflow.stats import Stats
+    return Stats
+
+
+def edit_done(model: str, outcome: str, *, credits: int = 0, seconds: float | None = None) -> None:
+    """Count one edit by model and outcome (``stored``, ``edited``, ``failed``, ``in_doubt``), the credits
+    it spent and, when it reached the API, how long the call took."""
+    stats = _stats()
+    stats.incr(EDITS, tags={"model": model, "outcome": outcome})
+    if credits:
+        stats.incr(CREDITS, count=credits, tags={"model": model})
+    if seconds is not None:
+        stats.timing(EDIT_SECONDS, datetime.timedelta(seconds=seconds), tags={"model": model})
+
+
+def retried(reason: str) -> None:
+    """Count one retry by its reason (the error's class name, e.g. ``RateLimitError``)."""
+    _stats().incr(RETRIES, tags={"reason": reason})
