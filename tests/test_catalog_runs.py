@@ -171,3 +171,22 @@ def test_sigkill_at_20_random_moments_never_charges_twice_without_consent(sandbo
     assert all(c <= 2 for c in paid.values())
     print(f"seed {seed}: {ended_on_their_own} runs ended before their kill, {len(doubtful)} items in doubt, "
           f"{sum(c > 1 for c in paid.values())} of them charged again with resend_in_doubt=True")
+
+
+def test_gallery_on_s3_shows_results_by_signed_urls_kept_out_of_xcom(sandbox, airflow_db, tmp_path, s3):
+    import re
+
+    import requests
+
+    prefix = f"runs/{tmp_path.name}"
+    run = finish(spawn("tests.dags.batch_dags:signed_gallery", conf(f"s3://aws_default@catalog/{prefix}", 3)))
+    assert run["state"] == "success", run.get("log")
+    assert sandbox.ledger()["charges"] == 3 and set(charges(sandbox).values()) == {1}
+    assert run["summaries"][0]["gallery"].endswith(f"{prefix}/cutout-gallery.html")
+    page = s3.client.get_object(Bucket="catalog", Key=f"{prefix}/cutout-gallery.html")["Body"].read().decode()
+    signed = re.findall(r"<img src='([^']+)' alt='result of", page)
+    assert len(signed) == 3 and all("Signature=" in url for url in signed)
+    for url in signed:  # a browser can fetch them: moto checks the signature
+        answer = requests.get(url.replace("&amp;", "&"), timeout=10)
+        assert answer.status_code == 200 and answer.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Signature=" not in json.dumps(run)  # the summary in XCom names the page, not its links

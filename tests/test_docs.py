@@ -50,7 +50,7 @@ def test_every_public_name_mentioned_exists(page):
 
     known = {name for name in dir(exceptions) if not name.startswith("_")}
     known |= {"CutoutHook", "CutoutImageEditOperator", "CutoutBatchImageEditOperator", "CutoutResultLink",
-              "CutoutClient"}
+              "CutoutGalleryLink", "CutoutClient", "CutoutEditRunFacet"}
     for name in set(re.findall(r"`(Cutout\w+)", text)):
         assert name in known, f"{page.name} mentions {name}, which does not exist"
     for method in set(re.findall(r"CutoutHook\.(\w+)", text)):
