@@ -40,7 +40,10 @@ stop_all() {
   done
   for pid in "${PIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
   if [ -n "${REDIS_OWN:-}" ]; then redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true; fi
-  if [ -n "${PG_OWN:-}" ]; then as_postgres "$PG_BIN/pg_ctl" -D "$DIR/pg" -m fast stop >/dev/null 2>&1 || true; fi
+  if [ -n "${PG_OWN:-}" ]; then
+    as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast stop >/dev/null 2>&1 || true
+    [ "$PG_DIR" = "$DIR/pg" ] || rm -rf "$PG_DIR"
+  fi
 }
 trap stop_all EXIT
 trap 'exit 0' INT TERM
@@ -84,15 +87,19 @@ else
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
   PG_BIN=$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
   PG_PORT=$(free_port)
-  mkdir -p "$DIR/pg"
-  [ "$(id -u)" = 0 ] && chown postgres "$DIR/pg"
-  as_postgres "$PG_BIN/initdb" -D "$DIR/pg" -U airflow --auth=trust > "$DIR/pg-initdb.log"
-  as_postgres "$PG_BIN/pg_ctl" -D "$DIR/pg" -l "$DIR/pg/server.log" -w \
-    -o "-p $PG_PORT -k $DIR/pg -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off" start >/dev/null
+  PG_DIR=$DIR/pg
+  if [ "$(id -u)" = 0 ]; then  # the postgres user may not reach $DIR: give it a folder of its own
+    PG_DIR=$(mktemp -d -t cutout-cluster-pg-XXXXXX)
+    chown postgres "$PG_DIR"
+    echo "$PG_DIR" > "$DIR/pg-dir"
+  fi
+  as_postgres "$PG_BIN/initdb" -D "$PG_DIR/data" -U airflow --auth=trust > "$DIR/pg-initdb.log"
+  as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w \
+    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off" start >/dev/null
   PG_OWN=1
   as_postgres "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U airflow airflow
   PG_URL=postgresql://airflow@127.0.0.1:$PG_PORT/airflow
-  echo "== PostgreSQL on 127.0.0.1:$PG_PORT (data in $DIR/pg)"
+  echo "== PostgreSQL on 127.0.0.1:$PG_PORT (data in $PG_DIR)"
 fi
 
 # -- Redis -------------------------------------------------------------------------------------
@@ -112,10 +119,10 @@ fi
 # -- Airflow settings shared by every component --------------------------------------------------
 API_PORT=$(free_port)
 export AIRFLOW_HOME=$DIR/airflow
-export AIRFLOW__CORE__EXECUTOR=CeleryExecutor
+export AIRFLOW__CORE__EXECUTOR=airflow.providers.celery.executors.celery_executor.CeleryExecutor
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=${PG_URL/postgresql:/postgresql+psycopg2:}
 export AIRFLOW__CELERY__BROKER_URL=$REDIS_URL
-export AIRFLOW__CELERY__RESULT_BACKEND=db+$PG_URL
+export AIRFLOW__CELERY__RESULT_BACKEND=db+${PG_URL/postgresql:/postgresql+psycopg2:}
 export AIRFLOW__CELERY__WORKER_CONCURRENCY=${AIRFLOW__CELERY__WORKER_CONCURRENCY:-4}
 export AIRFLOW__CORE__DAGS_FOLDER=${CUTOUT_CLUSTER_DAGS:-$ROOT/example_dags}
 export AIRFLOW__CORE__LOAD_EXAMPLES=False

@@ -443,7 +443,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
             try:
                 body = json.loads(raw or b"{}")
                 if name == "reset":
-                    self.state.reset(body.get("balance"))
+                    self.state.reset(body.get("balance"), body.get("latency"))
                     self._json(200, {"balance": self.state.balance})
                 else:
                     faults = self.state.add_faults(body.get("faults", []))

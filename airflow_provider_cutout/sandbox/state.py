@@ -112,10 +112,12 @@ class SandboxState:
     def __post_init__(self) -> None:
         self.balance = self.config.balance
 
-    def reset(self, balance: int | None = None) -> None:
-        """A new balance; no calls, faults or results."""
+    def reset(self, balance: int | None = None, latency: float | None = None) -> None:
+        """A new balance (and, if given, a new edit latency); no calls, faults or results."""
         with self.lock:
             self.balance = self.config.balance if balance is None else balance
+            if latency is not None:
+                self.config.latency = float(latency)
             self.calls.clear()
             self.faults.clear()
             self.results.clear()
