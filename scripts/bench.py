@@ -7,6 +7,7 @@ noisy, so absolute times are reported only as context. Writes ``bench/results/re
 Usage: python scripts/bench.py [--quick] [--only 1,3]
   --quick: fewer items and rounds, for a smoke run; --only: run just these benchmarks (no report written)
   Benchmark 6 (catalog scale) covers 1,000, 10,000 and 100,000 items: about 15 minutes on its own.
+  Benchmark 7 (deployment) starts scripts/cluster.sh twice (one Celery worker, then two): about 5 minutes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "performance.md"
 QUICK = "--quick" in sys.argv
-ALL = {1, 2, 3, 4, 5, 6}
+ALL = {1, 2, 3, 4, 5, 6, 7}
 ONLY = {int(n) for n in sys.argv[sys.argv.index("--only") + 1].split(",")} if "--only" in sys.argv else ALL
 KEY = "bench-key-not-secret"
 
@@ -282,7 +283,8 @@ def run_scale(n: int, out: str) -> dict[str, Any]:
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - started
-    run = json.loads(output.strip().splitlines()[-1])
+    mark = "CUTOUT-TEST-RUN "  # tests.run_dag.MARK: the line with the run's outcome
+    run = json.loads(next(line for line in reversed(output.splitlines()) if line.startswith(mark))[len(mark):])
     assert run["state"] == "success", run
     return {"summary": run["summaries"][0], "cpu": usage.ru_utime + usage.ru_stime, "wall": wall}
 
@@ -340,6 +342,42 @@ def bench_scale() -> list[dict[str, Any]]:
     }]
 
 
+def bench_cluster() -> list[dict[str, Any]]:
+    """The chunked catalog on the whole deployment (scripts/cluster.sh: Postgres, Redis, scheduler, Celery
+    workers), triggered through the REST API: wall time with one worker and with two."""
+    sys.path.insert(0, str(ROOT))
+    from tests.cluster_client import running_cluster
+
+    # chunks of N / (2 workers x slots): one chunk per slot with two workers, two waves with one
+    n, chunk, latency, per_chunk, slots = (240, 30, 1.0, 4, 4) if QUICK else (960, 120, 1.0, 4, 4)
+    walls: dict[int, float] = {}
+    for workers in (1, 2):
+        with tempfile.TemporaryDirectory() as folder, running_cluster(
+                Path(folder), workers, CUTOUT_POOL_SLOTS="64", AIRFLOW__CELERY__WORKER_CONCURRENCY=str(slots),
+                CUTOUT_SANDBOX_ARGS="--latency-only --balance 100000000") as cluster:
+            cluster.reset(latency=latency)
+            started = time.perf_counter()
+            run = cluster.trigger(Path(folder) / "out", n=n, chunk_size=chunk)
+            assert cluster.wait(run, timeout=1800) == "success"
+            walls[workers] = time.perf_counter() - started
+            assert cluster.ledger()["charges"] == n and set(cluster.charges().values()) == {1}
+    ideal = {w: n * latency / (w * slots * per_chunk) for w in walls}
+    speedup, overhead = walls[1] / walls[2], walls[2] / ideal[2]
+    detail = (f"{n:,} items in chunks of {chunk}, max_concurrency {per_chunk} per chunk, {slots} task slots per "
+              f"worker, sandbox latency {latency} s; wall from the REST trigger to the run's success: "
+              f"1 worker {walls[1]:.0f} s (ideal {ideal[1]:.0f} s), "
+              f"2 workers {walls[2]:.0f} s (ideal {ideal[2]:.0f} s)")
+    return [{
+        "name": "10. deployment", "metric": "2 Celery workers / 1: speed-up of the chunked catalog",
+        "value": f"{speedup:.2f} x", "target": ">= 1.6 x", "passed": speedup >= 1.6, "detail": detail,
+    }, {
+        "name": "11. deployment", "metric": "wall time / ideal, 2 workers, whole deployment",
+        "value": round(overhead, 2), "target": "<= 1.5", "passed": overhead <= 1.5,
+        "detail": "ideal = N x latency / (workers x slots x max_concurrency); the rest is scheduling, task "
+                  "start-up and the catalog task",
+    }]
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -393,6 +431,9 @@ def main() -> int:
         keep(bench_store())
     if 6 in ONLY:
         for result in bench_scale():
+            keep(result)
+    if 7 in ONLY:
+        for result in bench_cluster():
             keep(result)
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
               "quick": QUICK, "results": results}

@@ -31,7 +31,9 @@ with DAG(
         return [{"items": chunk, "resend_in_doubt": bool(params["resend_in_doubt"])}
                 for chunk in chunk_items(items, int(params["chunk_size"]))]
 
+    # [START howto_cutout_pool]
     CutoutBatchImageEditOperator.partial(
         task_id="refresh_chunk", output_dir="{{ params.out }}/", prompt="grayscale", max_concurrency=4,
         pool="cutout_api", progress_interval=2.0, heartbeat_timeout=30.0,
     ).expand_kwargs(chunks())
+    # [END howto_cutout_pool]
