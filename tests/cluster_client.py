@@ -36,14 +36,24 @@ class Cluster:
         body = {"logical_date": None, "conf": {"out": str(out), **conf}}
         return str(self.call("POST", f"/dags/{DAG_ID}/dagRuns", json=body)["dag_run_id"])
 
-    def wait(self, run_id: str, timeout: float = 300) -> str:
+    def wait(self, run_id: str, timeout: float = 300, dag_id: str = DAG_ID) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            state = self.call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
+            state = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
             if state in ("success", "failed"):
                 return str(state)
             time.sleep(1)
         raise TimeoutError(f"{run_id} did not finish within {timeout}s; logs in {self.folder}")
+
+    def first_run(self, dag_id: str, timeout: float = 300) -> dict[str, Any]:
+        """The first run the scheduler makes of ``dag_id`` (scheduled, or triggered by an asset), once it ends."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = self.call("GET", f"/dags/{dag_id}/dagRuns")["dag_runs"]
+            if runs and runs[0]["state"] in ("success", "failed"):
+                return dict(runs[0])
+            time.sleep(1)
+        raise TimeoutError(f"no run of {dag_id} ended within {timeout}s; logs in {self.folder}")
 
     def chunks(self, run_id: str) -> list[dict[str, Any]]:
         tis = self.call("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})
@@ -80,6 +90,8 @@ def running_cluster(folder: Path, workers: int = 2, **settings: str) -> Iterator
     dags = folder / "dags"
     dags.mkdir()
     (dags / "cutout_cluster_catalog.py").symlink_to(REPO / "tests" / "cluster_dags" / "cutout_cluster_catalog.py")
+    for example in ("example_cutout_catalog_refresh.py", "example_cutout_publish.py", "catalog"):
+        (dags / example).symlink_to(REPO / "example_dags" / example)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update({
         "CUTOUT_CLUSTER_DIR": str(folder / "state"), "CUTOUT_CLUSTER_DAGS": str(dags),

@@ -61,6 +61,25 @@ def test_two_overlapping_runs_charge_nothing_twice(cluster, tmp_path):
     assert len(entries) == n and {e["status"] for e in entries.values()} == {"stored"}
 
 
+def test_the_refresh_asset_triggers_the_publish_dag_under_the_scheduler(cluster):
+    """The scheduler runs the catalog refresh example once unpaused; its asset event (with the run's
+    counts) triggers example_cutout_publish, which publishes every stored image."""
+    cluster.reset(latency=0.1)
+    for dag_id in ("example_cutout_publish", "example_cutout_catalog_refresh"):
+        cluster.call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+    refresh = cluster.first_run("example_cutout_catalog_refresh")
+    assert refresh["state"] == "success" and refresh["run_type"] == "scheduled"
+    publish = cluster.first_run("example_cutout_publish")
+    assert publish["state"] == "success" and publish["run_type"] == "asset_triggered"
+    published = cluster.call("GET", f"/dags/example_cutout_publish/dagRuns/{publish['dag_run_id']}/taskInstances/"
+                             "publish/xcomEntries/return_value", params={"deserialize": True})["value"]
+    assert published["published"] == 12
+    events = cluster.call("GET", "/assets/events", params={"source_dag_id": "example_cutout_catalog_refresh"})
+    extra = events["asset_events"][0]["extra"]
+    assert extra["edited"] == 12 and extra["credits_spent"] == 48 and extra["output_dir"] == published["folder"]
+    assert cluster.ledger()["charges"] == 12 and set(cluster.charges().values()) == {1}
+
+
 def test_a_worker_killed_mid_run_leaves_nothing_paid_twice(cluster, tmp_path):
     """SIGKILL worker1 with edits in flight: its chunks are retried on worker2, which reports the items
     the dead try may have been charged for as in doubt (by key) and resends none of them; a follow-up run
