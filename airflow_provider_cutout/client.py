@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import hashlib
+import io
 import json
 import logging
 import os
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+import imagesize
 import requests
 import tenacity
 from requests.adapters import HTTPAdapter
@@ -41,7 +44,13 @@ from airflow_provider_cutout.exceptions import (
     ResultDownloadError,
     ServerError,
 )
-from airflow_provider_cutout.models import CreditBalance, ImageEditRequest, ImageEditResult, is_loopback_url
+from airflow_provider_cutout.models import (
+    CreditBalance,
+    ImageEditRequest,
+    ImageEditResult,
+    SourceInfo,
+    is_loopback_url,
+)
 from airflow_provider_cutout.settings import ClientSettings
 
 __all__ = ["ClientSettings", "CutoutClient", "parse_envelope"]
@@ -52,6 +61,7 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 INSUFFICIENT_CREDITS_CODE = 1001
 CHUNK_BYTES = 64 * 1024
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
+SOURCE_HEAD_BYTES = 128 * 1024  # enough for a JPEG's size behind its EXIF and ICC segments
 CHARGED_NOTE = "; the edit may have been charged, check the account before re-running"
 _IMAGE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": ".png", b"\xff\xd8\xff": ".jpg", b"GIF87a": ".gif", b"GIF89a": ".gif"}
 T = TypeVar("T")
@@ -230,6 +240,24 @@ class CutoutClient:
         if not result.image_url:
             raise ServerError("Cutout answered a successful edit without an image URL" + CHARGED_NOTE, **charged)
         return result
+
+    def inspect_source(self, url: str) -> SourceInfo:
+        """Read a source image's headers and first bytes (a ranged GET; a server that ignores ranges is read
+        up to ``SOURCE_HEAD_BYTES`` only), without the API key and without spending anything.
+
+        :param url: the source image's URL, as the API will fetch it.
+        """
+        timeout = (min(self.settings.connect_timeout, self.settings.source_timeout), self.settings.source_timeout)
+        headers = {"Range": f"bytes=0-{SOURCE_HEAD_BYTES - 1}", "Accept": "image/jpeg, image/png"}
+        try:
+            with self._session.get(url, headers=headers, timeout=timeout, stream=True, allow_redirects=True,
+                                   proxies=self._proxies_for(url)) as response:
+                if not 200 <= response.status_code < 300:
+                    return SourceInfo(url, response.status_code)
+                head = _read_head(response, SOURCE_HEAD_BYTES)
+                return _source_info(url, response, head)
+        except requests.RequestException as err:
+            return SourceInfo(url, 0, error=_first_line(err) or type(err).__name__)
 
     def get_credit_balance(self) -> CreditBalance:
         """Return the account's credit balance; costs no credits."""
@@ -420,6 +448,41 @@ def image_extension(head: bytes) -> str | None:
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return ".webp"
     return next((ext for magic, ext in _IMAGE_SIGNATURES.items() if head.startswith(magic)), None)
+
+
+def _read_head(response: requests.Response, limit: int) -> bytes:
+    """At most ``limit`` bytes of a streamed body."""
+    chunks, size = [], 0
+    for chunk in response.iter_content(CHUNK_BYTES):
+        chunks.append(chunk[: limit - size])
+        size += len(chunks[-1])
+        if size >= limit:
+            break
+    return b"".join(chunks)
+
+
+def _source_info(url: str, response: requests.Response, head: bytes) -> SourceInfo:
+    """Format, byte size, pixel size and content version from a source's answer and first bytes."""
+    total = response.headers.get("Content-Range", "").rpartition("/")[2]
+    length = response.headers.get("Content-Length") if response.status_code == 200 else None
+    size = int(total) if total.isdigit() else int(length) if length and length.isdigit() else None
+    if head.startswith(b"\xff\xd8\xff"):
+        kind = "jpeg"
+    elif head.startswith(b"\x89PNG\r\n\x1a\n"):
+        kind = "png"
+    else:
+        content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        kind = "html" if b"<html" in head[:1024].lower() or "html" in content_type else content_type or "unknown"
+    width = height = None
+    if kind in ("jpeg", "png"):
+        try:
+            width, height = imagesize.get(io.BytesIO(head))
+        except (ValueError, OSError, IndexError):  # a header beyond the bytes read
+            pass
+        width, height = (width, height) if width and height and width > 0 and height > 0 else (None, None)
+    etag, modified = response.headers.get("ETag"), response.headers.get("Last-Modified")
+    version = etag or (f"{modified}|{size}" if modified else "sha256:" + hashlib.sha256(head).hexdigest()[:32])
+    return SourceInfo(url, response.status_code, kind, size, width, height, version)
 
 
 def _request_was_sent(err: requests.exceptions.ConnectionError) -> bool:

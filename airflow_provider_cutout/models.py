@@ -33,6 +33,8 @@ __all__ = [
     "ImageEditResult",
     "ModelSpec",
     "SourceImageLimits",
+    "SourceInfo",
+    "source_problems",
     "format_validation_error",
     "is_loopback_url",
 ]
@@ -243,6 +245,72 @@ class ImageEditRequest(BaseModel):
         """sha256 of the canonical payload: equal for equal edits, whatever the key order."""
         canonical = json.dumps(self.payload(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+SOURCE_FORMATS: tuple[str, ...] = ("jpeg", "png")  # what the API fetches, for every model
+_FIX = ("fix the URL, or set check_sources=False if only Cutout.Pro can reach this source (nothing else "
+        "about it is then checked before the edit is paid for)")
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What one source image's first bytes and headers say, read before any credit is spent.
+
+    :param url: the source as given.
+    :param status: the HTTP status (0: no answer).
+    :param format: ``jpeg``, ``png``, or what it looks like instead (``html``, ``unknown``).
+    :param size: bytes, from ``Content-Range`` / ``Content-Length`` (``None``: not said).
+    :param width: pixels, from the image header (``None``: not found in the bytes read).
+    :param height: pixels, likewise.
+    :param version: the content version: the ETag, else Last-Modified and size, else a hash of the bytes read.
+    :param error: why no answer came (a timeout, a refused connection), else ``""``.
+    """
+
+    url: str
+    status: int
+    format: str = "unknown"
+    size: int | None = None
+    width: int | None = None
+    height: int | None = None
+    version: str = ""
+    error: str = ""
+
+
+def source_problems(info: SourceInfo, model: str, where: str) -> list[str]:
+    """The rules a source breaks for ``model`` (reachable, JPEG or PNG, the model's limits), each naming the
+    field, the value, the rule and the fix; empty when it passes."""
+    shown = f"{where}={_shorten(info.url)}"
+    if info.error or not 200 <= info.status < 300:
+        answer = info.error or f"answered HTTP {info.status}"
+        return [f"{shown} could not be read ({answer}): the API fetches it itself and would fail; {_FIX}"]
+    if info.format not in SOURCE_FORMATS:
+        return [f"{shown} is not a JPEG or PNG image (it looks like {info.format}): the API accepts JPEG and PNG "
+                f"sources only; point it at the image itself, or convert the image"]
+    limits = MODELS[model].source_limits
+    if limits is None:
+        return []
+    problems = []
+    if info.size is not None and info.size > limits.max_bytes:
+        problems.append(f"{shown} is {info.size:,} bytes; model={model!r} accepts at most {limits.max_bytes:,}: "
+                        "compress or downscale it")
+    if info.width is None or info.height is None:
+        return [*problems, f"{shown}: its pixel size could not be read from its first bytes, and model={model!r} "
+                           f"limits it; {_FIX}"]
+    w, h = info.width, info.height
+    size = f"{w}x{h}"
+    if w * h < limits.min_pixels:
+        problems.append(f"{shown} is {size} ({w * h:,} pixels); model={model!r} needs at least "
+                        f"{limits.min_pixels:,} pixels (e.g. 1280x720): use a larger image")
+    if max(w, h) > limits.max_side:
+        problems.append(f"{shown} is {size}; model={model!r} accepts at most {limits.max_side} pixels per side: "
+                        "downscale it")
+    if min(w, h) <= limits.min_side_exclusive:
+        problems.append(f"{shown} is {size}; model={model!r} needs both sides over {limits.min_side_exclusive} "
+                        "pixels")
+    if not limits.min_aspect <= w / h <= limits.max_aspect:
+        problems.append(f"{shown} is {size} (aspect {w / h:.2f}); model={model!r} accepts aspect ratios from "
+                        f"{limits.min_aspect:.2f} to {limits.max_aspect:g}: crop it")
+    return problems
 
 
 def format_validation_error(err: ValidationError, *, unknown: str = "is not a known field") -> str:

@@ -44,6 +44,10 @@ class ClientSettings(BaseModel):
                             ge=1)
     max_download_bytes: int = _field(100 * 1024 * 1024, "Largest result (bytes)", "Largest result image the "
                                      "provider will download.", ge=1)
+    check_sources: bool = _field(True, "Check source images first", "Read each source's first bytes before an edit "
+                                 "is paid for (reachable, JPEG or PNG, the model's size limits); operators may "
+                                 "override it.")
+    source_timeout: float = _field(20.0, "Source check timeout (s)", "Seconds one source check may take.", gt=0)
 
     @field_validator("base_url")
     @classmethod

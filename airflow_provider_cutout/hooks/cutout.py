@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -9,7 +11,13 @@ from airflow.sdk import BaseHook
 
 from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError
 from airflow_provider_cutout.get_provider_info import UI_FIELD_BEHAVIOUR
-from airflow_provider_cutout.models import CreditBalance, ImageEditRequest, ImageEditResult
+from airflow_provider_cutout.models import (
+    CreditBalance,
+    ImageEditRequest,
+    ImageEditResult,
+    SourceInfo,
+    source_problems,
+)
 from airflow_provider_cutout.settings import ClientSettings
 from airflow_provider_cutout.urls import normalise_base_url
 
@@ -37,6 +45,7 @@ class CutoutHook(BaseHook):
     def __init__(self, cutout_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cutout_conn_id = cutout_conn_id
+        self._inspected: dict[str, SourceInfo] = {}  # source URL -> what its check found, for this hook's life
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -99,16 +108,52 @@ class CutoutHook(BaseHook):
             raise InvalidInputError(str(err)) from None
 
     def edit_image(
-        self, prompt: str, image_urls: str | list[str], model: str, aspect_ratio: str = "original"
+        self, prompt: str, image_urls: str | list[str], model: str, aspect_ratio: str = "original",
+        *, check_sources: bool | None = None,
     ) -> ImageEditResult:
-        """Validate, then run one edit; costs the model's credits when it succeeds.
+        """Validate (the source images too, unless turned off), then run one edit; costs the model's credits
+        when it succeeds.
 
         :param prompt: what to change in the image(s).
         :param image_urls: one URL or a list of https URLs of JPEG/PNG source images.
         :param model: a model name from ``airflow_provider_cutout.models.MODELS``.
         :param aspect_ratio: ``original``, ``1:1``, ``4:3``, ``3:4``, ``9:16`` or ``16:9``.
+        :param check_sources: read each source's first bytes first; the connection's ``check_sources`` by default.
         """
-        return self.client.edit_image(self.validate(prompt, image_urls, model, aspect_ratio))
+        request = self.validate(prompt, image_urls, model, aspect_ratio)
+        if self.checks_sources(check_sources):
+            self.check_sources({"": request})
+        return self.client.edit_image(request)
+
+    def checks_sources(self, asked: bool | None) -> bool:
+        """Whether sources are checked: ``asked`` when given, else the connection's ``check_sources``."""
+        return self.client.settings.check_sources if asked is None else bool(asked)
+
+    def inspect_sources(self, urls: Iterable[str], *, concurrency: int = 8) -> dict[str, SourceInfo]:
+        """Read each source's headers and first bytes (``concurrency`` at a time; each URL once per hook)."""
+        urls = list(dict.fromkeys(urls))
+        todo = [url for url in urls if url not in self._inspected]
+        if todo:
+            with ThreadPoolExecutor(max(1, min(concurrency, len(todo))), thread_name_prefix="cutout-source") as pool:
+                for info in pool.map(self.client.inspect_source, todo):
+                    self._inspected[info.url] = info
+        return {url: self._inspected[url] for url in urls}
+
+    def check_sources(self, requests: Mapping[str, ImageEditRequest], *, concurrency: int = 8) -> None:
+        """Check the sources of validated edits before anything is paid for: reachable, JPEG or PNG, within
+        their model's limits.
+
+        :param requests: the edits by what names them in errors (an item's ``"item 'key': "``, or ``""``).
+        :raises InvalidInputError: listing every source that fails, each with the rule and the fix.
+        """
+        infos = self.inspect_sources((url for r in requests.values() for url in r.image_urls), concurrency=concurrency)
+        problems = [problem for name, r in requests.items() for i, url in enumerate(r.image_urls)
+                    for problem in source_problems(infos[url], r.model, f"{name}image_urls[{i}]")]
+        if problems:
+            more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+            shown = "\n  ".join(problems[:50]) + more
+            raise InvalidInputError(f"{len(problems)} source image checks failed before anything was paid for; "
+                                    f"nothing was sent:\n  {shown}")
 
     def get_credit_balance(self) -> CreditBalance:
         """Return the account's credit balance (costs nothing)."""

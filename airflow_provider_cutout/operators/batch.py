@@ -87,6 +87,9 @@ class CutoutBatchImageEditOperator(BaseOperator):
     :param heartbeat_timeout: seconds without a heartbeat after which a run on another host counts
         as dead (its claims without a result become in doubt). Keep it well above clock skew.
     :param progress_interval: seconds between progress lines in the log.
+    :param check_sources: read each source image's headers and first bytes before anything is paid for
+        (reachable, JPEG or PNG, the model's limits; every failing item reported at once, nothing sent);
+        the connection's ``check_sources`` (on) by default.
     :param gallery: write the review gallery ``cutout-gallery.html`` into ``output_dir`` at the end of
         each run (from the whole manifest; the "Cutout gallery" link on the task opens it).
     :param gallery_link_expiry: on object storage, show results in the gallery through signed URLs valid
@@ -115,6 +118,7 @@ class CutoutBatchImageEditOperator(BaseOperator):
         claim_wait_timeout: float = 1800.0,
         heartbeat_timeout: float = 120.0,
         progress_interval: float = 10.0,
+        check_sources: bool | None = None,
         gallery: bool = True,
         gallery_link_expiry: int | None = None,
         cutout_conn_id: str = CutoutHook.default_conn_name,
@@ -155,6 +159,7 @@ class CutoutBatchImageEditOperator(BaseOperator):
         self.claim_wait_timeout = claim_wait_timeout
         self.heartbeat_timeout = heartbeat_timeout
         self.progress_interval = progress_interval
+        self.check_sources = check_sources
         self.gallery = gallery
         self.gallery_link_expiry = gallery_link_expiry
         self.gallery_url: str | None = None  # set by execute; read by the extra link

@@ -152,6 +152,7 @@ class BatchRun:
         try:
             try:
                 self.plan()
+                self.inspect_sources()
                 self.check_budget()
                 self.claims.open()
                 try:
@@ -193,6 +194,15 @@ class BatchRun:
             "%d to edit for %d credits", len(self.planned), self.progress.skipped, len(self.to_refetch),
             self.progress.in_doubt, len(self.to_edit), self.cost,
         )
+
+    def inspect_sources(self) -> None:
+        """Check the sources of every item to edit before anything is paid for (all failures at once)."""
+        if self.to_edit and self.hook.checks_sources(self.op.check_sources):
+            started = time.monotonic()
+            self.hook.check_sources({f"item {item.key!r}: ": item.request for item in self.to_edit},
+                                    concurrency=self.op.max_concurrency)
+            self.log.info("Cutout batch: the sources of %d items passed their checks in %.1fs",
+                          len(self.to_edit), time.monotonic() - started)
 
     def check_budget(self) -> None:
         """``max_credits`` and ``check_balance``, before anything is sent."""

@@ -39,6 +39,9 @@ class CutoutImageEditOperator(BaseOperator):
         ``max_download_bytes``, 100 MiB, by default).
     :param force: edit (and pay) again even when ``output_path`` already holds the result of this
         very edit from an earlier run; by default a cleared or re-run task returns that result.
+    :param check_sources: read each source image's headers and first bytes before the edit is paid for
+        (reachable, JPEG or PNG, the model's limits); the connection's ``check_sources`` (on) by default.
+        Turn it off for sources only Cutout.Pro can reach.
     """
 
     template_fields: Sequence[str] = ("prompt", "image_urls", "model", "aspect_ratio", "output_path")
@@ -56,6 +59,7 @@ class CutoutImageEditOperator(BaseOperator):
         output_path: str | None = None,
         max_result_bytes: int | None = None,
         force: bool = False,
+        check_sources: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -67,6 +71,7 @@ class CutoutImageEditOperator(BaseOperator):
         self.output_path = output_path
         self.max_result_bytes = max_result_bytes
         self.force = force
+        self.check_sources = check_sources
         self.result_url: str | None = None  # set by execute; read by the extra link
         self._lineage: tuple[list[str], dict[str, Any]] | None = None  # set by execute
         check_static(
@@ -118,7 +123,12 @@ class CutoutImageEditOperator(BaseOperator):
         return single_edit_lineage(sources, payload.get("stored_path"), payload)
 
     def _edit(self, hook: CutoutHook, request: ImageEditRequest, context: Context) -> dict[str, Any]:
-        """Send the edit and store its copy; the result is in XCom as soon as it is charged."""
+        """Check the sources, send the edit and store its copy; the result is in XCom as soon as it is charged."""
+        if hook.checks_sources(self.check_sources):
+            try:
+                hook.check_sources({"": request})
+            except CutoutError as err:
+                fail_or_retry(err, self.log)
         hook.client.on_retry = metrics.retried
         started = time.monotonic()
         try:

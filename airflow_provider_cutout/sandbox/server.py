@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import ipaddress
 import json
 import mimetypes
+import re
 import select
 import socket
 import sys
@@ -211,6 +213,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
                 self._sample(path.removeprefix("/samples/"), parse_qs(parts.query))
             elif method == "GET" and path.startswith("/images/"):
                 self._local_image(path.removeprefix("/images/"))
+            elif method == "GET" and path.startswith("/pages/"):
+                self._page(path.removeprefix("/pages/"))
             elif path.startswith("/__sandbox__/"):
                 self._admin(method, path.removeprefix("/__sandbox__/"), body)
             else:
@@ -384,8 +388,30 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self._send(200, data, "image/png")
 
     def _sample(self, name: str, query: dict[str, list[str]]) -> None:
+        """A sample image as a CDN serves it: an ETag, ``Range`` honoured (unless ``norange=1``), and an
+        optional ``delay=S`` before answering (a slow source)."""
         data, content_type = self._sample_bytes(name, query)
-        self._send(200, data, content_type)
+        time.sleep(min(float(query.get("delay", ["0"])[0] or 0), 60.0))
+        self._send_ranged(data, content_type, ranges="norange" not in query)
+
+    def _send_ranged(self, data: bytes, content_type: str, *, ranges: bool) -> None:
+        headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()[:16]}"'}
+        wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "") if ranges else None
+        if ranges:
+            headers["Accept-Ranges"] = "bytes"
+        if wanted and int(wanted.group(1)) < len(data):
+            start = int(wanted.group(1))
+            end = min(int(wanted.group(2) or len(data) - 1), len(data) - 1)
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+            self._send(206, data[start : end + 1], content_type, headers)
+        else:
+            self._send(200, data, content_type, headers)
+
+    def _page(self, name: str) -> None:
+        """An HTML page where an image was expected: what a private bucket's sign-in redirect serves."""
+        if name != "login.html":
+            raise EnvelopeError(404, 404, f"No page {name}; pages: login.html")
+        self._send(200, b"<!DOCTYPE html><html><body><form>Sign in</form></body></html>", "text/html")
 
     @staticmethod
     def _sample_bytes(name: str, query: dict[str, list[str]]) -> tuple[bytes, str]:

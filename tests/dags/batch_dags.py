@@ -66,3 +66,18 @@ with DAG("t_batch_shared_chunks", schedule=None, start_date=START, params=PARAMS
     ).expand(items=chunks_sharing_item_0(make_items()))
 impatient = batch_dag("t_batch_impatient", claim_wait_timeout=1.0)
 signed_gallery = batch_dag("t_batch_signed_gallery", gallery_link_expiry=900)
+
+
+with DAG("t_batch_sources", schedule=None, start_date=START, params={"out": "/tmp/unused", "check": True}) as sources:
+    @task
+    def items_with_bad_sources() -> list[dict]:
+        base = CutoutHook().base_url
+        return [
+            {"key": "good", "image_urls": [f"{base}/samples/mug.jpg?w=1280&h=960"]},
+            {"key": "login-page", "image_urls": [f"{base}/pages/login.html"]},
+            {"key": "gone", "image_urls": [f"{base}/samples/nothing.png"]},
+            {"key": "too-small", "image_urls": [f"{base}/samples/lamp.png?w=100&h=100"], "model": "seedream-4.0"},
+        ]
+
+    CutoutBatchImageEditOperator(task_id="batch", items=items_with_bad_sources(), output_dir="{{ params.out }}/",
+                                 prompt="grayscale")

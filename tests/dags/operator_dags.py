@@ -85,3 +85,7 @@ stored_forced = stored_dag("t_stored_forced", force=True)
 with DAG("t_single_stored_edit", schedule=None, start_date=START, params={"out": "/tmp/unused"}) as stored_edit:
     CutoutImageEditOperator(task_id="edit", prompt="grayscale", image_urls=sample_urls(["mug"]), model="gpt-image-1",
                             output_path="{{ params.out }}/")
+
+with DAG("t_single_source", schedule=None, start_date=START, params={"url": "", "model": "seedream-4.0"}) as one_source:
+    CutoutImageEditOperator(task_id="edit", prompt="grayscale", image_urls="{{ params.url }}",
+                            model="{{ params.model }}")

@@ -1,0 +1,96 @@
+"""Source images checked before anything is paid for: real HTTP to the sandbox's sample server (ranges,
+ETags, a server that ignores Range, a slow one, an HTML page, a 404, images too small for seedream),
+through the hook, the single-edit operator and the batch; every rejection leaves 0 edit calls in the ledger."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from airflow_provider_cutout import exceptions as exc
+from airflow_provider_cutout.hooks.cutout import CutoutHook
+from airflow_provider_cutout.models import SourceInfo, source_problems
+from tests.conftest import states
+
+
+def test_a_source_is_read_by_a_ranged_get_with_its_version(sandbox):
+    hook = CutoutHook()
+    info = hook.client.inspect_source(sandbox.sample("mug", "png", w=1280, h=960))
+    assert (info.status, info.format, info.width, info.height) == (206, "png", 1280, 960)
+    assert info.size and info.size > 1000 and info.version.startswith('"')  # the ETag
+    again = hook.client.inspect_source(sandbox.sample("mug", "png", w=1280, h=960))
+    other = hook.client.inspect_source(sandbox.sample("mug", "png", w=1280, h=961))
+    assert again.version == info.version != other.version
+
+
+def test_a_server_that_ignores_range_is_read_only_as_far_as_needed(sandbox):
+    info = CutoutHook().client.inspect_source(sandbox.sample("chair", "jpg", w=1600, h=1200, norange=1))
+    assert (info.status, info.format, info.width, info.height) == (200, "jpeg", 1600, 1200)
+    assert info.size and info.version
+
+
+@pytest.mark.parametrize("url, model, fragment", [
+    ("{base}/pages/login.html", "gpt-image-1", "is not a JPEG or PNG image (it looks like html)"),
+    ("{base}/samples/nothing.png", "gpt-image-1", "could not be read (answered HTTP 404)"),
+    ("{base}/samples/lamp.png?w=100&h=100", "seedream-4.0", "needs at least 921,600 pixels"),
+    ("{base}/samples/lamp.png?w=3000&h=600", "seedream-4.0", "accepts aspect ratios from 0.33 to 3"),
+])
+def test_the_hook_rejects_a_bad_source_before_any_call(sandbox, url, model, fragment):
+    with pytest.raises(exc.InvalidInputError) as info:
+        CutoutHook().edit_image("grayscale", [url.format(base=sandbox.url)], model)
+    assert fragment in str(info.value) and "image_urls[0]=" in str(info.value), str(info.value)
+    assert "nothing was sent" in str(info.value)
+    assert sandbox.ledger()["edit_calls"] == 0
+
+
+def test_a_slow_source_is_bounded_by_the_source_timeout(sandbox, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_CUTOUT_DEFAULT", sandbox.conn_json(source_timeout=0.5))
+    started = time.monotonic()
+    with pytest.raises(exc.InvalidInputError, match="could not be read"):
+        CutoutHook().edit_image("grayscale", [sandbox.sample("mug", "png", delay=5)], "gpt-image-1")
+    assert time.monotonic() - started < 4 and sandbox.ledger()["edit_calls"] == 0
+
+
+def test_good_sources_pass_and_check_sources_off_sends_as_before(sandbox, monkeypatch):
+    CutoutHook().edit_image("grayscale", [sandbox.sample("bottle", "jpg", w=1280, h=720, norange=1)], "seedream-4.0")
+    assert sandbox.ledger()["charges"] == 1
+    with pytest.raises(exc.CutoutAPIError):  # unchecked, the API itself fails to fetch it (and charges nothing)
+        CutoutHook().edit_image("grayscale", [f"{sandbox.url}/samples/nothing.png"], "gpt-image-1",
+                                check_sources=False)
+    assert sandbox.ledger()["edit_calls"] == 2
+    monkeypatch.setenv("AIRFLOW_CONN_CUTOUT_DEFAULT", sandbox.conn_json(check_sources=False))
+    assert CutoutHook().checks_sources(None) is False and CutoutHook().checks_sources(True) is True
+
+
+def test_the_single_edit_operator_fails_on_a_small_seedream_source_with_no_call(sandbox, airflow_db):
+    from tests.dags.operator_dags import one_source
+
+    dr = one_source.test(run_conf={"url": sandbox.sample("lamp", "png", w=640, h=480), "model": "seedream-4.0"})
+    assert states(dr)["edit"] == [("failed", 1)]  # invalid input: no Airflow retry either
+    assert sandbox.ledger()["edit_calls"] == 0
+
+
+def test_the_batch_reports_every_bad_source_at_once_and_sends_nothing(sandbox, airflow_db, tmp_path, capfd):
+    from tests.dags.batch_dags import sources
+
+    dr = sources.test(run_conf={"out": str(tmp_path)})
+    assert states(dr)["batch"] == [("failed", 1)]
+    err = capfd.readouterr()
+    text = err.out + err.err
+    assert "3 source image checks failed" in text
+    for key in ("login-page", "gone", "too-small"):
+        assert f"item '{key}': image_urls[0]=" in text
+    assert "item 'good'" not in text.split("3 source image checks failed")[1].split("\n\n")[0]
+    assert sandbox.ledger()["edit_calls"] == 0
+
+
+def test_rules_name_field_value_rule_and_fix():
+    tiny = SourceInfo("https://cdn/x.png", 200, "png", 2000, 10, 10, '"v"')
+    problems = source_problems(tiny, "seedream-4.0", "image_urls[1]")
+    assert len(problems) == 2 and all(p.startswith("image_urls[1]='https://cdn/x.png'") for p in problems)
+    assert "10x10 (100 pixels)" in problems[0] and "over 14 pixels" in problems[1]
+    assert source_problems(tiny, "gpt-image-1", "image_urls[0]") == []  # no pixel limits for that model
+    huge = SourceInfo("https://cdn/y.jpg", 206, "jpeg", 11 * 1024 * 1024, 7000, 5000, '"v"')
+    text = " ".join(source_problems(huge, "seedream-4.0", "image_urls[0]"))
+    assert "at most 10,485,760" in text and "at most 6000 pixels per side" in text
