@@ -8,6 +8,7 @@ Usage: python scripts/bench.py [--quick] [--only 1,3]
   --quick: fewer items and rounds, for a smoke run; --only: run just these benchmarks (no report written)
   Benchmark 6 (catalog scale) covers 1,000, 10,000 and 100,000 items: about 15 minutes on its own.
   Benchmark 7 (deployment) starts scripts/cluster.sh twice (one Celery worker, then two): about 5 minutes.
+  Benchmark 8 (source checks): a 1,000-item batch with check_sources on and off, alternating.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "performance.md"
 QUICK = "--quick" in sys.argv
-ALL = {1, 2, 3, 4, 5, 6, 7}
+ALL = {1, 2, 3, 4, 5, 6, 7, 8}
 ONLY = {int(n) for n in sys.argv[sys.argv.index("--only") + 1].split(",")} if "--only" in sys.argv else ALL
 KEY = "bench-key-not-secret"
 
@@ -77,11 +78,11 @@ def items(sandbox: Sandbox, n: int) -> list[dict[str, Any]]:
              "image_urls": [f"{sandbox.url}/samples/mug.png?w={16 + i % 100}&h={16 + i // 100}"]} for i in range(n)]
 
 
-def run_batch(sandbox: Sandbox, n: int, concurrency: int, out: str) -> float:
+def run_batch(sandbox: Sandbox, n: int, concurrency: int, out: str, check_sources: bool = True) -> float:
     from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator
 
     op = CutoutBatchImageEditOperator(task_id="bench", items=items(sandbox, n), output_dir=out,
-                                      max_concurrency=concurrency, progress_interval=60)
+                                      max_concurrency=concurrency, progress_interval=60, check_sources=check_sources)
     started = time.perf_counter()
     summary = op.execute({"ti": SimpleNamespace(map_index=-1)})  # type: ignore[arg-type]
     elapsed = time.perf_counter() - started
@@ -107,6 +108,41 @@ def bench_batch(latency_sandbox: Sandbox) -> tuple[dict[str, Any], float]:
                   f"{wall:.1f} s of {len(walls)} runs vs ideal {ideal:.1f} s; sandbox in its own process with small "
                   "images (16-115 px samples), no latency-only shortcut needed",
     }, wall / n
+
+
+def bench_sources(latency_sandbox: Sandbox) -> list[dict[str, Any]]:
+    """Source checks: their cost per source, and what they add to a batch's wall time."""
+    from airflow_provider_cutout.hooks.cutout import CutoutHook
+
+    n, concurrency, rounds = (200, 32, 1) if QUICK else (1000, 32, 3)
+    latency_sandbox.use(pool_size=concurrency)
+    urls = [item["image_urls"][0] for item in items(latency_sandbox, n)]
+    hook = CutoutHook()
+    cpu, started = time.process_time(), time.perf_counter()
+    infos = hook.inspect_sources(urls, concurrency=concurrency)
+    per_source_ms = (time.perf_counter() - started) / n * 1000
+    cpu_ms = (time.process_time() - cpu) / n * 1000
+    hook.close()
+    assert all(info.status == 206 and info.width for info in infos.values())
+    walls: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(rounds):
+        for check in (False, True):  # alternating, so drift hits both alike
+            latency_sandbox.reset()
+            with tempfile.TemporaryDirectory() as out:
+                walls[check].append(run_batch(latency_sandbox, n, concurrency, out + "/", check_sources=check))
+    on, off = statistics.median(walls[True]), statistics.median(walls[False])
+    added = (on - off) / off
+    return [{
+        "name": "12. source checks", "metric": f"added wall time of a {n:,}-item batch, check_sources on vs off",
+        "value": f"{added * 100:.1f} %", "target": "<= 10 %", "passed": added <= 0.10,
+        "detail": f"median of {rounds} alternating runs each: on {on:.1f} s, off {off:.1f} s; 0.5 s edit latency, "
+                  f"max_concurrency {concurrency} (the checks run {concurrency} at a time)",
+    }, {
+        "name": "13. source checks", "metric": "cost per source (wall ms at 32 at a time; client CPU ms)",
+        "value": f"{per_source_ms:.2f}; {cpu_ms:.2f}", "target": "context", "passed": True,
+        "detail": f"CutoutHook.inspect_sources over {n:,} sandbox samples: one ranged GET each (206, first 128 KiB), "
+                  "format, byte and pixel size, ETag",
+    }]
 
 
 def bench_mapped(latency_sandbox: Sandbox, batch_per_item: float) -> dict[str, Any]:
@@ -409,14 +445,18 @@ def main() -> int:
         results.append(result)
         print(json.dumps(result), flush=True)
 
-    if ONLY & {1, 2}:
+    if ONLY & {1, 2, 8}:
         latency_sandbox = Sandbox("--latency", "0.5")
         try:
-            batch, per_item = bench_batch(latency_sandbox)
-            if 1 in ONLY:
-                keep(batch)
-            if 2 in ONLY:
-                keep(bench_mapped(latency_sandbox, per_item))
+            if ONLY & {1, 2}:
+                batch, per_item = bench_batch(latency_sandbox)
+                if 1 in ONLY:
+                    keep(batch)
+                if 2 in ONLY:
+                    keep(bench_mapped(latency_sandbox, per_item))
+            if 8 in ONLY:
+                for result in bench_sources(latency_sandbox):
+                    keep(result)
         finally:
             latency_sandbox.stop()
     if 3 in ONLY:
