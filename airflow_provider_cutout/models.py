@@ -132,6 +132,8 @@ class ImageEditRequest(BaseModel):
     image_urls: tuple[str, ...]
     model: str
     aspect_ratio: str = "original"
+    #: the content version of each source (from the source checks); part of the fingerprint, never sent
+    source_versions: tuple[str, ...] = ()
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -242,9 +244,24 @@ class ImageEditRequest(BaseModel):
 
     @property
     def fingerprint(self) -> str:
-        """sha256 of the canonical payload: equal for equal edits, whatever the key order."""
-        canonical = json.dumps(self.payload(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        """sha256 of the canonical payload and the sources' versions: equal for equal edits of the same
+        source images, whatever the key order; a photo replaced under the same URL changes it."""
+        body = self.payload()
+        if self.source_versions:
+            body["sourceVersions"] = list(self.source_versions)
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    @property
+    def unversioned_fingerprint(self) -> str:
+        """The fingerprint without the sources' versions: how edits were keyed before versions (and are
+        with ``check_sources`` off)."""
+        return self.model_copy(update={"source_versions": ()}).fingerprint
+
+    def with_versions(self, versions: dict[str, str]) -> ImageEditRequest:
+        """This request with its sources' versions (``url -> version``); unchanged when any is unknown."""
+        found = tuple(versions.get(url, "") for url in self.image_urls)
+        return self.model_copy(update={"source_versions": found}) if all(found) else self
 
 
 SOURCE_FORMATS: tuple[str, ...] = ("jpeg", "png")  # what the API fetches, for every model

@@ -156,7 +156,9 @@ def test_an_item_held_by_a_live_run_is_waited_for_then_named_then_in_doubt(sandb
     from tests.dags.batch_dags import impatient
 
     conf = {"n": 3, "out": str(tmp_path), "changed": "", "invalid": False}
-    held = CutoutHook().validate("grayscale", [f"{sandbox.url}/samples/mug.png?w=40&h=30"], "gpt-image-1")
+    hook = CutoutHook()
+    held = hook.validate("grayscale", [f"{sandbox.url}/samples/mug.png?w=40&h=30"], "gpt-image-1")
+    held = hook.with_versions([held])[0]  # as the batch keys it
     other = Claims(ObjectStoragePath(f"{tmp_path}/"), Owner(token="other-run", dag_id="other_dag", run_id="r1",
                                                             task_id="t", host=socket.gethostname(), pid=os.getpid()))
     other.open()
@@ -167,7 +169,7 @@ def test_an_item_held_by_a_live_run_is_waited_for_then_named_then_in_doubt(sandb
     assert "1 items are still held by other runs after claim_wait_timeout=1s" in text
     assert "item-0 (held by dag_id=other_dag run_id=r1 task_id=t" in text
     paid = sandbox.ledger()["by_fingerprint"]
-    assert held.fingerprint not in paid and len(paid) == 2 and {v["charges"] for v in paid.values()} == {1}
+    assert held.unversioned_fingerprint not in paid and len(paid) == 2 and {v["charges"] for v in paid.values()} == {1}
 
     other.close()  # the other run ends without a result for item-0: it is in doubt, and named
     dr = impatient.test(run_conf=conf)

@@ -94,3 +94,65 @@ def test_rules_name_field_value_rule_and_fix():
     huge = SourceInfo("https://cdn/y.jpg", 206, "jpeg", 11 * 1024 * 1024, 7000, 5000, '"v"')
     text = " ".join(source_problems(huge, "seedream-4.0", "image_urls[0]"))
     assert "at most 10,485,760" in text and "at most 6000 pixels per side" in text
+
+
+# -- versions: a photo replaced under the same URL is a new edit --------------------------------
+
+def conf(out, n: int) -> dict:
+    return {"n": n, "out": str(out), "changed": "", "invalid": False}
+
+
+def change_photo(sandbox, name: str, w: int, h: int) -> None:
+    import requests
+
+    requests.post(f"{sandbox.url}/__sandbox__/photos", json={"name": name, "w": w, "h": h, "version": 2},
+                  timeout=5).raise_for_status()
+
+
+def summary_of(dr) -> dict:
+    from tests.conftest import xcoms
+
+    return xcoms(dr, "batch")[-1]
+
+
+def test_a_rerun_after_two_photos_changed_edits_exactly_those_two(sandbox, airflow_db, tmp_path):
+    from airflow_provider_cutout.manifest import read_manifest
+    from tests.dags.batch_dags import batch
+
+    assert summary_of(batch.test(run_conf=conf(tmp_path, 10)))["edited"] == 10
+    before = read_manifest(tmp_path)
+    change_photo(sandbox, "chair.png", 43, 30)  # item-3's source
+    change_photo(sandbox, "sneaker.png", 47, 30)  # item-7's source
+    again = summary_of(batch.test(run_conf=conf(tmp_path, 10)))
+    assert (again["edited"], again["skipped"]) == (2, 8)
+    ledger = sandbox.ledger()
+    per_payload = sorted(v["charges"] for v in ledger["by_fingerprint"].values())
+    assert ledger["charges"] == 12 and per_payload == [1] * 8 + [2] * 2  # the same URLs, paid again once
+    after = read_manifest(tmp_path)
+    changed = {key for key in after if after[key]["source_versions"] != before[key]["source_versions"]}
+    assert changed == {"item-3", "item-7"} and {e["status"] for e in after.values()} == {"stored"}
+    third = summary_of(batch.test(run_conf=conf(tmp_path, 10)))
+    assert third["skipped"] == 10 and sandbox.ledger()["charges"] == 12
+
+
+def test_items_stored_before_versions_are_adopted_once_then_changes_count(sandbox, airflow_db, tmp_path):
+    from tests.dags.batch_dags import batch, unchecked
+
+    assert summary_of(unchecked.test(run_conf=conf(tmp_path, 5)))["edited"] == 5  # keyed as before versions
+    adopted = summary_of(batch.test(run_conf=conf(tmp_path, 5)))
+    assert adopted["skipped"] == 5 and sandbox.ledger()["charges"] == 5  # unchanged items stay free
+    change_photo(sandbox, "sneaker.png", 41, 30)  # item-1's source
+    changed = summary_of(batch.test(run_conf=conf(tmp_path, 5)))
+    assert (changed["edited"], changed["skipped"]) == (1, 4) and sandbox.ledger()["charges"] == 6
+
+
+def test_the_single_edit_operator_edits_again_when_its_photo_changed(sandbox, airflow_db, tmp_path):
+    from tests.conftest import xcoms
+    from tests.dags.operator_dags import stored_edit
+
+    first = xcoms(stored_edit.test(run_conf={"out": str(tmp_path)}), "edit", "cutout_result")[-1]
+    same = xcoms(stored_edit.test(run_conf={"out": str(tmp_path)}), "edit", "cutout_result")[-1]
+    assert same["id"] == first["id"] and sandbox.ledger()["charges"] == 1  # unchanged: the stored result
+    change_photo(sandbox, "mug.jpg", 120, 90)
+    changed = xcoms(stored_edit.test(run_conf={"out": str(tmp_path)}), "edit", "cutout_result")[-1]
+    assert changed["id"] != first["id"] and sandbox.ledger()["charges"] == 2

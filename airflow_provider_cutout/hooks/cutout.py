@@ -139,6 +139,14 @@ class CutoutHook(BaseHook):
                     self._inspected[info.url] = info
         return {url: self._inspected[url] for url in urls}
 
+    def with_versions(self, requests: list[ImageEditRequest], *, concurrency: int = 8) -> list[ImageEditRequest]:
+        """The requests with their sources' content versions (read by the source checks), so a photo
+        replaced under the same URL makes a new edit; a request with a source that could not be read keeps
+        its unversioned fingerprint."""
+        infos = self.inspect_sources((url for r in requests for url in r.image_urls), concurrency=concurrency)
+        versions = {url: info.version for url, info in infos.items() if 200 <= info.status < 300}
+        return [request.with_versions(versions) for request in requests]
+
     def check_sources(self, requests: Mapping[str, ImageEditRequest], *, concurrency: int = 8) -> None:
         """Check the sources of validated edits before anything is paid for: reachable, JPEG or PNG, within
         their model's limits.

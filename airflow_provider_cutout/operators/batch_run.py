@@ -152,7 +152,7 @@ class BatchRun:
         try:
             try:
                 self.plan()
-                self.inspect_sources()
+                self.check_sources()
                 self.check_budget()
                 self.claims.open()
                 try:
@@ -173,10 +173,16 @@ class BatchRun:
         return self.report()
 
     def plan(self) -> None:
-        """Sort the items by what the manifest says of them; nothing is sent yet."""
+        """Sort the items by what the manifest says of them; nothing is sent yet. With source checks on,
+        each item's fingerprint includes its sources' versions, so a replaced photo is edited again."""
+        if self.hook.checks_sources(self.op.check_sources):
+            requests = self.hook.with_versions([item.request for item in self.planned],
+                                               concurrency=self.op.max_concurrency)
+            for item, request in zip(self.planned, requests, strict=True):
+                item.request = request
         names = set(list_files(self.folder))
         for item in self.planned:
-            entry = self.manifest.get(item.fingerprint)
+            entry = self.manifest.get(item.fingerprint) or self._adopt(item)
             stored = str(entry.get("stored_path") or "") if entry else ""
             action = classify(entry, file_present=stored.rsplit("/", 1)[-1] in names,
                               resend_in_doubt=self.op.resend_in_doubt)
@@ -195,7 +201,20 @@ class BatchRun:
             self.progress.in_doubt, len(self.to_edit), self.cost,
         )
 
-    def inspect_sources(self) -> None:
+    def _adopt(self, item: PlannedEdit) -> dict[str, Any] | None:
+        """An item stored before source versions counted (or with source checks off) is taken as unchanged
+        once, and recorded under the versions seen now, so a later change of its photo is edited again."""
+        if not item.request.source_versions:
+            return None
+        old = self.manifest.get(item.request.unversioned_fingerprint)
+        if old is None or old.get("status") != STORED or old.get("adopted_by"):
+            return None  # adopted once already: a new version now is a changed photo
+        adopted = {**old, "fingerprint": item.fingerprint, "source_versions": list(item.request.source_versions)}
+        self.manifest.record(adopted)
+        self.manifest.record({**old, "adopted_by": item.fingerprint})
+        return adopted
+
+    def check_sources(self) -> None:
         """Check the sources of every item to edit before anything is paid for (all failures at once)."""
         if self.to_edit and self.hook.checks_sources(self.op.check_sources):
             started = time.monotonic()
@@ -485,4 +504,5 @@ class BatchRun:
     def _base_entry(item: PlannedEdit) -> dict[str, Any]:
         req = item.request
         return {"key": item.key, "fingerprint": item.fingerprint, "prompt": req.prompt, "model": req.model,
-                "aspect_ratio": req.aspect_ratio, "image_urls": list(req.image_urls)}
+                "aspect_ratio": req.aspect_ratio, "image_urls": list(req.image_urls),
+                "source_versions": list(req.source_versions)}

@@ -87,16 +87,15 @@ class CutoutImageEditOperator(BaseOperator):
     def execute(self, context: Context) -> str:
         """Validate the rendered values; return the stored result of this very edit if an earlier run
         kept it at ``output_path`` (unless ``force``); else edit, store the copy if asked, push the result."""
-        from airflow_provider_cutout.storage import find_stored_edit
-
         hook = self.hook
         try:
             try:
                 request = hook.validate(self.prompt, as_list(self.image_urls), self.model, self.aspect_ratio)
             except CutoutError as err:
                 fail_or_retry(err, self.log)
-            stored = None if self.force or not self.output_path else find_stored_edit(
-                self.output_path, request.fingerprint)
+            if hook.checks_sources(self.check_sources):
+                request = hook.with_versions([request])[0]  # a replaced photo is a new edit
+            stored = None if self.force or not self.output_path else self._stored(request)
             if stored is not None:
                 self.log.info("Cutout edit already stored at %s by an earlier run (id=%s): nothing sent, nothing "
                               "spent. Set force=True to edit again.", stored["stored_path"], stored["id"])
@@ -109,6 +108,21 @@ class CutoutImageEditOperator(BaseOperator):
             return str(payload["image_url"])
         finally:
             hook.close()
+
+    def _stored(self, request: ImageEditRequest) -> dict[str, Any] | None:
+        """This edit's result from an earlier run; one stored before source versions counted is adopted for
+        the versions seen now (so a later change of the photo is edited again)."""
+        from airflow_provider_cutout.storage import find_stored_edit, remember_stored_edit
+
+        stored = find_stored_edit(self.output_path, request.fingerprint)
+        if stored is None and request.source_versions:
+            old = find_stored_edit(self.output_path, request.unversioned_fingerprint)
+            if old is not None and not old.get("adopted_by"):  # adopted once: a new version is a changed photo
+                stored = {k: v for k, v in old.items() if k != "adopted_by"}
+                remember_stored_edit(self.output_path, request.fingerprint, stored)
+                remember_stored_edit(self.output_path, request.unversioned_fingerprint,
+                                     {**stored, "adopted_by": request.fingerprint})
+        return stored
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """Lineage (openlineage provider): the source images in, the stored copy out, model, credits and

@@ -153,8 +153,9 @@ SAMPLE_COLOURS = {
 
 
 @lru_cache(maxsize=64)
-def sample_image(name: str, width: int = 1280, height: int = 960, fmt: str = "png") -> bytes:
-    """A synthetic product photo: a plain backdrop and a coloured object (deterministic)."""
+def sample_image(name: str, width: int = 1280, height: int = 960, fmt: str = "png", version: int = 1) -> bytes:
+    """A synthetic product photo: a plain backdrop and a coloured object (deterministic); a ``version``
+    above 1 adds a mark in a corner, as a photo replaced under the same URL."""
     background, colour = SAMPLE_COLOURS[name]
     img = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(img)
@@ -166,6 +167,8 @@ def sample_image(name: str, width: int = 1280, height: int = 960, fmt: str = "pn
     else:
         draw.polygon([(cx - r, cy + r), (cx + r, cy + r), (cx, cy - r)], fill=colour)
     draw.rectangle((cx - r // 4, cy - r // 8, cx + r // 4, cy + r // 8), fill=(250, 250, 250))
+    if version > 1:
+        draw.rectangle((0, 0, max(1, width // 8), max(1, height // 8)), fill=((version * 67) % 256, 40, 90))
     out = io.BytesIO()
     img.save(out, format="JPEG" if fmt in ("jpg", "jpeg") else "PNG", quality=90)
     return out.getvalue()

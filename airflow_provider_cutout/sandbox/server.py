@@ -413,8 +413,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
             raise EnvelopeError(404, 404, f"No page {name}; pages: login.html")
         self._send(200, b"<!DOCTYPE html><html><body><form>Sign in</form></body></html>", "text/html")
 
-    @staticmethod
-    def _sample_bytes(name: str, query: dict[str, list[str]]) -> tuple[bytes, str]:
+    def _sample_bytes(self, name: str, query: dict[str, list[str]]) -> tuple[bytes, str]:
         stem, _, ext = name.partition(".")
         if stem not in edits.SAMPLE_COLOURS or ext not in ("png", "jpg"):
             raise EnvelopeError(404, 404, f"No sample {name}; samples: {', '.join(edits.SAMPLE_COLOURS)} (.png/.jpg)")
@@ -425,7 +424,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
             raise EnvelopeError(400, 400, "w and h must be integers") from None
         if not (1 <= w <= 8000 and 1 <= h <= 8000):
             raise EnvelopeError(400, 400, "w and h must be between 1 and 8000")
-        return edits.sample_image(stem, w, h, ext), "image/jpeg" if ext == "jpg" else "image/png"
+        version = self.state.photo_versions.get(f"{name}?w={w}&h={h}", 1)
+        return edits.sample_image(stem, w, h, ext, version), "image/jpeg" if ext == "jpg" else "image/png"
 
     def _local_image(self, name: str) -> None:
         self._send(200, *self._local_image_bytes(name))
@@ -465,6 +465,12 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self._json(200, {"ok": True})
         elif method == "GET" and name == "faults":
             self._json(200, {"faults": [vars(f) for f in self.state.faults]})
+        elif method == "POST" and name == "photos":  # {"name": "mug.png", "w": 40, "h": 30, "version": 2}
+            body = json.loads(raw or b"{}")
+            key = f"{body['name']}?w={int(body.get('w', 1280))}&h={int(body.get('h', 960))}"
+            with self.state.lock:
+                self.state.photo_versions[key] = int(body.get("version", 2))
+            self._json(200, {"photo": key, "version": self.state.photo_versions[key]})
         elif method == "POST" and name in ("faults", "reset"):
             try:
                 body = json.loads(raw or b"{}")

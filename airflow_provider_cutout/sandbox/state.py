@@ -107,6 +107,7 @@ class SandboxState:
     calls: list[dict[str, Any]] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     results: dict[str, tuple[bytes, float]] = field(default_factory=dict)
+    photo_versions: dict[str, int] = field(default_factory=dict)  # "mug.png?w=40&h=30" -> version (1 by default)
     next_id: int = 789_000_000_000_001
 
     def __post_init__(self) -> None:
@@ -121,6 +122,7 @@ class SandboxState:
             self.calls.clear()
             self.faults.clear()
             self.results.clear()
+            self.photo_versions.clear()
 
     def add_faults(self, specs: list[dict[str, Any]]) -> list[Fault]:
         """Queue scripted faults (see ``FAULT_KINDS``)."""

@@ -81,3 +81,4 @@ with DAG("t_batch_sources", schedule=None, start_date=START, params={"out": "/tm
 
     CutoutBatchImageEditOperator(task_id="batch", items=items_with_bad_sources(), output_dir="{{ params.out }}/",
                                  prompt="grayscale")
+unchecked = batch_dag("t_batch_unchecked", check_sources=False)
