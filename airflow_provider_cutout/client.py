@@ -217,12 +217,14 @@ class CutoutClient:
 
     # -- API calls -------------------------------------------------------------------------------
 
-    def edit_image(self, request: ImageEditRequest) -> ImageEditResult:
+    def edit_image(self, request: ImageEditRequest, *, source_urls: list[str] | None = None) -> ImageEditResult:
         """Send one edit and return its result; raises ``FailedEditError`` when ``status`` is 0.
 
         :param request: a validated request (see ``ImageEditRequest.build``).
+        :param source_urls: the URLs the API fetches instead of ``request.image_urls`` (signed object URLs).
         """
-        answer = self._with_retries("POST", EDIT_PATH, self._call_api, json=request.payload())
+        payload = request.payload() if source_urls is None else {**request.payload(), "imageUrl": list(source_urls)}
+        answer = self._with_retries("POST", EDIT_PATH, self._call_api, json=payload)
         data, request_id = _parse(answer, edit=True, attempts=answer.attempts)
         where: dict[str, Any] = {"http_status": answer.status_code, "request_id": request_id,
                                  "attempts": answer.attempts}

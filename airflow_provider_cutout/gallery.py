@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from airflow_provider_cutout.manifest import EDITED, FAILED, IN_DOUBT, STORED
+from airflow_provider_cutout.models import is_object_store_uri
 from airflow_provider_cutout.storage import is_local, write_whole
 
 GALLERY_NAME = "cutout-gallery.html"
@@ -49,13 +50,16 @@ def gallery_items(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def render_gallery(entries: Iterable[dict[str, Any]], *, title: str, run: dict[str, Any] | None = None,
-                   result_src: Callable[[str], str] | None = None, limit: int = DEFAULT_LIMIT) -> str:
+                   result_src: Callable[[str], str] | None = None,
+                   source_src: Callable[[str], str | None] | None = None, limit: int = DEFAULT_LIMIT) -> str:
     """The gallery page for manifest entries.
 
     :param title: the heading (the output folder).
     :param run: this run's summary, shown above the catalog's counts.
     :param result_src: a function from a stored file's name to the URL the page shows it by (the name
         itself, relative to the page, by default).
+    :param source_src: a function from a source's URL to the URL the page shows it by, ``None`` for none
+        (the source's own URL by default).
     :param limit: the most items shown; every item that needs a look is shown, the stored ones beyond
         the limit are counted, not shown.
     """
@@ -72,7 +76,8 @@ def render_gallery(entries: Iterable[dict[str, Any]], *, title: str, run: dict[s
         f"{run.get('failed', 0)} failed, {run.get('in_doubt', 0)} in doubt, {run.get('credits_spent', 0)} credits.</p>")
     left_out = len(items) - len(shown)
     more = f"<p class='note'>{left_out} more stored items are in the manifest, not shown.</p>" if left_out else ""
-    cards = "\n".join(_card(entry, result_src or (lambda name: name)) for entry in shown)
+    cards = "\n".join(_card(entry, result_src or (lambda name: name), source_src or (lambda url: url))
+                      for entry in shown)
     generated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     return (
         "<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
@@ -84,11 +89,12 @@ def render_gallery(entries: Iterable[dict[str, Any]], *, title: str, run: dict[s
     )
 
 
-def _card(entry: dict[str, Any], result_src: Callable[[str], str]) -> str:
+def _card(entry: dict[str, Any], result_src: Callable[[str], str], source_src: Callable[[str], str | None]) -> str:
     status = entry.get("status", FAILED)
     sources = [str(url) for url in entry.get("image_urls") or []]
-    source = f"<img src='{_e(sources[0])}' alt='source of {_e(entry.get('key'))}' loading='lazy'>" if sources \
-        else "<div class='none'>no source</div>"
+    shown = source_src(sources[0]) if sources else None
+    source = (f"<img src='{_e(shown)}' alt='source of {_e(entry.get('key'))}' loading='lazy'>" if shown
+              else f"<div class='none'>{'source on object storage' if sources else 'no source'}</div>")
     stored = str(entry.get("stored_path") or "").rsplit("/", 1)[-1]
     result = (f"<img src='{_e(result_src(stored))}' alt='result of {_e(entry.get('key'))}' loading='lazy'>"
               if status == STORED and stored else "<div class='none'>no result</div>")
@@ -114,14 +120,22 @@ def write_gallery(folder: Any, entries: Iterable[dict[str, Any]], *, run: dict[s
                   link_expiry: int | None = None, limit: int = DEFAULT_LIMIT) -> Any:
     """Write ``cutout-gallery.html`` into ``folder`` whole, from every manifest entry; return its path.
 
-    :param link_expiry: on object storage, link results by signed URLs valid this many seconds (a browser
-        cannot read ``s3://``); ``None`` links them relative to the page (copy or serve the folder).
+    :param link_expiry: on object storage, link results (and object-store sources) by signed URLs valid this
+        many seconds (a browser cannot read ``s3://``); ``None`` links results relative to the page (copy or
+        serve the folder) and shows no thumbnail for object-store sources.
     """
+    from airflow.sdk import ObjectStoragePath
+
     def signed(name: str) -> str:
         return str((folder / name).sign(expiration=link_expiry))
 
+    def source(url: str) -> str | None:  # a browser cannot read s3://: signed when links are, else none
+        if not is_object_store_uri(url):
+            return url
+        return str(ObjectStoragePath(url).sign(expiration=link_expiry)) if link_expiry is not None else None
+
     result_src = signed if link_expiry is not None and not is_local(folder) else None
     page = folder / GALLERY_NAME
-    write_whole(page, render_gallery(entries, title=str(folder), run=run, result_src=result_src,
+    write_whole(page, render_gallery(entries, title=str(folder), run=run, result_src=result_src, source_src=source,
                                      limit=limit).encode("utf-8"))
     return page

@@ -37,6 +37,7 @@ __all__ = [
     "source_problems",
     "format_validation_error",
     "is_loopback_url",
+    "is_object_store_uri",
 ]
 
 ASPECT_RATIOS: tuple[str, ...] = ("original", "1:1", "4:3", "3:4", "9:16", "16:9")
@@ -92,8 +93,19 @@ def _shorten(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: Object stores whose URIs (``s3://conn_id@bucket/key``) are signed for the API by the hook.
+OBJECT_STORE_SCHEMES: tuple[str, ...] = ("s3", "gs", "gcs", "abfs", "abfss", "az")
+
+
+def is_object_store_uri(url: str) -> bool:
+    """Whether ``url`` names an object in a store the hook signs URLs for."""
+    return urlsplit(url).scheme in OBJECT_STORE_SCHEMES
+
+
 def _check_url(url: str, index: int, allow_http: bool) -> str:
     where = f"image_urls[{index}]"
+    if hasattr(url, "protocol") and hasattr(url, "sign"):  # an ObjectStoragePath
+        url = str(url)
     if not isinstance(url, str):
         raise ValueError(f"{where} must be a string URL, got {type(url).__name__} {_shorten(url)}")
     url = url.strip()
@@ -103,10 +115,18 @@ def _check_url(url: str, index: int, allow_http: bool) -> str:
         _ = parts.port  # raises on a malformed port
     except ValueError as err:
         raise ValueError(f"{where}={_shorten(url)} is not a valid URL ({err})") from None
+    if parts.scheme in OBJECT_STORE_SCHEMES and parts.netloc and parts.path.strip("/"):
+        return url  # signed by the hook just before each use; the URI itself is what is kept and shown
+    if parts.scheme in ("file", "local") or (not parts.scheme and url.startswith("/")):
+        raise ValueError(
+            f"{where}={_shorten(url)} is a local file: the API fetches sources over HTTPS and a local file cannot "
+            "be given a signed URL; put it on S3, GCS or Azure (its URI is signed for the API) or serve it over https"
+        )
     if parts.scheme not in ("http", "https") or not host or any(c.isspace() for c in url):
         raise ValueError(
             f"{where}={_shorten(url)} is not a valid URL: give an absolute https:// URL of a JPEG "
-            "or PNG image, such as 'https://example.com/photo.jpg'"
+            "or PNG image, such as 'https://example.com/photo.jpg', or an object URI such as "
+            "'s3://aws_default@bucket/photo.jpg'"
         )
     if parts.scheme == "http":
         if not (allow_http and is_loopback_url(url)):
@@ -169,7 +189,7 @@ class ImageEditRequest(BaseModel):
     @field_validator("image_urls", mode="before")
     @classmethod
     def _urls(cls, value: Any, info: ValidationInfo) -> tuple[str, ...]:
-        if isinstance(value, str):
+        if isinstance(value, str) or (hasattr(value, "protocol") and hasattr(value, "sign")):
             value = [value]
         if not isinstance(value, (list, tuple)):
             raise ValueError(

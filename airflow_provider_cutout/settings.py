@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from airflow_provider_cutout.exceptions import InvalidInputError
 from airflow_provider_cutout.urls import DEFAULT_BASE_URL, normalise_base_url
@@ -48,6 +48,15 @@ class ClientSettings(BaseModel):
                                  "is paid for (reachable, JPEG or PNG, the model's size limits); operators may "
                                  "override it.")
     source_timeout: float = _field(20.0, "Source check timeout (s)", "Seconds one source check may take.", gt=0)
+    signed_url_expiry: int = _field(3600, "Signed source URL expiry (s)", "Seconds the signed URLs of s3:// and "
+                                    "gs:// sources stay valid; longer than the read timeout.", gt=0)
+
+    @model_validator(mode="after")
+    def _expiry_covers_an_edit(self) -> ClientSettings:
+        if self.signed_url_expiry < self.read_timeout + 60:
+            raise ValueError(f"signed_url_expiry={self.signed_url_expiry} must be at least read_timeout + 60 s "
+                             f"({self.read_timeout + 60:g}): the API fetches signed sources while the edit runs")
+        return self
 
     @field_validator("base_url")
     @classmethod

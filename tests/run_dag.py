@@ -29,11 +29,14 @@ def spawn(dag: str, conf: dict[str, Any], **env: str) -> subprocess.Popen[str]:
     shutil.copy(Path(os.environ["AIRFLOW_HOME"]) / "airflow.db", home / "airflow.db")
     env = {**os.environ, "PYTHONPATH": str(REPO), "AIRFLOW_HOME": str(home),
            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db", **env}
-    return subprocess.Popen([sys.executable, "-m", "tests.run_dag", dag, json.dumps(conf)], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tests.run_dag", dag, json.dumps(conf)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.home = home  # type: ignore[attr-defined]  # its metadata DB, for tests that scan it
+    return proc
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 300) -> dict[str, Any]:
+    """The run's outcome; ``output`` holds what the process printed (its task logs)."""
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, f"the DAG run process ended with {proc.returncode}: {err[-3000:]}"
     run = json.loads(next(line for line in reversed(out.splitlines()) if line.startswith(MARK))[len(MARK):])
@@ -41,6 +44,7 @@ def finish(proc: subprocess.Popen[str], timeout: float = 300) -> dict[str, Any]:
         log = Path(tempfile.mkstemp(prefix="cutout-failed-run-", suffix=".log")[1])
         log.write_text(out + err)
         run["log"] = f"{log}: " + " | ".join(line for line in err.splitlines() if "Cutout error" in line)[-1500:]
+    run["output"] = out + err
     return run
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,7 @@ from airflow_provider_cutout.models import (
     ImageEditRequest,
     ImageEditResult,
     SourceInfo,
+    is_object_store_uri,
     source_problems,
 )
 from airflow_provider_cutout.settings import ClientSettings
@@ -123,7 +126,39 @@ class CutoutHook(BaseHook):
         request = self.validate(prompt, image_urls, model, aspect_ratio)
         if self.checks_sources(check_sources):
             self.check_sources({"": request})
-        return self.client.edit_image(request)
+        return self.send_edit(request)
+
+    def send_edit(self, request: ImageEditRequest) -> ImageEditResult:
+        """Send a validated edit, its object-store sources signed; an error names the sources by their URIs,
+        never by their signed URLs."""
+        urls = self.fetchable(request.image_urls)
+        try:
+            return self.client.edit_image(request, source_urls=[urls[url] for url in request.image_urls])
+        except CutoutError as err:
+            clean = _redacted(err, {signed: url for url, signed in urls.items() if signed != url})
+            if clean is err:
+                raise
+            raise clean from None
+
+    def fetchable(self, urls: Iterable[str]) -> dict[str, str]:
+        """The URL the API (and the source checks) fetch for each source: an object-store URI
+        (``s3://conn_id@bucket/key``) signed for ``signed_url_expiry`` seconds and masked in logs, any
+        other URL as it is."""
+        return {url: self._sign(url) if is_object_store_uri(url) else url for url in urls}
+
+    def _sign(self, uri: str) -> str:
+        from airflow.sdk import ObjectStoragePath
+        from airflow.sdk.log import mask_secret
+
+        try:
+            signed = str(ObjectStoragePath(uri).sign(expiration=self.client.settings.signed_url_expiry))
+        except (NotImplementedError, ValueError, TypeError, OSError) as err:
+            raise InvalidInputError(
+                f"{uri!r} cannot be given a signed URL for the API ({type(err).__name__}: {err}); check its "
+                "connection id, or serve the image over https"
+            ) from None
+        mask_secret(signed)
+        return signed
 
     def checks_sources(self, asked: bool | None) -> bool:
         """Whether sources are checked: ``asked`` when given, else the connection's ``check_sources``."""
@@ -135,7 +170,7 @@ class CutoutHook(BaseHook):
         todo = [url for url in urls if url not in self._inspected]
         if todo:
             with ThreadPoolExecutor(max(1, min(concurrency, len(todo))), thread_name_prefix="cutout-source") as pool:
-                for info in pool.map(self.client.inspect_source, todo):
+                for info in pool.map(self._inspect, todo):
                     self._inspected[info.url] = info
         return {url: self._inspected[url] for url in urls}
 
@@ -146,6 +181,11 @@ class CutoutHook(BaseHook):
         infos = self.inspect_sources((url for r in requests for url in r.image_urls), concurrency=concurrency)
         versions = {url: info.version for url, info in infos.items() if 200 <= info.status < 300}
         return [request.with_versions(versions) for request in requests]
+
+    def _inspect(self, url: str) -> SourceInfo:
+        fetch = self.fetchable([url])[url]
+        info = self.client.inspect_source(fetch)
+        return info if fetch == url else replace(info, url=url, error=info.error.replace(fetch, url))
 
     def check_sources(self, requests: Mapping[str, ImageEditRequest], *, concurrency: int = 8) -> None:
         """Check the sources of validated edits before anything is paid for: reachable, JPEG or PNG, within
@@ -179,3 +219,18 @@ class CutoutHook(BaseHook):
             f"Connected to {self.base_url}: {balance.total:g} image credits available "
             f"(monthly {balance.month_balance:g}, pay-as-you-go {balance.image_balance:g})"
         )
+
+
+def _redacted(err: CutoutError, signed: dict[str, str]) -> CutoutError:
+    """``err`` with each signed URL in its texts replaced by the URI it was made for (a signed URL is a
+    credential); ``err`` itself when it holds none."""
+    texts = {name: value for name, value in vars(err).items() if isinstance(value, str)}
+    if not signed or not any(url in text for url in signed for text in texts.values()):
+        return err
+    clean = copy.copy(err)
+    for name, text in texts.items():
+        for url, uri in signed.items():
+            text = text.replace(url, uri)
+        setattr(clean, name, text)
+    clean.args = (clean.message,)
+    return clean

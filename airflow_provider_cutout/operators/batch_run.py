@@ -299,7 +299,7 @@ class BatchRun:
         entry = self._base_entry(item)
         started = time.monotonic()
         try:
-            result = self.client.edit_image(item.request)
+            result = self.hook.send_edit(item.request)
         except CutoutError as err:
             metrics.edit_done(item.request.model, "in_doubt" if err.maybe_charged else "failed",
                               seconds=time.monotonic() - started)

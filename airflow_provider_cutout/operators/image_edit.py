@@ -146,7 +146,7 @@ class CutoutImageEditOperator(BaseOperator):
         hook.client.on_retry = metrics.retried
         started = time.monotonic()
         try:
-            result = hook.client.edit_image(request)
+            result = hook.send_edit(request)
         except CutoutError as err:
             metrics.edit_done(request.model, "in_doubt" if err.maybe_charged else "failed",
                               seconds=time.monotonic() - started)

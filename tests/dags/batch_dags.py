@@ -82,3 +82,13 @@ with DAG("t_batch_sources", schedule=None, start_date=START, params={"out": "/tm
     CutoutBatchImageEditOperator(task_id="batch", items=items_with_bad_sources(), output_dir="{{ params.out }}/",
                                  prompt="grayscale")
 unchecked = batch_dag("t_batch_unchecked", check_sources=False)
+
+
+S3_PARAMS = {"out": "/tmp/unused", "sources": []}
+with DAG("t_batch_s3_sources", schedule=None, start_date=START, params=S3_PARAMS) as s3_sources:
+    @task
+    def items_from_params(params=None) -> list[dict]:
+        return [{"key": f"photo-{i}", "image_urls": [uri]} for i, uri in enumerate(params["sources"])]
+
+    CutoutBatchImageEditOperator(task_id="batch", items=items_from_params(), output_dir="{{ params.out }}/",
+                                 prompt="grayscale", model="seedream-4.0")
