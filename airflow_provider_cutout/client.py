@@ -259,7 +259,7 @@ class CutoutClient:
                 head = _read_head(response, SOURCE_HEAD_BYTES)
                 return _source_info(url, response, head)
         except requests.RequestException as err:
-            return SourceInfo(url, 0, error=_first_line(err) or type(err).__name__)
+            return SourceInfo(url, 0, error=_source_error(err, self.settings.source_timeout))
 
     def get_credit_balance(self) -> CreditBalance:
         """Return the account's credit balance; costs no credits."""
@@ -450,6 +450,15 @@ def image_extension(head: bytes) -> str | None:
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return ".webp"
     return next((ext for magic, ext in _IMAGE_SIGNATURES.items() if head.startswith(magic)), None)
+
+
+def _source_error(err: requests.RequestException, timeout: float) -> str:
+    """Why a source gave no answer, without its URL (a signed URL is a credential; requests puts it in texts)."""
+    if isinstance(err, requests.Timeout):
+        return f"no answer within source_timeout={timeout:g}s"
+    if isinstance(err, requests.ConnectionError):
+        return "the connection failed"
+    return type(err).__name__
 
 
 def _read_head(response: requests.Response, limit: int) -> bytes:

@@ -156,3 +156,23 @@ def test_the_single_edit_operator_edits_again_when_its_photo_changed(sandbox, ai
     change_photo(sandbox, "mug.jpg", 120, 90)
     changed = xcoms(stored_edit.test(run_conf={"out": str(tmp_path)}), "edit", "cutout_result")[-1]
     assert changed["id"] != first["id"] and sandbox.ledger()["charges"] == 2
+
+
+def test_signed_urls_never_reach_an_error_text():
+    import requests
+
+    from airflow_provider_cutout.client import _source_error
+    from airflow_provider_cutout.hooks.cutout import _redacted
+
+    signed = "http://127.0.0.1:9/catalog/a.jpg?AWSAccessKeyId=testing&Signature=abc%2Fdef&Expires=99"
+    uri = "s3://aws_default@catalog/a.jpg"
+    query = signed.split("?")[1]
+    err = exc.BadRequestError(f"Failed to download imageUrl[0]: {signed}; also /catalog/a.jpg?{query}",
+                              code=2001, http_status=400)
+    clean = _redacted(err, {signed: uri})
+    assert "Signature" not in str(clean) and "Signature" not in repr(clean.args) and uri in str(clean)
+    assert clean.code == 2001 and type(clean) is exc.BadRequestError and not clean.retryable
+    assert _redacted(exc.BadRequestError("no URL here"), {signed: uri}).message == "no URL here"
+    raised = requests.ConnectionError(f"HTTPConnectionPool: Max retries exceeded with url: /a.jpg?{signed}")
+    assert "Signature" not in _source_error(raised, 20)
+    assert "Signature" not in _source_error(requests.Timeout(signed), 20)

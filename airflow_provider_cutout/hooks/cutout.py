@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from airflow.sdk import BaseHook
 
@@ -185,7 +186,7 @@ class CutoutHook(BaseHook):
     def _inspect(self, url: str) -> SourceInfo:
         fetch = self.fetchable([url])[url]
         info = self.client.inspect_source(fetch)
-        return info if fetch == url else replace(info, url=url, error=info.error.replace(fetch, url))
+        return info if fetch == url else replace(info, url=url)  # its texts never hold the fetched URL
 
     def check_sources(self, requests: Mapping[str, ImageEditRequest], *, concurrency: int = 8) -> None:
         """Check the sources of validated edits before anything is paid for: reachable, JPEG or PNG, within
@@ -222,15 +223,17 @@ class CutoutHook(BaseHook):
 
 
 def _redacted(err: CutoutError, signed: dict[str, str]) -> CutoutError:
-    """``err`` with each signed URL in its texts replaced by the URI it was made for (a signed URL is a
-    credential); ``err`` itself when it holds none."""
+    """``err`` with each signed URL in its texts replaced by the URI it was made for, and any signature
+    (query) quoted apart hidden: a signed URL is a credential. ``err`` itself when it holds none."""
+    secrets = {url: uri for url, uri in signed.items()}
+    secrets |= {query: "<signature hidden>" for query in (urlsplit(url).query for url in signed) if query}
     texts = {name: value for name, value in vars(err).items() if isinstance(value, str)}
-    if not signed or not any(url in text for url in signed for text in texts.values()):
+    if not any(secret in text for secret in secrets for text in texts.values()):
         return err
     clean = copy.copy(err)
     for name, text in texts.items():
-        for url, uri in signed.items():
-            text = text.replace(url, uri)
+        for secret, shown in secrets.items():
+            text = text.replace(secret, shown)
         setattr(clean, name, text)
     clean.args = (clean.message,)
     return clean
