@@ -477,10 +477,9 @@ def _source_info(url: str, response: requests.Response, head: bytes) -> SourceIn
     total = response.headers.get("Content-Range", "").rpartition("/")[2]
     length = response.headers.get("Content-Length") if response.status_code == 200 else None
     size = int(total) if total.isdigit() else int(length) if length and length.isdigit() else None
-    if head.startswith(b"\xff\xd8\xff"):
-        kind = "jpeg"
-    elif head.startswith(b"\x89PNG\r\n\x1a\n"):
-        kind = "png"
+    extension = image_extension(head)
+    if extension:
+        kind = "jpeg" if extension == ".jpg" else extension[1:]
     else:
         content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         kind = "html" if b"<html" in head[:1024].lower() or "html" in content_type else content_type or "unknown"
