@@ -24,7 +24,7 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
 
 def get_provider_info() -> dict[str, Any]:
     """Describe the provider to Airflow: name, versions, connection type, hooks, operators, links."""
-    from airflow_provider_cutout.settings import conn_fields  # pydantic models: only when Airflow asks
+    from airflow_provider_cutout.api.settings import conn_fields  # pydantic models: only when Airflow asks
 
     return {
         "package-name": "airflow-provider-cutout",
@@ -60,7 +60,7 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": [
-            "airflow_provider_cutout.links.CutoutResultLink",
-            "airflow_provider_cutout.links.CutoutGalleryLink",
+            "airflow_provider_cutout.observability.links.CutoutResultLink",
+            "airflow_provider_cutout.observability.links.CutoutGalleryLink",
         ],
     }

@@ -267,7 +267,7 @@ op = CutoutImageEditOperator(task_id="store", prompt="keep", image_urls=sys.argv
                              output_path=sys.argv[2])
 ti = SimpleNamespace(map_index=-1, xcom_push=lambda **kw: None)
 client = op.hook.client  # the connection and pooled session, as in any task before its edit
-import requests, airflow_provider_cutout.storage  # noqa: F401  (the baseline holds the code, not the data)
+import requests, airflow_provider_cutout.state.io  # noqa: F401  (the baseline holds the code, not the data)
 stored = peak_increase(lambda: op.execute({"ti": ti}))
 control = peak_increase(lambda: requests.get(op.result_url, timeout=600).content)  # reading it whole
 print(json.dumps({"stored_mb": stored, "control_mb": control, "size": os.path.getsize(sys.argv[2])}))

@@ -116,6 +116,6 @@ def manifest_entries(folder: Any) -> dict[str, dict[str, Any]]:
     """Every manifest entry of an output folder by fingerprint, as the next run would read them."""
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_cutout.manifest import Manifest
+    from airflow_provider_cutout.state.manifest import Manifest
 
     return Manifest(ObjectStoragePath(f"{str(folder).rstrip('/')}/")).entries

@@ -6,8 +6,9 @@ import time
 
 import pytest
 
+from airflow_provider_cutout.catalog.plan import file_stem
 from airflow_provider_cutout.manifest import read_manifest
-from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator, chunk_items, file_stem
+from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator, chunk_items
 from tests.conftest import manifest_entries, states, xcoms
 from tests.dags.batch_dags import batch, budget, slow
 
@@ -116,7 +117,7 @@ def test_failures_within_max_failures_fraction_pass(sandbox, airflow_db, tmp_pat
 
 
 def test_rate_limiter_spaces_starts():
-    from airflow_provider_cutout.operators.batch_run import RateLimiter
+    from airflow_provider_cutout.catalog.run import RateLimiter
 
     now, waits = [100.0], []
 
@@ -151,8 +152,8 @@ def test_an_item_held_by_a_live_run_is_waited_for_then_named_then_in_doubt(sandb
 
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_cutout.claims import Claims, Owner
     from airflow_provider_cutout.hooks.cutout import CutoutHook
+    from airflow_provider_cutout.state.claims import Claims, Owner
     from tests.dags.batch_dags import impatient
 
     conf = {"n": 3, "out": str(tmp_path), "changed": "", "invalid": False}

@@ -10,11 +10,11 @@ import sys
 import pytest
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_cutout import manifest as manifest_module
-from airflow_provider_cutout.claims import Claims, Owner
+from airflow_provider_cutout.catalog.plan import classify
 from airflow_provider_cutout.exceptions import CatalogStateError
-from airflow_provider_cutout.manifest import Manifest, read_manifest
-from airflow_provider_cutout.operators.batch_run import classify
+from airflow_provider_cutout.state import manifest as manifest_module
+from airflow_provider_cutout.state.claims import Claims, Owner
+from airflow_provider_cutout.state.manifest import Manifest, read_manifest
 
 
 def folder(tmp_path):

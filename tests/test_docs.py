@@ -82,7 +82,7 @@ def test_operator_parameter_tables_list_every_parameter():
 
 
 def test_connection_extras_table_lists_every_setting():
-    from airflow_provider_cutout.settings import ClientSettings
+    from airflow_provider_cutout.api.settings import ClientSettings
 
     text = (REPO / "docs" / "connection.md").read_text()
     for name, field in ClientSettings.model_fields.items():

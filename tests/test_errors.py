@@ -8,8 +8,8 @@ import pytest
 import requests
 
 from airflow_provider_cutout import exceptions as exc
-from airflow_provider_cutout.client import parse_envelope
-from airflow_provider_cutout.settings import ClientSettings
+from airflow_provider_cutout.api.envelope import parse_envelope
+from airflow_provider_cutout.api.settings import ClientSettings
 
 
 def response(status: int, body, headers: dict | None = None) -> requests.Response:

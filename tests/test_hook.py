@@ -9,10 +9,10 @@ import time
 import pytest
 
 from airflow_provider_cutout import exceptions as exc
-from airflow_provider_cutout.client import CutoutClient
+from airflow_provider_cutout.api.client import CutoutClient
+from airflow_provider_cutout.api.settings import ClientSettings
 from airflow_provider_cutout.hooks.cutout import CutoutHook
 from airflow_provider_cutout.models import ImageEditRequest
-from airflow_provider_cutout.settings import ClientSettings
 from tests.conftest import FAKE_KEY
 
 

@@ -12,21 +12,16 @@ from urllib.parse import urlsplit
 
 from airflow.sdk import BaseHook
 
+from airflow_provider_cutout.api.models import CreditBalance, ImageEditRequest, ImageEditResult
+from airflow_provider_cutout.api.settings import ClientSettings
+from airflow_provider_cutout.api.sources import SourceInfo, source_problems
+from airflow_provider_cutout.api.urls import is_object_store_uri, normalise_base_url
 from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError
 from airflow_provider_cutout.get_provider_info import UI_FIELD_BEHAVIOUR
-from airflow_provider_cutout.models import (
-    CreditBalance,
-    ImageEditRequest,
-    ImageEditResult,
-    SourceInfo,
-    is_object_store_uri,
-    source_problems,
-)
-from airflow_provider_cutout.settings import ClientSettings
-from airflow_provider_cutout.urls import normalise_base_url
+from airflow_provider_cutout.texts import first_of
 
 if TYPE_CHECKING:
-    from airflow_provider_cutout.client import CutoutClient
+    from airflow_provider_cutout.api.client import CutoutClient
 
 EXTRA_PREFIX = "extra__cutout__"
 
@@ -75,7 +70,7 @@ class CutoutHook(BaseHook):
         """The pooled HTTP client, built once per hook from the connection."""
         from airflow.sdk.log import mask_secret
 
-        from airflow_provider_cutout.client import CutoutClient
+        from airflow_provider_cutout.api.client import CutoutClient
 
         conn = self.connection
         api_key = conn.password or ""
@@ -199,10 +194,8 @@ class CutoutHook(BaseHook):
         problems = [problem for name, r in requests.items() for i, url in enumerate(r.image_urls)
                     for problem in source_problems(infos[url], r.model, f"{name}image_urls[{i}]")]
         if problems:
-            more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-            shown = "\n  ".join(problems[:50]) + more
             raise InvalidInputError(f"{len(problems)} source image checks failed before anything was paid for; "
-                                    f"nothing was sent:\n  {shown}")
+                                    f"nothing was sent:\n  {first_of(problems)}")
 
     def get_credit_balance(self) -> CreditBalance:
         """Return the account's credit balance (costs nothing)."""

@@ -7,8 +7,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from airflow_provider_cutout.api.models import ImageEditRequest
 from airflow_provider_cutout.exceptions import InvalidInputError
-from airflow_provider_cutout.models import ImageEditRequest
 
 _PLACEHOLDERS = {
     "prompt": "placeholder prompt",

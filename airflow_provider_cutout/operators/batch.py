@@ -1,57 +1,28 @@
 """``CutoutBatchImageEditOperator``: a catalog of edits in one task, with bounded concurrency,
-a budget, and re-runs that only pay for what changed."""
+a budget, and re-runs that only pay for what changed. What a batch means lives in ``catalog/``."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_cutout.claims import Owner
-from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError, fail_or_retry
+from airflow_provider_cutout.catalog.config import BatchConfig
+from airflow_provider_cutout.catalog.plan import Defaults, PlannedEdit, chunk_items, file_stem, plan_items
+from airflow_provider_cutout.exceptions import CutoutError, fail_or_retry
 from airflow_provider_cutout.hooks.cutout import CutoutHook
-from airflow_provider_cutout.links import CutoutGalleryLink, gallery_link
-from airflow_provider_cutout.models import ImageEditRequest
+from airflow_provider_cutout.observability.links import CutoutGalleryLink, gallery_link
 from airflow_provider_cutout.operators._common import as_list, is_dynamic
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+__all__ = ["CutoutBatchImageEditOperator", "PlannedEdit", "chunk_items", "file_stem"]
 
-
-def chunk_items(items: Sequence[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
-    """Split a catalog into chunks of at most ``size`` items, to map the batch operator over them.
-
-    :param items: the catalog items.
-    :param size: the largest chunk.
-    """
-    if size < 1:
-        raise InvalidInputError(f"size={size!r} must be at least 1")
-    items = list(items)
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def file_stem(key: str) -> str:
-    """A file name for an item key: letters, digits, ``.``, ``_`` and ``-`` only."""
-    return _UNSAFE.sub("_", key).strip(".") or "item"
-
-
-@dataclass
-class PlannedEdit:
-    """One valid item and what it will cost."""
-
-    key: str
-    request: ImageEditRequest
-
-    @property
-    def fingerprint(self) -> str:
-        """The request fingerprint that keys the manifest."""
-        return self.request.fingerprint
+#: The arguments that shape a run, validated by ``BatchConfig`` (at parse time, and again once rendered).
+CONFIG_FIELDS = tuple(BatchConfig.model_fields)
 
 
 class CutoutBatchImageEditOperator(BaseOperator):
@@ -75,13 +46,14 @@ class CutoutBatchImageEditOperator(BaseOperator):
     :param aspect_ratio: the ratio for items without their own. Templated.
     :param max_concurrency: edits in flight at once.
     :param requests_per_second: optional cap on how fast edits start.
-    :param max_credits: fail before any call when the planned cost is higher.
+    :param max_credits: fail before any call when the planned cost is higher. Templated.
     :param max_failures: failed items tolerated, as a count (``3``) or a fraction of the items to
-        edit (``0.05``); more fails the task at the end (its ``retries`` then redo only those).
+        edit (``0.05``); more fails the task at the end (its ``retries`` then redo only those). Templated.
     :param check_balance: read the balance first and fail before any call when it is too low.
     :param resend_in_doubt: edit again items that were (or may have been) charged without a stored
         result: a read timeout, a dropped connection, a result URL that expired before it was stored,
-        a worker that died with the edit claimed. Off by default, since it can charge twice.
+        a worker that died with the edit claimed. Off by default, since it can charge twice. Templated:
+        ``True``/``False``, or the text ``"true"``/``"false"`` (any other text is refused).
     :param claim_wait_timeout: seconds to wait, after this run's own items, for the results of items
         that other live runs hold; then the task fails naming those runs (a retry waits again).
     :param heartbeat_timeout: seconds without a heartbeat after which a run on another host counts
@@ -97,7 +69,8 @@ class CutoutBatchImageEditOperator(BaseOperator):
     :param cutout_conn_id: the ``cutout`` connection.
     """
 
-    template_fields: Sequence[str] = ("items", "output_dir", "prompt", "model", "aspect_ratio")
+    template_fields: Sequence[str] = ("items", "output_dir", "prompt", "model", "aspect_ratio", "max_credits",
+                                      "max_failures", "resend_in_doubt")
     ui_color = "#d4ecfb"
     operator_extra_links = (CutoutGalleryLink(),)
 
@@ -125,26 +98,6 @@ class CutoutBatchImageEditOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        owner = f"{type(self).__name__}(task_id={self.task_id!r})"
-        if not isinstance(max_concurrency, int) or not 1 <= max_concurrency <= 256:
-            raise InvalidInputError(f"{owner}: max_concurrency={max_concurrency!r} must be an integer from 1 to 256")
-        if requests_per_second is not None and requests_per_second <= 0:
-            raise InvalidInputError(f"{owner}: requests_per_second={requests_per_second!r} must be positive")
-        if max_credits is not None and max_credits < 0:
-            raise InvalidInputError(f"{owner}: max_credits={max_credits!r} must be 0 or more")
-        if isinstance(max_failures, bool) or not isinstance(max_failures, (int, float)) or max_failures < 0 or (
-            isinstance(max_failures, float) and max_failures >= 1
-        ):
-            raise InvalidInputError(
-                f"{owner}: max_failures={max_failures!r} must be a count (0, 1, 2...) or a fraction below 1 (0.05)"
-            )
-        if gallery_link_expiry is not None and (isinstance(gallery_link_expiry, bool) or not isinstance(
-                gallery_link_expiry, int) or gallery_link_expiry <= 0):
-            raise InvalidInputError(f"{owner}: gallery_link_expiry={gallery_link_expiry!r} must be a positive number "
-                                    "of seconds (an int), or None to link results relative to the page")
-        for name, seconds in (("claim_wait_timeout", claim_wait_timeout), ("heartbeat_timeout", heartbeat_timeout)):
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
-                raise InvalidInputError(f"{owner}: {name}={seconds!r} must be a positive number of seconds")
         self.items = items
         self.output_dir = output_dir
         self.prompt = prompt
@@ -165,6 +118,7 @@ class CutoutBatchImageEditOperator(BaseOperator):
         self.gallery_url: str | None = None  # set by execute; read by the extra link
         self._lineage: tuple[list[PlannedEdit], dict[str, Any]] | None = None  # set by execute
         self.cutout_conn_id = cutout_conn_id
+        self.run_config(static_only=True)
         if not is_dynamic([items, prompt, model, aspect_ratio]):
             self.plan_items(items, base_url="http://127.0.0.1")  # parse time: no connection lookup
 
@@ -173,68 +127,24 @@ class CutoutBatchImageEditOperator(BaseOperator):
         """The hook for ``cutout_conn_id``."""
         return CutoutHook(cutout_conn_id=self.cutout_conn_id)
 
-    # -- planning --------------------------------------------------------------------------------
+    # -- validation ------------------------------------------------------------------------------
+
+    @property
+    def _owner(self) -> str:
+        return f"{type(self).__name__}(task_id={self.task_id!r})"
+
+    def run_config(self, *, static_only: bool = False) -> BatchConfig:
+        """The run's arguments validated (all bad ones named in one ``InvalidInputError``); with
+        ``static_only``, those not still waiting for a template (at parse time)."""
+        values = {name: getattr(self, name) for name in CONFIG_FIELDS}
+        if static_only:
+            values = {name: value for name, value in values.items() if not is_dynamic(value)}
+        return BatchConfig.parse(self._owner, **values)
 
     def plan_items(self, items: Any, *, base_url: str) -> list[PlannedEdit]:
         """Validate every item; raise one ``InvalidInputError`` listing all invalid ones."""
-        items = as_list(items)
-        if not isinstance(items, (list, tuple)):
-            raise InvalidInputError(f"items must be a list of dicts, got {type(items).__name__}")
-        planned: list[PlannedEdit] = []
-        problems: list[str] = []
-        stems: dict[str, str] = {}
-        fingerprints: dict[str, str] = {}
-        for index, item in enumerate(items):
-            try:
-                planned.append(self._plan_item(index, item, base_url, stems, fingerprints))
-            except ValueError as err:
-                problems.append(str(err))
-        if problems:
-            shown = "\n  ".join(problems[:50])
-            if len(problems) > 50:
-                shown += f"\n  ... and {len(problems) - 50} more"
-            raise InvalidInputError(
-                f"{type(self).__name__}(task_id={self.task_id!r}): {len(problems)} of {len(items)} items are "
-                f"invalid; nothing was sent:\n  {shown}"
-            )
-        return planned
-
-    def _plan_item(self, index: int, item: Any, base_url: str, stems: dict[str, str],
-                   fingerprints: dict[str, str]) -> PlannedEdit:
-        """One item, validated against the others seen so far; a ``ValueError`` names what is wrong."""
-        where = f"items[{index}]"
-        if not isinstance(item, dict):
-            raise ValueError(f"{where}: must be a dict with key, prompt and image_urls, got {type(item).__name__}")
-        key = item.get("key")
-        if not isinstance(key, str) or not key.strip():
-            raise ValueError(f"{where}: key={key!r} must be a non-empty string that names the item")
-        where = f"item {key!r}"
-        unknown = set(item) - {"key", "prompt", "image_urls", "model", "aspect_ratio"}
-        if unknown:
-            raise ValueError(f"{where}: unknown fields {sorted(unknown)}; use key, prompt, image_urls, model, "
-                             "aspect_ratio")
-        stem = file_stem(key)
-        if stem in stems:
-            raise ValueError(f"{where}: its file name {stem!r} is also that of item {stems[stem]!r}; keys must be "
-                             "unique")
-        stems[stem] = key
-        try:
-            request = ImageEditRequest.build(
-                item.get("prompt", self.prompt), item.get("image_urls"), item.get("model", self.model),
-                item.get("aspect_ratio", self.aspect_ratio), base_url=base_url,
-            )
-        except ValueError as err:
-            raise ValueError(f"{where}: {err}") from None
-        if request.fingerprint in fingerprints:
-            raise ValueError(f"{where}: the same edit as item {fingerprints[request.fingerprint]!r}; list it once")
-        fingerprints[request.fingerprint] = key
-        return PlannedEdit(key, request)
-
-    def failure_limit(self, to_edit: int) -> int:
-        """How many failed items ``max_failures`` tolerates among ``to_edit``."""
-        if isinstance(self.max_failures, float):
-            return int(self.max_failures * to_edit)
-        return int(self.max_failures)
+        defaults = Defaults(self.prompt, self.model, self.aspect_ratio)
+        return plan_items(as_list(items), defaults, base_url=base_url, owner=self._owner)
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -242,16 +152,18 @@ class CutoutBatchImageEditOperator(BaseOperator):
         """Plan, skip what is stored, claim and edit the rest concurrently, and return a summary."""
         from airflow.sdk import ObjectStoragePath
 
-        from airflow_provider_cutout.operators.batch_run import BatchRun
+        from airflow_provider_cutout.catalog.run import BatchRun
+        from airflow_provider_cutout.state.claims import Owner
 
         hook = self.hook
         try:
             try:
+                config = self.run_config()
                 planned = self.plan_items(self.items, base_url=hook.base_url)
             except CutoutError as err:
                 fail_or_retry(err, self.log)
             folder = ObjectStoragePath(str(self.output_dir).rstrip("/") + "/")
-            run = BatchRun(self, hook, folder, Owner.of_task(context), planned)
+            run = BatchRun(config, hook, folder, Owner.of_task(context), planned, self.log)
             try:
                 summary = run.execute()
             finally:
@@ -266,7 +178,7 @@ class CutoutBatchImageEditOperator(BaseOperator):
         """Lineage (openlineage provider): the sources' folders in, the output folder out, the run's counts."""
         from airflow.providers.openlineage.extractors import OperatorLineage
 
-        from airflow_provider_cutout.lineage import batch_lineage
+        from airflow_provider_cutout.observability.lineage import batch_lineage
 
         if self._lineage is None:
             return OperatorLineage()

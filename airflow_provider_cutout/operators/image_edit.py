@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_cutout import metrics
+from airflow_provider_cutout.api.models import ImageEditRequest
 from airflow_provider_cutout.exceptions import CutoutError, ResultDownloadError, fail_or_retry
 from airflow_provider_cutout.hooks.cutout import CutoutHook
-from airflow_provider_cutout.links import RESULT_XCOM_KEY, CutoutResultLink
-from airflow_provider_cutout.models import ImageEditRequest
+from airflow_provider_cutout.observability import metrics
+from airflow_provider_cutout.observability.links import RESULT_XCOM_KEY, CutoutResultLink
 from airflow_provider_cutout.operators._common import as_list, check_static
 
 if TYPE_CHECKING:
@@ -112,24 +111,22 @@ class CutoutImageEditOperator(BaseOperator):
     def _stored(self, request: ImageEditRequest) -> dict[str, Any] | None:
         """This edit's result from an earlier run; one stored before source versions counted is adopted for
         the versions seen now (so a later change of the photo is edited again)."""
-        from airflow_provider_cutout.storage import find_stored_edit, remember_stored_edit
+        from airflow_provider_cutout.state.records import find_stored_edit, remember_stored_edit
+        from airflow_provider_cutout.state.versions import adopt_unversioned
 
-        stored = find_stored_edit(self.output_path, request.fingerprint)
-        if stored is None and request.source_versions:
-            old = find_stored_edit(self.output_path, request.unversioned_fingerprint)
-            if old is not None and not old.get("adopted_by"):  # adopted once: a new version is a changed photo
-                stored = {k: v for k, v in old.items() if k != "adopted_by"}
-                remember_stored_edit(self.output_path, request.fingerprint, stored)
-                remember_stored_edit(self.output_path, request.unversioned_fingerprint,
-                                     {**stored, "adopted_by": request.fingerprint})
-        return stored
+        stored = find_stored_edit(self.output_path, request.fingerprint) or adopt_unversioned(
+            request.fingerprint, request.unversioned_fingerprint, request.source_versions,
+            lambda fp: find_stored_edit(self.output_path, fp),
+            lambda fp, record: remember_stored_edit(self.output_path, fp, record))
+        hidden = ("fingerprint", "source_versions")  # the result as the earlier run pushed it
+        return None if stored is None else {k: v for k, v in stored.items() if k not in hidden}
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """Lineage (openlineage provider): the source images in, the stored copy out, model, credits and
         the API's request id."""
         from airflow.providers.openlineage.extractors import OperatorLineage
 
-        from airflow_provider_cutout.lineage import single_edit_lineage
+        from airflow_provider_cutout.observability.lineage import single_edit_lineage
 
         if self._lineage is None:
             return OperatorLineage()
@@ -144,15 +141,10 @@ class CutoutImageEditOperator(BaseOperator):
             except CutoutError as err:
                 fail_or_retry(err, self.log)
         hook.client.on_retry = metrics.retried
-        started = time.monotonic()
         try:
-            result = hook.send_edit(request)
+            result = metrics.measured_edit(hook.send_edit, request)
         except CutoutError as err:
-            metrics.edit_done(request.model, "in_doubt" if err.maybe_charged else "failed",
-                              seconds=time.monotonic() - started)
             fail_or_retry(err, self.log)
-        metrics.edit_done(result.model or request.model, "succeeded", credits=result.credits,
-                          seconds=time.monotonic() - started)
         self.log.info(
             "Cutout edit done: model=%s references=%d ratio=%s credits=%d duration=%ss request_id=%s id=%s",
             result.model, len(result.reference_image_urls), result.aspect_ratio, result.credits,
@@ -166,10 +158,12 @@ class CutoutImageEditOperator(BaseOperator):
 
     def _store(self, hook: CutoutHook, url: str, edit_id: str, fingerprint: str, payload: dict[str, Any]) -> str:
         """Copy a charged result to ``output_path`` and remember which edit it is."""
-        from airflow_provider_cutout.storage import remember_stored_edit, store_image
+        from airflow_provider_cutout.state.io import store_image
+        from airflow_provider_cutout.state.records import remember_stored_edit
 
         try:
-            path = store_image(hook.client, url, self.output_path, edit_id, max_bytes=self.max_result_bytes)
+            path = store_image(lambda sink: hook.client.download(url, sink, max_bytes=self.max_result_bytes)[1],
+                               self.output_path, edit_id)
         except Exception as err:
             # The edit is done and paid for: a task retry would edit (and charge) again.
             failure = ResultDownloadError(

@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from airflow_provider_cutout.manifest import EDITED, FAILED, IN_DOUBT, STORED
-from airflow_provider_cutout.models import is_object_store_uri
-from airflow_provider_cutout.storage import is_local, write_whole
+from airflow_provider_cutout.api.urls import is_object_store_uri
+from airflow_provider_cutout.state.io import is_local, write_whole
+from airflow_provider_cutout.state.manifest import EDITED, FAILED, IN_DOUBT, STORED, newest
 
 GALLERY_NAME = "cutout-gallery.html"
 DEFAULT_LIMIT = 2000
@@ -40,13 +40,8 @@ _CSP = "default-src 'none'; img-src * data: blob: file:; style-src 'unsafe-inlin
 
 def gallery_items(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The newest entry of each item key: those that need a look first, then the newest stored."""
-    newest: dict[str, dict[str, Any]] = {}
-    for entry in entries:
-        key = str(entry.get("key"))
-        if key not in newest or entry.get("updated_at", 0) >= newest[key].get("updated_at", 0):
-            newest[key] = entry
-    return sorted(newest.values(), key=lambda e: (_ORDER.get(e.get("status", ""), 0), -e.get("updated_at", 0),
-                                                  str(e.get("key"))))
+    return sorted(newest(entries, by="key").values(),
+                  key=lambda e: (_ORDER.get(e.get("status", ""), 0), -e.get("updated_at", 0), str(e.get("key"))))
 
 
 def render_gallery(entries: Iterable[dict[str, Any]], *, title: str, run: dict[str, Any] | None = None,

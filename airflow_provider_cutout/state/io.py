@@ -1,4 +1,5 @@
-"""Storing edited images where Airflow's ``ObjectStoragePath`` reaches (local, s3, gcs, ...).
+"""Files in an output folder, wherever Airflow's ``ObjectStoragePath`` reaches (local, s3, gcs, ...):
+whole writes, listings, and stored results.
 
 Result URLs from a CDN expire, so operators copy the image: streamed in chunks (bounded memory)
 to a hidden temporary name beside the target, then renamed, so a crash never leaves a
@@ -7,14 +8,10 @@ half-written file under the final name.
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from airflow_provider_cutout.client import CutoutClient
-
+from collections.abc import Callable
+from typing import IO, Any
 
 #: The folder, inside an output folder, that holds the provider's own state (manifest, claims, records).
 STATE_DIR = "_cutout"
@@ -25,17 +22,13 @@ def is_folder(output_path: Any) -> bool:
     return str(output_path).endswith("/")
 
 
-def store_image(
-    client: CutoutClient, url: str, output_path: Any, stem: str, *, max_bytes: int | None = None,
-    tag: str | None = None,
-) -> str:
-    """Download ``url`` to ``output_path`` atomically and return where it was written.
+def store_image(fetch: Callable[[IO[bytes]], str], output_path: Any, stem: str, *, tag: str | None = None) -> str:
+    """Write an image to ``output_path`` atomically and return where it was written.
 
-    :param client: the hook's client (the one place for HTTP).
-    :param url: the edited image's URL.
+    :param fetch: streams the image into the file object it is given and returns its extension (``.png``),
+        e.g. a download by the hook's client (the one place for HTTP).
     :param output_path: a file path, or a folder path ending in ``/``.
     :param stem: the file name without extension when ``output_path`` is a folder.
-    :param max_bytes: the size cap; the connection's ``max_download_bytes`` by default.
     :param tag: names the writer in the temporary file's name (``.<stem>.<tag>.part``), so the batch
         can tell leftovers of dead runs from files in progress; random by default.
     """
@@ -47,7 +40,7 @@ def store_image(
     partial = folder / f".{stem}.{tag or uuid.uuid4().hex}.part"
     try:
         with partial.open("wb") as sink:  # type: ignore[no-untyped-call]  # ObjectStoragePath.open is untyped
-            _, extension = client.download(url, sink, max_bytes=max_bytes)
+            extension = fetch(sink)
         final = folder / f"{stem}{extension}" if is_folder(output_path) else target
         partial.rename(final)
     except BaseException:
@@ -91,33 +84,3 @@ def list_files(folder: Any) -> dict[str, int]:
     except FileNotFoundError:
         return {}
     return {info["name"].rstrip("/").rsplit("/", 1)[-1]: int(info.get("size") or 0) for info in found}
-
-
-def _edit_record(output_path: Any, fingerprint: str) -> Any:
-    from airflow.sdk import ObjectStoragePath
-
-    target = ObjectStoragePath(str(output_path))
-    if is_folder(output_path):
-        return target / STATE_DIR / "edits" / f"{fingerprint}.json"
-    return target.parent / STATE_DIR / "edits" / f"{target.name}.json"
-
-
-def find_stored_edit(output_path: Any, fingerprint: str) -> dict[str, Any] | None:
-    """The result an earlier run stored at ``output_path`` for this very edit, if its file is still there."""
-    from airflow.sdk import ObjectStoragePath
-
-    try:
-        record = json.loads(_edit_record(output_path, fingerprint).read_bytes())
-    except (OSError, ValueError):  # none yet, or a path that cannot hold one: storing will say why
-        return None
-    stored = record.get("stored_path") if isinstance(record, dict) else None
-    if record.get("fingerprint") != fingerprint or not stored or not ObjectStoragePath(stored).exists():
-        return None
-    return {k: v for k, v in record.items() if k != "fingerprint"}
-
-
-def remember_stored_edit(output_path: Any, fingerprint: str, payload: dict[str, Any]) -> None:
-    """Record which edit is stored at ``output_path``, so a re-run of it can return it for free."""
-    path = _edit_record(output_path, fingerprint)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_whole(path, json.dumps({**payload, "fingerprint": fingerprint}).encode())

@@ -1,7 +1,7 @@
 """One run of the batch operator: plan, claim, send, record, store, report.
 
-``classify`` decides, from what the manifest and the claims say of an item, what a run does with it;
-``BatchRun`` carries the shared state of one run through short steps.
+``BatchRun`` carries the shared state of one run through short steps; ``catalog.plan.classify`` decides
+what it does with each item, from what the manifest and the claims say of it.
 """
 
 from __future__ import annotations
@@ -13,8 +13,20 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cutout import metrics
-from airflow_provider_cutout.claims import Claims, Owner
+from airflow_provider_cutout.catalog.config import BatchConfig
+from airflow_provider_cutout.catalog.gallery import write_gallery
+from airflow_provider_cutout.catalog.plan import (
+    DEAD,
+    IN_DOUBT_ACTION,
+    LIVE,
+    REFETCH,
+    SKIP,
+    TAKE_OVER,
+    WAIT,
+    PlannedEdit,
+    classify,
+    file_stem,
+)
 from airflow_provider_cutout.exceptions import (
     AuthenticationError,
     CatalogStateError,
@@ -24,43 +36,20 @@ from airflow_provider_cutout.exceptions import (
     InvalidInputError,
     fail_or_retry,
 )
-from airflow_provider_cutout.manifest import EDITED, FAILED, IN_DOUBT, STORED, Manifest
-from airflow_provider_cutout.storage import list_files, store_image
+from airflow_provider_cutout.observability import metrics
+from airflow_provider_cutout.state.claims import Claims, Owner
+from airflow_provider_cutout.state.io import list_files, store_image
+from airflow_provider_cutout.state.manifest import EDITED, FAILED, IN_DOUBT, STORED, Manifest
+from airflow_provider_cutout.state.versions import adopt_unversioned
+from airflow_provider_cutout.texts import first_of
 
 if TYPE_CHECKING:
     from airflow_provider_cutout.hooks.cutout import CutoutHook
-    from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator, PlannedEdit
 
 #: Errors after which every further call would fail the same way (or cost money for nothing).
 STOP_BATCH = (AuthenticationError, InsufficientCreditsError, CatalogStateError)
 
-SKIP, REFETCH, EDIT, WAIT, IN_DOUBT_ACTION, TAKE_OVER = "skip", "refetch", "edit", "wait", "in_doubt", "take_over"
-LIVE, DEAD = "live", "dead"
 POLL_SECONDS = 0.5
-
-
-def classify(entry: dict[str, Any] | None, *, file_present: bool, resend_in_doubt: bool,
-             holder: str | None = None) -> str:
-    """What a run does with one item.
-
-    :param entry: the item's newest manifest entry, if any.
-    :param file_present: whether the entry's stored file exists.
-    :param resend_in_doubt: the operator's consent to pay again for an item that may have been charged.
-    :param holder: ``"live"`` or ``"dead"`` when another run's claim holds the item, else ``None``.
-    :return: ``skip`` (stored), ``wait`` (a live run has it), ``refetch`` (paid for, not stored: download
-        again), ``in_doubt`` (maybe charged, no result: never resent without consent), ``take_over`` (the
-        same, with consent), or ``edit``.
-    """
-    status = entry.get("status") if entry else None
-    if status == STORED and file_present:
-        return SKIP
-    if holder == LIVE:
-        return WAIT
-    if status in (STORED, EDITED) and entry and entry.get("image_url"):
-        return REFETCH
-    if holder == DEAD or status == IN_DOUBT:
-        return TAKE_OVER if resend_in_doubt else IN_DOUBT_ACTION
-    return EDIT
 
 
 @dataclass
@@ -118,16 +107,17 @@ class RateLimiter:
 class BatchRun:
     """One run of ``CutoutBatchImageEditOperator`` over its planned items.
 
-    :param op: the operator (its arguments and log).
+    :param config: how the run behaves (concurrency, budgets, waits, gallery).
     :param hook: the hook whose client sends every request.
     :param folder: the output folder (an ``ObjectStoragePath``).
     :param owner: who this run is, for its claims.
     :param planned: the validated items.
+    :param log: the task's logger.
     """
 
-    def __init__(self, op: CutoutBatchImageEditOperator, hook: CutoutHook, folder: Any, owner: Owner,
-                 planned: list[PlannedEdit]) -> None:
-        self.op, self.log, self.client = op, op.log, hook.client
+    def __init__(self, config: BatchConfig, hook: CutoutHook, folder: Any, owner: Owner,
+                 planned: list[PlannedEdit], log: Any) -> None:
+        self.config, self.log, self.client = config, log, hook.client
         self.client.on_retry = metrics.retried
         self.hook = hook
         self.folder, self.out = folder, str(folder).rstrip("/") + "/"
@@ -136,8 +126,8 @@ class BatchRun:
         self.progress = Progress(total=len(planned))
         self.stop = threading.Event()
         self.held: dict[str, tuple[PlannedEdit, Owner]] = {}
-        self.limiter = RateLimiter(op.requests_per_second)
-        self.claims = Claims(folder, owner, op.heartbeat_timeout)
+        self.limiter = RateLimiter(config.requests_per_second)
+        self.claims = Claims(folder, owner, config.heartbeat_timeout)
         self.manifest = Manifest(folder, writer=owner.token)
         self.cost = 0
         self.seconds_sending = 0.0
@@ -175,9 +165,9 @@ class BatchRun:
     def plan(self) -> None:
         """Sort the items by what the manifest says of them; nothing is sent yet. With source checks on,
         each item's fingerprint includes its sources' versions, so a replaced photo is edited again."""
-        if self.hook.checks_sources(self.op.check_sources):
+        if self.hook.checks_sources(self.config.check_sources):
             requests = self.hook.with_versions([item.request for item in self.planned],
-                                               concurrency=self.op.max_concurrency)
+                                               concurrency=self.config.max_concurrency)
             for item, request in zip(self.planned, requests, strict=True):
                 item.request = request
         names = set(list_files(self.folder))
@@ -185,7 +175,7 @@ class BatchRun:
             entry = self.manifest.get(item.fingerprint) or self._adopt(item)
             stored = str(entry.get("stored_path") or "") if entry else ""
             action = classify(entry, file_present=stored.rsplit("/", 1)[-1] in names,
-                              resend_in_doubt=self.op.resend_in_doubt)
+                              resend_in_doubt=self.config.resend_in_doubt)
             if action == SKIP:
                 self.progress.skipped += 1
             elif action == REFETCH and entry is not None:
@@ -202,34 +192,31 @@ class BatchRun:
         )
 
     def _adopt(self, item: PlannedEdit) -> dict[str, Any] | None:
-        """An item stored before source versions counted (or with source checks off) is taken as unchanged
-        once, and recorded under the versions seen now, so a later change of its photo is edited again."""
-        if not item.request.source_versions:
-            return None
-        old = self.manifest.get(item.request.unversioned_fingerprint)
-        if old is None or old.get("status") != STORED or old.get("adopted_by"):
-            return None  # adopted once already: a new version now is a changed photo
-        adopted = {**old, "fingerprint": item.fingerprint, "source_versions": list(item.request.source_versions)}
-        self.manifest.record(adopted)
-        self.manifest.record({**old, "adopted_by": item.fingerprint})
-        return adopted
+        """An item stored before source versions counted is taken as unchanged once (``state.versions``)."""
+        def stored(fp: str) -> dict[str, Any] | None:
+            entry = self.manifest.get(fp)
+            return entry if entry is not None and entry.get("status") == STORED else None
+
+        request = item.request
+        return adopt_unversioned(item.fingerprint, request.unversioned_fingerprint, request.source_versions, stored,
+                                 lambda fp, entry: self.manifest.record(entry))
 
     def check_sources(self) -> None:
         """Check the sources of every item to edit before anything is paid for (all failures at once)."""
-        if self.to_edit and self.hook.checks_sources(self.op.check_sources):
+        if self.to_edit and self.hook.checks_sources(self.config.check_sources):
             started = time.monotonic()
             self.hook.check_sources({f"item {item.key!r}: ": item.request for item in self.to_edit},
-                                    concurrency=self.op.max_concurrency)
+                                    concurrency=self.config.max_concurrency)
             self.log.info("Cutout batch: the sources of %d items passed their checks in %.1fs",
                           len(self.to_edit), time.monotonic() - started)
 
     def check_budget(self) -> None:
         """``max_credits`` and ``check_balance``, before anything is sent."""
-        if self.op.max_credits is not None and self.cost > self.op.max_credits:
+        if self.config.max_credits is not None and self.cost > self.config.max_credits:
             raise InvalidInputError(
                 f"the planned cost is {self.cost} credits for {len(self.to_edit)} edits, over max_credits="
-                f"{self.op.max_credits}; raise max_credits or edit fewer items. Nothing was sent.")
-        if self.op.check_balance and self.to_edit:
+                f"{self.config.max_credits}; raise max_credits or edit fewer items. Nothing was sent.")
+        if self.config.check_balance and self.to_edit:
             balance = self.hook.get_credit_balance()
             if balance.total < self.cost:
                 raise InsufficientCreditsError(
@@ -238,8 +225,6 @@ class BatchRun:
 
     def sweep_leftovers(self) -> None:
         """Delete what runs no longer alive left: temporary files of these items, heartbeat files."""
-        from airflow_provider_cutout.operators.batch import file_stem
-
         self.claims.forget_dead_owners()
         stems = {file_stem(item.key) for item in self.planned}
         for name in list_files(self.folder):
@@ -263,10 +248,10 @@ class BatchRun:
                 job[0](*job[1:])
 
         started = time.monotonic()
-        with ThreadPoolExecutor(self.op.max_concurrency, thread_name_prefix="cutout-batch") as pool:
-            workers = [pool.submit(worker) for _ in range(self.op.max_concurrency)]
+        with ThreadPoolExecutor(self.config.max_concurrency, thread_name_prefix="cutout-batch") as pool:
+            workers = [pool.submit(worker) for _ in range(self.config.max_concurrency)]
             while True:
-                done, running = wait(workers, timeout=self.op.progress_interval, return_when=FIRST_EXCEPTION)
+                done, running = wait(workers, timeout=self.config.progress_interval, return_when=FIRST_EXCEPTION)
                 if any(future.exception() for future in done):
                     self.stop.set()  # a bug in a worker must not pass silently: stop, then raise it
                     next(future for future in done if future.exception()).result()
@@ -297,16 +282,11 @@ class BatchRun:
             self.claims.release(item.fingerprint)
             return
         entry = self._base_entry(item)
-        started = time.monotonic()
         try:
-            result = self.hook.send_edit(item.request)
+            result = metrics.measured_edit(self.hook.send_edit, item.request)
         except CutoutError as err:
-            metrics.edit_done(item.request.model, "in_doubt" if err.maybe_charged else "failed",
-                              seconds=time.monotonic() - started)
             self.fail(item, entry, err)
             return
-        metrics.edit_done(result.model or item.request.model, "succeeded", credits=result.credits,
-                          seconds=time.monotonic() - started)
         entry.update(status=EDITED, image_url=result.image_url, id=result.id, request_id=result.request_id,
                      credits=result.credits, duration=result.duration)
         self.manifest.record(entry, durable=True)  # charged: never lose it
@@ -334,10 +314,9 @@ class BatchRun:
 
     def store(self, item: PlannedEdit, entry: dict[str, Any]) -> bool:
         """Copy the result into the output folder and record it as stored."""
-        from airflow_provider_cutout.operators.batch import file_stem
-
         try:
-            path = store_image(self.client, entry["image_url"], self.out, file_stem(item.key), tag=self.owner.token)
+            path = store_image(lambda sink: self.client.download(entry["image_url"], sink)[1], self.out,
+                               file_stem(item.key), tag=self.owner.token)
         except CutoutError as err:
             self.fail(item, entry, err)
             return False
@@ -366,7 +345,7 @@ class BatchRun:
 
     def settle_held(self) -> None:
         """Wait, up to ``claim_wait_timeout``, for the items other runs held when this run wanted them."""
-        deadline = time.monotonic() + self.op.claim_wait_timeout
+        deadline = time.monotonic() + self.config.claim_wait_timeout
         if self.held:
             self.log.info("Cutout batch: %d items are held by other runs; waiting for their results",
                           len(self.held))
@@ -381,7 +360,7 @@ class BatchRun:
             elif self.held and time.monotonic() > deadline:
                 raise ClaimedElsewhereError(
                     f"{len(self.held)} items are still held by other runs after claim_wait_timeout="
-                    f"{self.op.claim_wait_timeout:g}s, so their results are not stored yet: {self._held_text()}. "
+                    f"{self.config.claim_wait_timeout:g}s, so their results are not stored yet: {self._held_text()}. "
                     "This run's own items are stored; a retry waits for them again")
             elif self.held:
                 time.sleep(POLL_SECONDS)
@@ -395,7 +374,7 @@ class BatchRun:
         """Look again at one held item; a job when this run must act on it now."""
         item = self.held[fp][0]
         entry = self.manifest.get(fp)
-        action = classify(entry, file_present=True, resend_in_doubt=self.op.resend_in_doubt, holder=state)
+        action = classify(entry, file_present=True, resend_in_doubt=self.config.resend_in_doubt, holder=state)
         if action == WAIT and holder is not None:
             self.held[fp] = (item, holder)
             return None
@@ -426,17 +405,15 @@ class BatchRun:
     def write_gallery(self) -> None:
         """Regenerate the folder's review gallery from the whole manifest; a failure to write it is logged,
         never raised (the edits and the manifest are what count)."""
-        if not self.op.gallery:
+        if not self.config.gallery:
             return
-        from airflow_provider_cutout.gallery import write_gallery
-
         progress = self.progress
         run = {"edited": progress.edited, "skipped": progress.skipped, "failed": progress.failed,
                "in_doubt": progress.in_doubt, "credits_spent": progress.credits}
         try:
             self.manifest.refresh()
             self.gallery = write_gallery(self.folder, list(self.manifest.entries.values()), run=run,
-                                         link_expiry=self.op.gallery_link_expiry)
+                                         link_expiry=self.config.gallery_link_expiry)
         except (OSError, ValueError, NotImplementedError) as err:
             self.log.warning("Cutout batch: the review gallery was not written (%s: %s)", type(err).__name__, err)
 
@@ -464,16 +441,16 @@ class BatchRun:
             fail_or_retry(CutoutError(
                 f"{progress.in_doubt} items were or may have been charged without a stored result (a read timeout, "
                 f"a dropped connection, an expired result URL, a worker that died with edits in flight): "
-                f"{', '.join(progress.doubtful[:50])}. They are not sent again automatically: check the account's "
+                f"{first_of(progress.doubtful, sep=', ')}. They are not sent again automatically: check the account's "
                 "usage, then set resend_in_doubt=True to edit them again"), self.log)
-        limit = self.op.failure_limit(len(self.to_edit) + len(self.to_refetch))
+        limit = self.config.failure_limit(len(self.to_edit) + len(self.to_refetch))
         if progress.failed > limit:
             from airflow.sdk.exceptions import AirflowException
 
             raise AirflowException(
-                f"{progress.failed} items failed, more than max_failures={self.op.max_failures!r} allows ({limit}); "
-                f"first errors: {'; '.join(progress.errors[:5])}. Stored results are kept; a retry only redoes "
-                "the failed items."
+                f"{progress.failed} items failed, more than max_failures={self.config.max_failures!r} allows "
+                f"({limit}); first errors: {'; '.join(progress.errors[:5])}. Stored results are kept; a retry only "
+                "redoes the failed items."
             )
         return summary
 
@@ -496,9 +473,8 @@ class BatchRun:
         self.stop.set()
 
     def _held_text(self) -> str:
-        shown = [f"{item.key} (held by {holder.describe()})" for item, holder in list(self.held.values())[:20]]
-        more = len(self.held) - len(shown)
-        return "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+        return first_of([f"{item.key} (held by {holder.describe()})" for item, holder in self.held.values()],
+                        limit=20, sep="; ")
 
     @staticmethod
     def _base_entry(item: PlannedEdit) -> dict[str, Any]:

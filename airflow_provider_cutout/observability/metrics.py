@@ -6,7 +6,14 @@ Tags are low-cardinality only (model, outcome, reason): never item keys, URLs or
 from __future__ import annotations
 
 import datetime
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_cutout.exceptions import CutoutError
+
+if TYPE_CHECKING:
+    from airflow_provider_cutout.api.models import ImageEditRequest, ImageEditResult
 
 EDITS = "cutout.edits"
 CREDITS = "cutout.credits"
@@ -36,3 +43,16 @@ def edit_done(model: str, outcome: str, *, credits: int = 0, seconds: float | No
 def retried(reason: str) -> None:
     """Count one retry by its reason (the error's class name, e.g. ``RateLimitError``)."""
     _stats().incr(RETRIES, tags={"reason": reason})
+
+
+def measured_edit(send: Callable[[ImageEditRequest], ImageEditResult], request: ImageEditRequest) -> ImageEditResult:
+    """Send one edit through ``send`` (the hook's ``send_edit``) and count it: its outcome (``succeeded``,
+    ``failed``, or ``in_doubt`` when it may have been charged), its credits and the call's seconds."""
+    started = time.monotonic()
+    try:
+        result = send(request)
+    except CutoutError as err:
+        edit_done(request.model, "in_doubt" if err.maybe_charged else "failed", seconds=time.monotonic() - started)
+        raise
+    edit_done(result.model or request.model, "succeeded", credits=result.credits, seconds=time.monotonic() - started)
+    return result

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_cutout.exceptions import CatalogStateError
-from airflow_provider_cutout.storage import STATE_DIR, list_files, write_whole
+from airflow_provider_cutout.state.io import STATE_DIR, list_files, write_whole
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,195 @@
+"""The HTTP transport: one pooled ``requests.Session``, timeouts on every call, and the one retry policy.
+
+tenacity runs the loop; ``retry_here`` decides which failed attempts the client retries itself, and
+``Transport.error_of`` says what a request that got no usable answer means. A POST that may already
+have reached the server is never sent again unless the connection explicitly asks for it, because the
+API has no idempotency key and every accepted POST may be charged.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+import tenacity
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+from airflow_provider_cutout import __version__
+from airflow_provider_cutout.api.envelope import Answer, parse
+from airflow_provider_cutout.api.settings import ClientSettings
+from airflow_provider_cutout.exceptions import (
+    CutoutConnectionError,
+    CutoutError,
+    CutoutTimeoutError,
+    ResultDownloadError,
+    ServerError,
+)
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+CHUNK_BYTES = 64 * 1024
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+T = TypeVar("T")
+
+
+def retry_here(err: BaseException) -> bool:
+    """The client retries what failed before an answer, and 429/502/503/504; other retryable errors
+    (a 500, which may have been processed) are left to the task's own retries."""
+    status = getattr(err, "http_status", None)
+    return isinstance(err, CutoutError) and err.retryable and (status is None or status in RETRY_STATUSES)
+
+
+class Transport:
+    """The session, the retry loop and the mapping of transport failures to the exception tree.
+
+    :param api_key: sent in the ``APIKEY`` header of API calls only (never to result or source URLs).
+    :param settings: timeouts, retries and pool size.
+    :param logger: where retries are reported.
+    :param sleep: the function that waits between attempts (tests count the waits through it).
+    :param on_retry: called with the error's class name before each retry.
+    """
+
+    def __init__(self, api_key: str, settings: ClientSettings, logger: logging.Logger | logging.LoggerAdapter[Any],
+                 sleep: Callable[[float], None], on_retry: Callable[[str], None] | None) -> None:
+        self._api_key, self.settings, self.log, self._sleep = api_key, settings, logger, sleep
+        self.on_retry = on_retry
+        self.session = requests.Session()
+        # Read proxy and CA settings from the environment once per host, not on every call (requests
+        # would scan the whole environment and ~/.netrc per request; the API key is our only auth).
+        self.session.trust_env = False
+        self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        self._proxies: dict[tuple[str, str], dict[str, str]] = {}
+        self.session.max_redirects = 5
+        self.session.headers["User-Agent"] = f"airflow-provider-cutout/{__version__}"
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=settings.pool_size, max_retries=0)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.session.close()
+
+    def with_retries(self, method: str, path_or_url: str, attempt: Callable[..., T], **kwargs: Any) -> T:
+        """Run ``attempt`` until it succeeds or fails for good: bounded retries with backoff and jitter,
+        ``Retry-After`` honoured up to its cap, a log line before each wait."""
+        url = path_or_url if "://" in path_or_url else self.settings.base_url + path_or_url
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.settings.max_retries + 1),
+            wait=self._wait, retry=tenacity.retry_if_exception(retry_here), reraise=True, sleep=self._sleep,
+            before_sleep=functools.partial(self._log_retry, method, path_of(url)),
+        )
+        for round_ in retrying:
+            with round_:
+                return attempt(method, url, attempts=round_.retry_state.attempt_number, **kwargs)
+        raise AssertionError("tenacity ended without an outcome")  # reraise=True: never reached
+
+    def call_api(self, method: str, url: str, *, attempts: int, json: Any = None) -> Answer:
+        """One API request with the key, read whole; a retryable status is raised as its error."""
+        response = self.request(method, url, attempts, headers={"APIKEY": self._api_key}, json=json)
+        with response:
+            answer = Answer(response.status_code, response.headers, self._read_capped(response, method, attempts),
+                            attempts)
+        if answer.status_code in RETRY_STATUSES:
+            parse(answer, attempts=attempts)  # always raises for these statuses
+        return answer
+
+    def open_stream(self, method: str, url: str, *, attempts: int) -> requests.Response:
+        """One request without the key, left streaming, redirects followed; a retryable status raised."""
+        response = self.request(method, url, attempts, allow_redirects=True)
+        if response.status_code in RETRY_STATUSES:
+            response.close()
+            raise ServerError(f"HTTP {response.status_code}", http_status=response.status_code, attempts=attempts)
+        return response
+
+    def request(self, method: str, url: str, attempts: int, **kwargs: Any) -> requests.Response:
+        """One request with the connection's timeouts; a failure raised as what it means."""
+        kwargs.setdefault("allow_redirects", False)
+        try:
+            return self.session.request(
+                method, url, timeout=(self.settings.connect_timeout, self.settings.read_timeout), stream=True,
+                proxies=self.proxies_for(url), **kwargs,
+            )
+        except requests.RequestException as err:
+            raise self.error_of(method, url, err, attempts) from None
+
+    def _read_capped(self, response: requests.Response, method: str, attempts: int) -> bytes:
+        """The answer's body, refusing one larger than ``MAX_ANSWER_BYTES``."""
+        chunks, size = [], 0
+        try:
+            for chunk in response.iter_content(CHUNK_BYTES):
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    raise ServerError(f"Cutout's answer exceeds {MAX_ANSWER_BYTES} bytes; refusing to read it",
+                                      retryable=method == "GET" or self.settings.retry_on_read_timeout,
+                                      maybe_charged=method != "GET", attempts=attempts)
+                chunks.append(chunk)
+        except requests.RequestException as err:
+            raise self.error_of(method, response.url, err, attempts) from None
+        return b"".join(chunks)
+
+    def error_of(self, method: str, url: str, err: requests.RequestException, attempts: int) -> CutoutError:
+        """What a request that got no usable answer means: whether it may have been charged, and whether
+        sending it again is safe (a GET always; a POST only before it left, or when the connection asks)."""
+        post, resend_ok = method != "GET", method == "GET" or self.settings.retry_on_read_timeout
+        then = "and retry_on_read_timeout allows sending it again" if resend_ok else "so it is not sent again"
+        note = f"; the edit may have been charged, {then}" if post else ""
+        where, base = f"{method} {path_of(url)}", self.settings.base_url
+        if isinstance(err, requests.exceptions.ConnectTimeout):
+            return CutoutTimeoutError(f"could not connect to {base} within {self.settings.connect_timeout}s",
+                                      attempts=attempts)
+        if isinstance(err, requests.exceptions.ReadTimeout):
+            return CutoutTimeoutError(f"{where} was sent but no answer came within {self.settings.read_timeout}s"
+                                      + note, request_sent=True, retryable=resend_ok, maybe_charged=post,
+                                      attempts=attempts)
+        if isinstance(err, requests.exceptions.TooManyRedirects):
+            return ResultDownloadError(f"{path_of(url)} redirected too many times", attempts=attempts)
+        if isinstance(err, requests.exceptions.ConnectionError) and not _request_was_sent(err):
+            return CutoutConnectionError(f"{where}: could not connect to {base}", attempts=attempts)
+        dropped = isinstance(err, requests.exceptions.ConnectionError)
+        return CutoutConnectionError(
+            f"{where}: the connection was dropped before the answer came" + note if dropped else
+            f"{where}: the answer broke off ({type(err).__name__})" + note,
+            request_sent=True, retryable=resend_ok, maybe_charged=post, attempts=attempts,
+        )
+
+    def proxies_for(self, url: str) -> dict[str, str]:
+        """The environment's proxies for this URL's host (``HTTPS_PROXY``, ``NO_PROXY``...), cached."""
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        if key not in self._proxies:
+            self._proxies[key] = requests.utils.get_environ_proxies(url)
+        return self._proxies[key]
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        """``Retry-After`` up to its cap, else exponential backoff with jitter."""
+        error = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            return float(min(retry_after, self.settings.retry_after_max))
+        cap = min(self.settings.backoff_max, self.settings.backoff_base * 2.0 ** (state.attempt_number - 1))
+        return cap / 2 + random.uniform(0, cap / 2)
+
+    def _log_retry(self, method: str, path: str, state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        self.log.warning("Cutout %s %s failed (%s); retry %d of %d in %.1fs",
+                         method, path, error, state.attempt_number, self.settings.max_retries, delay)
+        if self.on_retry is not None:
+            self.on_retry(type(error).__name__)
+
+
+def path_of(url: str) -> str:
+    """A URL without its query (where signatures live)."""
+    return url.split("?", 1)[0]
+
+
+def _request_was_sent(err: requests.exceptions.ConnectionError) -> bool:
+    """Whether a connection error happened after the request left (so it may have been processed)."""
+    reason = getattr(err.args[0], "reason", None) if err.args else None
+    return not isinstance(reason, (NewConnectionError, ConnectTimeoutError))

@@ -1,0 +1,88 @@
+"""URL policy: the API's base URL, loopback addresses, object-store URIs, and which source URLs the API
+can fetch. The standard library only."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+from urllib.parse import urlsplit
+
+from airflow_provider_cutout.texts import shorten
+
+DEFAULT_BASE_URL = "https://www.cutout.pro"
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+
+
+def is_loopback_url(url: str | None) -> bool:
+    """Whether ``url`` points at this machine (127.0.0.0/8, ::1 or localhost)."""
+    if not url:
+        return False
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def normalise_base_url(host: str | None, port: int | None = None) -> str:
+    """The API's base URL from a connection's host (and port): a scheme added when missing (http for
+    loopback hosts, the sandbox; https otherwise), no trailing slash; ``port`` when the host has none."""
+    base = (host or "").strip().rstrip("/")
+    if not base:
+        return DEFAULT_BASE_URL
+    if "://" not in base:
+        base = f"{'http' if is_loopback_url(f'http://{base}') else 'https'}://{base}"
+    if port and base.count(":") < 2:
+        base = f"{base}:{port}"
+    return base
+
+
+#: Object stores whose URIs (``s3://conn_id@bucket/key``) are signed for the API by the hook.
+OBJECT_STORE_SCHEMES: tuple[str, ...] = ("s3", "gs", "gcs", "abfs", "abfss", "az")
+
+
+def is_object_store_uri(url: str) -> bool:
+    """Whether ``url`` names an object in a store the hook signs URLs for."""
+    return urlsplit(url).scheme in OBJECT_STORE_SCHEMES
+
+
+def check_source_url(value: Any, index: int, allow_http: bool) -> str:
+    """A source image's URL as the API will fetch it, or a ``ValueError`` naming ``image_urls[index]``, the
+    value and the fix: absolute https (plain http only on loopback with ``allow_http``), or an object URI."""
+    where = f"image_urls[{index}]"
+    if hasattr(value, "protocol") and hasattr(value, "sign"):  # an ObjectStoragePath
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{where} must be a string URL, got {type(value).__name__} {shorten(value)}")
+    url = value.strip()
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # raises on a malformed port
+    except ValueError as err:
+        raise ValueError(f"{where}={shorten(url)} is not a valid URL ({err})") from None
+    if parts.scheme in OBJECT_STORE_SCHEMES and parts.netloc and parts.path.strip("/"):
+        return url  # signed by the hook just before each use; the URI itself is what is kept and shown
+    if parts.scheme in ("file", "local") or (not parts.scheme and url.startswith("/")):
+        raise ValueError(
+            f"{where}={shorten(url)} is a local file: the API fetches sources over HTTPS and a local file cannot "
+            "be given a signed URL; put it on S3, GCS or Azure (its URI is signed for the API) or serve it over https"
+        )
+    if parts.scheme not in ("http", "https") or not host or any(c.isspace() for c in url):
+        raise ValueError(
+            f"{where}={shorten(url)} is not a valid URL: give an absolute https:// URL of a JPEG "
+            "or PNG image, such as 'https://example.com/photo.jpg', or an object URI such as "
+            "'s3://aws_default@bucket/photo.jpg'"
+        )
+    if parts.scheme == "http" and not (allow_http and is_loopback_url(url)):
+        raise ValueError(
+            f"{where}={shorten(url)} uses plain http: the Cutout.Pro API fetches source images "
+            "over HTTPS only, so use an https:// URL (plain http is accepted only for loopback "
+            "URLs while the connection's base URL is loopback, as with the sandbox)"
+        )
+    return url

@@ -1,0 +1,139 @@
+"""What a batch means before anything is sent: its items validated into edits (one fingerprint each),
+their file names, chunks for mapped tasks, and ``classify``, which decides from what the manifest and
+the claims say of an item what a run does with it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_provider_cutout.api.models import ImageEditRequest
+from airflow_provider_cutout.exceptions import InvalidInputError
+from airflow_provider_cutout.state.manifest import EDITED, IN_DOUBT, STORED
+from airflow_provider_cutout.texts import first_of
+
+ITEM_FIELDS = ("key", "prompt", "image_urls", "model", "aspect_ratio")
+SKIP, REFETCH, EDIT, WAIT, IN_DOUBT_ACTION, TAKE_OVER = "skip", "refetch", "edit", "wait", "in_doubt", "take_over"
+LIVE, DEAD = "live", "dead"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def chunk_items(items: Sequence[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    """Split a catalog into chunks of at most ``size`` items, to map the batch operator over them.
+
+    :param items: the catalog items.
+    :param size: the largest chunk.
+    """
+    if size < 1:
+        raise InvalidInputError(f"size={size!r} must be at least 1")
+    items = list(items)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def file_stem(key: str) -> str:
+    """A file name for an item key: letters, digits, ``.``, ``_`` and ``-`` only."""
+    return _UNSAFE.sub("_", key).strip(".") or "item"
+
+
+@dataclass
+class PlannedEdit:
+    """One valid item and what it will cost."""
+
+    key: str
+    request: ImageEditRequest
+
+    @property
+    def fingerprint(self) -> str:
+        """The request fingerprint that keys the manifest."""
+        return self.request.fingerprint
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What items without their own ``prompt``, ``model`` or ``aspect_ratio`` get (the operator's)."""
+
+    prompt: Any = None
+    model: Any = "gpt-image-1"
+    aspect_ratio: Any = "original"
+
+
+def plan_items(items: Any, defaults: Defaults, *, base_url: str, owner: str) -> list[PlannedEdit]:
+    """Validate every item; raise one ``InvalidInputError`` listing all invalid ones.
+
+    :param items: the rendered list of item dicts.
+    :param defaults: the operator's prompt, model and ratio.
+    :param base_url: the API's base URL (loopback http sources are accepted only beside a loopback API).
+    :param owner: names the task in the error.
+    """
+    if not isinstance(items, (list, tuple)):
+        raise InvalidInputError(f"items must be a list of dicts, got {type(items).__name__}")
+    planned: list[PlannedEdit] = []
+    problems: list[str] = []
+    stems: dict[str, str] = {}
+    fingerprints: dict[str, str] = {}
+    for index, item in enumerate(items):
+        try:
+            planned.append(_plan_item(index, item, defaults, base_url, stems, fingerprints))
+        except ValueError as err:
+            problems.append(str(err))
+    if problems:
+        raise InvalidInputError(f"{owner}: {len(problems)} of {len(items)} items are invalid; nothing was sent:"
+                                f"\n  {first_of(problems)}")
+    return planned
+
+
+def _plan_item(index: int, item: Any, defaults: Defaults, base_url: str, stems: dict[str, str],
+               fingerprints: dict[str, str]) -> PlannedEdit:
+    """One item, validated against the others seen so far; a ``ValueError`` names what is wrong."""
+    where = f"items[{index}]"
+    if not isinstance(item, dict):
+        raise ValueError(f"{where}: must be a dict with key, prompt and image_urls, got {type(item).__name__}")
+    key = item.get("key")
+    if not isinstance(key, str) or not key.strip():
+        raise ValueError(f"{where}: key={key!r} must be a non-empty string that names the item")
+    where = f"item {key!r}"
+    unknown = set(item) - set(ITEM_FIELDS)
+    if unknown:
+        raise ValueError(f"{where}: unknown fields {sorted(unknown)}; use {', '.join(ITEM_FIELDS)}")
+    stem = file_stem(key)
+    if stem in stems:
+        raise ValueError(f"{where}: its file name {stem!r} is also that of item {stems[stem]!r}; keys must be "
+                         "unique")
+    stems[stem] = key
+    try:
+        request = ImageEditRequest.build(
+            item.get("prompt", defaults.prompt), item.get("image_urls"), item.get("model", defaults.model),
+            item.get("aspect_ratio", defaults.aspect_ratio), base_url=base_url,
+        )
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    if request.fingerprint in fingerprints:
+        raise ValueError(f"{where}: the same edit as item {fingerprints[request.fingerprint]!r}; list it once")
+    fingerprints[request.fingerprint] = key
+    return PlannedEdit(key, request)
+
+
+def classify(entry: dict[str, Any] | None, *, file_present: bool, resend_in_doubt: bool,
+             holder: str | None = None) -> str:
+    """What a run does with one item.
+
+    :param entry: the item's newest manifest entry, if any.
+    :param file_present: whether the entry's stored file exists.
+    :param resend_in_doubt: the operator's consent to pay again for an item that may have been charged.
+    :param holder: ``"live"`` or ``"dead"`` when another run's claim holds the item, else ``None``.
+    :return: ``skip`` (stored), ``wait`` (a live run has it), ``refetch`` (paid for, not stored: download
+        again), ``in_doubt`` (maybe charged, no result: never resent without consent), ``take_over`` (the
+        same, with consent), or ``edit``.
+    """
+    status = entry.get("status") if entry else None
+    if status == STORED and file_present:
+        return SKIP
+    if holder == LIVE:
+        return WAIT
+    if status in (STORED, EDITED) and entry and entry.get("image_url"):
+        return REFETCH
+    if holder == DEAD or status == IN_DOUBT:
+        return TAKE_OVER if resend_in_doubt else IN_DOUBT_ACTION
+    return EDIT

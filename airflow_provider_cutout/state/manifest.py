@@ -1,0 +1,254 @@
+"""The batch manifest: which edit (by request fingerprint) produced which stored file.
+
+A log in ``<output_dir>/_cutout/manifest/``, modelled on Delta Lake's transaction log: every file in
+it is immutable JSON Lines, one entry per line. A writer appends a small segment holding only its
+new records (coalesced by one thread; a caller that must not lose a record waits until it is
+written), and folds every ``ROLLUP_SEGMENTS`` of its own segments (and its last ones, at the end of a
+run) into one. When the files beside the log's largest one reach ``COMPACT_RATIO`` of its size, the
+end of a run compacts the whole log into one snapshot, as Delta Lake checkpoints. Bytes written per
+record stay constant whatever the size of the catalog. Readers read every file and keep the newest
+entry per fingerprint, so concurrent writers (chunks, overlapping runs) never overwrite each other.
+Older single-file manifests (``cutout-manifest*.json``) are still read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from airflow_provider_cutout.state.io import STATE_DIR, list_files, write_whole
+
+STORED, EDITED, FAILED, IN_DOUBT = "stored", "edited", "failed", "in_doubt"
+LEGACY_GLOB = "cutout-manifest*.json"
+ROLLUP_SEGMENTS = 256
+#: The log is compacted when the files beside its largest one hold this share of its size: each
+#: record is then rewritten a bounded number of times, so bytes per record stay constant.
+COMPACT_RATIO = 0.25
+
+log = logging.getLogger(__name__)
+
+
+def newest(entries: Iterable[dict[str, Any]], by: str = "fingerprint",
+           into: dict[Any, dict[str, Any]] | None = None) -> dict[Any, dict[str, Any]]:
+    """The newest entry (by ``updated_at``; the later one on a tie) per value of the field ``by``, added to
+    ``into`` when given; entries without that field are left out.
+
+    :param entries: manifest entries, in any order.
+    :param by: ``fingerprint`` (one entry per edit) or ``key`` (one per item).
+    :param into: entries already known, to update in place.
+    """
+    found = {} if into is None else into
+    for entry in entries:
+        value = entry.get(by)
+        if value is None:
+            continue
+        known = found.get(value)
+        if known is None or entry.get("updated_at", 0) >= known.get("updated_at", 0):
+            found[value] = entry
+    return found
+
+
+def parse_segment(name: str, text: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The entries of one log file and a description of each line that is not a valid entry."""
+    entries, problems = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as err:
+            problems.append(f"{name} line {number}: not valid JSON ({err})")
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("fingerprint"), str):
+            entries.append(entry)
+        else:
+            problems.append(f"{name} line {number}: not a manifest entry")
+    return entries, problems
+
+
+def _legacy_entries(path: Any) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except ValueError as err:
+        raise ValueError(f"manifest {path} is not valid JSON ({err}); move it aside to start over") from None
+    found = data.get("entries", {}) if isinstance(data, dict) else {}
+    return [{**e, "fingerprint": fp} for fp, e in found.items() if isinstance(e, dict)]
+
+
+class Manifest:
+    """The manifest log of one output folder: what every writer recorded, and this run's writer.
+
+    :param folder: the output folder (an ``ObjectStoragePath``).
+    :param writer: a name unique to this run's writer; ``None`` opens it read-only.
+    """
+
+    def __init__(self, folder: Any, writer: str | None = None) -> None:
+        self.path = folder / STATE_DIR / "manifest"
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.problems: list[str] = []
+        self.bytes_written = 0
+        self._read: set[str] = set()  # log files folded into ``entries``; all immutable
+        self._broken: set[str] = set()  # kept in place for inspection, never compacted away
+        self._writer_name = writer
+        self._own: list[tuple[str, list[dict[str, Any]]]] = []  # this writer's segments since its last rollup
+        self._rolled: list[str] = []  # this writer's rollups
+        self._pending: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        self._version = self._written = self._seq = 0
+        self._error: BaseException | None = None
+        self._closed = False
+        for legacy in sorted(folder.glob(LEGACY_GLOB)) if folder.exists() else ():
+            self._merge(_legacy_entries(legacy))
+        self.refresh()
+        self._thread: threading.Thread | None = None
+        if writer is not None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._thread = threading.Thread(target=self._write_loop, name="cutout-manifest", daemon=True)
+            self._thread.start()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def get(self, fingerprint: str) -> dict[str, Any] | None:
+        """The newest entry of ``fingerprint`` known to this reader."""
+        with self._cond:
+            return self.entries.get(fingerprint)
+
+    def refresh(self) -> int:
+        """Read the log files written since the last call; return how many there were."""
+        for _ in range(10):
+            names = [n for n in list_files(self.path) if n.endswith(".jsonl") and n not in self._read]
+            vanished = False
+            for name in sorted(names):
+                try:
+                    text = (self.path / name).read_bytes().decode("utf-8", errors="replace")
+                except FileNotFoundError:  # compacted meanwhile: its snapshot shows up on the next listing
+                    vanished = True
+                    continue
+                entries, problems = parse_segment(name, text)
+                if problems:
+                    self._broken.add(name)
+                    for problem in problems:
+                        log.warning("Cutout manifest: %s; the file's other records are kept. Inspect %s and "
+                                    "delete it once it is no longer needed.", problem, self.path / name)
+                    self.problems.extend(problems)
+                self._merge(entries)
+                self._read.add(name)
+            if not vanished:
+                return len(names)
+        raise OSError(f"the manifest log {self.path} keeps changing under this reader; try again")
+
+    def _merge(self, entries: list[dict[str, Any]]) -> None:
+        with self._cond:
+            newest(entries, into=self.entries)
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def record(self, entry: dict[str, Any], *, durable: bool = False) -> None:
+        """Add or replace the entry of ``entry["fingerprint"]``; with ``durable``, wait until it is written."""
+        entry = {**entry, "updated_at": time.time()}
+        with self._cond:
+            self._check()
+            self.entries[entry["fingerprint"]] = entry
+            self._pending.append(entry)
+            self._version += 1
+            version = self._version
+            self._cond.notify_all()
+            while durable and self._written < version and self._error is None:
+                self._cond.wait()
+            self._check()
+
+    def close(self, *, compact: bool = True) -> None:
+        """Write what is pending, stop the writer, roll this run's segments into one file and, when the
+        log has grown enough beside its snapshot, compact it."""
+        if self._thread is None:
+            return
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        self._thread = None
+        self._check()
+        if len(self._own) > 1:
+            self._rollup()
+        if compact and self._seq:
+            sizes = [size for name, size in list_files(self.path).items()
+                     if name.endswith(".jsonl") and name not in self._broken]
+            if len(sizes) > 1 and sum(sizes) - max(sizes) >= max(sizes) * COMPACT_RATIO:
+                self.compact()
+
+    def compact(self) -> None:
+        """Fold every log file read so far, and this writer's own, into one snapshot; delete them."""
+        self.refresh()
+        with self._cond:
+            lines = [json.dumps(e, separators=(",", ":")) for e in self.entries.values()]
+        folded = (self._read - self._broken) | {name for name, _ in self._own} | set(self._rolled)
+        self._write(f"{self._writer_name or uuid.uuid4().hex}-snapshot-{time.time_ns()}.jsonl", lines)
+        for name in folded:
+            (self.path / name).unlink(missing_ok=True)
+        self._read -= folded
+        self._own, self._rolled = [], []
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise OSError(f"cannot write the manifest {self.path}: {self._error}") from self._error
+
+    def _write(self, name: str, lines: list[str]) -> None:
+        data = ("\n".join(lines) + "\n").encode()
+        write_whole(self.path / name, data)
+        self.bytes_written += len(data)
+        self._read.add(name)
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._written == self._version and not self._closed:
+                    self._cond.wait()
+                if self._written == self._version:
+                    return
+                version, batch, self._pending = self._version, self._pending, []
+            try:
+                self._append(batch)
+            except BaseException as err:  # reported to every waiter and at close
+                with self._cond:
+                    self._error = err
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._written = version
+                self._cond.notify_all()
+
+    def _append(self, records: list[dict[str, Any]]) -> None:
+        self._seq += 1
+        name = f"{self._writer_name}-{self._seq:08d}.jsonl"
+        self._write(name, [json.dumps(e, separators=(",", ":")) for e in records])
+        self._own.append((name, records))
+        if len(self._own) >= ROLLUP_SEGMENTS:
+            self._rollup()
+
+    def _rollup(self) -> None:
+        """Fold this writer's segments into one file: few files for readers, even after a crash."""
+        segments, self._own = self._own, []
+        last = {e["fingerprint"]: e for _, records in segments for e in records}
+        name = f"{self._writer_name}-rollup-{self._seq:08d}.jsonl"
+        self._write(name, [json.dumps(e, separators=(",", ":")) for e in last.values()])
+        self._rolled.append(name)
+        for old, _ in segments:
+            (self.path / old).unlink(missing_ok=True)
+            self._read.discard(old)
+
+
+def read_manifest(output_dir: Any) -> dict[str, dict[str, Any]]:
+    """Entries of a batch's output folder by item key (the newest per key), for downstream tasks.
+
+    :param output_dir: the batch operator's ``output_dir`` (a path, URI or ``ObjectStoragePath``).
+    """
+    from airflow.sdk import ObjectStoragePath
+
+    return newest(Manifest(ObjectStoragePath(str(output_dir).rstrip("/") + "/")).entries.values(), by="key")

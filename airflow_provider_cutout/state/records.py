@@ -1,0 +1,39 @@
+"""The single edit's records: which edit is stored at an ``output_path``, so a re-run of that very edit
+returns it for free. One small JSON file per stored edit, under ``_cutout/edits/`` beside the result."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from airflow_provider_cutout.state.io import STATE_DIR, is_folder, write_whole
+
+
+def _record_path(output_path: Any, fingerprint: str) -> Any:
+    from airflow.sdk import ObjectStoragePath
+
+    target = ObjectStoragePath(str(output_path))
+    if is_folder(output_path):
+        return target / STATE_DIR / "edits" / f"{fingerprint}.json"
+    return target.parent / STATE_DIR / "edits" / f"{target.name}.json"
+
+
+def find_stored_edit(output_path: Any, fingerprint: str) -> dict[str, Any] | None:
+    """The result an earlier run stored at ``output_path`` for this very edit, if its file is still there."""
+    from airflow.sdk import ObjectStoragePath
+
+    try:
+        record = json.loads(_record_path(output_path, fingerprint).read_bytes())
+    except (OSError, ValueError):  # none yet, or a path that cannot hold one: storing will say why
+        return None
+    stored = record.get("stored_path") if isinstance(record, dict) else None
+    if record.get("fingerprint") != fingerprint or not stored or not ObjectStoragePath(stored).exists():
+        return None
+    return {k: v for k, v in record.items() if k != "fingerprint"}
+
+
+def remember_stored_edit(output_path: Any, fingerprint: str, payload: dict[str, Any]) -> None:
+    """Record which edit is stored at ``output_path``, so a re-run of it can return it for free."""
+    path = _record_path(output_path, fingerprint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_whole(path, json.dumps({**payload, "fingerprint": fingerprint}).encode())

@@ -1,0 +1,30 @@
+"""Edits stored before source versions counted in the fingerprint (or with source checks off): taken as
+unchanged once, and recorded under the versioned fingerprint, so a later change of the photo is edited
+again. One rule for both stores (the batch's manifest, the single edit's records)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Entry = dict[str, Any]
+
+
+def adopt_unversioned(fingerprint: str, unversioned: str, versions: Sequence[str],
+                      get: Callable[[str], Entry | None], put: Callable[[str, Entry], None]) -> Entry | None:
+    """The stored entry of ``unversioned`` recorded anew under ``fingerprint``, or ``None``.
+
+    :param fingerprint: the edit's fingerprint with its sources' versions.
+    :param unversioned: the same edit's fingerprint without them.
+    :param versions: the sources' versions (none: nothing to adopt).
+    :param get: the stored entry of a fingerprint, if any.
+    :param put: records an entry under a fingerprint.
+    """
+    old = get(unversioned) if versions else None
+    if old is None or old.get("adopted_by"):
+        return None  # adopted once already: a new version now is a changed photo
+    adopted = {**{k: v for k, v in old.items() if k != "adopted_by"}, "fingerprint": fingerprint,
+               "source_versions": list(versions)}
+    put(fingerprint, adopted)
+    put(unversioned, {**old, "adopted_by": fingerprint})
+    return adopted

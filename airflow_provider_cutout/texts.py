@@ -1,0 +1,44 @@
+"""How values and lists of problems appear in the provider's messages: one way, everywhere."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def first_of(lines: Sequence[str], limit: int = 50, sep: str = "\n  ") -> str:
+    """The first ``limit`` of ``lines`` joined by ``sep``, then how many more there are."""
+    shown = sep.join(lines[:limit])
+    return shown + (f"{sep}... and {len(lines) - limit} more" if len(lines) > limit else "")
+
+
+def format_validation_error(err: ValidationError, *, unknown: str = "is not a known field",
+                            name_all: bool = False) -> str:
+    """One readable line per problem: our validators already name the field and the fix; pydantic's
+    own checks (types, bounds) get the field and the value in front.
+
+    :param unknown: what to say of a field that does not exist.
+    :param name_all: put the field and the value in front of every problem (validators that do not name them).
+    """
+    lines = []
+    for item in err.errors(include_url=False):
+        msg = str(item.get("msg", "")).removeprefix("Value error, ")
+        loc = ".".join(str(part) for part in item.get("loc", ()))
+        kind = item.get("type")
+        if kind == "missing":
+            msg = f"{loc} is required"
+        elif kind == "extra_forbidden":
+            msg = f"{loc} {unknown}"
+        elif kind != "value_error" or name_all:
+            msg = f"{loc}={item.get('input')!r}: {msg[:1].lower()}{msg[1:]}"
+        lines.append(msg)
+    return "; ".join(lines)
