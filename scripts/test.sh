@@ -30,6 +30,7 @@ echo "== Airflow $NEWEST_AIRFLOW: install, lint, types, tests"
 venv .venv "$NEWEST_AIRFLOW" dev,cluster
 .venv/bin/ruff check airflow_provider_cutout tests example_dags scripts
 .venv/bin/mypy
+.venv/bin/lint-imports
 .venv/bin/python -m pytest "$@"
 
 echo "== Airflow $FLOOR_AIRFLOW: install, tests (the browser, e2e and cluster tests run on the newest Airflow only)"

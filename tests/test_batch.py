@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -10,7 +11,7 @@ from airflow_provider_cutout.catalog.plan import file_stem
 from airflow_provider_cutout.manifest import read_manifest
 from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator, chunk_items
 from tests.conftest import manifest_entries, states, xcoms
-from tests.dags.batch_dags import batch, budget, slow
+from tests.dags.batch_dags import batch, budget, slow, templated
 
 
 def summary(dr):
@@ -73,11 +74,46 @@ def test_insufficient_credits_stops_the_batch(sandbox, airflow_db, tmp_path, cap
     assert "the batch stopped at once" in "".join(capfd.readouterr())
 
 
-def test_operator_argument_checks():
-    with pytest.raises(ValueError, match="max_concurrency=0"):
-        CutoutBatchImageEditOperator(task_id="b", items=[], output_dir="/tmp/x/", max_concurrency=0)
-    with pytest.raises(ValueError, match=r"max_failures=1\.5"):
-        CutoutBatchImageEditOperator(task_id="b", items=[], output_dir="/tmp/x/", max_failures=1.5)
+def test_budget_and_failures_from_run_conf_are_validated_after_rendering(sandbox, airflow_db, tmp_path, capfd):
+    conf = {"n": 5, "out": str(tmp_path), "changed": "", "invalid": False}
+    over = templated.test(run_conf={**conf, "max_credits": 10})
+    assert states(over)["batch"] == [("failed", 1)] and sandbox.ledger()["calls"] == []
+    assert "planned cost is 20 credits for 5 edits, over max_credits=10" in "".join(capfd.readouterr())
+
+    bad = templated.test(run_conf={**conf, "max_credits": "ten", "max_failures": 2.5})
+    assert states(bad)["batch"] == [("failed", 1)] and sandbox.ledger()["calls"] == []
+    text = "".join(capfd.readouterr())
+    assert "max_credits='ten': input should be a valid integer" in text  # every bad argument in one error
+    assert "max_failures='2.5': must be a count (0, 1, 2...) or a fraction below 1" in text
+
+    enough = summary(templated.test(run_conf={**conf, "max_credits": 20, "max_failures": "0.5"}))
+    assert enough["edited"] == 5 and sandbox.ledger()["charges"] == 5
+
+
+@pytest.mark.parametrize(("arguments", "named"), [
+    ({"max_concurrency": 0}, ["max_concurrency=0"]),
+    ({"max_failures": 1.5}, [r"max_failures=1\.5"]),
+    ({"resend_in_doubt": "yes"}, ["resend_in_doubt='yes': must be True or False"]),
+    ({"check_balance": 1, "heartbeat_timeout": True, "max_credits": -1},
+     ["check_balance=1", "heartbeat_timeout=True", "max_credits=-1"]),
+    ({"gallery_link_expiry": 0, "requests_per_second": "fast"}, ["gallery_link_expiry=0", "requests_per_second='fast'"]),
+])
+def test_operator_argument_checks(arguments, named):
+    with pytest.raises(ValueError) as raised:
+        CutoutBatchImageEditOperator(task_id="b", items=[], output_dir="/tmp/x/", **arguments)
+    for pattern in named:
+        assert re.search(pattern, str(raised.value)), str(raised.value)
+
+
+def test_templated_arguments_wait_for_rendering_and_texts_parse_strictly():
+    op = CutoutBatchImageEditOperator(task_id="b", items=[], output_dir="/tmp/x/", max_credits="{{ params.c }}",
+                                      resend_in_doubt="{{ params.r }}", max_failures="{{ params.f }}")
+    op.max_credits, op.resend_in_doubt, op.max_failures = "120", "False", "0.05"  # as Jinja renders them
+    config = op.run_config()
+    assert (config.max_credits, config.resend_in_doubt, config.max_failures) == (120, False, 0.05)
+    op.max_credits, op.resend_in_doubt, op.max_failures = "None", " TRUE ", "3"
+    config = op.run_config()
+    assert (config.max_credits, config.resend_in_doubt, config.max_failures) == (None, True, 3)
     with pytest.raises(ValueError, match="1 of 2 items are invalid") as info:
         CutoutBatchImageEditOperator(task_id="b", output_dir="/tmp/x/", prompt="blur", items=[
             {"key": "a", "image_urls": "https://x/a.png"}, {"key": "a", "image_urls": "https://x/b.png"}])

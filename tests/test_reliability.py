@@ -88,21 +88,18 @@ def test_matrix_batch(sandbox, airflow_db, monkeypatch, tmp_path, case):
     assert not list(tmp_path.glob(".*.part"))
 
 
-def test_in_doubt_item_is_resent_only_with_consent(sandbox, airflow_db, monkeypatch, tmp_path):
-    from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator
+def test_in_doubt_item_is_resent_only_with_consent(sandbox, airflow_db, monkeypatch, tmp_path, capfd):
     from tests.dags.fault_dags import batch
 
     arrange(sandbox, monkeypatch, next(c for c in CASES if c.name == "malformed JSON"))
     batch.test(run_conf={"out": str(tmp_path)})
-    again = batch.test(run_conf={"out": str(tmp_path)})
+    again = batch.test(run_conf={"out": str(tmp_path), "resend": "false"})  # the text a run's conf gives
     assert states(again)["edit"] == [("failed", 1)] and sandbox.ledger()["edit_calls"] == 1  # not resent
-    op = batch.get_task("edit")
-    assert isinstance(op, CutoutBatchImageEditOperator)
-    op.resend_in_doubt = True
-    try:
-        consented = batch.test(run_conf={"out": str(tmp_path)})
-    finally:
-        op.resend_in_doubt = False
+    capfd.readouterr()
+    typo = batch.test(run_conf={"out": str(tmp_path), "resend": "yes"})
+    assert states(typo)["edit"] == [("failed", 1)] and sandbox.ledger()["edit_calls"] == 1  # refused, not read as true
+    assert "resend_in_doubt='yes': must be True or False" in "".join(capfd.readouterr())
+    consented = batch.test(run_conf={"out": str(tmp_path), "resend": "true"})
     assert states(consented)["edit"] == [("success", 1)]
     assert sandbox.ledger()["charges"] == 2
 

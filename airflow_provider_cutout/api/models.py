@@ -24,18 +24,6 @@ from pydantic import (
 from airflow_provider_cutout.api.urls import DEFAULT_BASE_URL, check_source_url, is_loopback_url
 from airflow_provider_cutout.texts import format_validation_error, shorten
 
-__all__ = [
-    "ASPECT_RATIOS",
-    "DEFAULT_BASE_URL",
-    "MODELS",
-    "CreditBalance",
-    "ImageEditRequest",
-    "ImageEditResult",
-    "ModelSpec",
-    "SourceImageLimits",
-    "format_validation_error",
-]
-
 ASPECT_RATIOS: tuple[str, ...] = ("original", "1:1", "4:3", "3:4", "9:16", "16:9")
 MAX_PROMPT_CHARS = 4000
 

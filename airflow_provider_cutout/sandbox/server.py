@@ -29,7 +29,7 @@ from urllib.request import ProxyHandler, build_opener
 
 from PIL import Image, UnidentifiedImageError
 
-from airflow_provider_cutout.models import ASPECT_RATIOS, MODELS
+from airflow_provider_cutout.api.models import ASPECT_RATIOS, MODELS
 from airflow_provider_cutout.sandbox import edits
 from airflow_provider_cutout.sandbox.state import Fault, SandboxConfig, SandboxState, fingerprint
 

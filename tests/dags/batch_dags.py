@@ -11,7 +11,7 @@ from airflow_provider_cutout.hooks.cutout import CutoutHook
 from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator
 
 START = datetime.datetime(2026, 1, 1)
-PARAMS = {"n": 10, "out": "/tmp/unused", "changed": "", "invalid": False}
+PARAMS = {"n": 10, "out": "/tmp/unused", "changed": "", "invalid": False, "max_credits": None, "max_failures": 0}
 
 
 @task
@@ -47,6 +47,8 @@ def batch_dag(dag_id: str, **operator_kwargs) -> DAG:
 
 batch = batch_dag("t_batch", max_concurrency=8)
 budget = batch_dag("t_batch_budget", max_credits=10)
+templated = batch_dag("t_batch_templated", max_credits="{{ params.max_credits }}",
+                      max_failures="{{ params.max_failures }}")
 slow = batch_dag("t_batch_slow", max_concurrency=4)
 balance_checked = batch_dag("t_batch_balance", check_balance=True)
 tolerant = batch_dag("t_batch_tolerant", max_failures=0.5, max_concurrency=1)

@@ -30,5 +30,7 @@ def one_item(url: str) -> list[dict]:
     return [{"key": "only", "prompt": "grayscale", "image_urls": [url]}]
 
 
-with DAG("t_fault_batch", schedule=None, start_date=START, default_args=ARGS, params={"out": "/tmp/x"}) as batch:
-    CutoutBatchImageEditOperator(task_id="edit", items=one_item(source()), output_dir="{{ params.out }}/")
+with DAG("t_fault_batch", schedule=None, start_date=START, default_args=ARGS,
+         params={"out": "/tmp/x", "resend": False}) as batch:
+    CutoutBatchImageEditOperator(task_id="edit", items=one_item(source()), output_dir="{{ params.out }}/",
+                                 resend_in_doubt="{{ params.resend }}")
