@@ -109,3 +109,21 @@ def test_readme_commands_exist():
     for command in ("make demo", "make test"):
         assert command in readme and f"{command.split()[1]}:" in makefile
     assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_architecture_names_every_module_and_layer():
+    """docs/architecture.md is the map: each module of the layers is in its table, each layer in its picture
+    and in the import-linter contract."""
+    import tomllib
+
+    text = (REPO / "docs" / "architecture.md").read_text()
+    package = REPO / "airflow_provider_cutout"
+    layers = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]["layers"]
+    named = {name.strip().removeprefix("airflow_provider_cutout.") for layer in layers for name in layer.split("|")}
+    folders = {p.name for p in package.iterdir() if (p / "__init__.py").exists()} - {"sandbox"}
+    assert folders <= named, f"layers missing from the import-linter contract: {folders - named}"
+    for folder in folders:
+        assert f"{folder}/" in text, f"docs/architecture.md does not show the layer {folder}/"
+        for module in (package / folder).glob("*.py"):
+            if module.name != "__init__.py":
+                assert f"`{folder}/{module.name}`" in text, f"docs/architecture.md does not map {folder}/{module.name}"
