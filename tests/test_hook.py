@@ -161,19 +161,32 @@ def test_no_wait_before_an_error_that_is_not_retried(sandbox):
     assert waits == [] and sandbox.ledger()["edit_calls"] == 1
 
 
-@pytest.mark.parametrize("status", [502, 503, 504])
-def test_gateway_errors_retried_and_bounded(sandbox, status, monkeypatch):
-    sandbox.fault("http_error", status=status, count=10)
+def test_503_is_retried_and_bounded(sandbox, monkeypatch):
+    sandbox.fault("http_error", status=503, count=10)
     with pytest.raises(exc.ServerError) as info:
         edit(use_conn(monkeypatch, sandbox, max_retries=2), sandbox)
-    assert info.value.attempts == 3 and "after 3 attempts" in str(info.value)
+    assert info.value.attempts == 3 and "after 3 attempts" in str(info.value) and not info.value.maybe_charged
     assert sandbox.ledger()["edit_calls"] == 3 and sandbox.ledger()["credits_charged"] == 0
 
 
-def test_html_error_page_retried(sandbox):
-    sandbox.fault("html_error", count=1)
-    assert edit(CutoutHook(), sandbox).status == 1
-    assert sandbox.ledger()["edit_calls"] == 2
+@pytest.mark.parametrize(("kind", "status"), [("http_error", 500), ("http_error", 502), ("http_error", 504),
+                                              ("html_error", 502), ("html_error", 524)])
+@pytest.mark.parametrize("charged", [False, True])
+def test_an_edit_answered_by_a_gateway_error_is_never_resent(sandbox, monkeypatch, kind, status, charged):
+    sandbox.fault(kind, status=status, count=10, after_edit=charged)
+    with pytest.raises(exc.ServerError) as info:
+        edit(use_conn(monkeypatch, sandbox, max_retries=3), sandbox)
+    err = info.value
+    assert err.maybe_charged and not err.retryable and err.attempts == 1 and err.http_status == status
+    assert "may have been charged" in str(err)
+    ledger = sandbox.ledger()
+    assert ledger["edit_calls"] == 1 and ledger["charges"] == int(charged)  # one call: never a second charge
+
+
+def test_a_read_answered_by_a_gateway_error_is_retried(sandbox):
+    sandbox.fault("http_error", status=504, count=1, path="balance")
+    assert CutoutHook().get_credit_balance().total > 0
+    assert [c["path"] for c in sandbox.ledger()["calls"]] == ["balance", "balance"]
 
 
 def test_no_resend_after_read_timeout(sandbox, monkeypatch):

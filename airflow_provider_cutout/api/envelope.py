@@ -22,6 +22,14 @@ from airflow_provider_cutout.exceptions import (
 
 INSUFFICIENT_CREDITS_CODE = 1001
 CHARGED_NOTE = "; the edit may have been charged, check the account before re-running"
+#: 5xx answers that say the request was not processed: a resend is safe. Any other 5xx (500, a gateway's
+#: 502 or 504, a CDN's 52x) may come after the API did the edit and charged it (docs/errors.md).
+REFUSED_5XX = frozenset({501, 503, 505})
+
+
+def maybe_processed(status: int) -> bool:
+    """Whether an HTTP error status may have come after the request was processed (and an edit charged)."""
+    return status >= 500 and status not in REFUSED_5XX
 
 
 class AnswerLike(Protocol):
@@ -67,6 +75,10 @@ def parse(answer: AnswerLike, *, edit: bool = False, attempts: int = 1) -> tuple
     if status == 429:
         raise RateLimitError(f"Cutout rate limit reached: {message or 'too many requests'}",
                              retry_after=retry_after(answer.headers), **info)
+    if status >= 500 and edit and maybe_processed(status):  # never resent by the provider itself
+        raise ServerError(f"Cutout answered HTTP {status} ({message or _snippet(answer)}): a server or gateway "
+                          "error that may come after the edit was done, so it is not sent again"
+                          + CHARGED_NOTE, retryable=False, maybe_charged=True, **info)
     if status >= 500:
         raise ServerError(f"Cutout server error: {message or _snippet(answer)}", **info)
     if not body:

@@ -32,15 +32,19 @@ from airflow_provider_cutout.exceptions import (
     ServerError,
 )
 
+#: Answers the client retries itself: for a GET, which charges nothing; for a POST, only those that say the
+#: request was not processed (an edit may have been charged behind a 500, 502, 504 or 52x: never resent).
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+POST_RETRY_STATUSES = frozenset({429, 503})
 CHUNK_BYTES = 64 * 1024
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
 T = TypeVar("T")
 
 
 def retry_here(err: BaseException) -> bool:
-    """The client retries what failed before an answer, and 429/502/503/504; other retryable errors
-    (a 500, which may have been processed) are left to the task's own retries."""
+    """The client retries what failed before an answer, and the statuses of ``RETRY_STATUSES`` (errors built
+    for a POST that may have been processed are not retryable); other retryable errors (a 500 to a GET) are
+    left to the task's own retries."""
     status = getattr(err, "http_status", None)
     return isinstance(err, CutoutError) and err.retryable and (status is None or status in RETRY_STATUSES)
 
@@ -95,7 +99,7 @@ class Transport:
         with response:
             answer = Answer(response.status_code, response.headers, self._read_capped(response, method, attempts),
                             attempts)
-        if answer.status_code in RETRY_STATUSES:
+        if answer.status_code in (RETRY_STATUSES if method == "GET" else POST_RETRY_STATUSES):
             parse(answer, attempts=attempts)  # always raises for these statuses
         return answer
 

@@ -237,12 +237,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
             headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
             body = {"code": 429, "data": None, "msg": fault.msg or "Too many requests", "time": int(time.time() * 1000)}
             self._json(429, body, headers)
-        elif fault.kind == "http_error":
-            status = fault.status or 500
-            self._envelope(status, fault.code or status, fault.msg or "Internal server error")
-        elif fault.kind == "html_error":
-            page = b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
-            self._send(fault.status or 502, page, "text/html")
+        elif fault.kind in ("http_error", "html_error"):
+            self._error_answer(fault)
         elif fault.kind == "drop":
             self.close_connection = True
         elif fault.kind == "insufficient_balance":
@@ -259,6 +255,16 @@ class SandboxHandler(BaseHTTPRequestHandler):
                     "duration": "0"}
             self._envelope(200, 0, "", data)
         return True
+
+    def _error_answer(self, fault: Fault) -> None:
+        """An error status with an envelope (``http_error``) or a proxy's HTML page (``html_error``)."""
+        if fault.kind == "http_error":
+            status = fault.status or 500
+            self._envelope(status, fault.code or status, fault.msg or "Internal server error")
+        else:
+            status = fault.status or 502
+            page = f"<!DOCTYPE html><html><head><title>{status} Bad Gateway</title></head><body>nginx</body></html>"
+            self._send(status, page.encode(), "text/html")
 
     def _huge_body(self, size: int) -> None:
         self.send_response(200)
@@ -348,6 +354,9 @@ class SandboxHandler(BaseHTTPRequestHandler):
             time.sleep(fault.delay)  # type: ignore[union-attr]
         if kind == "drop":
             self.close_connection = True
+            return
+        if kind in ("http_error", "html_error"):  # a gateway that gave up while the edit was done and charged
+            self._error_answer(fault)  # type: ignore[arg-type]
             return
         body = json.dumps({"code": 0, "data": data, "msg": "", "time": int(time.time() * 1000),
                            "requestId": request_id}).encode()

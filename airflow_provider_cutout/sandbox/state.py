@@ -14,8 +14,10 @@ from typing import Any
 
 FAULT_KINDS = {
     "rate_limit": "429 with an optional Retry-After header; nothing charged",
-    "http_error": "an error status (default 500) with a JSON error envelope; nothing charged",
-    "html_error": "an HTML error page (default status 502), as a proxy would send; nothing charged",
+    "http_error": "an error status (default 500) with a JSON error envelope; nothing charged, unless "
+                  "after_edit=true: the edit is done and charged first (a gateway's 504 during a long edit)",
+    "html_error": "an HTML error page (default status 502), as a proxy would send; nothing charged, unless "
+                  "after_edit=true",
     "drop": "close the connection without an answer; with after_edit=true the edit is done and charged first",
     "slow": "wait `delay` seconds before answering; the edit completes and is charged",
     "malformed_json": "HTTP 200 with a broken JSON body, after the edit was done and charged",
