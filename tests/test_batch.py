@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +12,7 @@ from airflow_provider_cutout.catalog.plan import file_stem
 from airflow_provider_cutout.manifest import read_manifest
 from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator, chunk_items
 from tests.conftest import manifest_entries, states, xcoms
-from tests.dags.batch_dags import batch, budget, slow, templated
+from tests.dags.batch_dags import batch, budget, catalog_chunks, slow, templated
 
 
 def summary(dr):
@@ -96,7 +97,10 @@ def test_budget_and_failures_from_run_conf_are_validated_after_rendering(sandbox
     ({"resend_in_doubt": "yes"}, ["resend_in_doubt='yes': must be True or False"]),
     ({"check_balance": 1, "heartbeat_timeout": True, "max_credits": -1},
      ["check_balance=1", "heartbeat_timeout=True", "max_credits=-1"]),
-    ({"gallery_link_expiry": 0, "requests_per_second": "fast"}, ["gallery_link_expiry=0", "requests_per_second='fast'"]),
+    ({"gallery_link_expiry": 0, "requests_per_second": "fast"},
+     ["gallery_link_expiry=0", "requests_per_second='fast'"]),
+    ({"max_concurrency": "{{ params.n }}"}, [r"max_concurrency='\{\{ params.n \}\}'"]),  # not templated: refused
+    ({"max_credits": ""}, ["max_credits=''"]),  # an empty text is no budget: refused, never "no limit"
 ])
 def test_operator_argument_checks(arguments, named):
     with pytest.raises(ValueError) as raised:
@@ -114,17 +118,24 @@ def test_templated_arguments_wait_for_rendering_and_texts_parse_strictly():
     op.max_credits, op.resend_in_doubt, op.max_failures = "None", " TRUE ", "3"
     config = op.run_config()
     assert (config.max_credits, config.resend_in_doubt, config.max_failures) == (None, True, 3)
+    quiet = CutoutBatchImageEditOperator(task_id="q", items=[], output_dir="/tmp/x/", progress_interval=None,
+                                         gallery=None, check_balance=None).run_config()
+    assert (quiet.progress_interval, quiet.gallery, quiet.check_balance) == (None, False, False)  # as before
     with pytest.raises(ValueError, match="1 of 2 items are invalid") as info:
         CutoutBatchImageEditOperator(task_id="b", output_dir="/tmp/x/", prompt="blur", items=[
             {"key": "a", "image_urls": "https://x/a.png"}, {"key": "a", "image_urls": "https://x/b.png"}])
-    assert "also that of item 'a'" in str(info.value)
+    assert "item 'a': the key is listed twice; keys must be unique" in str(info.value)
 
 
 def test_chunk_items_and_file_stem():
     items = [{"key": str(i)} for i in range(10)]
     chunks = chunk_items(items, 4)
     assert [len(c) for c in chunks] == [4, 4, 2] and [i for c in chunks for i in c] == items
-    assert file_stem("shoes/red sneaker #1") == "shoes_red_sneaker_1"
+    assert file_stem("red-sneaker_1.v2") == "red-sneaker_1.v2"  # a safe key is its own file name
+    assert re.fullmatch(r"shoes_red_sneaker_1~[0-9a-f]{16}", file_stem("shoes/red sneaker #1"))
+    keys = ["A/1", "A_1", "A 1", "a/1", ".A_1", "A_1.", "", "...", "item", "é", "e", "x" * 300, "x" * 301]
+    stems = [file_stem(key) for key in keys]
+    assert len(set(stems)) == len(keys) and all(0 < len(stem) <= 150 + 17 for stem in stems)
 
 
 def test_check_balance_fails_before_any_edit(sandbox, airflow_db, tmp_path, capfd):
@@ -229,3 +240,43 @@ def test_consent_to_resend_after_a_read_timeout_releases_the_claim(sandbox, airf
     time.sleep(1.0)  # the slow first edit completes on the server
     (paid,) = sandbox.ledger()["by_fingerprint"].values()
     assert paid["charges"] == 2  # the documented price of the consent
+
+
+PHOTO, OTHER = "/samples/mug.png?w=52&h=40", "/samples/lamp.png?w=44&h=40"
+
+
+def stored_files(folder):
+    manifest = read_manifest(folder)
+    assert all(e["status"] == "stored" for e in manifest.values()), manifest
+    return {key: Path(e["stored_path"]).read_bytes() for key, e in manifest.items()}
+
+
+def test_items_that_share_an_edit_pay_once_and_each_get_their_own_file(sandbox, airflow_db, tmp_path):
+    # Variants with one photo and prompt: two in the first chunk, one more in the next.
+    items = [{"key": "green-s", "image_urls": [PHOTO]}, {"key": "green-m", "image_urls": [PHOTO]},
+             {"key": "green-l", "image_urls": [PHOTO]}, {"key": "blue", "image_urls": [OTHER]}]
+    conf = {"out": str(tmp_path), "items": items, "size": 2}
+    dr = catalog_chunks.test(run_conf=conf)
+    assert states(dr)["batch"] == [("success", 1), ("success", 1)]
+    ledger = sandbox.ledger()
+    assert ledger["charges"] == 2 and sorted(v["charges"] for v in ledger["by_fingerprint"].values()) == [1, 1]
+    files = stored_files(tmp_path)
+    assert sorted(files) == ["blue", "green-l", "green-m", "green-s"]
+    assert files["green-s"] == files["green-m"] == files["green-l"] != files["blue"]
+    assert len({e["stored_path"] for e in read_manifest(tmp_path).values()}) == 4
+    runs = xcoms(dr, "batch").values()
+    assert sum(r["edited"] for r in runs) == 2 and sum(r["shared"] for r in runs) == 2
+    assert sum(r["credits_spent"] for r in runs) == 8
+
+    again = xcoms(catalog_chunks.test(run_conf=conf), "batch").values()
+    assert sum(r["skipped"] for r in again) == 4 and sandbox.ledger()["charges"] == 2
+
+
+def test_keys_that_read_alike_as_file_names_never_share_a_file(sandbox, airflow_db, tmp_path):
+    items = [{"key": "A/1", "image_urls": [PHOTO]}, {"key": "A_1", "image_urls": [OTHER]}]
+    dr = catalog_chunks.test(run_conf={"out": str(tmp_path), "items": items, "size": 1})  # one chunk each
+    assert states(dr)["batch"] == [("success", 1), ("success", 1)]
+    files = stored_files(tmp_path)
+    assert sorted(files) == ["A/1", "A_1"] and files["A/1"] != files["A_1"]
+    assert read_manifest(tmp_path)["A_1"]["stored_path"].endswith("/A_1.png")
+    assert sandbox.ledger()["charges"] == 2

@@ -54,7 +54,7 @@ def test_two_writers_never_overwrite_each_other_and_newest_wins(tmp_path):
     b.record(entry("2"), durable=True)
     a.record(entry("1"), durable=True)
     b.refresh()
-    assert b.get("1")["status"] == "stored" and b.get("2")["status"] == "stored"
+    assert b.get("1", "k-1")["status"] == "stored" and b.get("2", "k-2")["status"] == "stored"
     a.close()
     b.close()
     log = tmp_path / "_cutout" / "manifest"
@@ -89,7 +89,7 @@ def test_corrupt_and_half_written_segments_are_reported_and_lose_nothing_else(tm
     (log / "crashed-00000001.jsonl").write_text(json.dumps(entry("5")) + '\n{"fingerprint": "6", "sta')
     (log / "garbage-00000001.jsonl").write_bytes(b"\x00\xff not json\n[1, 2]\n")
     reader = Manifest(folder(tmp_path))
-    assert sorted(reader.entries) == ["0", "1", "2", "3", "4", "5"]
+    assert sorted(fp for fp, _ in reader.entries) == ["0", "1", "2", "3", "4", "5"]
     assert [p.split(" (")[0] for p in reader.problems] == [
         "crashed-00000001.jsonl line 2: not valid JSON",
         "garbage-00000001.jsonl line 1: not valid JSON",

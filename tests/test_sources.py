@@ -176,3 +176,18 @@ def test_signed_urls_never_reach_an_error_text():
     raised = requests.ConnectionError(f"HTTPConnectionPool: Max retries exceeded with url: /a.jpg?{signed}")
     assert "Signature" not in _source_error(raised, 20)
     assert "Signature" not in _source_error(requests.Timeout(signed), 20)
+
+
+@pytest.mark.parametrize("file", ["", "mug-white.png"], ids=["folder", "file path"])
+def test_a_single_edit_stored_before_versions_is_adopted_once(sandbox, airflow_db, tmp_path, file):
+    from tests.conftest import xcoms
+    from tests.dags.operator_dags import stored_edit, stored_edit_unchecked
+
+    conf = {"out": str(tmp_path), "file": file}
+    first = xcoms(stored_edit_unchecked.test(run_conf=conf), "edit", "cutout_result")[-1]  # keyed without versions
+    for _ in range(2):  # adopted on the first checked run, and still found on the next
+        again = xcoms(stored_edit.test(run_conf=conf), "edit", "cutout_result")[-1]
+        assert again["id"] == first["id"] and sandbox.ledger()["charges"] == 1
+    change_photo(sandbox, "mug.jpg", 120, 90)
+    changed = xcoms(stored_edit.test(run_conf=conf), "edit", "cutout_result")[-1]
+    assert changed["id"] != first["id"] and sandbox.ledger()["charges"] == 2

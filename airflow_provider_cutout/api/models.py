@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from airflow_provider_cutout.api.urls import DEFAULT_BASE_URL, check_source_url, is_loopback_url
+from airflow_provider_cutout.api.urls import check_source_url, is_loopback_url
 from airflow_provider_cutout.texts import format_validation_error, shorten
 
 ASPECT_RATIOS: tuple[str, ...] = ("original", "1:1", "4:3", "3:4", "9:16", "16:9")

@@ -1,8 +1,8 @@
 """``BatchConfig``: the batch operator's arguments that shape a run, validated once and frozen.
 
-Arguments may arrive as rendered template strings (``"100"``, ``"0.05"``, ``"false"``): numbers are
-parsed from text, flags only from ``True``/``False`` or the texts ``"true"``/``"false"`` (any case), so
-``"false"`` from run conf means false and a typo is refused instead of read as true. Every bad argument
+Arguments may arrive as rendered template strings (``"100"``, ``"0.05"``, ``"false"``, ``"None"``): numbers
+are parsed from text, flags only from ``True``/``False`` (``None`` is false) or the texts ``"true"``/``"false"``
+(any case), so ``"false"`` from run conf means false and a typo is refused instead of read as true. Every bad argument
 is named in one error, with its value and the rule.
 """
 
@@ -15,19 +15,21 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from airflow_provider_cutout.exceptions import InvalidInputError
 from airflow_provider_cutout.texts import format_validation_error
 
-_NONE_TEXTS = ("", "none", "null")
+_NONE_TEXTS = ("none", "null")  # how a template renders a None; an empty text is refused, never "no limit"
 
 
 def _flag(value: Any) -> Any:
-    if isinstance(value, bool):
-        return value
+    if isinstance(value, bool) or value is None:
+        return bool(value)
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
     raise ValueError("must be True or False (or the text 'true' or 'false', as a template renders them)")
 
 
 def _optional_flag(value: Any) -> Any:
-    return None if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_TEXTS) else _flag(value)
+    if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_TEXTS):
+        return None
+    return _flag(value)
 
 
 def _number(value: Any) -> Any:
@@ -72,7 +74,7 @@ class BatchConfig(BaseModel):
     resend_in_doubt: Flag = False
     claim_wait_timeout: Annotated[float, Number, Field(gt=0)] = 1800.0
     heartbeat_timeout: Annotated[float, Number, Field(gt=0)] = 120.0
-    progress_interval: Annotated[float, Number, Field(gt=0)] = 10.0
+    progress_interval: Annotated[Annotated[float, Field(gt=0)] | None, Number] = 10.0  # None: no progress lines
     check_sources: OptionalFlag = None
     gallery: Flag = True
     gallery_link_expiry: Annotated[Annotated[int, Field(gt=0)] | None, Number] = None

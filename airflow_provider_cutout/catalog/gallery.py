@@ -40,7 +40,7 @@ _CSP = "default-src 'none'; img-src * data: blob: file:; style-src 'unsafe-inlin
 
 def gallery_items(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The newest entry of each item key: those that need a look first, then the newest stored."""
-    return sorted(newest(entries, by="key").values(),
+    return sorted(newest(entries).values(),
                   key=lambda e: (_ORDER.get(e.get("status", ""), 0), -e.get("updated_at", 0), str(e.get("key"))))
 
 

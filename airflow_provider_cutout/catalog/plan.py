@@ -4,6 +4,7 @@ the claims say of an item what a run does with it."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ ITEM_FIELDS = ("key", "prompt", "image_urls", "model", "aspect_ratio")
 SKIP, REFETCH, EDIT, WAIT, IN_DOUBT_ACTION, TAKE_OVER = "skip", "refetch", "edit", "wait", "in_doubt", "take_over"
 LIVE, DEAD = "live", "dead"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_STEM = 150  # well under the 255 bytes a file name may have, with room for the hash and the extension
 
 
 def chunk_items(items: Sequence[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
@@ -33,8 +35,12 @@ def chunk_items(items: Sequence[dict[str, Any]], size: int) -> list[list[dict[st
 
 
 def file_stem(key: str) -> str:
-    """A file name for an item key: letters, digits, ``.``, ``_`` and ``-`` only."""
-    return _UNSAFE.sub("_", key).strip(".") or "item"
+    """The file name (without extension) of an item key, which no other key gets: the key itself when it is
+    a safe name already (letters, digits, ``.``, ``_`` and ``-``, not starting with a dot, at most
+    ``MAX_STEM`` characters); else the key made safe, ``~`` and 16 hex digits of its SHA-256. A safe key
+    has no ``~``, so the two kinds never meet, and ``A/1`` and ``A_1`` get different files."""
+    safe = (_UNSAFE.sub("_", key).strip(".") or "item")[:MAX_STEM]
+    return safe if safe == key else f"{safe}~{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 @dataclass
@@ -71,11 +77,10 @@ def plan_items(items: Any, defaults: Defaults, *, base_url: str, owner: str) -> 
         raise InvalidInputError(f"items must be a list of dicts, got {type(items).__name__}")
     planned: list[PlannedEdit] = []
     problems: list[str] = []
-    stems: dict[str, str] = {}
-    fingerprints: dict[str, str] = {}
+    stems: dict[str, str] = {}  # file stem -> key
     for index, item in enumerate(items):
         try:
-            planned.append(_plan_item(index, item, defaults, base_url, stems, fingerprints))
+            planned.append(_plan_item(index, item, defaults, base_url, stems))
         except ValueError as err:
             problems.append(str(err))
     if problems:
@@ -84,8 +89,7 @@ def plan_items(items: Any, defaults: Defaults, *, base_url: str, owner: str) -> 
     return planned
 
 
-def _plan_item(index: int, item: Any, defaults: Defaults, base_url: str, stems: dict[str, str],
-               fingerprints: dict[str, str]) -> PlannedEdit:
+def _plan_item(index: int, item: Any, defaults: Defaults, base_url: str, stems: dict[str, str]) -> PlannedEdit:
     """One item, validated against the others seen so far; a ``ValueError`` names what is wrong."""
     where = f"items[{index}]"
     if not isinstance(item, dict):
@@ -98,9 +102,10 @@ def _plan_item(index: int, item: Any, defaults: Defaults, base_url: str, stems: 
     if unknown:
         raise ValueError(f"{where}: unknown fields {sorted(unknown)}; use {', '.join(ITEM_FIELDS)}")
     stem = file_stem(key)
-    if stem in stems:
-        raise ValueError(f"{where}: its file name {stem!r} is also that of item {stems[stem]!r}; keys must be "
-                         "unique")
+    if stems.get(stem) == key:
+        raise ValueError(f"{where}: the key is listed twice; keys must be unique (each names its own file)")
+    if stem in stems:  # two keys whose 64-bit hashes meet: never seen, refused before anything is paid
+        raise ValueError(f"{where}: its file name {stem!r} is also that of item {stems[stem]!r}; rename one")
     stems[stem] = key
     try:
         request = ImageEditRequest.build(
@@ -109,10 +114,7 @@ def _plan_item(index: int, item: Any, defaults: Defaults, base_url: str, stems: 
         )
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
-    if request.fingerprint in fingerprints:
-        raise ValueError(f"{where}: the same edit as item {fingerprints[request.fingerprint]!r}; list it once")
-    fingerprints[request.fingerprint] = key
-    return PlannedEdit(key, request)
+    return PlannedEdit(key, request)  # items may share an edit (variants with one photo): it is paid for once
 
 
 def classify(entry: dict[str, Any] | None, *, file_present: bool, resend_in_doubt: bool,

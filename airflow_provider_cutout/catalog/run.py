@@ -38,7 +38,7 @@ from airflow_provider_cutout.exceptions import (
 )
 from airflow_provider_cutout.observability import metrics
 from airflow_provider_cutout.state.claims import Claims, Owner
-from airflow_provider_cutout.state.io import list_files, store_image
+from airflow_provider_cutout.state.io import copy_into, list_files, store_image
 from airflow_provider_cutout.state.manifest import EDITED, FAILED, IN_DOUBT, STORED, Manifest
 from airflow_provider_cutout.state.versions import adopt_unversioned
 from airflow_provider_cutout.texts import first_of
@@ -62,6 +62,7 @@ class Progress:
     recovered: int = 0
     failed: int = 0
     by_other_runs: int = 0
+    shared: int = 0  # stored from the edit another item key paid for (same photo, prompt and model)
     credits: int = 0
     errors: list[str] = field(default_factory=list)
     doubtful: list[str] = field(default_factory=list)  # keys that may have been charged without a result
@@ -76,7 +77,8 @@ class Progress:
     @property
     def done(self) -> int:
         """Items finished one way or another."""
-        return self.skipped + self.edited + self.recovered + self.failed + self.in_doubt + self.by_other_runs
+        return (self.skipped + self.edited + self.recovered + self.shared + self.failed + self.in_doubt
+                + self.by_other_runs)
 
 
 class RateLimiter:
@@ -125,7 +127,8 @@ class BatchRun:
         self.owner = owner
         self.progress = Progress(total=len(planned))
         self.stop = threading.Event()
-        self.held: dict[str, tuple[PlannedEdit, Owner]] = {}
+        self.held: dict[str, tuple[PlannedEdit, Owner]] = {}  # by item key
+        self.followers: dict[str, list[PlannedEdit]] = {}  # by fingerprint: keys that wait for another's edit
         self.limiter = RateLimiter(config.requests_per_second)
         self.claims = Claims(folder, owner, config.heartbeat_timeout)
         self.manifest = Manifest(folder, writer=owner.token)
@@ -152,6 +155,7 @@ class BatchRun:
                               + [(self.edit, item) for item in self.to_edit])
                     self.seconds_sending = time.monotonic() - started
                     self.settle_held()
+                    self.store_followers()
                     self.manifest.close()  # every record written while the heartbeat still says "alive"
                 finally:
                     self.claims.close()
@@ -171,8 +175,9 @@ class BatchRun:
             for item, request in zip(self.planned, requests, strict=True):
                 item.request = request
         names = set(list_files(self.folder))
+        leaders: set[str] = set()
         for item in self.planned:
-            entry = self.manifest.get(item.fingerprint) or self._adopt(item)
+            entry = self._entry_for(item)
             stored = str(entry.get("stored_path") or "") if entry else ""
             action = classify(entry, file_present=stored.rsplit("/", 1)[-1] in names,
                               resend_in_doubt=self.config.resend_in_doubt)
@@ -182,7 +187,10 @@ class BatchRun:
                 self.to_refetch.append((item, entry))
             elif action == IN_DOUBT_ACTION:
                 self.progress.doubtful.append(item.key)
+            elif item.fingerprint in leaders:  # the same edit as an item before it: paid for once
+                self.followers.setdefault(item.fingerprint, []).append(item)
             else:
+                leaders.add(item.fingerprint)
                 self.to_edit.append(item)
         self.cost = sum(item.request.credits for item in self.to_edit)
         self.log.info(
@@ -191,10 +199,36 @@ class BatchRun:
             self.progress.in_doubt, len(self.to_edit), self.cost,
         )
 
+    def _entry_for(self, item: PlannedEdit) -> dict[str, Any] | None:
+        """What the manifest says of an item: its own newest entry when it holds a paid result (or one adopted
+        from before source versions); else, when another item key paid for this very edit, an entry that
+        stores that result for this key too (``_shared``); else its own entry, if any."""
+        own = self.manifest.get(item.fingerprint, item.key) or self._adopt(item)
+        if own is not None and own.get("status") in (STORED, EDITED):
+            return own
+        return self._shared(item, own)
+
+    def _shared(self, item: PlannedEdit, own: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Another key's paid result of the same edit, to store for this key (copying that key's stored file
+        when it is there, else fetching the result URL); else ``own``. With no entry of its own, this key is in
+        doubt when another key's edit is: the edit may have been charged."""
+        others = self.manifest.siblings(item.fingerprint)
+        paid = [e for e in others if e.get("status") in (STORED, EDITED) and e.get("image_url")]
+        if not paid:
+            doubt = next((e for e in others if e.get("status") == IN_DOUBT), None)
+            if own is not None or doubt is None:
+                return own
+            return {**self._base_entry(item), "status": IN_DOUBT,
+                    "error": f"the same edit as item {doubt.get('key')!r}, in doubt"}
+        stored = [e for e in paid if e.get("status") == STORED and e.get("stored_path")]
+        source = max(stored or paid, key=lambda e: e.get("updated_at", 0))
+        return {**source, "key": item.key, "status": EDITED, "stored_path": None, "credits": 0, "error": None,
+                "shared_with": source.get("key"), "copy_of": source.get("stored_path")}
+
     def _adopt(self, item: PlannedEdit) -> dict[str, Any] | None:
         """An item stored before source versions counted is taken as unchanged once (``state.versions``)."""
         def stored(fp: str) -> dict[str, Any] | None:
-            entry = self.manifest.get(fp)
+            entry = self.manifest.get(fp, item.key)
             return entry if entry is not None and entry.get("status") == STORED else None
 
         request = item.request
@@ -273,7 +307,7 @@ class BatchRun:
             self.send(item)
         else:
             with self.progress.lock:
-                self.held[item.fingerprint] = (item, holder)
+                self.held[item.key] = (item, holder)
 
     def send(self, item: PlannedEdit) -> None:
         """Send a claimed edit, record it as soon as it is charged, then store its image."""
@@ -302,25 +336,38 @@ class BatchRun:
         holder = self.claims.holder(item.fingerprint)
         if holder is not None and holder.token != self.owner.token:
             with self.progress.lock:
-                self.held[item.fingerprint] = (item, holder)
+                self.held[item.key] = (item, holder)
         else:
             self.refetch(item, entry)
 
     def refetch(self, item: PlannedEdit, entry: dict[str, Any]) -> None:
-        """Download again an edit that was paid for but not stored."""
+        """Store an edit that was paid for (by this key, or by another key of the same edit) but not stored."""
         if self.store(item, entry):
             with self.progress.lock:
-                self.progress.recovered += 1
+                if entry.get("shared_with"):
+                    self.progress.shared += 1
+                else:
+                    self.progress.recovered += 1
 
     def store(self, item: PlannedEdit, entry: dict[str, Any]) -> bool:
-        """Copy the result into the output folder and record it as stored."""
+        """Copy the result into the output folder (from another key's stored file of the same edit when there
+        is one, else from the result URL) and record it as stored."""
+        url, copy_of = entry["image_url"], entry.get("copy_of")
+
+        def fetch(sink: Any) -> str:
+            return copy_into(copy_of, sink) if copy_of else self.client.download(url, sink)[1]
+
         try:
-            path = store_image(lambda sink: self.client.download(entry["image_url"], sink)[1], self.out,
-                               file_stem(item.key), tag=self.owner.token)
+            path = store_image(fetch, self.out, file_stem(item.key), tag=self.owner.token)
+        except OSError:
+            if not copy_of:
+                raise
+            return self.store(item, {**entry, "copy_of": None})  # the other key's file went away: fetch the URL
         except CutoutError as err:
             self.fail(item, entry, err)
             return False
-        self.manifest.record({**entry, "status": STORED, "stored_path": path, "error": None})
+        self.manifest.record({**{k: v for k, v in entry.items() if k != "copy_of"}, "status": STORED,
+                              "stored_path": path, "error": None})
         return True
 
     def fail(self, item: PlannedEdit, entry: dict[str, Any], err: CutoutError) -> None:
@@ -352,9 +399,9 @@ class BatchRun:
         while self.held and not self.stop.is_set():
             # Holders first, the log after: a run writes its records before its heartbeat stops, so a holder
             # seen dead here has every record it will ever write already in the log read next.
-            holders = {fp: self._holder(fp) for fp in list(self.held)}
+            holders = {key: self._holder(item.fingerprint) for key, (item, _) in list(self.held.items())}
             self.manifest.refresh()
-            jobs = [job for fp, holder in holders.items() if (job := self._settle(fp, *holder)) is not None]
+            jobs = [job for key, holder in holders.items() if (job := self._settle(key, *holder)) is not None]
             if jobs:
                 self.work(jobs)
             elif self.held and time.monotonic() > deadline:
@@ -370,15 +417,17 @@ class BatchRun:
         holder = self.claims.holder(fp)
         return holder, None if holder is None else LIVE if self.claims.is_alive(holder) else DEAD
 
-    def _settle(self, fp: str, holder: Owner | None, state: str | None) -> tuple[Any, ...] | None:
+    def _settle(self, key: str, holder: Owner | None, state: str | None) -> tuple[Any, ...] | None:
         """Look again at one held item; a job when this run must act on it now."""
-        item = self.held[fp][0]
-        entry = self.manifest.get(fp)
-        action = classify(entry, file_present=True, resend_in_doubt=self.config.resend_in_doubt, holder=state)
+        item = self.held[key][0]
+        fp = item.fingerprint
+        entry = self._entry_for(item)
+        action = classify(entry, file_present=_file_exists(entry), resend_in_doubt=self.config.resend_in_doubt,
+                          holder=state)
         if action == WAIT and holder is not None:
-            self.held[fp] = (item, holder)
+            self.held[key] = (item, holder)
             return None
-        del self.held[fp]
+        del self.held[key]
         if action == SKIP:
             with self.progress.lock:
                 self.progress.by_other_runs += 1
@@ -393,12 +442,38 @@ class BatchRun:
         elif action == TAKE_OVER and holder is not None:
             winner = self.claims.take_over(fp, holder)
             if winner is not None:
-                self.held[fp] = (item, winner)
+                self.held[key] = (item, winner)
                 return None
             return (self.send, item)
         else:
             return (self.edit, item)  # the claim was released: claim it again
         return None
+
+    def store_followers(self) -> None:
+        """Store the items that share an edit with an item this run sent: from its stored file when it was
+        stored; else they end as it did (in doubt, or failed), and nothing more is sent for them."""
+        jobs, stopped = [], self.stop.is_set()
+        for followers in self.followers.values():
+            for item in followers:
+                entry = self._entry_for(item)
+                if entry is not None and entry.get("shared_with"):
+                    jobs.append((self.refetch, item, entry))
+                elif entry is not None and entry.get("status") == IN_DOUBT:
+                    self.manifest.record(entry)
+                    with self.progress.lock:
+                        self.progress.doubtful.append(item.key)
+                elif not stopped:
+                    self._fail_follower(item)
+        self.work(jobs)
+
+    def _fail_follower(self, item: PlannedEdit) -> None:
+        leader = next((e for e in self.manifest.siblings(item.fingerprint) if e.get("status") == FAILED), None)
+        why = f"the same edit as item {leader.get('key')!r}, which failed" if leader else "its edit was not done"
+        text = f"{item.key}: {why}"
+        self.manifest.record({**self._base_entry(item), "status": FAILED, "error": text})
+        with self.progress.lock:
+            self.progress.failed += 1
+            self.progress.errors.append(text)
 
     # -- reporting -------------------------------------------------------------------------------
 
@@ -422,7 +497,8 @@ class BatchRun:
         progress = self.progress
         summary = {
             "total": progress.total, "skipped": progress.skipped, "edited": progress.edited,
-            "recovered": progress.recovered, "by_other_runs": progress.by_other_runs, "failed": progress.failed,
+            "recovered": progress.recovered, "shared": progress.shared, "by_other_runs": progress.by_other_runs,
+            "failed": progress.failed,
             "in_doubt": progress.in_doubt, "not_attempted": progress.total - progress.done,
             "credits_spent": progress.credits, "planned_credits": self.cost,
             "seconds_sending": round(self.seconds_sending, 3), "manifest": str(self.manifest.path),
@@ -482,3 +558,11 @@ class BatchRun:
         return {"key": item.key, "fingerprint": item.fingerprint, "prompt": req.prompt, "model": req.model,
                 "aspect_ratio": req.aspect_ratio, "image_urls": list(req.image_urls),
                 "source_versions": list(req.source_versions)}
+
+
+def _file_exists(entry: dict[str, Any] | None) -> bool:
+    """Whether an entry's stored file is there now (an item is never counted done without its file)."""
+    from airflow.sdk import ObjectStoragePath
+
+    stored = entry.get("stored_path") if entry else None
+    return bool(stored) and ObjectStoragePath(str(stored)).exists()

@@ -137,8 +137,9 @@ class CutoutBatchImageEditOperator(BaseOperator):
         """The run's arguments validated (all bad ones named in one ``InvalidInputError``); with
         ``static_only``, those not still waiting for a template (at parse time)."""
         values = {name: getattr(self, name) for name in CONFIG_FIELDS}
-        if static_only:
-            values = {name: value for name, value in values.items() if not is_dynamic(value)}
+        if static_only:  # a template is checked once rendered; anywhere else it is refused now
+            values = {name: value for name, value in values.items()
+                      if not (name in self.template_fields and is_dynamic(value))}
         return BatchConfig.parse(self._owner, **values)
 
     def plan_items(self, items: Any, *, base_url: str) -> list[PlannedEdit]:
@@ -192,8 +193,8 @@ class CutoutBatchImageEditOperator(BaseOperator):
         the task succeeds), so DAGs scheduled on the asset know what changed."""
         from airflow.sdk import Asset
 
-        extra = {key: summary[key] for key in ("edited", "skipped", "by_other_runs", "failed", "credits_spent",
-                                              "manifest", "output_dir")}
+        keys = ("edited", "skipped", "shared", "by_other_runs", "failed", "credits_spent", "manifest", "output_dir")
+        extra = {key: summary[key] for key in keys}
         for outlet in self.outlets:
             if isinstance(outlet, Asset):
                 context["outlet_events"][outlet].extra = extra

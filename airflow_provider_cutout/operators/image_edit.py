@@ -111,13 +111,18 @@ class CutoutImageEditOperator(BaseOperator):
     def _stored(self, request: ImageEditRequest) -> dict[str, Any] | None:
         """This edit's result from an earlier run; one stored before source versions counted is adopted for
         the versions seen now (so a later change of the photo is edited again)."""
+        from airflow_provider_cutout.state.io import is_folder
         from airflow_provider_cutout.state.records import find_stored_edit, remember_stored_edit
         from airflow_provider_cutout.state.versions import adopt_unversioned
 
+        def put(fp: str, record: dict[str, Any]) -> None:
+            # A file path keeps one record, the adopted one: marking the old one there would overwrite it.
+            if fp == request.fingerprint or is_folder(self.output_path):
+                remember_stored_edit(self.output_path, fp, record)
+
         stored = find_stored_edit(self.output_path, request.fingerprint) or adopt_unversioned(
             request.fingerprint, request.unversioned_fingerprint, request.source_versions,
-            lambda fp: find_stored_edit(self.output_path, fp),
-            lambda fp, record: remember_stored_edit(self.output_path, fp, record))
+            lambda fp: find_stored_edit(self.output_path, fp), put)
         hidden = ("fingerprint", "source_versions")  # the result as the earlier run pushed it
         return None if stored is None else {k: v for k, v in stored.items() if k not in hidden}
 

@@ -9,12 +9,14 @@ half-written file under the final name.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Callable
 from typing import IO, Any
 
 #: The folder, inside an output folder, that holds the provider's own state (manifest, claims, records).
 STATE_DIR = "_cutout"
+CHUNK_BYTES = 64 * 1024
 
 
 def is_folder(output_path: Any) -> bool:
@@ -48,6 +50,15 @@ def store_image(fetch: Callable[[IO[bytes]], str], output_path: Any, stem: str, 
             partial.unlink()
         raise
     return str(final)
+
+
+def copy_into(path: str, sink: IO[bytes]) -> str:
+    """Stream the stored file ``path`` into ``sink`` (bounded memory); return its extension (``.png``)."""
+    from airflow.sdk import ObjectStoragePath
+
+    with ObjectStoragePath(path).open("rb") as source:  # type: ignore[no-untyped-call]
+        shutil.copyfileobj(source, sink, CHUNK_BYTES)
+    return "." + path.rsplit(".", 1)[-1]
 
 
 def is_local(path: Any) -> bool:

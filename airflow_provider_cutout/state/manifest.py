@@ -7,7 +7,8 @@ written), and folds every ``ROLLUP_SEGMENTS`` of its own segments (and its last 
 run) into one. When the files beside the log's largest one reach ``COMPACT_RATIO`` of its size, the
 end of a run compacts the whole log into one snapshot, as Delta Lake checkpoints. Bytes written per
 record stay constant whatever the size of the catalog. Readers read every file and keep the newest
-entry per fingerprint, so concurrent writers (chunks, overlapping runs) never overwrite each other.
+entry per item key and fingerprint, so concurrent writers (chunks, overlapping runs) never overwrite each
+other, and items that share one edit (a photo, a prompt, a model) each keep their own entry.
 Older single-file manifests (``cutout-manifest*.json``) are still read.
 """
 
@@ -33,13 +34,13 @@ COMPACT_RATIO = 0.25
 log = logging.getLogger(__name__)
 
 
-def newest(entries: Iterable[dict[str, Any]], by: str = "fingerprint",
+def newest(entries: Iterable[dict[str, Any]], by: str = "key",
            into: dict[Any, dict[str, Any]] | None = None) -> dict[Any, dict[str, Any]]:
     """The newest entry (by ``updated_at``; the later one on a tie) per value of the field ``by``, added to
     ``into`` when given; entries without that field are left out.
 
     :param entries: manifest entries, in any order.
-    :param by: ``fingerprint`` (one entry per edit) or ``key`` (one per item).
+    :param by: ``key`` (one per item) or ``fingerprint``.
     :param into: entries already known, to update in place.
     """
     found = {} if into is None else into
@@ -51,6 +52,13 @@ def newest(entries: Iterable[dict[str, Any]], by: str = "fingerprint",
         if known is None or entry.get("updated_at", 0) >= known.get("updated_at", 0):
             found[value] = entry
     return found
+
+
+def _group(entries: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    by_fp: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        by_fp.setdefault(entry["fingerprint"], []).append(entry)
+    return by_fp
 
 
 def parse_segment(name: str, text: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -91,7 +99,7 @@ class Manifest:
 
     def __init__(self, folder: Any, writer: str | None = None) -> None:
         self.path = folder / STATE_DIR / "manifest"
-        self.entries: dict[str, dict[str, Any]] = {}
+        self.edits: dict[str, dict[Any, dict[str, Any]]] = {}  # fingerprint -> item key -> newest entry
         self.problems: list[str] = []
         self.bytes_written = 0
         self._read: set[str] = set()  # log files folded into ``entries``; all immutable
@@ -115,10 +123,22 @@ class Manifest:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def get(self, fingerprint: str) -> dict[str, Any] | None:
-        """The newest entry of ``fingerprint`` known to this reader."""
+    def get(self, fingerprint: str, key: Any) -> dict[str, Any] | None:
+        """The newest entry of the item ``key`` for the edit ``fingerprint`` known to this reader."""
         with self._cond:
-            return self.entries.get(fingerprint)
+            return self.edits.get(fingerprint, {}).get(key)
+
+    def siblings(self, fingerprint: str) -> list[dict[str, Any]]:
+        """The newest entry of every item key recorded for the edit ``fingerprint`` (items that share a photo,
+        a prompt and a model share one edit)."""
+        with self._cond:
+            return list(self.edits.get(fingerprint, {}).values())
+
+    @property
+    def entries(self) -> dict[tuple[str, Any], dict[str, Any]]:
+        """Every newest entry, by ``(fingerprint, key)``."""
+        with self._cond:
+            return {(fp, key): entry for fp, keys in self.edits.items() for key, entry in keys.items()}
 
     def refresh(self) -> int:
         """Read the log files written since the last call; return how many there were."""
@@ -146,16 +166,18 @@ class Manifest:
 
     def _merge(self, entries: list[dict[str, Any]]) -> None:
         with self._cond:
-            newest(entries, into=self.entries)
+            for fp, group in _group(entries).items():
+                newest(group, into=self.edits.setdefault(fp, {}))
 
     # -- writing ---------------------------------------------------------------------------------
 
     def record(self, entry: dict[str, Any], *, durable: bool = False) -> None:
-        """Add or replace the entry of ``entry["fingerprint"]``; with ``durable``, wait until it is written."""
+        """Add or replace the entry of ``entry["key"]`` for ``entry["fingerprint"]``; with ``durable``, wait until
+        it is written."""
         entry = {**entry, "updated_at": time.time()}
         with self._cond:
             self._check()
-            self.entries[entry["fingerprint"]] = entry
+            self.edits.setdefault(entry["fingerprint"], {})[entry.get("key")] = entry
             self._pending.append(entry)
             self._version += 1
             version = self._version
@@ -186,8 +208,7 @@ class Manifest:
     def compact(self) -> None:
         """Fold every log file read so far, and this writer's own, into one snapshot; delete them."""
         self.refresh()
-        with self._cond:
-            lines = [json.dumps(e, separators=(",", ":")) for e in self.entries.values()]
+        lines = [json.dumps(e, separators=(",", ":")) for e in self.entries.values()]
         folded = (self._read - self._broken) | {name for name, _ in self._own} | set(self._rolled)
         self._write(f"{self._writer_name or uuid.uuid4().hex}-snapshot-{time.time_ns()}.jsonl", lines)
         for name in folded:
@@ -235,7 +256,7 @@ class Manifest:
     def _rollup(self) -> None:
         """Fold this writer's segments into one file: few files for readers, even after a crash."""
         segments, self._own = self._own, []
-        last = {e["fingerprint"]: e for _, records in segments for e in records}
+        last = {(e["fingerprint"], e.get("key")): e for _, records in segments for e in records}
         name = f"{self._writer_name}-rollup-{self._seq:08d}.jsonl"
         self._write(name, [json.dumps(e, separators=(",", ":")) for e in last.values()])
         self._rolled.append(name)
@@ -251,4 +272,4 @@ def read_manifest(output_dir: Any) -> dict[str, dict[str, Any]]:
     """
     from airflow.sdk import ObjectStoragePath
 
-    return newest(Manifest(ObjectStoragePath(str(output_dir).rstrip("/") + "/")).entries.values(), by="key")
+    return newest(Manifest(ObjectStoragePath(str(output_dir).rstrip("/") + "/")).entries.values())

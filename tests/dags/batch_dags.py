@@ -8,7 +8,7 @@ import datetime
 from airflow.sdk import DAG, task
 
 from airflow_provider_cutout.hooks.cutout import CutoutHook
-from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator
+from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator, chunk_items
 
 START = datetime.datetime(2026, 1, 1)
 PARAMS = {"n": 10, "out": "/tmp/unused", "changed": "", "invalid": False, "max_credits": None, "max_failures": 0}
@@ -94,3 +94,17 @@ with DAG("t_batch_s3_sources", schedule=None, start_date=START, params=S3_PARAMS
 
     CutoutBatchImageEditOperator(task_id="batch", items=items_from_params(), output_dir="{{ params.out }}/",
                                  prompt="grayscale", model="seedream-4.0")
+
+
+with DAG("t_batch_catalog_chunks", schedule=None, start_date=START,
+         params={"out": "/tmp/unused", "items": [], "size": 2}) as catalog_chunks:
+    @task
+    def chunked(params=None) -> list[list[dict]]:
+        """The items of the run's conf (paths on the sandbox), in chunks of ``size``."""
+        base = CutoutHook().base_url
+        items = [{**item, "image_urls": [base + url for url in item["image_urls"]]} for item in params["items"]]
+        return chunk_items(items, int(params["size"]))
+
+    CutoutBatchImageEditOperator.partial(
+        task_id="batch", output_dir="{{ params.out }}/", prompt="grayscale", max_concurrency=4,
+    ).expand(items=chunked())

@@ -82,9 +82,16 @@ def stored_dag(dag_id: str, **kwargs) -> DAG:
 stored = stored_dag("t_stored")
 stored_forced = stored_dag("t_stored_forced", force=True)
 
-with DAG("t_single_stored_edit", schedule=None, start_date=START, params={"out": "/tmp/unused"}) as stored_edit:
-    CutoutImageEditOperator(task_id="edit", prompt="grayscale", image_urls=sample_urls(["mug"]), model="gpt-image-1",
-                            output_path="{{ params.out }}/")
+def stored_edit_dag(dag_id: str, **kwargs) -> DAG:
+    """One edit stored at ``out/`` (a folder) or ``out/<file>`` (a file path)."""
+    with DAG(dag_id, schedule=None, start_date=START, params={"out": "/tmp/unused", "file": ""}) as dag:
+        CutoutImageEditOperator(task_id="edit", prompt="grayscale", image_urls=sample_urls(["mug"]),
+                                model="gpt-image-1", output_path="{{ params.out }}/{{ params.file }}", **kwargs)
+    return dag
+
+
+stored_edit = stored_edit_dag("t_single_stored_edit")
+stored_edit_unchecked = stored_edit_dag("t_single_stored_edit_unchecked", check_sources=False)
 
 with DAG("t_single_source", schedule=None, start_date=START, params={"url": "", "model": "seedream-4.0"}) as one_source:
     CutoutImageEditOperator(task_id="edit", prompt="grayscale", image_urls="{{ params.url }}",
