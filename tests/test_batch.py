@@ -94,7 +94,8 @@ def test_budget_and_failures_from_run_conf_are_validated_after_rendering(sandbox
 @pytest.mark.parametrize(("arguments", "named"), [
     ({"max_concurrency": 0}, ["max_concurrency=0"]),
     ({"max_failures": 1.5}, [r"max_failures=1\.5"]),
-    ({"resend_in_doubt": "yes"}, ["resend_in_doubt='yes': must be True or False"]),
+    ({"resend_in_doubt": "yes"}, ["resend_in_doubt='yes': must be True, False"]),
+    ({"resend_in_doubt": ["a", 3]}, [r"resend_in_doubt=\['a', 3\]: must be True, False, or a list of item keys"]),
     ({"check_balance": 1, "heartbeat_timeout": True, "max_credits": -1},
      ["check_balance=1", "heartbeat_timeout=True", "max_credits=-1"]),
     ({"gallery_link_expiry": 0, "requests_per_second": "fast"},
@@ -280,3 +281,29 @@ def test_keys_that_read_alike_as_file_names_never_share_a_file(sandbox, airflow_
     assert sorted(files) == ["A/1", "A_1"] and files["A/1"] != files["A_1"]
     assert read_manifest(tmp_path)["A_1"]["stored_path"].endswith("/A_1.png")
     assert sandbox.ledger()["charges"] == 2
+
+
+def test_a_deleted_result_is_restored_and_never_counted_done_without_its_file(sandbox, airflow_db, tmp_path):
+    conf = {"n": 6, "out": str(tmp_path), "changed": "", "invalid": False}
+    assert summary(batch.test(run_conf=conf))["edited"] == 6
+    gone = [Path(read_manifest(tmp_path)[key]["stored_path"]) for key in ("item-1", "item-4")]
+    for path in gone:
+        path.unlink()  # a lifecycle rule, or a reviewer who wants a new result
+    free = summary(batch.test(run_conf=conf))  # the result URLs still answer: fetched again, free
+    assert (free["restored"], free["skipped"], free["credits_spent"]) == (2, 4, 0)
+    assert all(path.exists() for path in gone) and sandbox.ledger()["charges"] == 6
+
+    for path in gone:
+        path.unlink()
+    time.sleep(1.2)
+    sandbox.server.state.config.result_ttl = 1.0  # and now the old result URLs have expired too
+    paid = batch.test(run_conf=conf)
+    assert states(paid)["batch"] == [("success", 1)]
+    restored = summary(paid)
+    assert (restored["restored"], restored["skipped"], restored["in_doubt"], restored["credits_spent"]) == (2, 4, 0, 8)
+    assert restored["planned_credits"] == 8  # planned and budgeted before anything was sent
+    assert all(path.exists() for path in gone)
+    assert {e["status"] for e in read_manifest(tmp_path).values()} == {"stored"}
+    charges = sorted(v["charges"] for v in sandbox.ledger()["by_fingerprint"].values())
+    assert charges == [1, 1, 1, 1, 2, 2]  # only the two lost results were paid again, once each
+    assert summary(batch.test(run_conf=conf))["skipped"] == 6 and sandbox.ledger()["charges"] == 8

@@ -28,7 +28,9 @@ EDITED = {"status": "edited", "image_url": "https://cdn/x.png"}
 @pytest.mark.parametrize(("entry", "present", "resend", "holder", "action"), [
     (None, False, False, None, "edit"),
     (STORED, True, False, None, "skip"),
-    (STORED, False, False, None, "refetch"),  # paid for, file deleted since: fetch, never edit again
+    (STORED, False, False, None, "restore"),  # delivered, file deleted since: fetch again, else edit again
+    (STORED, False, False, "dead", "restore"),  # the claim of a finished run does not make it in doubt
+    (STORED, False, False, "live", "wait"),  # another run may be restoring it right now
     (EDITED, False, False, None, "refetch"),
     ({"status": "failed", "image_url": None}, False, False, None, "edit"),  # charged nothing: try again
     ({"status": "in_doubt"}, False, False, None, "in_doubt"),

@@ -98,8 +98,10 @@ def test_in_doubt_item_is_resent_only_with_consent(sandbox, airflow_db, monkeypa
     capfd.readouterr()
     typo = batch.test(run_conf={"out": str(tmp_path), "resend": "yes"})
     assert states(typo)["edit"] == [("failed", 1)] and sandbox.ledger()["edit_calls"] == 1  # refused, not read as true
-    assert "resend_in_doubt='yes': must be True or False" in "".join(capfd.readouterr())
-    consented = batch.test(run_conf={"out": str(tmp_path), "resend": "true"})
+    assert "resend_in_doubt='yes': must be True, False" in "".join(capfd.readouterr())
+    other = batch.test(run_conf={"out": str(tmp_path), "resend": ["another-key"]})  # consent for other keys only
+    assert states(other)["edit"] == [("failed", 1)] and sandbox.ledger()["edit_calls"] == 1
+    consented = batch.test(run_conf={"out": str(tmp_path), "resend": ["only"]})  # its key: rendered as a list's text
     assert states(consented)["edit"] == [("success", 1)]
     assert sandbox.ledger()["charges"] == 2
 

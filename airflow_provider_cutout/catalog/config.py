@@ -8,6 +8,8 @@ is named in one error, with its value and the rule.
 
 from __future__ import annotations
 
+import ast
+import json
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -30,6 +32,26 @@ def _optional_flag(value: Any) -> Any:
     if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_TEXTS):
         return None
     return _flag(value)
+
+
+def _keys_or_flag(value: Any) -> Any:
+    """``resend_in_doubt``: a flag, or the keys of the items to resend (a list, or its rendered text)."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        for parse in (json.loads, ast.literal_eval):
+            try:
+                value = parse(value.strip())
+                break
+            except (ValueError, SyntaxError):
+                continue
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(key, str) and key for key in value):
+            raise ValueError("must be True, False, or a list of item keys (strings)")
+        return tuple(value)
+    try:
+        return _flag(value)
+    except ValueError:
+        raise ValueError("must be True, False (or the text 'true' or 'false', as a template renders them), or a "
+                         "list of item keys") from None
 
 
 def _number(value: Any) -> Any:
@@ -71,7 +93,7 @@ class BatchConfig(BaseModel):
     max_credits: Annotated[Annotated[int, Field(ge=0)] | None, Number] = None
     max_failures: Annotated[int | float, BeforeValidator(_failures)] = 0
     check_balance: Flag = False
-    resend_in_doubt: Flag = False
+    resend_in_doubt: Annotated[bool | tuple[str, ...], BeforeValidator(_keys_or_flag)] = False
     claim_wait_timeout: Annotated[float, Number, Field(gt=0)] = 1800.0
     heartbeat_timeout: Annotated[float, Number, Field(gt=0)] = 120.0
     progress_interval: Annotated[Annotated[float, Field(gt=0)] | None, Number] = 10.0  # None: no progress lines
@@ -91,6 +113,10 @@ class BatchConfig(BaseModel):
         except ValidationError as err:
             problems = format_validation_error(err, name_all=True)
             raise InvalidInputError(f"{owner}: {problems}") from None
+
+    def resends(self, key: str) -> bool:
+        """Whether ``resend_in_doubt`` consents to paying again for the item ``key``."""
+        return key in self.resend_in_doubt if isinstance(self.resend_in_doubt, tuple) else self.resend_in_doubt
 
     def failure_limit(self, to_edit: int) -> int:
         """How many failed items ``max_failures`` tolerates among ``to_edit``."""

@@ -17,6 +17,7 @@ from airflow_provider_cutout.texts import first_of
 
 ITEM_FIELDS = ("key", "prompt", "image_urls", "model", "aspect_ratio")
 SKIP, REFETCH, EDIT, WAIT, IN_DOUBT_ACTION, TAKE_OVER = "skip", "refetch", "edit", "wait", "in_doubt", "take_over"
+RESTORE = "restore"
 LIVE, DEAD = "live", "dead"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_STEM = 150  # well under the 255 bytes a file name may have, with room for the hash and the extension
@@ -125,15 +126,18 @@ def classify(entry: dict[str, Any] | None, *, file_present: bool, resend_in_doub
     :param file_present: whether the entry's stored file exists.
     :param resend_in_doubt: the operator's consent to pay again for an item that may have been charged.
     :param holder: ``"live"`` or ``"dead"`` when another run's claim holds the item, else ``None``.
-    :return: ``skip`` (stored), ``wait`` (a live run has it), ``refetch`` (paid for, not stored: download
-        again), ``in_doubt`` (maybe charged, no result: never resent without consent), ``take_over`` (the
-        same, with consent), or ``edit``.
+    :return: ``skip`` (stored), ``wait`` (a live run has it), ``restore`` (delivered, its file gone since:
+        fetch the result URL again, else edit again within the budget), ``refetch`` (paid for, never stored:
+        download again), ``in_doubt`` (maybe charged, no result: never resent without consent), ``take_over``
+        (the same, with consent), or ``edit``.
     """
     status = entry.get("status") if entry else None
     if status == STORED and file_present:
         return SKIP
     if holder == LIVE:
         return WAIT
+    if status == STORED:
+        return RESTORE
     if status in (STORED, EDITED) and entry and entry.get("image_url"):
         return REFETCH
     if holder == DEAD or status == IN_DOUBT:

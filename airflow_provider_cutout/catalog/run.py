@@ -20,6 +20,7 @@ from airflow_provider_cutout.catalog.plan import (
     IN_DOUBT_ACTION,
     LIVE,
     REFETCH,
+    RESTORE,
     SKIP,
     TAKE_OVER,
     WAIT,
@@ -63,6 +64,7 @@ class Progress:
     failed: int = 0
     by_other_runs: int = 0
     shared: int = 0  # stored from the edit another item key paid for (same photo, prompt and model)
+    restored: int = 0  # delivered before, file gone since: fetched or edited again
     credits: int = 0
     errors: list[str] = field(default_factory=list)
     doubtful: list[str] = field(default_factory=list)  # keys that may have been charged without a result
@@ -77,8 +79,8 @@ class Progress:
     @property
     def done(self) -> int:
         """Items finished one way or another."""
-        return (self.skipped + self.edited + self.recovered + self.shared + self.failed + self.in_doubt
-                + self.by_other_runs)
+        return (self.skipped + self.edited + self.recovered + self.shared + self.restored + self.failed
+                + self.in_doubt + self.by_other_runs)
 
 
 class RateLimiter:
@@ -137,6 +139,7 @@ class BatchRun:
         self.gallery: Any = None
         self.to_edit: list[PlannedEdit] = []
         self.to_refetch: list[tuple[PlannedEdit, dict[str, Any]]] = []
+        self.to_restore: list[tuple[PlannedEdit, dict[str, Any]]] = []
 
     # -- steps -----------------------------------------------------------------------------------
 
@@ -152,6 +155,7 @@ class BatchRun:
                     self.sweep_leftovers()
                     started = time.monotonic()
                     self.work([(self.recover, item, entry) for item, entry in self.to_refetch]
+                              + [(self.restore, item, entry) for item, entry in self.to_restore]
                               + [(self.edit, item) for item in self.to_edit])
                     self.seconds_sending = time.monotonic() - started
                     self.settle_held()
@@ -180,7 +184,7 @@ class BatchRun:
             entry = self._entry_for(item)
             stored = str(entry.get("stored_path") or "") if entry else ""
             action = classify(entry, file_present=stored.rsplit("/", 1)[-1] in names,
-                              resend_in_doubt=self.config.resend_in_doubt)
+                              resend_in_doubt=self.config.resends(item.key))
             if action == SKIP:
                 self.progress.skipped += 1
             elif action == REFETCH and entry is not None:
@@ -191,13 +195,26 @@ class BatchRun:
                 self.followers.setdefault(item.fingerprint, []).append(item)
             else:
                 leaders.add(item.fingerprint)
-                self.to_edit.append(item)
-        self.cost = sum(item.request.credits for item in self.to_edit)
+                if action == RESTORE and entry is not None:
+                    self.to_restore.append((item, entry))
+                else:
+                    self.to_edit.append(item)
+        self.cost = sum(item.request.credits for item in self.editing)
         self.log.info(
             "Cutout batch plan: %d items, %d already stored (skipped), %d to fetch again, %d in doubt (not resent), "
             "%d to edit for %d credits", len(self.planned), self.progress.skipped, len(self.to_refetch),
             self.progress.in_doubt, len(self.to_edit), self.cost,
         )
+        if self.to_restore:
+            self.log.warning(
+                "Cutout batch: %d stored results are missing from %s (deleted, or a lifecycle rule): each is fetched "
+                "again from its result URL, or edited again (paid, counted in the plan above) if that has expired: "
+                "%s", len(self.to_restore), self.out, first_of([item.key for item, _ in self.to_restore], 20, ", "))
+
+    @property
+    def editing(self) -> list[PlannedEdit]:
+        """The items this run may pay for: those to edit, and the missing results it may have to edit again."""
+        return self.to_edit + [item for item, _ in self.to_restore]
 
     def _entry_for(self, item: PlannedEdit) -> dict[str, Any] | None:
         """What the manifest says of an item: its own newest entry when it holds a paid result (or one adopted
@@ -212,7 +229,7 @@ class BatchRun:
         """Another key's paid result of the same edit, to store for this key (copying that key's stored file
         when it is there, else fetching the result URL); else ``own``. With no entry of its own, this key is in
         doubt when another key's edit is: the edit may have been charged."""
-        others = self.manifest.siblings(item.fingerprint)
+        others = [e for e in self.manifest.siblings(item.fingerprint) if e.get("key") != item.key]
         paid = [e for e in others if e.get("status") in (STORED, EDITED) and e.get("image_url")]
         if not paid:
             doubt = next((e for e in others if e.get("status") == IN_DOUBT), None)
@@ -220,8 +237,8 @@ class BatchRun:
                 return own
             return {**self._base_entry(item), "status": IN_DOUBT,
                     "error": f"the same edit as item {doubt.get('key')!r}, in doubt"}
-        stored = [e for e in paid if e.get("status") == STORED and e.get("stored_path")]
-        source = max(stored or paid, key=lambda e: e.get("updated_at", 0))
+        paid.sort(key=lambda e: e.get("updated_at", 0), reverse=True)
+        source = next((e for e in paid if e.get("status") == STORED and _file_exists(e)), paid[0])
         return {**source, "key": item.key, "status": EDITED, "stored_path": None, "credits": 0, "error": None,
                 "shared_with": source.get("key"), "copy_of": source.get("stored_path")}
 
@@ -237,20 +254,21 @@ class BatchRun:
 
     def check_sources(self) -> None:
         """Check the sources of every item to edit before anything is paid for (all failures at once)."""
-        if self.to_edit and self.hook.checks_sources(self.config.check_sources):
+        editing = self.editing
+        if editing and self.hook.checks_sources(self.config.check_sources):
             started = time.monotonic()
-            self.hook.check_sources({f"item {item.key!r}: ": item.request for item in self.to_edit},
+            self.hook.check_sources({f"item {item.key!r}: ": item.request for item in editing},
                                     concurrency=self.config.max_concurrency)
             self.log.info("Cutout batch: the sources of %d items passed their checks in %.1fs",
-                          len(self.to_edit), time.monotonic() - started)
+                          len(editing), time.monotonic() - started)
 
     def check_budget(self) -> None:
         """``max_credits`` and ``check_balance``, before anything is sent."""
         if self.config.max_credits is not None and self.cost > self.config.max_credits:
             raise InvalidInputError(
-                f"the planned cost is {self.cost} credits for {len(self.to_edit)} edits, over max_credits="
+                f"the planned cost is {self.cost} credits for {len(self.editing)} edits, over max_credits="
                 f"{self.config.max_credits}; raise max_credits or edit fewer items. Nothing was sent.")
-        if self.config.check_balance and self.to_edit:
+        if self.config.check_balance and self.editing:
             balance = self.hook.get_credit_balance()
             if balance.total < self.cost:
                 raise InsufficientCreditsError(
@@ -309,8 +327,9 @@ class BatchRun:
             with self.progress.lock:
                 self.held[item.key] = (item, holder)
 
-    def send(self, item: PlannedEdit) -> None:
-        """Send a claimed edit, record it as soon as it is charged, then store its image."""
+    def send(self, item: PlannedEdit, *, restoring: bool = False) -> None:
+        """Send a claimed edit, record it as soon as it is charged, then store its image (``restoring``: a
+        delivered result whose file and URL are gone)."""
         self.limiter.wait()
         if self.stop.is_set():
             self.claims.release(item.fingerprint)
@@ -328,7 +347,10 @@ class BatchRun:
             self.progress.credits += result.credits
         if self.store(item, entry):
             with self.progress.lock:
-                self.progress.edited += 1
+                if restoring:
+                    self.progress.restored += 1
+                else:
+                    self.progress.edited += 1
 
     def recover(self, item: PlannedEdit, entry: dict[str, Any]) -> None:
         """Fetch a planned paid-for edit again, unless another run claimed it: that run may be storing it
@@ -351,7 +373,14 @@ class BatchRun:
 
     def store(self, item: PlannedEdit, entry: dict[str, Any]) -> bool:
         """Copy the result into the output folder (from another key's stored file of the same edit when there
-        is one, else from the result URL) and record it as stored."""
+        is one, else from the result URL) and record it as stored; record why when it cannot be."""
+        err = self._store(item, entry)
+        if err is not None:
+            self.fail(item, entry, err)
+        return err is None
+
+    def _store(self, item: PlannedEdit, entry: dict[str, Any]) -> CutoutError | None:
+        """``store`` without recording a failure: the error, or ``None`` once stored and recorded."""
         url, copy_of = entry["image_url"], entry.get("copy_of")
 
         def fetch(sink: Any) -> str:
@@ -362,13 +391,34 @@ class BatchRun:
         except OSError:
             if not copy_of:
                 raise
-            return self.store(item, {**entry, "copy_of": None})  # the other key's file went away: fetch the URL
+            return self._store(item, {**entry, "copy_of": None})  # the other key's file went away: fetch the URL
         except CutoutError as err:
-            self.fail(item, entry, err)
-            return False
+            return err
         self.manifest.record({**{k: v for k, v in entry.items() if k != "copy_of"}, "status": STORED,
                               "stored_path": path, "error": None})
-        return True
+        return None
+
+    def restore(self, item: PlannedEdit, entry: dict[str, Any]) -> None:
+        """A result delivered before whose file is gone: copied from another key's file of the same edit, or
+        fetched from its result URL (free); when both are gone, edited again under this run's claim (paid,
+        planned). Never counted done without its file, never left in doubt: its charge was delivered."""
+        holder = self.claims.holder(item.fingerprint)
+        if holder is not None and holder.token != self.owner.token and self.claims.is_alive(holder):
+            with self.progress.lock:
+                self.held[item.key] = (item, holder)  # another run may be restoring it right now
+            return
+        for source in (self._shared(item, None), entry):
+            if source is not None and source.get("image_url") and self._store(item, source) is None:
+                with self.progress.lock:
+                    self.progress.restored += 1
+                return
+        winner = self.claims.claim(item.fingerprint) if holder is None else self.claims.take_over(
+            item.fingerprint, holder)
+        if winner is None:
+            self.send(item, restoring=True)
+        else:
+            with self.progress.lock:
+                self.held[item.key] = (item, winner)
 
     def fail(self, item: PlannedEdit, entry: dict[str, Any], err: CutoutError) -> None:
         """Record a failed item: paid for (fetch again later), in doubt, or free (release its claim)."""
@@ -422,7 +472,7 @@ class BatchRun:
         item = self.held[key][0]
         fp = item.fingerprint
         entry = self._entry_for(item)
-        action = classify(entry, file_present=_file_exists(entry), resend_in_doubt=self.config.resend_in_doubt,
+        action = classify(entry, file_present=_file_exists(entry), resend_in_doubt=self.config.resends(item.key),
                           holder=state)
         if action == WAIT and holder is not None:
             self.held[key] = (item, holder)
@@ -433,6 +483,8 @@ class BatchRun:
                 self.progress.by_other_runs += 1
         elif action == REFETCH:
             return (self.refetch, item, entry)
+        elif action == RESTORE:
+            return (self.restore, item, entry)
         elif action == IN_DOUBT_ACTION:
             self.manifest.record({**self._base_entry(item), "status": IN_DOUBT,
                                   "error": f"claimed by {holder.describe() if holder else '?'}, which "
@@ -455,7 +507,7 @@ class BatchRun:
         jobs, stopped = [], self.stop.is_set()
         for followers in self.followers.values():
             for item in followers:
-                entry = self._entry_for(item)
+                entry = self._shared(item, None)
                 if entry is not None and entry.get("shared_with"):
                     jobs.append((self.refetch, item, entry))
                 elif entry is not None and entry.get("status") == IN_DOUBT:
@@ -497,7 +549,8 @@ class BatchRun:
         progress = self.progress
         summary = {
             "total": progress.total, "skipped": progress.skipped, "edited": progress.edited,
-            "recovered": progress.recovered, "shared": progress.shared, "by_other_runs": progress.by_other_runs,
+            "recovered": progress.recovered, "shared": progress.shared, "restored": progress.restored,
+            "by_other_runs": progress.by_other_runs,
             "failed": progress.failed,
             "in_doubt": progress.in_doubt, "not_attempted": progress.total - progress.done,
             "credits_spent": progress.credits, "planned_credits": self.cost,
@@ -518,8 +571,8 @@ class BatchRun:
                 f"{progress.in_doubt} items were or may have been charged without a stored result (a read timeout, "
                 f"a dropped connection, an expired result URL, a worker that died with edits in flight): "
                 f"{first_of(progress.doubtful, sep=', ')}. They are not sent again automatically: check the account's "
-                "usage, then set resend_in_doubt=True to edit them again"), self.log)
-        limit = self.config.failure_limit(len(self.to_edit) + len(self.to_refetch))
+                "usage, then set resend_in_doubt=True, or to a list of their keys, to edit them again"), self.log)
+        limit = self.config.failure_limit(len(self.editing) + len(self.to_refetch))
         if progress.failed > limit:
             from airflow.sdk.exceptions import AirflowException
 

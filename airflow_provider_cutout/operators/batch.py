@@ -52,8 +52,9 @@ class CutoutBatchImageEditOperator(BaseOperator):
     :param check_balance: read the balance first and fail before any call when it is too low.
     :param resend_in_doubt: edit again items that were (or may have been) charged without a stored
         result: a read timeout, a dropped connection, a result URL that expired before it was stored,
-        a worker that died with the edit claimed. Off by default, since it can charge twice. Templated:
-        ``True``/``False``, or the text ``"true"``/``"false"`` (any other text is refused).
+        a worker that died with the edit claimed. Off by default, since it can charge twice. ``True`` for all
+        of them, or a list of the keys to resend. Templated: the text ``"true"``/``"false"`` or a list's text
+        (any other text is refused).
     :param claim_wait_timeout: seconds to wait, after this run's own items, for the results of items
         that other live runs hold; then the task fails naming those runs (a retry waits again).
     :param heartbeat_timeout: seconds without a heartbeat after which a run on another host counts
@@ -87,7 +88,7 @@ class CutoutBatchImageEditOperator(BaseOperator):
         max_credits: int | None = None,
         max_failures: int | float = 0,
         check_balance: bool = False,
-        resend_in_doubt: bool = False,
+        resend_in_doubt: bool | list[str] = False,
         claim_wait_timeout: float = 1800.0,
         heartbeat_timeout: float = 120.0,
         progress_interval: float = 10.0,
