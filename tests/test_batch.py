@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -307,3 +308,46 @@ def test_a_deleted_result_is_restored_and_never_counted_done_without_its_file(sa
     charges = sorted(v["charges"] for v in sandbox.ledger()["by_fingerprint"].values())
     assert charges == [1, 1, 1, 1, 2, 2]  # only the two lost results were paid again, once each
     assert summary(batch.test(run_conf=conf))["skipped"] == 6 and sandbox.ledger()["charges"] == 8
+
+
+def charged_fingerprints_all_recorded(sandbox, folder) -> None:
+    """Every edit the sandbox charged is in the manifest with its result (stored, or paid and to fetch)."""
+    from tests.test_catalog_runs import sent_fingerprint
+
+    paid = {fp for fp, v in sandbox.ledger()["by_fingerprint"].items() if v["charges"]}
+    recorded = {sent_fingerprint(e) for e in manifest_entries(folder).values() if e["status"] in ("stored", "edited")}
+    assert paid <= recorded, f"charged without a record: {paid - recorded}"
+
+
+def test_execution_timeout_stops_spending(sandbox, airflow_db, tmp_path):
+    from tests.dags.batch_dags import timed
+
+    sandbox.server.state.config.latency = 1.0  # 48 edits of 1 s at concurrency 4: 12 s, timeout after 4 s
+    conf = {"n": 48, "out": str(tmp_path), "changed": "", "invalid": False}
+    assert states(timed.test(run_conf=conf))["batch"] == [("failed", 1)]
+    sent = sandbox.ledger()["edit_calls"]
+    assert 4 <= sent <= 4 * 4 + 4  # at most 4 a second for 4 s, and those in flight: never the whole queue
+    charged_fingerprints_all_recorded(sandbox, tmp_path)
+    sandbox.server.state.config.latency = 0.0
+    rest = summary(slow.test(run_conf=conf))  # the re-run pays for the rest only
+    assert rest["edited"] == 48 - sent and rest["skipped"] == sent and rest["in_doubt"] == 0
+    ledger = sandbox.ledger()
+    assert ledger["charges"] == 48 and {v["charges"] for v in ledger["by_fingerprint"].values()} == {1}
+
+
+def test_sigterm_stops_spending(sandbox, airflow_db, tmp_path):
+    from tests.run_dag import finish, spawn
+
+    sandbox.server.state.config.latency = 1.0
+    conf = {"n": 48, "out": str(tmp_path), "changed": "", "invalid": False}
+    proc = spawn("tests.dags.batch_dags:stoppable", conf)
+    deadline = time.monotonic() + 120
+    while sandbox.ledger()["edit_calls"] < 8 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    at_stop = sandbox.ledger()["edit_calls"]
+    proc.send_signal(signal.SIGTERM)  # what Airflow sends a task it stops: on_kill
+    run = finish(proc)
+    assert run["state"] == "failed" and "told to stop" in run["output"]
+    sent_after = sandbox.ledger()["edit_calls"] - at_stop
+    assert sent_after <= 4, f"{sent_after} edits ended after SIGTERM: only the 4 in flight may"
+    charged_fingerprints_all_recorded(sandbox, tmp_path)

@@ -128,7 +128,8 @@ class BatchRun:
         self.planned = planned
         self.owner = owner
         self.progress = Progress(total=len(planned))
-        self.stop = threading.Event()
+        self.stop = threading.Event()  # send nothing more (an error that every further call would meet, or a kill)
+        self.killed = threading.Event()  # start no job at all
         self.held: dict[str, tuple[PlannedEdit, Owner]] = {}  # by item key
         self.followers: dict[str, list[PlannedEdit]] = {}  # by fingerprint: keys that wait for another's edit
         self.limiter = RateLimiter(config.requests_per_second)
@@ -292,7 +293,7 @@ class BatchRun:
         queue, lock = iter(jobs), threading.Lock()
 
         def worker() -> None:
-            while True:
+            while not self.killed.is_set():  # told to stop: no new job starts, those in flight finish
                 with lock:
                     job = next(queue, None)
                 if job is None:
@@ -302,15 +303,31 @@ class BatchRun:
         started = time.monotonic()
         with ThreadPoolExecutor(self.config.max_concurrency, thread_name_prefix="cutout-batch") as pool:
             workers = [pool.submit(worker) for _ in range(self.config.max_concurrency)]
-            while True:
-                done, running = wait(workers, timeout=self.config.progress_interval, return_when=FIRST_EXCEPTION)
-                if any(future.exception() for future in done):
-                    self.stop.set()  # a bug in a worker must not pass silently: stop, then raise it
-                    next(future for future in done if future.exception()).result()
-                if not running:
-                    break
-                self._report_progress(time.monotonic() - started)
+            try:
+                self._watch(workers, started)
+            except BaseException:  # execution_timeout's AirflowTaskTimeout lands here, in the main thread
+                self.kill()
+                raise
         self._report_progress(time.monotonic() - started)
+
+    def _watch(self, workers: list[Any], started: float) -> None:
+        """Report progress until the workers are done; raise the first bug a worker met."""
+        while True:
+            done, running = wait(workers, timeout=self.config.progress_interval, return_when=FIRST_EXCEPTION)
+            if any(future.exception() for future in done):
+                self.stop.set()  # a bug in a worker must not pass silently: stop, then raise it
+                next(future for future in done if future.exception()).result()
+            if not running:
+                return
+            self._report_progress(time.monotonic() - started)
+
+    def kill(self) -> None:
+        """Stop spending now (``on_kill``: SIGTERM, ``execution_timeout``, a task marked failed): no new edit
+        starts; the edits in flight finish and are recorded (each within ``read_timeout``), then the task fails."""
+        if not self.killed.is_set():
+            self.log.warning("Cutout batch: told to stop; no new edit starts, the edits in flight are recorded")
+        self.killed.set()
+        self.stop.set()
 
     def edit(self, item: PlannedEdit) -> None:
         """Claim an item and, when this run now holds it, send it."""
@@ -545,13 +562,13 @@ class BatchRun:
             self.log.warning("Cutout batch: the review gallery was not written (%s: %s)", type(err).__name__, err)
 
     def report(self) -> dict[str, Any]:
-        """The summary for XCom; fail when a result is missing or too many items failed."""
+        """The summary for XCom; fail when the task was told to stop, a result is missing or too many items
+        failed."""
         progress = self.progress
         summary = {
             "total": progress.total, "skipped": progress.skipped, "edited": progress.edited,
             "recovered": progress.recovered, "shared": progress.shared, "restored": progress.restored,
-            "by_other_runs": progress.by_other_runs,
-            "failed": progress.failed,
+            "by_other_runs": progress.by_other_runs, "failed": progress.failed,
             "in_doubt": progress.in_doubt, "not_attempted": progress.total - progress.done,
             "credits_spent": progress.credits, "planned_credits": self.cost,
             "seconds_sending": round(self.seconds_sending, 3), "manifest": str(self.manifest.path),
@@ -559,6 +576,18 @@ class BatchRun:
             "output_dir": str(self.folder), "gallery": None if self.gallery is None else str(self.gallery),
         }
         self.log.info("Cutout batch summary: %s", summary)
+        self._fail_if_incomplete(summary)
+        return summary
+
+    def _fail_if_incomplete(self, summary: dict[str, Any]) -> None:
+        from airflow.sdk.exceptions import AirflowException
+
+        progress = self.progress
+        if self.killed.is_set():
+            raise AirflowException(
+                f"the task was told to stop (SIGTERM, execution_timeout, or marked failed): no new edit was started "
+                f"after that; {summary['not_attempted']} items were not attempted. Stored results are kept; a re-run "
+                "continues from there")
         if progress.stop_error is not None:
             err = progress.stop_error
             stopped = type(err)(f"{err.message}; the batch stopped at once: {summary['not_attempted']} items were "
@@ -574,14 +603,11 @@ class BatchRun:
                 "usage, then set resend_in_doubt=True, or to a list of their keys, to edit them again"), self.log)
         limit = self.config.failure_limit(len(self.editing) + len(self.to_refetch))
         if progress.failed > limit:
-            from airflow.sdk.exceptions import AirflowException
-
             raise AirflowException(
                 f"{progress.failed} items failed, more than max_failures={self.config.max_failures!r} allows "
                 f"({limit}); first errors: {'; '.join(progress.errors[:5])}. Stored results are kept; a retry only "
                 "redoes the failed items."
             )
-        return summary
 
     def _report_progress(self, elapsed: float) -> None:
         progress = self.progress

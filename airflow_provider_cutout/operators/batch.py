@@ -118,6 +118,8 @@ class CutoutBatchImageEditOperator(BaseOperator):
         self.gallery_link_expiry = gallery_link_expiry
         self.gallery_url: str | None = None  # set by execute; read by the extra link
         self._lineage: tuple[list[PlannedEdit], dict[str, Any]] | None = None  # set by execute
+        self._run: Any = None  # the BatchRun in progress, for on_kill
+        self._killed = False
         self.cutout_conn_id = cutout_conn_id
         self.run_config(static_only=True)
         if not is_dynamic([items, prompt, model, aspect_ratio]):
@@ -165,7 +167,9 @@ class CutoutBatchImageEditOperator(BaseOperator):
             except CutoutError as err:
                 fail_or_retry(err, self.log)
             folder = ObjectStoragePath(str(self.output_dir).rstrip("/") + "/")
-            run = BatchRun(config, hook, folder, Owner.of_task(context), planned, self.log)
+            run = self._run = BatchRun(config, hook, folder, Owner.of_task(context), planned, self.log)
+            if self._killed:
+                run.kill()
             try:
                 summary = run.execute()
             finally:
@@ -175,6 +179,13 @@ class CutoutBatchImageEditOperator(BaseOperator):
         self._announce(context, summary)
         self._lineage = (planned, summary)
         return summary
+
+    def on_kill(self) -> None:
+        """SIGTERM, ``execution_timeout`` or a task marked failed: start no new edit; the edits in flight finish
+        and are recorded (each within the connection's ``read_timeout``), then the task fails."""
+        self._killed = True
+        if self._run is not None:
+            self._run.kill()
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """Lineage (openlineage provider): the sources' folders in, the output folder out, the run's counts."""

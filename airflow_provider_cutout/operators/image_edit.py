@@ -73,6 +73,7 @@ class CutoutImageEditOperator(BaseOperator):
         self.check_sources = check_sources
         self.result_url: str | None = None  # set by execute; read by the extra link
         self._lineage: tuple[list[str], dict[str, Any]] | None = None  # set by execute
+        self._killed = False  # set by on_kill
         check_static(
             f"{type(self).__name__}(task_id={self.task_id!r})",
             prompt=prompt, image_urls=image_urls, model=model, aspect_ratio=aspect_ratio,
@@ -126,6 +127,11 @@ class CutoutImageEditOperator(BaseOperator):
         hidden = ("fingerprint", "source_versions")  # the result as the earlier run pushed it
         return None if stored is None else {k: v for k, v in stored.items() if k not in hidden}
 
+    def on_kill(self) -> None:
+        """SIGTERM or ``execution_timeout``: the edit is not sent if it has not been yet; one in flight finishes
+        and its result is stored and pushed."""
+        self._killed = True
+
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """Lineage (openlineage provider): the source images in, the stored copy out, model, credits and
         the API's request id."""
@@ -146,6 +152,11 @@ class CutoutImageEditOperator(BaseOperator):
             except CutoutError as err:
                 fail_or_retry(err, self.log)
         hook.client.on_retry = metrics.retried
+        if self._killed:
+            from airflow.sdk.exceptions import AirflowException
+
+            raise AirflowException("the task was told to stop (SIGTERM, execution_timeout, or marked failed) before "
+                                   "the edit was sent; nothing was spent")
         try:
             result = metrics.measured_edit(hook.send_edit, request)
         except CutoutError as err:

@@ -67,6 +67,8 @@ with DAG("t_batch_shared_chunks", schedule=None, start_date=START, params=PARAMS
         task_id="batch", output_dir="{{ params.out }}/", prompt="grayscale", max_concurrency=4,
     ).expand(items=chunks_sharing_item_0(make_items()))
 impatient = batch_dag("t_batch_impatient", claim_wait_timeout=1.0)
+timed = batch_dag("t_batch_timed", max_concurrency=4, retries=0, execution_timeout=datetime.timedelta(seconds=4))
+stoppable = batch_dag("t_batch_stoppable", max_concurrency=4, retries=0)
 signed_gallery = batch_dag("t_batch_signed_gallery", gallery_link_expiry=900)
 
 
