@@ -4,6 +4,7 @@ through the hook, the single-edit operator and the batch; every rejection leaves
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -191,3 +192,31 @@ def test_a_single_edit_stored_before_versions_is_adopted_once(sandbox, airflow_d
     change_photo(sandbox, "mug.jpg", 120, 90)
     changed = xcoms(stored_edit.test(run_conf=conf), "edit", "cutout_result")[-1]
     assert changed["id"] != first["id"] and sandbox.ledger()["charges"] == 2
+
+
+def test_a_few_bad_items_among_many_fail_alone_within_max_failures(sandbox, airflow_db, tmp_path, capfd):
+    from airflow_provider_cutout.manifest import read_manifest
+    from tests.conftest import states, xcoms
+    from tests.dags.batch_dags import some_bad
+
+    strict = some_bad.test(run_conf={"out": str(tmp_path), "max_failures": 0})  # all or nothing, as before
+    assert states(strict)["batch"] == [("failed", 1)] and sandbox.ledger()["edit_calls"] == 0
+    assert "1 of 7 items are invalid; nothing was sent" in "".join(capfd.readouterr())
+    too_many = some_bad.test(run_conf={"out": str(tmp_path), "max_failures": 2})  # 3 bad > 2: nothing is sent
+    assert states(too_many)["batch"] == [("failed", 1)] and sandbox.ledger()["edit_calls"] == 0
+    assert "2 source image checks failed before anything was paid for" in "".join(capfd.readouterr())
+
+    tolerant = some_bad.test(run_conf={"out": str(tmp_path), "max_failures": 3})
+    assert states(tolerant)["batch"] == [("success", 1)]
+    summary = xcoms(tolerant, "batch")[-1]
+    assert (summary["edited"], summary["failed"], summary["credits_spent"]) == (4, 3, 16)
+    assert sandbox.ledger()["edit_calls"] == 4  # nothing sent for the bad ones
+    log = "".join(capfd.readouterr())
+    assert "1 items are invalid" in log and "2 items have sources that failed their checks" in log
+    manifest = read_manifest(tmp_path)
+    failed = {key for key, e in manifest.items() if e["status"] == "failed"}
+    assert failed == {"login-page", "gone", "bad-model"} and "model='gpt-9'" in manifest["bad-model"]["error"]
+    assert "is not a JPEG or PNG image" in manifest["login-page"]["error"]
+    page = (tmp_path / "cutout-gallery.html").read_text()
+    cards = re.findall(r"data-key='([^']+)' data-status='([^']+)'", page)
+    assert {key for key, status in cards[:3]} == failed and {status for _, status in cards[:3]} == {"failed"}

@@ -118,6 +118,11 @@ class BatchConfig(BaseModel):
         """Whether ``resend_in_doubt`` consents to paying again for the item ``key``."""
         return key in self.resend_in_doubt if isinstance(self.resend_in_doubt, tuple) else self.resend_in_doubt
 
+    def tolerates(self, failed: int, to_edit: int) -> bool:
+        """Whether ``failed`` items known before anything is sent are left to ``max_failures`` (the others are
+        edited) rather than failing the task at once; ``max_failures`` 0 is all-or-nothing."""
+        return bool(self.max_failures) and failed <= self.failure_limit(to_edit)
+
     def failure_limit(self, to_edit: int) -> int:
         """How many failed items ``max_failures`` tolerates among ``to_edit``."""
         if isinstance(self.max_failures, float):

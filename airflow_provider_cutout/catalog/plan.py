@@ -66,27 +66,47 @@ class Defaults:
     aspect_ratio: Any = "original"
 
 
-def plan_items(items: Any, defaults: Defaults, *, base_url: str, owner: str) -> list[PlannedEdit]:
-    """Validate every item; raise one ``InvalidInputError`` listing all invalid ones.
+@dataclass(frozen=True)
+class Rejected:
+    """An item that failed its checks before anything was paid for: its key (``None`` without a usable one)
+    and what is wrong, naming the field, the value and the fix."""
+
+    key: str | None
+    problem: str
+
+
+def check_items(items: Any, defaults: Defaults, *, base_url: str) -> tuple[list[PlannedEdit], list[Rejected]]:
+    """Validate every item: the valid ones planned, the others rejected with their problem.
 
     :param items: the rendered list of item dicts.
     :param defaults: the operator's prompt, model and ratio.
     :param base_url: the API's base URL (loopback http sources are accepted only beside a loopback API).
-    :param owner: names the task in the error.
     """
     if not isinstance(items, (list, tuple)):
         raise InvalidInputError(f"items must be a list of dicts, got {type(items).__name__}")
     planned: list[PlannedEdit] = []
-    problems: list[str] = []
+    rejected: list[Rejected] = []
     stems: dict[str, str] = {}  # file stem -> key
     for index, item in enumerate(items):
         try:
             planned.append(_plan_item(index, item, defaults, base_url, stems))
         except ValueError as err:
-            problems.append(str(err))
-    if problems:
-        raise InvalidInputError(f"{owner}: {len(problems)} of {len(items)} items are invalid; nothing was sent:"
-                                f"\n  {first_of(problems)}")
+            key = item.get("key") if isinstance(item, dict) else None
+            rejected.append(Rejected(key if isinstance(key, str) and key.strip() else None, str(err)))
+    return planned, rejected
+
+
+def invalid_items_error(owner: str, rejected: list[Rejected], total: int) -> InvalidInputError:
+    """One error naming every rejected item (``max_failures`` 0, or more of them than it tolerates)."""
+    return InvalidInputError(f"{owner}: {len(rejected)} of {total} items are invalid; nothing was sent:"
+                             f"\n  {first_of([r.problem for r in rejected])}")
+
+
+def plan_items(items: Any, defaults: Defaults, *, base_url: str, owner: str) -> list[PlannedEdit]:
+    """Validate every item; raise one ``InvalidInputError`` listing all invalid ones (``check_items``)."""
+    planned, rejected = check_items(items, defaults, base_url=base_url)
+    if rejected:
+        raise invalid_items_error(owner, rejected, len(planned) + len(rejected))
     return planned
 
 

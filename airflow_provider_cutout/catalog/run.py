@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,7 @@ from airflow_provider_cutout.catalog.plan import (
     TAKE_OVER,
     WAIT,
     PlannedEdit,
+    Rejected,
     classify,
     file_stem,
 )
@@ -117,17 +118,19 @@ class BatchRun:
     :param owner: who this run is, for its claims.
     :param planned: the validated items.
     :param log: the task's logger.
+    :param rejected: the items that failed their checks, left to ``max_failures``: failed items of this run.
     """
 
     def __init__(self, config: BatchConfig, hook: CutoutHook, folder: Any, owner: Owner,
-                 planned: list[PlannedEdit], log: Any) -> None:
+                 planned: list[PlannedEdit], log: Any, rejected: Sequence[Rejected] = ()) -> None:
         self.config, self.log, self.client = config, log, hook.client
         self.client.on_retry = metrics.retried
         self.hook = hook
         self.folder, self.out = folder, str(folder).rstrip("/") + "/"
         self.planned = planned
+        self.rejected = list(rejected)
         self.owner = owner
-        self.progress = Progress(total=len(planned))
+        self.progress = Progress(total=len(planned) + len(self.rejected))
         self.stop = threading.Event()  # send nothing more (an error that every further call would meet, or a kill)
         self.killed = threading.Event()  # start no job at all
         self.held: dict[str, tuple[PlannedEdit, Owner]] = {}  # by item key
@@ -141,6 +144,7 @@ class BatchRun:
         self.to_edit: list[PlannedEdit] = []
         self.to_refetch: list[tuple[PlannedEdit, dict[str, Any]]] = []
         self.to_restore: list[tuple[PlannedEdit, dict[str, Any]]] = []
+        self.to_attempt = 0  # items this run edits, fetches or restores, for max_failures
 
     # -- steps -----------------------------------------------------------------------------------
 
@@ -201,6 +205,8 @@ class BatchRun:
                 else:
                     self.to_edit.append(item)
         self.cost = sum(item.request.credits for item in self.editing)
+        self.to_attempt = len(self.editing) + len(self.to_refetch) + len(self.rejected)
+        self.reject([(r.key, r.problem, None) for r in self.rejected], invalid=True)
         self.log.info(
             "Cutout batch plan: %d items, %d already stored (skipped), %d to fetch again, %d in doubt (not resent), "
             "%d to edit for %d credits", len(self.planned), self.progress.skipped, len(self.to_refetch),
@@ -256,12 +262,40 @@ class BatchRun:
     def check_sources(self) -> None:
         """Check the sources of every item to edit before anything is paid for (all failures at once)."""
         editing = self.editing
-        if editing and self.hook.checks_sources(self.config.check_sources):
-            started = time.monotonic()
-            self.hook.check_sources({f"item {item.key!r}: ": item.request for item in editing},
-                                    concurrency=self.config.max_concurrency)
-            self.log.info("Cutout batch: the sources of %d items passed their checks in %.1fs",
-                          len(editing), time.monotonic() - started)
+        if not editing or not self.hook.checks_sources(self.config.check_sources):
+            return
+        started = time.monotonic()
+        names = {f"item {item.key!r}: ": item for item in editing}
+        failing = self.hook.failing_sources({name: item.request for name, item in names.items()},
+                                            concurrency=self.config.max_concurrency)
+        self.log.info("Cutout batch: the sources of %d items checked in %.1fs; %d failed", len(editing),
+                      time.monotonic() - started, len(failing))
+        if failing and not self.config.tolerates(len(failing) + len(self.rejected), self.to_attempt):
+            problems = [problem for found in failing.values() for problem in found]
+            raise InvalidInputError(f"{len(problems)} source image checks failed before anything was paid for; "
+                                    f"nothing was sent:\n  {first_of(problems)}")
+        bad = {names[name].key for name in failing}
+        self.to_edit = [item for item in self.to_edit if item.key not in bad]
+        self.to_restore = [(item, entry) for item, entry in self.to_restore if item.key not in bad]
+        self.cost = sum(item.request.credits for item in self.editing)
+        self.reject([(names[name].key, "; ".join(found), names[name]) for name, found in failing.items()])
+
+    def reject(self, failed: list[tuple[str | None, str, PlannedEdit | None]], *, invalid: bool = False) -> None:
+        """Record items that failed their checks before anything was paid for as failed items of this run (left
+        to ``max_failures``), named in the log and, with a key, in the manifest and the gallery."""
+        if not failed:
+            return
+        what = "are invalid" if invalid else "have sources that failed their checks"
+        self.log.warning("Cutout batch: %d items %s; they are failed items of this run, nothing is paid for them, "
+                         "the others are edited (max_failures=%r):\n  %s", len(failed), what,
+                         self.config.max_failures, first_of([problem for _, problem, _ in failed]))
+        for key, problem, item in failed:
+            base = self._base_entry(item) if item else {"key": key, "fingerprint": "invalid"}
+            if key is not None:
+                self.manifest.record({**base, "status": FAILED, "error": problem})
+            with self.progress.lock:
+                self.progress.failed += 1
+                self.progress.errors.append(problem)
 
     def check_budget(self) -> None:
         """``max_credits`` and ``check_balance``, before anything is sent."""
@@ -601,7 +635,7 @@ class BatchRun:
                 f"a dropped connection, an expired result URL, a worker that died with edits in flight): "
                 f"{first_of(progress.doubtful, sep=', ')}. They are not sent again automatically: check the account's "
                 "usage, then set resend_in_doubt=True, or to a list of their keys, to edit them again"), self.log)
-        limit = self.config.failure_limit(len(self.editing) + len(self.to_refetch))
+        limit = self.config.failure_limit(self.to_attempt)
         if progress.failed > limit:
             raise AirflowException(
                 f"{progress.failed} items failed, more than max_failures={self.config.max_failures!r} allows "

@@ -190,12 +190,19 @@ class CutoutHook(BaseHook):
         :param requests: the edits by what names them in errors (an item's ``"item 'key': "``, or ``""``).
         :raises InvalidInputError: listing every source that fails, each with the rule and the fix.
         """
-        infos = self.inspect_sources((url for r in requests.values() for url in r.image_urls), concurrency=concurrency)
-        problems = [problem for name, r in requests.items() for i, url in enumerate(r.image_urls)
-                    for problem in source_problems(infos[url], r.model, f"{name}image_urls[{i}]")]
+        problems = [p for found in self.failing_sources(requests, concurrency=concurrency).values() for p in found]
         if problems:
             raise InvalidInputError(f"{len(problems)} source image checks failed before anything was paid for; "
                                     f"nothing was sent:\n  {first_of(problems)}")
+
+    def failing_sources(self, requests: Mapping[str, ImageEditRequest], *, concurrency: int = 8
+                        ) -> dict[str, list[str]]:
+        """``check_sources`` without raising: the problems of each edit whose sources fail, by its name."""
+        infos = self.inspect_sources((url for r in requests.values() for url in r.image_urls), concurrency=concurrency)
+        found = {name: [problem for i, url in enumerate(r.image_urls)
+                        for problem in source_problems(infos[url], r.model, f"{name}image_urls[{i}]")]
+                 for name, r in requests.items()}
+        return {name: problems for name, problems in found.items() if problems}
 
     def get_credit_balance(self) -> CreditBalance:
         """Return the account's credit balance (costs nothing)."""

@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_cutout.catalog.config import BatchConfig
-from airflow_provider_cutout.catalog.plan import Defaults, PlannedEdit, chunk_items, file_stem, plan_items
+from airflow_provider_cutout.catalog.plan import (
+    Defaults,
+    PlannedEdit,
+    Rejected,
+    check_items,
+    chunk_items,
+    file_stem,
+    invalid_items_error,
+    plan_items,
+)
 from airflow_provider_cutout.exceptions import CutoutError, fail_or_retry
 from airflow_provider_cutout.hooks.cutout import CutoutHook
 from airflow_provider_cutout.observability.links import CutoutGalleryLink, gallery_link
@@ -150,6 +159,16 @@ class CutoutBatchImageEditOperator(BaseOperator):
         defaults = Defaults(self.prompt, self.model, self.aspect_ratio)
         return plan_items(as_list(items), defaults, base_url=base_url, owner=self._owner)
 
+    def check_items(self, config: BatchConfig, *, base_url: str) -> tuple[list[PlannedEdit], list[Rejected]]:
+        """The rendered items validated: invalid ones become failed items of the run when ``max_failures``
+        tolerates them, else one ``InvalidInputError`` names them all and nothing is sent."""
+        defaults = Defaults(self.prompt, self.model, self.aspect_ratio)
+        planned, rejected = check_items(as_list(self.items), defaults, base_url=base_url)
+        total = len(planned) + len(rejected)
+        if rejected and not config.tolerates(len(rejected), total):
+            raise invalid_items_error(self._owner, rejected, total)
+        return planned, rejected
+
     # -- running ---------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -163,11 +182,11 @@ class CutoutBatchImageEditOperator(BaseOperator):
         try:
             try:
                 config = self.run_config()
-                planned = self.plan_items(self.items, base_url=hook.base_url)
+                planned, rejected = self.check_items(config, base_url=hook.base_url)
             except CutoutError as err:
                 fail_or_retry(err, self.log)
             folder = ObjectStoragePath(str(self.output_dir).rstrip("/") + "/")
-            run = self._run = BatchRun(config, hook, folder, Owner.of_task(context), planned, self.log)
+            run = self._run = BatchRun(config, hook, folder, Owner.of_task(context), planned, self.log, rejected)
             if self._killed:
                 run.kill()
             try:

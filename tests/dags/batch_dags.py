@@ -85,6 +85,22 @@ with DAG("t_batch_sources", schedule=None, start_date=START, params={"out": "/tm
 
     CutoutBatchImageEditOperator(task_id="batch", items=items_with_bad_sources(), output_dir="{{ params.out }}/",
                                  prompt="grayscale")
+
+
+with DAG("t_batch_some_bad", schedule=None, start_date=START,
+         params={"out": "/tmp/unused", "max_failures": 0}) as some_bad:
+    @task
+    def catalog_with_bad_items() -> list[dict]:
+        base = CutoutHook().base_url
+        return [
+            *({"key": f"good-{i}", "image_urls": [f"{base}/samples/mug.png?w={40 + i}&h=40"]} for i in range(4)),
+            {"key": "login-page", "image_urls": [f"{base}/pages/login.html"]},
+            {"key": "gone", "image_urls": [f"{base}/samples/nothing.png"]},
+            {"key": "bad-model", "image_urls": [f"{base}/samples/lamp.png"], "model": "gpt-9"},
+        ]
+
+    CutoutBatchImageEditOperator(task_id="batch", items=catalog_with_bad_items(), output_dir="{{ params.out }}/",
+                                 prompt="grayscale", max_failures="{{ params.max_failures }}")
 unchecked = batch_dag("t_batch_unchecked", check_sources=False)
 
 
