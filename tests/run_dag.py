@@ -21,15 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 MARK = "CUTOUT-TEST-RUN "  # the line with the run's outcome (listeners may print after it)
 
 
-def spawn(dag: str, conf: dict[str, Any], **env: str) -> subprocess.Popen[str]:
+def spawn(dag: str, conf: dict[str, Any], prefix: tuple[str, ...] = (), **env: str) -> subprocess.Popen[str]:
     """A DAG run in its own process with its own copy of the migrated metadata DB (two processes
     serializing DAGs into one sqlite file at once collide; Postgres is the deployment issue's), and
-    this test's connections and ``env``."""
+    this test's connections and ``env``; ``prefix`` runs it under a command (``unshare --pid ...``)."""
     home = Path(tempfile.mkdtemp(prefix="cutout-run-home-"))
     shutil.copy(Path(os.environ["AIRFLOW_HOME"]) / "airflow.db", home / "airflow.db")
     env = {**os.environ, "PYTHONPATH": str(REPO), "AIRFLOW_HOME": str(home),
            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db", **env}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.run_dag", dag, json.dumps(conf)], cwd=REPO, env=env,
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "tests.run_dag", dag, json.dumps(conf)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.home = home  # type: ignore[attr-defined]  # its metadata DB, for tests that scan it
     return proc

@@ -107,6 +107,24 @@ def test_two_overlapping_runs_then_a_third_charge_every_item_once(sandbox, airfl
     assert len(entries) == N and {e["status"] for e in entries.values()} == {"stored"}
 
 
+def test_overlapping_runs_in_two_pid_namespaces_of_one_host(sandbox, airflow_db, tmp_path):
+    """Workers in containers with host networking (or one fixed host name) share a host name, not a PID
+    namespace: one run here, one under unshare, where PIDs mean other processes. Neither takes the other
+    for dead: every item is charged once, none is in doubt."""
+    sandbox.reset(balance=10_000)
+    sandbox.server.state.config.latency = 0.1
+    out, n = str(tmp_path / "catalog"), 40
+    container = ("unshare", "--pid", "--fork", "--mount-proc")  # CI runs as root
+    procs = [spawn("tests.dags.batch_dags:overlapping", conf(out, n), prefix=container),
+             spawn("tests.dags.batch_dags:overlapping", conf(out, n))]
+    runs = [finish(p) for p in procs]
+    assert [r["state"] for r in runs] == ["success", "success"], [r.get("log") for r in runs]
+    summaries = [r["summaries"][0] for r in runs]
+    assert all(s["in_doubt"] == 0 for s in summaries) and all(s["edited"] > 0 for s in summaries)
+    assert len(charges(sandbox)) == n and set(charges(sandbox).values()) == {1}
+    assert sorted(p.name for p in (tmp_path / "catalog").glob("item-*")) == sorted(f"item-{i}.png" for i in range(n))
+
+
 def test_overlapping_runs_of_chunks_that_share_items(sandbox, airflow_db, tmp_path):
     sandbox.reset(balance=10_000)
     sandbox.server.state.config.latency = 0.05

@@ -156,6 +156,26 @@ def test_liveness_earlier_try_dead_process_and_stale_heartbeat(tmp_path):
     assert not fresh.is_alive(other.owner)
 
 
+def test_a_pid_counts_only_in_its_own_namespace_and_fresh_heartbeats_stay(tmp_path):
+    import dataclasses
+
+    mine = Owner.of_task(None)
+    assert mine.boot_id and mine.pid_ns.startswith("pid:")
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    twin = dataclasses.replace(mine, token="twin", pid=dead)  # this host, this namespace, process gone
+    ghost = dataclasses.replace(mine, token="ghost", pid=dead, pid_ns="pid:[4026500000]")  # another container
+    for other in (twin, ghost):  # both beating just now
+        beating = Claims(folder(tmp_path), other)
+        beating.open()
+        beating._stop.set()
+        beating._thread.join()
+    me = Claims(folder(tmp_path), mine)
+    assert not me.is_alive(twin) and me.is_alive(ghost)
+    me.forget_dead_owners()
+    assert sorted(p.name for p in (tmp_path / "_cutout" / "owners").iterdir()) == ["ghost.json", "twin.json"]
+
+
 def test_a_store_without_exclusive_create_fails_loudly(tmp_path):
     import fsspec
     from fsspec.implementations.memory import MemoryFileSystem

@@ -39,6 +39,14 @@ class Owner:
     try_number: int = 0
     host: str = ""
     pid: int = 0
+    boot_id: str = ""  # the kernel's boot: containers on one machine share it, other machines do not
+    pid_ns: str = ""  # the PID namespace: a PID means something only inside its own
+
+    def shares_pids_with(self, other: Owner) -> bool:
+        """Whether ``other``'s PID can be looked up from here: same host name, same boot, same PID namespace
+        (containers with host networking or a fixed host name share the name, not the namespace)."""
+        return bool(self.boot_id and self.pid_ns) and (self.host, self.boot_id, self.pid_ns) == (
+            other.host, other.boot_id, other.pid_ns)
 
     @classmethod
     def of_task(cls, context: Any) -> Owner:
@@ -49,6 +57,7 @@ class Owner:
             token=uuid.uuid4().hex[:20], dag_id=getattr(ti, "dag_id", None), run_id=getattr(ti, "run_id", None),
             task_id=getattr(ti, "task_id", None), map_index=-1 if map_index is None else map_index,
             try_number=getattr(ti, "try_number", 0) or 0, host=socket.gethostname(), pid=os.getpid(),
+            boot_id=_read_text("/proc/sys/kernel/random/boot_id"), pid_ns=_pid_namespace(),
         )
 
     def describe(self) -> str:
@@ -61,6 +70,21 @@ class Owner:
         same = (self.dag_id, self.run_id, self.task_id, self.map_index) == (
             other.dag_id, other.run_id, other.task_id, other.map_index)
         return same and self.dag_id is not None and self.try_number < other.try_number
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path) as source:
+            return source.read().strip()
+    except OSError:  # not Linux: no PID is ever looked up, heartbeats alone decide
+        return ""
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def _pid_running(pid: int) -> bool:
@@ -130,11 +154,20 @@ class Claims:
         self._me.unlink(missing_ok=True)
 
     def forget_dead_owners(self) -> None:
-        """Delete the heartbeat files that killed runs left: a missing heartbeat means dead too."""
+        """Delete the heartbeat files that killed runs left, once older than ``heartbeat_timeout``: a file that
+        fresh is never deleted, whatever a PID says (others would then count its run dead too)."""
         for name in list_files(self._owners):
-            token = name.removesuffix(".json")
-            if name.endswith(".json") and not self.is_alive(Owner(token=token)):
+            if name.endswith(".json") and name != self._me.name and self._stale(name):
                 (self._owners / name).unlink(missing_ok=True)
+
+    def _stale(self, name: str) -> bool:
+        try:
+            beat = float(json.loads((self._owners / name).read_bytes())["heartbeat_at"])
+        except FileNotFoundError:
+            return False
+        except (ValueError, KeyError, TypeError):
+            return False  # heartbeats are written whole: a damaged one is kept for a look, never taken as death
+        return time.time() - beat >= self.timeout
 
     def claim(self, fingerprint: str) -> Owner | None:
         """Claim an edit: ``None`` when it is now this run's, else the owner that holds it."""
@@ -209,7 +242,7 @@ class Claims:
             return True  # heartbeats are written whole, so this is damage, not death: never assume a run dead
         if known is None or known.is_earlier_try_of(self.owner):
             return False
-        if known.host == self.owner.host and not _pid_running(known.pid):
+        if self.owner.shares_pids_with(known) and not _pid_running(known.pid):
             return False
         return time.time() - beat < self.timeout
 
