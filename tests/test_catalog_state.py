@@ -137,6 +137,22 @@ def test_claims_are_exclusive_released_and_taken_over_once(tmp_path):
     c.close()
 
 
+def test_a_take_over_killed_half_way_never_wedges_the_item(tmp_path):
+    dead, taker, late = (Claims(folder(tmp_path), owner(t), heartbeat_timeout=60) for t in ("dead", "taker", "late"))
+    for claims in (dead, taker, late):
+        claims.open()
+    assert dead.claim("fp") is None
+    dead.close()  # died with the edit claimed
+    (tmp_path / "_cutout" / "claims" / "fp.dead.takeover").write_bytes(b"taker")  # taker's marker, then:
+    taker.close()  # killed before it rewrote the claim, which still names the dead owner
+    assert late.holder("fp") == dead.owner and not late.is_alive(taker.owner)
+    assert late.take_over("fp", dead.owner) is None  # took over from the taker that died half-way
+    assert late.holder("fp") == late.owner
+    other = Claims(folder(tmp_path), owner("other"), heartbeat_timeout=60)
+    assert other.take_over("fp", dead.owner) == late.owner  # a live taker holds it: wait for it
+    late.close()
+
+
 def test_liveness_earlier_try_dead_process_and_stale_heartbeat(tmp_path):
     me = Claims(folder(tmp_path), Owner(token="me", dag_id="d", run_id="r", task_id="t", try_number=2,
                                         host="h1", pid=os.getpid()))
@@ -191,3 +207,65 @@ def test_a_store_without_exclusive_create_fails_loudly(tmp_path):
     claims = Claims(UPath("overwriting://bucket/out/"), owner("a"))
     with pytest.raises(CatalogStateError, match="does not refuse a second exclusive create"):
         claims.open()
+
+
+def test_a_skewed_clock_never_lets_in_doubt_hide_a_later_stored_result(tmp_path):
+    import time
+
+    ahead = Manifest(folder(tmp_path), "ahead", clock=lambda: time.time() + 3600)  # a host an hour ahead
+    unaware = Manifest(folder(tmp_path), "unaware")  # opened before that record: it never reads it
+    ahead.record(entry("1", "in_doubt"), durable=True)
+    ahead.close()
+    later = Manifest(folder(tmp_path), "later")
+    assert later.get("1", "k-1")["status"] == "in_doubt"
+    later.record(entry("1", "stored"), durable=True)  # this run read the in-doubt record, then stored it
+    later.close()
+    unaware.record(entry("2", "in_doubt"), durable=True)
+    unaware.close()
+    ahead = Manifest(folder(tmp_path), "ahead2", clock=lambda: time.time() + 3600)
+    ahead.record(entry("2", "stored"), durable=True)
+    ahead.close()
+    reader = Manifest(folder(tmp_path))
+    assert reader.get("1", "k-1")["status"] == "stored"  # seq 2 over seq 1, whatever the clocks say
+    assert read_manifest(folder(tmp_path))["k-1"]["status"] == "stored"
+    slow = Manifest(folder(tmp_path), "slow", clock=lambda: 0.0)  # two writers that never read each other:
+    fast = Manifest(folder(tmp_path), "fast", clock=lambda: time.time() + 3600)  # a tie in seq
+    slow.record(entry("3", "stored"), durable=True)
+    fast.record(entry("3", "in_doubt"), durable=True)
+    slow.close()
+    fast.close()
+    assert Manifest(folder(tmp_path)).get("3", "k-3")["status"] == "stored"  # a stored result outranks in doubt
+
+
+def test_the_log_survives_a_store_that_fails_writes_and_logs_what_it_cannot_keep(tmp_path, caplog):
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+    from upath import UPath
+
+    failures = {"left": 0}
+
+    class Flaky(MemoryFileSystem):  # an object store answering 503 Slow Down to some writes
+        protocol = "flaky"
+
+        def _open(self, path, mode="rb", **kwargs):
+            if "w" in mode and "/manifest/" in path and failures["left"] > 0:
+                failures["left"] -= 1
+                raise OSError("503 Slow Down")
+            return super()._open(path, mode, **kwargs)
+
+    fsspec.register_implementation("flaky", Flaky, clobber=True)
+    out = UPath(f"flaky://bucket/{tmp_path.name}/")
+    waits: list[float] = []
+    writer = Manifest(out, "w", sleep=waits.append)
+    failures["left"] = 3
+    writer.record(entry("1", "edited", image_url="https://cdn/1.png", request_id="req-1"), durable=True)
+    assert waits == [0.4, 0.8, 1.6]  # retried with backoff, never lost
+    writer.close(compact=False)
+    assert Manifest(out).get("1", "k-1")["request_id"] == "req-1"
+
+    failures["left"] = 99  # a store that is gone for good: the paid result reaches the task log
+    doomed = Manifest(out, "d", sleep=waits.append)
+    with pytest.raises(OSError, match="cannot write the manifest"):
+        doomed.record(entry("2", "edited", image_url="https://cdn/2.png", request_id="req-2"), durable=True)
+    assert "could not record item 'k-2'" in caplog.text
+    assert "req-2" in caplog.text and "https://cdn/2.png" in caplog.text

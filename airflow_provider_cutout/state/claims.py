@@ -97,6 +97,14 @@ def _pid_running(pid: int) -> bool:
     return True
 
 
+def _read_token(path: Any) -> str:
+    """The token a take-over marker names ("" when it is gone or unreadable: its taker counts as dead)."""
+    try:
+        return str(path.read_bytes().decode("utf-8", errors="replace")).strip()
+    except FileNotFoundError:
+        return ""
+
+
 def _owner_from(data: Any) -> Owner | None:
     try:
         fields = data["owner"]
@@ -212,13 +220,24 @@ class Claims:
         (self.dir / f"{fingerprint}.json").unlink(missing_ok=True)
 
     def take_over(self, fingerprint: str, dead: Owner) -> Owner | None:
-        """Take the claim of a dead owner: ``None`` when it is now this run's, else who took it first."""
-        try:
-            self._create(self.dir / f"{fingerprint}.{dead.token or 'unreadable'}.takeover", self.owner.token.encode())
-        except FileExistsError:
-            return self.holder(fingerprint) or Owner(token="")
-        write_whole(self.dir / f"{fingerprint}.json", self._claim_body())
-        return None
+        """Take the claim of a dead owner: ``None`` when it is now this run's, else who took it first. A marker
+        created exclusively names the taker; a taker that died before rewriting the claim is taken over in
+        turn, so a kill at any moment never wedges the item."""
+        for _ in range(16):  # one step per taker that died half-way
+            marker = self.dir / f"{fingerprint}.{dead.token or 'unreadable'}.takeover"
+            try:
+                self._create(marker, self.owner.token.encode())
+            except FileExistsError:
+                taker = Owner(token=_read_token(marker))
+                if taker.token != self.owner.token:
+                    if self.is_alive(taker):  # it holds the item now, or is about to
+                        holder = self.holder(fingerprint)
+                        return holder if holder is not None and holder.token == taker.token else taker
+                    dead = taker
+                    continue
+            write_whole(self.dir / f"{fingerprint}.json", self._claim_body())
+            return None
+        return dead
 
     def is_alive(self, other: Owner) -> bool:
         """Whether ``other`` still runs (its answer is cached for a few seconds)."""

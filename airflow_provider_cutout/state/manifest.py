@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from airflow_provider_cutout.state.io import STATE_DIR, list_files, write_whole
@@ -27,6 +27,10 @@ from airflow_provider_cutout.state.io import STATE_DIR, list_files, write_whole
 STORED, EDITED, FAILED, IN_DOUBT = "stored", "edited", "failed", "in_doubt"
 LEGACY_GLOB = "cutout-manifest*.json"
 ROLLUP_SEGMENTS = 256
+#: Attempts of one segment write before the writer gives up (transient store errors: S3 503s, NFS hiccups).
+WRITE_ATTEMPTS = 5
+#: Which record of one item's edit wins when their order is otherwise a tie (``seq``, below, comes first).
+_RANK = {STORED: 3, EDITED: 2, IN_DOUBT: 1, FAILED: 0}
 #: The log is compacted when the files beside its largest one hold this share of its size: each
 #: record is then rewritten a bounded number of times, so bytes per record stay constant.
 COMPACT_RATIO = 0.25
@@ -34,14 +38,15 @@ COMPACT_RATIO = 0.25
 log = logging.getLogger(__name__)
 
 
-def newest(entries: Iterable[dict[str, Any]], by: str = "key",
-           into: dict[Any, dict[str, Any]] | None = None) -> dict[Any, dict[str, Any]]:
-    """The newest entry (by ``updated_at``; the later one on a tie) per value of the field ``by``, added to
-    ``into`` when given; entries without that field are left out.
+def newest(entries: Iterable[dict[str, Any]], by: str = "key", into: dict[Any, dict[str, Any]] | None = None,
+           order: Callable[[dict[str, Any]], Any] = lambda e: e.get("updated_at", 0)) -> dict[Any, dict[str, Any]]:
+    """The newest entry (by ``order``, ``updated_at`` by default; the later one on a tie) per value of the field
+    ``by``, added to ``into`` when given; entries without that field are left out.
 
     :param entries: manifest entries, in any order.
     :param by: ``key`` (one per item) or ``fingerprint``.
     :param into: entries already known, to update in place.
+    :param order: what ranks two entries (``precedence`` for the records of one edit).
     """
     found = {} if into is None else into
     for entry in entries:
@@ -49,9 +54,16 @@ def newest(entries: Iterable[dict[str, Any]], by: str = "key",
         if value is None:
             continue
         known = found.get(value)
-        if known is None or entry.get("updated_at", 0) >= known.get("updated_at", 0):
+        if known is None or order(entry) >= order(known):
             found[value] = entry
     return found
+
+
+def precedence(entry: dict[str, Any]) -> tuple[int, int, float]:
+    """The order of the records of one item's edit, trusting no clock across hosts: ``seq`` first (each
+    record is numbered one above the record its writer read), then a stored result before a paid one,
+    before in doubt, before failed, and only then the writer's clock."""
+    return int(entry.get("seq") or 0), _RANK.get(entry.get("status", ""), 0), float(entry.get("updated_at") or 0)
 
 
 def _group(entries: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -95,10 +107,14 @@ class Manifest:
 
     :param folder: the output folder (an ``ObjectStoragePath``).
     :param writer: a name unique to this run's writer; ``None`` opens it read-only.
+    :param clock: the wall clock stamped on records (``updated_at``; never what orders one edit's records).
+    :param sleep: how to wait between write attempts (tests count the waits through it).
     """
 
-    def __init__(self, folder: Any, writer: str | None = None) -> None:
+    def __init__(self, folder: Any, writer: str | None = None, *, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.path = folder / STATE_DIR / "manifest"
+        self._clock, self._sleep = clock, sleep
         self.edits: dict[str, dict[Any, dict[str, Any]]] = {}  # fingerprint -> item key -> newest entry
         self.problems: list[str] = []
         self.bytes_written = 0
@@ -167,17 +183,19 @@ class Manifest:
     def _merge(self, entries: list[dict[str, Any]]) -> None:
         with self._cond:
             for fp, group in _group(entries).items():
-                newest(group, into=self.edits.setdefault(fp, {}))
+                newest(group, into=self.edits.setdefault(fp, {}), order=precedence)
 
     # -- writing ---------------------------------------------------------------------------------
 
     def record(self, entry: dict[str, Any], *, durable: bool = False) -> None:
         """Add or replace the entry of ``entry["key"]`` for ``entry["fingerprint"]``; with ``durable``, wait until
         it is written."""
-        entry = {**entry, "updated_at": time.time()}
         with self._cond:
             self._check()
-            self.edits.setdefault(entry["fingerprint"], {})[entry.get("key")] = entry
+            keys = self.edits.setdefault(entry["fingerprint"], {})
+            seen = keys.get(entry.get("key"))
+            entry = {**entry, "seq": int((seen or {}).get("seq") or 0) + 1, "updated_at": self._clock()}
+            keys[entry.get("key")] = entry
             self._pending.append(entry)
             self._version += 1
             version = self._version
@@ -235,8 +253,9 @@ class Manifest:
                     return
                 version, batch, self._pending = self._version, self._pending, []
             try:
-                self._append(batch)
+                self._append_retrying(batch)
             except BaseException as err:  # reported to every waiter and at close
+                self._report_lost(batch, err)
                 with self._cond:
                     self._error = err
                     self._cond.notify_all()
@@ -244,6 +263,28 @@ class Manifest:
             with self._cond:
                 self._written = version
                 self._cond.notify_all()
+
+    def _append_retrying(self, records: list[dict[str, Any]]) -> None:
+        """``_append``, retried with backoff over transient store errors (a new segment name each time)."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return self._append(records)
+            except OSError as err:
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+                log.warning("Cutout manifest: writing %d records to %s failed (%s); attempt %d of %d in %.1fs",
+                            len(records), self.path, err, attempt + 1, WRITE_ATTEMPTS, 0.2 * 2**attempt)
+                self._sleep(0.2 * 2**attempt)
+
+    def _report_lost(self, records: list[dict[str, Any]], err: BaseException) -> None:
+        """The records a failed store could not take, in the task log: a paid result is never lost unseen."""
+        with self._cond:
+            records = records + self._pending
+        for entry in records:
+            if entry.get("image_url") or entry.get("status") in (STORED, EDITED, IN_DOUBT):
+                log.error("Cutout manifest: could not record item %r (status %s, request id %s, result %s, stored at "
+                          "%s): %s", entry.get("key"), entry.get("status"), entry.get("request_id"),
+                          entry.get("image_url"), entry.get("stored_path"), err)
 
     def _append(self, records: list[dict[str, Any]]) -> None:
         self._seq += 1
