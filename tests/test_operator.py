@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,52 @@ def test_rerun_returns_the_stored_edit_and_force_edits_again(sandbox, airflow_db
     Path(forced["stored_path"]).unlink()  # the stored copy is gone: the next run edits again
     xcoms(stored.test(run_conf=conf), "edit", "cutout_result")
     assert sandbox.ledger()["charges"] == 3
+
+
+def test_a_single_edit_killed_after_its_charge_is_never_paid_again_unseen(sandbox, airflow_db, tmp_path, capfd):
+    """A worker killed while the edit is in flight (the API finishes and charges it): the next run finds the
+    claim in the output folder, and fails saying the edit may have been charged, instead of paying again."""
+    import signal
+
+    from tests.dags.operator_dags import lamp, lamp_forced
+    from tests.run_dag import spawn
+
+    sandbox.server.state.config.latency = 2.0
+    sandbox.server.state.config.charge_hung_up = True
+    proc = spawn("tests.dags.operator_dags:lamp", {"out": str(tmp_path)})
+    claims = tmp_path / "_cutout" / "claims"
+    deadline = time.monotonic() + 120
+    while not (claims.exists() and list(claims.glob("*.json"))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the request is on its way
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(2.5)  # the API finishes the edit and charges it
+    assert sandbox.ledger()["charges"] == 1
+    sandbox.server.state.config.latency = 0.0
+    again = lamp.test(run_conf={"out": str(tmp_path)})
+    assert states(again)["edit"] == [("failed", 1)] and sandbox.ledger()["edit_calls"] == 1  # not sent again
+    assert "may have been charged" in "".join(capfd.readouterr())
+    forced = lamp_forced.test(run_conf={"out": str(tmp_path)})  # consent: pay again
+    assert states(forced)["edit"] == [("success", 1)] and sandbox.ledger()["charges"] == 2
+    assert states(lamp.test(run_conf={"out": str(tmp_path)}))["edit"] == [("success", 1)]  # stored: free
+    assert sandbox.ledger()["charges"] == 2
+
+
+def test_a_retry_after_a_timeout_mid_edit_does_not_pay_again(sandbox, airflow_db, capfd):
+    """No output_path: the task state store (Airflow 3.3+) records the intent before sending. execution_timeout
+    strikes while the edit is in flight (the API finishes and charges it); the retry does not send it again."""
+    import airflow
+
+    from tests.dags.operator_dags import timed_single
+
+    if tuple(int(p) for p in airflow.__version__.split(".")[:2]) < (3, 3):
+        pytest.skip("the task state store is Airflow 3.3+; docs/cost-safety.md says what older versions lack")
+    sandbox.server.state.config.latency = 3.0
+    sandbox.server.state.config.charge_hung_up = True
+    dr = timed_single.test()
+    time.sleep(1.5)  # the first try's edit finishes on the API side
+    assert states(dr)["edit"] == [("failed", 2)]
+    ledger = sandbox.ledger()
+    assert ledger["edit_calls"] == 1 and ledger["charges"] == 1
+    assert "may have been charged" in "".join(capfd.readouterr())

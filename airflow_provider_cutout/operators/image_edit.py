@@ -145,28 +145,48 @@ class CutoutImageEditOperator(BaseOperator):
         return single_edit_lineage(sources, payload.get("stored_path"), payload)
 
     def _edit(self, hook: CutoutHook, request: ImageEditRequest, context: Context) -> dict[str, Any]:
-        """Check the sources, send the edit and store its copy; the result is in XCom as soon as it is charged."""
+        """Check the sources, record the intent, send the edit and store its copy; the result is in XCom as
+        soon as it is charged."""
+        from airflow_provider_cutout.state.intent import SendIntent
+
         if hook.checks_sources(self.check_sources):
             try:
                 hook.check_sources({"": request})
             except CutoutError as err:
                 fail_or_retry(err, self.log)
-        hook.client.on_retry = metrics.retried
+        intent = SendIntent(self.output_path, request.fingerprint, context, force=self.force)
+        try:
+            return self._send(hook, request, context, intent)
+        except CutoutError as err:
+            fail_or_retry(err, self.log)
+        finally:
+            intent.close()
+
+    def _send(self, hook: CutoutHook, request: ImageEditRequest, context: Context, intent: Any) -> dict[str, Any]:
+        earlier = intent.begin()
+        if earlier is not None:
+            self.log.info("Cutout edit already sent by an earlier try of this task (id=%s): nothing sent, nothing "
+                          "spent", earlier.get("id"))
+            return dict(earlier)
         if self._killed:
+            intent.failed(CutoutError("stopped"))
             from airflow.sdk.exceptions import AirflowException
 
             raise AirflowException("the task was told to stop (SIGTERM, execution_timeout, or marked failed) before "
                                    "the edit was sent; nothing was spent")
+        hook.client.on_retry = metrics.retried
         try:
             result = metrics.measured_edit(hook.send_edit, request)
         except CutoutError as err:
-            fail_or_retry(err, self.log)
+            intent.failed(err)
+            raise
         self.log.info(
             "Cutout edit done: model=%s references=%d ratio=%s credits=%d duration=%ss request_id=%s id=%s",
             result.model, len(result.reference_image_urls), result.aspect_ratio, result.credits,
             result.duration, result.request_id, result.id,
         )
         payload = {**result.to_xcom(), "stored_path": None}
+        intent.sent(payload)
         context["ti"].xcom_push(key=RESULT_XCOM_KEY, value=payload)
         if self.output_path:
             payload["stored_path"] = self._store(hook, result.image_url, result.id, request.fingerprint, payload)

@@ -18,18 +18,23 @@ def _record_path(output_path: Any, fingerprint: str) -> Any:
     return target.parent / STATE_DIR / "edits" / f"{target.name}.json"
 
 
-def find_stored_edit(output_path: Any, fingerprint: str) -> dict[str, Any] | None:
-    """The result an earlier run stored at ``output_path`` for this very edit, if its file is still there."""
-    from airflow.sdk import ObjectStoragePath
-
+def read_record(output_path: Any, fingerprint: str) -> dict[str, Any] | None:
+    """The record of this very edit at ``output_path``, whether or not its file is still there."""
     try:
         record = json.loads(_record_path(output_path, fingerprint).read_bytes())
     except (OSError, ValueError):  # none yet, or a path that cannot hold one: storing will say why
         return None
-    stored = record.get("stored_path") if isinstance(record, dict) else None
-    if record.get("fingerprint") != fingerprint or not stored or not ObjectStoragePath(stored).exists():
+    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint or not record.get("stored_path"):
         return None
     return {k: v for k, v in record.items() if k != "fingerprint"}
+
+
+def find_stored_edit(output_path: Any, fingerprint: str) -> dict[str, Any] | None:
+    """The result an earlier run stored at ``output_path`` for this very edit, if its file is still there."""
+    from airflow.sdk import ObjectStoragePath
+
+    record = read_record(output_path, fingerprint)
+    return record if record is not None and ObjectStoragePath(str(record["stored_path"])).exists() else None
 
 
 def remember_stored_edit(output_path: Any, fingerprint: str, payload: dict[str, Any]) -> None:

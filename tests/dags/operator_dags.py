@@ -96,3 +96,20 @@ stored_edit_unchecked = stored_edit_dag("t_single_stored_edit_unchecked", check_
 with DAG("t_single_source", schedule=None, start_date=START, params={"url": "", "model": "seedream-4.0"}) as one_source:
     CutoutImageEditOperator(task_id="edit", prompt="grayscale", image_urls="{{ params.url }}",
                             model="{{ params.model }}")
+
+
+def lamp_dag(dag_id: str, **kwargs) -> DAG:
+    """One edit stored in the folder ``out/``."""
+    with DAG(dag_id, schedule=None, start_date=START, params={"out": "/tmp/unused"}) as dag:
+        CutoutImageEditOperator(task_id="edit", prompt="grayscale", image_urls=sample_urls(["lamp"]),
+                                model="gpt-image-1", output_path="{{ params.out }}/", **kwargs)
+    return dag
+
+
+lamp = lamp_dag("t_single_lamp")
+lamp_forced = lamp_dag("t_single_lamp_forced", force=True)
+
+with DAG("t_single_timed", schedule=None, start_date=START,
+         default_args={"retries": 1, "retry_delay": datetime.timedelta(seconds=0)}) as timed_single:
+    CutoutImageEditOperator(task_id="edit", prompt="grayscale", image_urls=sample_urls(["chair"]), model="gpt-image-1",
+                            execution_timeout=datetime.timedelta(seconds=2))

@@ -1,0 +1,99 @@
+"""The single edit's intent to send, recorded before it is sent, so that no later try pays for it again
+unseen: a kill after the charge and before the result was recorded leaves the edit *in doubt*.
+
+With an ``output_path``, the batch's claim (``state.claims``) in its folder: one claim per edit and target,
+kept after the charge. Without one, on Airflow 3.3+, the task state store (``context["task_state_store"]``,
+kept across a task instance's tries): the intent first, then the result, which a retry returns for free.
+On older Airflow, without ``output_path``, nothing survives a killed try (docs/cost-safety.md says so).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from airflow_provider_cutout.exceptions import ClaimedElsewhereError, CutoutError
+from airflow_provider_cutout.state.claims import Claims, Owner
+from airflow_provider_cutout.state.io import is_folder
+from airflow_provider_cutout.state.records import read_record
+
+STATE_KEY = "cutout_edit"
+IN_DOUBT = ("may have been charged; it is not sent again by itself: check the account's usage, then set "
+            "force=True to edit (and pay) again")
+
+
+class SendIntent:
+    """Before one edit is sent: ``begin`` (an earlier try's result, or an error when it may have been charged),
+    then ``sent`` or ``failed``, and ``close``.
+
+    :param output_path: the operator's ``output_path``, or ``None``.
+    :param fingerprint: the edit's fingerprint.
+    :param context: the task's context (its task instance, and the task state store on Airflow 3.3+).
+    :param force: consent to pay again for an edit an earlier try may have been charged for.
+    """
+
+    def __init__(self, output_path: Any, fingerprint: str, context: Any, *, force: bool = False) -> None:
+        self.output_path, self.fingerprint, self.force = output_path, fingerprint, force
+        self.store = None if output_path else context.get("task_state_store")
+        self.claims: Claims | None = None
+        if output_path:
+            from airflow.sdk import ObjectStoragePath
+
+            target = ObjectStoragePath(str(output_path))
+            self.claims = Claims(target if is_folder(output_path) else target.parent, Owner.of_task(context))
+            self.name = fingerprint if is_folder(output_path) else hashlib.sha256(
+                f"{fingerprint}\0{target.name}".encode()).hexdigest()
+
+    def begin(self) -> dict[str, Any] | None:
+        """Record the intent; return the result an earlier try recorded for this edit, if any."""
+        if self.claims is not None:
+            self.claims.open()
+            self._claim()
+            return None
+        if self.store is None:
+            return None
+        prior = self.store.get(STATE_KEY)
+        if isinstance(prior, dict) and prior.get("fingerprint") == self.fingerprint:
+            if isinstance(prior.get("result"), dict):
+                return dict(prior["result"])
+            if not self.force:
+                raise CutoutError(f"an earlier try of this task sent this edit at {prior.get('sent_at')} and ended "
+                                  f"without recording its result: it {IN_DOUBT}", maybe_charged=True)
+        self.store.set(STATE_KEY, {"fingerprint": self.fingerprint, "sent_at": time.strftime("%Y-%m-%d %H:%M:%S")})
+        return None
+
+    def _claim(self) -> None:
+        assert self.claims is not None
+        holder = self.claims.claim(self.name)
+        if holder is None:
+            return
+        if self.claims.is_alive(holder):
+            raise ClaimedElsewhereError(f"the same edit to {self.output_path} is being sent by {holder.describe()}; "
+                                        "a retry returns its stored result")
+        delivered = read_record(self.output_path, self.fingerprint) is not None  # its file went away since
+        if not (delivered or self.force):
+            raise CutoutError(f"{holder.describe()} claimed this edit to {self.output_path} and ended without "
+                              f"recording a result: it {IN_DOUBT}", maybe_charged=True)
+        if self.claims.take_over(self.name, holder) is not None:
+            raise ClaimedElsewhereError(f"another task took over the same edit to {self.output_path}; a retry "
+                                        "returns its stored result")
+
+    def sent(self, payload: dict[str, Any]) -> None:
+        """The edit was charged and its result is known: a later try returns it without paying."""
+        if self.store is not None:
+            self.store.set(STATE_KEY, {"fingerprint": self.fingerprint, "result": payload})
+
+    def failed(self, err: CutoutError) -> None:
+        """The edit failed; when it charged nothing, a later try may send it again."""
+        if err.maybe_charged:
+            return
+        if self.claims is not None:
+            self.claims.release(self.name)
+        elif self.store is not None:
+            self.store.delete(STATE_KEY)
+
+    def close(self) -> None:
+        """Stop the claim's heartbeat (the claim itself stays: it records that the edit was sent)."""
+        if self.claims is not None:
+            self.claims.close()
