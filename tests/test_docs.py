@@ -127,3 +127,12 @@ def test_architecture_names_every_module_and_layer():
         for module in (package / folder).glob("*.py"):
             if module.name != "__init__.py":
                 assert f"`{folder}/{module.name}`" in text, f"docs/architecture.md does not map {folder}/{module.name}"
+
+
+def test_the_cost_safety_table_names_tests_that_exist():
+    text = (REPO / "docs" / "cost-safety.md").read_text()
+    table = text[text.index("## What can go wrong, and the test that shows it"):]
+    named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", table)
+    assert len(named) >= 15
+    for module, name in named:
+        assert f"def {name}(" in (REPO / "tests" / module).read_text(), f"{module}::{name} does not exist"
