@@ -335,6 +335,7 @@ def test_execution_timeout_stops_spending(sandbox, airflow_db, tmp_path):
     assert ledger["charges"] == 48 and {v["charges"] for v in ledger["by_fingerprint"].values()} == {1}
 
 
+@pytest.mark.e2e  # a process of its own, signalled
 def test_sigterm_stops_spending(sandbox, airflow_db, tmp_path):
     from tests.run_dag import finish, spawn
 

@@ -166,6 +166,7 @@ def test_rerun_returns_the_stored_edit_and_force_edits_again(sandbox, airflow_db
     assert sandbox.ledger()["charges"] == 3
 
 
+@pytest.mark.e2e  # a process of its own, signalled
 def test_a_single_edit_killed_after_its_charge_is_never_paid_again_unseen(sandbox, airflow_db, tmp_path, capfd):
     """A worker killed while the edit is in flight (the API finishes and charges it): the next run finds the
     claim in the output folder, and fails saying the edit may have been charged, instead of paying again."""
