@@ -162,7 +162,7 @@ def test_the_single_edit_operator_edits_again_when_its_photo_changed(sandbox, ai
 def test_signed_urls_never_reach_an_error_text():
     import requests
 
-    from airflow_provider_cutout.api.sources import source_error as _source_error
+    from airflow_provider_cutout.api.inspection import source_error as _source_error
     from airflow_provider_cutout.hooks.cutout import _redacted
 
     signed = "http://127.0.0.1:9/catalog/a.jpg?AWSAccessKeyId=testing&Signature=abc%2Fdef&Expires=99"

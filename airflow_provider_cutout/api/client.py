@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from airflow_provider_cutout.api import downloads, sources
+from airflow_provider_cutout.api import downloads, inspection
 from airflow_provider_cutout.api.envelope import CHARGED_NOTE, parse, parse_envelope
 from airflow_provider_cutout.api.models import CreditBalance, ImageEditRequest, ImageEditResult
 from airflow_provider_cutout.api.settings import ClientSettings
@@ -125,7 +125,7 @@ class CutoutClient:
 
         :param url: the source image's URL, as the API will fetch it.
         """
-        return sources.inspect(self.transport, url)
+        return inspection.inspect(self.transport, url)
 
 
 def _first_line(err: Exception) -> str:
