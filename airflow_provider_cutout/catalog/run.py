@@ -207,6 +207,9 @@ class BatchRun:
         self.cost = sum(item.request.credits for item in self.editing)
         self.to_attempt = len(self.editing) + len(self.to_refetch) + len(self.rejected)
         self.reject([(r.key, r.problem, None) for r in self.rejected], invalid=True)
+        self._log_plan()
+
+    def _log_plan(self) -> None:
         self.log.info(
             "Cutout batch plan: %d items, %d already stored (skipped), %d to fetch again, %d in doubt (not resent), "
             "%d to edit for %d credits", len(self.planned), self.progress.skipped, len(self.to_refetch),
