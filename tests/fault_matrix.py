@@ -43,6 +43,8 @@ CASES = [
          ("ServerError", 1, 4), (FAIL1, 1, 4), (FAIL1 + ", item in doubt", 1, 4)),
     Case("a CDN's 524 page after the edit was charged", ({"kind": "html_error", "status": 524, "after_edit": True},),
          ("ServerError", 1, 4), (FAIL1, 1, 4), (FAIL1 + ", item in doubt", 1, 4)),
+    Case("a proxy's bare 503 page (no envelope, no Retry-After)", ({"kind": "html_error", "status": 503},),
+         ("ServerError", 1, 0), (FAIL1, 1, 0), (FAIL1 + ", item in doubt", 1, 0)),
     Case("503 for longer than the retries (x5)", ({"kind": "http_error", "status": 503, "count": 5},),
          ("ServerError after 4 attempts", 4, 0), (OK2, 6, 4), (OK2, 6, 4)),
     Case("HTML error page (502)", ({"kind": "html_error"},),

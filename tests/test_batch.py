@@ -352,3 +352,42 @@ def test_sigterm_stops_spending(sandbox, airflow_db, tmp_path):
     sent_after = sandbox.ledger()["edit_calls"] - at_stop
     assert sent_after <= 4, f"{sent_after} edits ended after SIGTERM: only the 4 in flight may"
     charged_fingerprints_all_recorded(sandbox, tmp_path)
+
+
+def test_a_shared_result_is_never_copied_from_a_file_that_holds_another_edit_now(sandbox, airflow_db, tmp_path):
+    def run(*items):
+        return catalog_chunks.test(run_conf={"out": str(tmp_path), "items": list(items), "size": 10})
+
+    run({"key": "blue", "image_urls": [PHOTO]}, {"key": "red", "image_urls": [PHOTO]})  # one edit, two files
+    run({"key": "red", "image_urls": [PHOTO], "prompt": "invert"})  # red's file now holds another edit
+    run({"key": "green", "image_urls": [PHOTO]})  # the first edit again: copied, but never from red's file
+    files = {key: Path(e["stored_path"]).read_bytes() for key, e in read_manifest(tmp_path).items()}
+    assert files["green"] == files["blue"] != files["red"]
+    assert sandbox.ledger()["charges"] == 2
+
+
+@pytest.mark.e2e  # a process of its own, killed
+def test_a_restore_killed_after_its_send_leaves_the_item_in_doubt(sandbox, airflow_db, tmp_path):
+    from tests.run_dag import spawn
+
+    conf = {"n": 4, "out": str(tmp_path), "changed": "", "invalid": False}
+    assert summary(batch.test(run_conf=conf))["edited"] == 4
+    lost = Path(read_manifest(tmp_path)["item-2"]["stored_path"])
+    lost.unlink()
+    time.sleep(1.2)
+    sandbox.server.state.config.result_ttl = 1.0  # its result URL has expired too: the restore must pay
+    sandbox.server.state.config.latency = 2.0
+    sandbox.server.state.config.charge_hung_up = True
+    proc = spawn("tests.dags.batch_dags:batch", conf)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and read_manifest(tmp_path)["item-2"]["status"] != "in_doubt":
+        time.sleep(0.05)  # the restore records that it is sending before it sends
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(2.5)  # the API finishes the edit and charges it
+    assert sandbox.ledger()["charges"] == 5
+    sandbox.server.state.config.latency = 0.0
+    again = batch.test(run_conf=conf)
+    assert states(again)["batch"] == [("failed", 1)] and sandbox.ledger()["charges"] == 5  # in doubt: not resent
+    assert read_manifest(tmp_path)["item-2"]["status"] == "in_doubt"

@@ -149,8 +149,12 @@ def test_a_take_over_killed_half_way_never_wedges_the_item(tmp_path):
     assert late.take_over("fp", dead.owner) is None  # took over from the taker that died half-way
     assert late.holder("fp") == late.owner
     other = Claims(folder(tmp_path), owner("other"), heartbeat_timeout=60)
+    other.open()
     assert other.take_over("fp", dead.owner) == late.owner  # a live taker holds it: wait for it
     late.close()
+    assert other.take_over("fp", dead.owner) == late.owner  # one that finished holds it too: look again
+    assert other.take_over("fp", late.owner) is None  # only a take-over from the owner the claim names
+    other.close()
 
 
 def test_liveness_earlier_try_dead_process_and_stale_heartbeat(tmp_path):
@@ -269,3 +273,6 @@ def test_the_log_survives_a_store_that_fails_writes_and_logs_what_it_cannot_keep
         doomed.record(entry("2", "edited", image_url="https://cdn/2.png", request_id="req-2"), durable=True)
     assert "could not record item 'k-2'" in caplog.text
     assert "req-2" in caplog.text and "https://cdn/2.png" in caplog.text
+    with pytest.raises(OSError, match="cannot write the manifest"):  # a result charged after the store gave up
+        doomed.record(entry("3", "edited", image_url="https://cdn/3.png", request_id="req-3"), durable=True)
+    assert "could not record item 'k-3'" in caplog.text and "req-3" in caplog.text

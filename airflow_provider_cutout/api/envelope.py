@@ -22,14 +22,23 @@ from airflow_provider_cutout.exceptions import (
 
 INSUFFICIENT_CREDITS_CODE = 1001
 CHARGED_NOTE = "; the edit may have been charged, check the account before re-running"
-#: 5xx answers that say the request was not processed: a resend is safe. Any other 5xx (500, a gateway's
-#: 502 or 504, a CDN's 52x) may come after the API did the edit and charged it (docs/errors.md).
+#: 5xx answers that say the request was not processed, when they come from the API itself (its JSON envelope)
+#: or ask to come back later (``Retry-After``). Any other 5xx (500, a gateway's 502 or 504, a CDN's 52x, a
+#: proxy's bare 503 page) may come after the API did the edit and charged it (docs/errors.md).
 REFUSED_5XX = frozenset({501, 503, 505})
 
 
-def maybe_processed(status: int) -> bool:
-    """Whether an HTTP error status may have come after the request was processed (and an edit charged)."""
-    return status >= 500 and status not in REFUSED_5XX
+def refused(answer: AnswerLike) -> bool:
+    """Whether an error answer says the request was not processed, so that sending it again is safe."""
+    status = answer.status_code
+    if 400 <= status < 500:
+        return True
+    return status in REFUSED_5XX and (bool(_envelope(answer)) or "Retry-After" in answer.headers)
+
+
+def maybe_processed(answer: AnswerLike) -> bool:
+    """Whether an HTTP error answer may have come after the request was processed (and an edit charged)."""
+    return answer.status_code >= 500 and not refused(answer)
 
 
 class AnswerLike(Protocol):
@@ -75,7 +84,7 @@ def parse(answer: AnswerLike, *, edit: bool = False, attempts: int = 1) -> tuple
     if status == 429:
         raise RateLimitError(f"Cutout rate limit reached: {message or 'too many requests'}",
                              retry_after=retry_after(answer.headers), **info)
-    if status >= 500 and edit and maybe_processed(status):  # never resent by the provider itself
+    if status >= 500 and edit and maybe_processed(answer):  # never resent by the provider itself
         raise ServerError(f"Cutout answered HTTP {status} ({message or _snippet(answer)}): a server or gateway "
                           "error that may come after the edit was done, so it is not sent again"
                           + CHARGED_NOTE, retryable=False, maybe_charged=True, **info)

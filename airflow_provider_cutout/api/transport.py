@@ -22,7 +22,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from airflow_provider_cutout import __version__
-from airflow_provider_cutout.api.envelope import Answer, parse
+from airflow_provider_cutout.api.envelope import Answer, parse, refused
 from airflow_provider_cutout.api.settings import ClientSettings
 from airflow_provider_cutout.exceptions import (
     CutoutConnectionError,
@@ -33,7 +33,8 @@ from airflow_provider_cutout.exceptions import (
 )
 
 #: Answers the client retries itself: for a GET, which charges nothing; for a POST, only those that say the
-#: request was not processed (an edit may have been charged behind a 500, 502, 504 or 52x: never resent).
+#: request was not processed (``envelope.refused``: an edit may have been charged behind a 500, 502, 504, 52x
+#: or a proxy's bare 503 page, so those are never resent).
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 POST_RETRY_STATUSES = frozenset({429, 503})
 CHUNK_BYTES = 64 * 1024
@@ -99,7 +100,8 @@ class Transport:
         with response:
             answer = Answer(response.status_code, response.headers, self._read_capped(response, method, attempts),
                             attempts)
-        if answer.status_code in (RETRY_STATUSES if method == "GET" else POST_RETRY_STATUSES):
+        if answer.status_code in RETRY_STATUSES if method == "GET" else (
+                answer.status_code in POST_RETRY_STATUSES and refused(answer)):
             parse(answer, attempts=attempts)  # always raises for these statuses
         return answer
 

@@ -6,6 +6,7 @@ what it does with each item, from what the manifest and the claims say of it.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -40,8 +41,8 @@ from airflow_provider_cutout.exceptions import (
 )
 from airflow_provider_cutout.observability import metrics
 from airflow_provider_cutout.state.claims import Claims, Owner
-from airflow_provider_cutout.state.io import copy_into, list_files, store_image
-from airflow_provider_cutout.state.manifest import EDITED, FAILED, IN_DOUBT, STORED, Manifest
+from airflow_provider_cutout.state.io import Digesting, copy_into, list_files, store_image
+from airflow_provider_cutout.state.manifest import EDITED, FAILED, IN_DOUBT, STORED, Manifest, precedence
 from airflow_provider_cutout.state.versions import adopt_unversioned
 from airflow_provider_cutout.texts import first_of
 
@@ -248,9 +249,11 @@ class BatchRun:
             return {**self._base_entry(item), "status": IN_DOUBT,
                     "error": f"the same edit as item {doubt.get('key')!r}, in doubt"}
         paid.sort(key=lambda e: e.get("updated_at", 0), reverse=True)
-        source = next((e for e in paid if e.get("status") == STORED and _file_exists(e)), paid[0])
-        return {**source, "key": item.key, "status": EDITED, "stored_path": None, "credits": 0, "error": None,
-                "shared_with": source.get("key"), "copy_of": source.get("stored_path")}
+        copyable = (e for e in paid if e.get("status") == STORED and e.get("sha256") and _file_exists(e))
+        source = next(copyable, None)  # a file whose digest was recorded: the copy is checked against it
+        return {**(source or paid[0]), "key": item.key, "status": EDITED, "stored_path": None, "credits": 0,
+                "error": None, "shared_with": (source or paid[0]).get("key"),
+                "copy_of": source.get("stored_path") if source else None}
 
     def _adopt(self, item: PlannedEdit) -> dict[str, Any] | None:
         """An item stored before source versions counted is taken as unchanged once (``state.versions``)."""
@@ -381,14 +384,19 @@ class BatchRun:
             with self.progress.lock:
                 self.held[item.key] = (item, holder)
 
-    def send(self, item: PlannedEdit, *, restoring: bool = False) -> None:
+    def send(self, item: PlannedEdit, *, restoring: bool = False, taken: bool = False) -> None:
         """Send a claimed edit, record it as soon as it is charged, then store its image (``restoring``: a
-        delivered result whose file and URL are gone)."""
+        delivered result whose file and URL are gone; ``taken``: the claim was taken over from a dead owner,
+        whose own send may have been charged, so it is never released)."""
         self.limiter.wait()
         if self.stop.is_set():
-            self.claims.release(item.fingerprint)
+            if not taken:
+                self.claims.release(item.fingerprint)
             return
-        entry = self._base_entry(item)
+        entry = {**self._base_entry(item), "taken_over": True} if taken else self._base_entry(item)
+        if restoring:  # a kill from here on leaves it in doubt, not "stored" with its file gone
+            self.manifest.record({**entry, "status": IN_DOUBT, "error": "sent again to restore a lost result; no "
+                                  "answer recorded yet"}, durable=True)
         try:
             result = metrics.measured_edit(self.hook.send_edit, item.request)
         except CutoutError as err:
@@ -435,21 +443,26 @@ class BatchRun:
 
     def _store(self, item: PlannedEdit, entry: dict[str, Any]) -> CutoutError | None:
         """``store`` without recording a failure: the error, or ``None`` once stored and recorded."""
-        url, copy_of = entry["image_url"], entry.get("copy_of")
+        url, copy_of, digest = entry["image_url"], entry.get("copy_of"), Digesting()
 
         def fetch(sink: Any) -> str:
-            return copy_into(copy_of, sink) if copy_of else self.client.download(url, sink)[1]
+            if not copy_of:
+                return self.client.download(url, digest.into(sink))[1]
+            extension = copy_into(copy_of, digest.into(sink))
+            if digest.hexdigest() != entry.get("sha256"):  # that key's file holds another edit by now
+                raise OSError(f"{copy_of} no longer holds the result of this edit")
+            return extension
 
         try:
             path = store_image(fetch, self.out, file_stem(item.key), tag=self.owner.token)
         except OSError:
             if not copy_of:
                 raise
-            return self._store(item, {**entry, "copy_of": None})  # the other key's file went away: fetch the URL
+            return self._store(item, {**entry, "copy_of": None})  # that file is gone or changed: fetch the URL
         except CutoutError as err:
             return err
         self.manifest.record({**{k: v for k, v in entry.items() if k != "copy_of"}, "status": STORED,
-                              "stored_path": path, "error": None})
+                              "stored_path": path, "sha256": digest.hexdigest(), "error": None})
         return None
 
     def restore(self, item: PlannedEdit, entry: dict[str, Any]) -> None:
@@ -468,25 +481,42 @@ class BatchRun:
                 return
         winner = self.claims.claim(item.fingerprint) if holder is None else self.claims.take_over(
             item.fingerprint, holder)
-        if winner is None:
-            self.send(item, restoring=True)
-        else:
+        if winner is not None:
             with self.progress.lock:
                 self.held[item.key] = (item, winner)
+            return
+        self.manifest.refresh()  # another run may have acted on it since this run planned
+        fresh = self._entry_for(item)
+        if fresh is not None and precedence(fresh) > precedence(entry):
+            self._after_others(item, fresh)
+            return
+        self.send(item, restoring=True)
+
+    def _after_others(self, item: PlannedEdit, entry: dict[str, Any]) -> None:
+        """A restore that another run overtook: its stored file, or its paid result (free), else in doubt."""
+        if entry.get("status") == STORED and _file_exists(entry):
+            with self.progress.lock:
+                self.progress.by_other_runs += 1
+        elif entry.get("status") in (STORED, EDITED) and entry.get("image_url"):
+            self.refetch(item, {k: v for k, v in entry.items() if k != "copy_of"})
+        else:
+            with self.progress.lock:
+                self.progress.doubtful.append(item.key)
 
     def fail(self, item: PlannedEdit, entry: dict[str, Any], err: CutoutError) -> None:
         """Record a failed item: paid for (fetch again later), in doubt, or free (release its claim)."""
         text = f"{item.key}: {type(err).__name__}: {err}"
-        charged = bool(entry.get("image_url")) or err.maybe_charged
+        charged = bool(entry.get("image_url")) or err.maybe_charged or bool(entry.get("taken_over"))
+        doubt = charged and (not err.retryable or bool(entry.get("taken_over")))  # a dead owner may have paid
         if charged and err.retryable and entry.get("image_url"):
             self.manifest.record({**entry, "status": EDITED, "error": text}, durable=True)
-        elif charged and not err.retryable:
+        elif doubt:
             self.manifest.record({**entry, "status": IN_DOUBT, "error": text}, durable=True)
         else:  # charged nothing, or maybe charged with the connection's consent to resend (retry_on_read_timeout)
             self.manifest.record({**entry, "status": FAILED, "image_url": None, "error": text})
             self.claims.release(item.fingerprint)
         with self.progress.lock:
-            if charged and not err.retryable:
+            if doubt and not (err.retryable and entry.get("image_url")):
                 self.progress.doubtful.append(item.key)
             else:
                 self.progress.failed += 1
@@ -550,7 +580,7 @@ class BatchRun:
             if winner is not None:
                 self.held[key] = (item, winner)
                 return None
-            return (self.send, item)
+            return (functools.partial(self.send, taken=True), item)
         else:
             return (self.edit, item)  # the claim was released: claim it again
         return None

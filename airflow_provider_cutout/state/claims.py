@@ -179,10 +179,7 @@ class Claims:
 
     def claim(self, fingerprint: str) -> Owner | None:
         """Claim an edit: ``None`` when it is now this run's, else the owner that holds it."""
-        if time.monotonic() - self._last_beat > self.timeout / 2:
-            raise CatalogStateError(
-                f"this run could not write its heartbeat to {self._owners} for {self.timeout / 2:.0f}s; it stops "
-                "sending, since other runs may soon count it as dead")
+        self._check_heartbeat()
         path, failure = self.dir / f"{fingerprint}.json", None
         for attempt in range(5):
             try:
@@ -220,24 +217,36 @@ class Claims:
         (self.dir / f"{fingerprint}.json").unlink(missing_ok=True)
 
     def take_over(self, fingerprint: str, dead: Owner) -> Owner | None:
-        """Take the claim of a dead owner: ``None`` when it is now this run's, else who took it first. A marker
+        """Take the claim of a dead owner: ``None`` when it is now this run's, else who holds it now. A marker
         created exclusively names the taker; a taker that died before rewriting the claim is taken over in
-        turn, so a kill at any moment never wedges the item."""
-        for _ in range(16):  # one step per taker that died half-way
+        turn, so a kill at any moment never wedges the item; one that rewrote it holds the item."""
+        self._check_heartbeat()
+        named = dead  # the owner the claim names; ``dead`` moves on along takers that died half-way
+        for _ in range(16):
             marker = self.dir / f"{fingerprint}.{dead.token or 'unreadable'}.takeover"
             try:
                 self._create(marker, self.owner.token.encode())
             except FileExistsError:
                 taker = Owner(token=_read_token(marker))
                 if taker.token != self.owner.token:
-                    if self.is_alive(taker):  # it holds the item now, or is about to
-                        holder = self.holder(fingerprint)
-                        return holder if holder is not None and holder.token == taker.token else taker
-                    dead = taker
+                    holder = self.holder(fingerprint)
+                    if holder is None or holder.token != named.token or self.is_alive(taker):
+                        return holder if holder is not None else taker  # the claim moved on: look again
+                    dead = taker  # died between its marker and the claim: take over from it
                     continue
+            holder = self.holder(fingerprint)
+            if holder is not None and holder.token != named.token:
+                return holder  # released and claimed afresh, or taken over, since the caller looked
             write_whole(self.dir / f"{fingerprint}.json", self._claim_body())
             return None
         return dead
+
+    def _check_heartbeat(self) -> None:
+        """Refuse to take an item while this run's own heartbeat is stale: others may soon count it dead."""
+        if time.monotonic() - self._last_beat > self.timeout / 2:
+            raise CatalogStateError(
+                f"this run could not write its heartbeat to {self._owners} for {self.timeout / 2:.0f}s; it stops "
+                "sending, since other runs may soon count it as dead")
 
     def is_alive(self, other: Owner) -> bool:
         """Whether ``other`` still runs (its answer is cached for a few seconds)."""

@@ -16,7 +16,7 @@ from typing import Any
 from airflow_provider_cutout.exceptions import ClaimedElsewhereError, CutoutError
 from airflow_provider_cutout.state.claims import Claims, Owner
 from airflow_provider_cutout.state.io import is_folder
-from airflow_provider_cutout.state.records import read_record
+from airflow_provider_cutout.state.records import find_stored_edit, forget_stored_edit, read_record
 
 STATE_KEY = "cutout_edit"
 IN_DOUBT = ("may have been charged; it is not sent again by itself: check the account's usage, then set "
@@ -37,6 +37,7 @@ class SendIntent:
         self.output_path, self.fingerprint, self.force = output_path, fingerprint, force
         self.store = None if output_path else context.get("task_state_store")
         self.claims: Claims | None = None
+        self.taken = False  # the claim was taken over: an earlier owner's send may have been charged
         if output_path:
             from airflow.sdk import ObjectStoragePath
 
@@ -50,7 +51,7 @@ class SendIntent:
         if self.claims is not None:
             self.claims.open()
             self._claim()
-            return None
+            return None if self.force else find_stored_edit(self.output_path, self.fingerprint)  # stored meanwhile
         if self.store is None:
             return None
         prior = self.store.get(STATE_KEY)
@@ -78,6 +79,9 @@ class SendIntent:
         if self.claims.take_over(self.name, holder) is not None:
             raise ClaimedElsewhereError(f"another task took over the same edit to {self.output_path}; a retry "
                                         "returns its stored result")
+        self.taken = not delivered
+        if delivered:  # restoring a lost result: a kill from here on leaves it in doubt, not "delivered"
+            forget_stored_edit(self.output_path, self.fingerprint)
 
     def sent(self, payload: dict[str, Any]) -> None:
         """The edit was charged and its result is known: a later try returns it without paying."""
@@ -86,7 +90,7 @@ class SendIntent:
 
     def failed(self, err: CutoutError) -> None:
         """The edit failed; when it charged nothing, a later try may send it again."""
-        if err.maybe_charged:
+        if err.maybe_charged or self.taken:
             return
         if self.claims is not None:
             self.claims.release(self.name)

@@ -8,6 +8,7 @@ half-written file under the final name.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import uuid
@@ -50,6 +51,30 @@ def store_image(fetch: Callable[[IO[bytes]], str], output_path: Any, stem: str, 
             partial.unlink()
         raise
     return str(final)
+
+
+class Digesting:
+    """The SHA-256 of what is written through ``into(sink)``: recorded with each stored result, so a copy of
+    that file made later can be checked to hold the same edit."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._sink: IO[bytes] | None = None
+
+    def into(self, sink: IO[bytes]) -> Any:
+        """A file object that writes to ``sink`` and digests what it writes."""
+        self._sink = sink
+        return self
+
+    def write(self, data: bytes) -> int:
+        """Write ``data`` through (the file-object side of ``into``)."""
+        self._hash.update(data)
+        assert self._sink is not None
+        return self._sink.write(data)
+
+    def hexdigest(self) -> str:
+        """The digest of everything written so far."""
+        return self._hash.hexdigest()
 
 
 def copy_into(path: str, sink: IO[bytes]) -> str:

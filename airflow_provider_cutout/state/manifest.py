@@ -66,6 +66,14 @@ def precedence(entry: dict[str, Any]) -> tuple[int, int, float]:
     return int(entry.get("seq") or 0), _RANK.get(entry.get("status", ""), 0), float(entry.get("updated_at") or 0)
 
 
+def _log_lost(entry: dict[str, Any], err: BaseException) -> None:
+    """A record the store would not take, in the task log: a paid result is never lost unseen."""
+    if entry.get("image_url") or entry.get("status") in (STORED, EDITED, IN_DOUBT):
+        log.error("Cutout manifest: could not record item %r (status %s, request id %s, result %s, stored at %s): %s",
+                  entry.get("key"), entry.get("status"), entry.get("request_id"), entry.get("image_url"),
+                  entry.get("stored_path"), err)
+
+
 def _group(entries: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     by_fp: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:
@@ -191,6 +199,8 @@ class Manifest:
         """Add or replace the entry of ``entry["key"]`` for ``entry["fingerprint"]``; with ``durable``, wait until
         it is written."""
         with self._cond:
+            if self._error is not None:
+                _log_lost(entry, self._error)  # the store gave up: the task log is all that is left
             self._check()
             keys = self.edits.setdefault(entry["fingerprint"], {})
             seen = keys.get(entry.get("key"))
@@ -254,11 +264,13 @@ class Manifest:
                 version, batch, self._pending = self._version, self._pending, []
             try:
                 self._append_retrying(batch)
-            except BaseException as err:  # reported to every waiter and at close
-                self._report_lost(batch, err)
+            except BaseException as err:  # reported to every waiter and at close, and each record to the log
                 with self._cond:
                     self._error = err
+                    lost = batch + self._pending
                     self._cond.notify_all()
+                for entry in lost:
+                    _log_lost(entry, err)
                 return
             with self._cond:
                 self._written = version
@@ -275,16 +287,6 @@ class Manifest:
                 log.warning("Cutout manifest: writing %d records to %s failed (%s); attempt %d of %d in %.1fs",
                             len(records), self.path, err, attempt + 1, WRITE_ATTEMPTS, 0.2 * 2**attempt)
                 self._sleep(0.2 * 2**attempt)
-
-    def _report_lost(self, records: list[dict[str, Any]], err: BaseException) -> None:
-        """The records a failed store could not take, in the task log: a paid result is never lost unseen."""
-        with self._cond:
-            records = records + self._pending
-        for entry in records:
-            if entry.get("image_url") or entry.get("status") in (STORED, EDITED, IN_DOUBT):
-                log.error("Cutout manifest: could not record item %r (status %s, request id %s, result %s, stored at "
-                          "%s): %s", entry.get("key"), entry.get("status"), entry.get("request_id"),
-                          entry.get("image_url"), entry.get("stored_path"), err)
 
     def _append(self, records: list[dict[str, Any]]) -> None:
         self._seq += 1

@@ -42,3 +42,8 @@ def remember_stored_edit(output_path: Any, fingerprint: str, payload: dict[str, 
     path = _record_path(output_path, fingerprint)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_whole(path, json.dumps({**payload, "fingerprint": fingerprint}).encode())
+
+
+def forget_stored_edit(output_path: Any, fingerprint: str) -> None:
+    """Mark this edit as no longer delivered at ``output_path`` (its file is gone and it is being sent again)."""
+    write_whole(_record_path(output_path, fingerprint), json.dumps({"fingerprint": fingerprint}).encode())
