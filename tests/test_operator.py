@@ -132,13 +132,23 @@ def test_bad_static_value_is_a_dag_import_error(tmp_path, airflow_db):
 def test_storage_failure_after_the_edit_fails_without_retry(sandbox, airflow_db, tmp_path, capfd):
     from tests.dags.fault_dags import single  # retries=1
 
-    blocked = tmp_path / "not-a-folder"
-    blocked.write_text("a file where the output folder should be")
-    dr = single.test(run_conf={"out": str(blocked)})
+    sandbox.server.state.config.result_ttl = 0.0  # the result cannot be fetched once the edit is charged
+    dr = single.test(run_conf={"out": str(tmp_path)})
     assert states(dr)["edit"] == [("failed", 1)]  # a retry would pay for the edit again
     assert sandbox.ledger()["charges"] == 1
     text = "".join(capfd.readouterr())
     assert "the edit itself succeeded and was charged, its URL is" in text
+
+
+def test_an_output_path_that_cannot_hold_a_claim_fails_before_anything_is_sent(sandbox, airflow_db, tmp_path,
+                                                                                capfd):
+    from tests.dags.fault_dags import single  # retries=1
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the output folder should be")
+    dr = single.test(run_conf={"out": str(blocked)})
+    assert states(dr)["edit"] == [("failed", 1)] and sandbox.ledger()["edit_calls"] == 0
+    assert "cannot hold the claim that keeps a retry from paying twice" in "".join(capfd.readouterr())
 
 
 @pytest.mark.parametrize("into", ["folder/", "file.png"])

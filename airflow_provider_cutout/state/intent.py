@@ -13,7 +13,7 @@ import hashlib
 import time
 from typing import Any
 
-from airflow_provider_cutout.exceptions import ClaimedElsewhereError, CutoutError
+from airflow_provider_cutout.exceptions import CatalogStateError, ClaimedElsewhereError, CutoutError
 from airflow_provider_cutout.state.claims import Claims, Owner
 from airflow_provider_cutout.state.io import is_folder
 from airflow_provider_cutout.state.records import find_stored_edit, forget_stored_edit, read_record
@@ -38,6 +38,7 @@ class SendIntent:
         self.store = None if output_path else context.get("task_state_store")
         self.claims: Claims | None = None
         self.taken = False  # the claim was taken over: an earlier owner's send may have been charged
+        self.opened = False
         if output_path:
             from airflow.sdk import ObjectStoragePath
 
@@ -49,7 +50,13 @@ class SendIntent:
     def begin(self) -> dict[str, Any] | None:
         """Record the intent; return the result an earlier try recorded for this edit, if any."""
         if self.claims is not None:
-            self.claims.open()
+            try:
+                self.claims.open()
+            except OSError as err:
+                raise CatalogStateError(f"output_path={str(self.output_path)!r} cannot hold the claim that keeps a "
+                                        f"retry from paying twice ({type(err).__name__}: {err}); nothing was sent: "
+                                        "point output_path at a folder (ending in /) or a file in one") from None
+            self.opened = True
             self._claim()
             return None if self.force else find_stored_edit(self.output_path, self.fingerprint)  # stored meanwhile
         if self.store is None:
@@ -99,5 +106,5 @@ class SendIntent:
 
     def close(self) -> None:
         """Stop the claim's heartbeat (the claim itself stays: it records that the edit was sent)."""
-        if self.claims is not None:
+        if self.claims is not None and self.opened:
             self.claims.close()
