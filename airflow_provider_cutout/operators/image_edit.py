@@ -128,8 +128,9 @@ class CutoutImageEditOperator(BaseOperator):
         return None if stored is None else {k: v for k, v in stored.items() if k not in hidden}
 
     def on_kill(self) -> None:
-        """SIGTERM or ``execution_timeout``: the edit is not sent if it has not been yet; one in flight finishes
-        and its result is stored and pushed."""
+        """SIGTERM: the edit is not sent if it has not been yet; one in flight finishes and is stored. Under
+        ``execution_timeout`` the timeout interrupts an edit in flight: its claim (or the task state store)
+        keeps it in doubt for the retry, which does not send it again."""
         self._killed = True
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:

@@ -191,6 +191,8 @@ class Claims:
                 failure = err
                 time.sleep(0.05 * (attempt + 1))
             holder = self.holder(fingerprint)
+            if holder is not None and holder.token == self.owner.token:
+                return None  # an earlier attempt created it although the store answered with an error
             if holder is not None:
                 return holder
         if failure is not None:

@@ -265,12 +265,11 @@ class Manifest:
             try:
                 self._append_retrying(batch)
             except BaseException as err:  # reported to every waiter and at close, and each record to the log
-                with self._cond:
+                with self._cond:  # logged before any waiter wakes up to the error
                     self._error = err
-                    lost = batch + self._pending
+                    for entry in batch + self._pending:
+                        _log_lost(entry, err)
                     self._cond.notify_all()
-                for entry in lost:
-                    _log_lost(entry, err)
                 return
             with self._cond:
                 self._written = version
