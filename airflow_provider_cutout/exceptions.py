@@ -22,6 +22,7 @@ __all__ = [
     "FailedEditError",
     "InsufficientCreditsError",
     "InvalidInputError",
+    "MissingConnectionError",
     "RateLimitError",
     "ResultDownloadError",
     "ServerError",
@@ -60,6 +61,10 @@ class CutoutError(Exception):
 
 class InvalidInputError(CutoutError, ValueError):
     """The request was rejected before any HTTP call: nothing was sent, nothing was charged."""
+
+
+class MissingConnectionError(InvalidInputError):
+    """The ``cutout`` connection is not defined, or is of another type; nothing was sent."""
 
 
 class CatalogStateError(CutoutError):

@@ -62,6 +62,7 @@ for path in stored[:4]:
 print(f"   ... manifest log: {folder}/_cutout/manifest/")
 print(f"== sandbox ledger: {ledger['charges']} edits charged, {ledger['credits_charged']} credits, "
       f"balance {ledger['balance']} (the second run charged nothing)")
+print(f"== review gallery: file://{folder}/cutout-gallery.html (open it in a browser)")
 if len(stored) != 12 or ledger["charges"] != 12:
     sys.exit("demo failed: expected 12 stored images and 12 charges")
 PY

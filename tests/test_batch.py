@@ -391,3 +391,35 @@ def test_a_restore_killed_after_its_send_leaves_the_item_in_doubt(sandbox, airfl
     again = batch.test(run_conf=conf)
     assert states(again)["batch"] == [("failed", 1)] and sandbox.ledger()["charges"] == 5  # in doubt: not resent
     assert read_manifest(tmp_path)["item-2"]["status"] == "in_doubt"
+
+
+def test_a_missing_connection_names_its_id_type_and_environment_form(sandbox, airflow_db, tmp_path, capfd):
+    from tests.dags.batch_dags import unconnected
+
+    dr = unconnected.test(run_conf={"n": 2, "out": str(tmp_path), "changed": "", "invalid": False})
+    assert states(dr)["batch"] == [("failed", 1)] and sandbox.ledger()["calls"] == []  # no retry: nothing to fix
+    text = "".join(capfd.readouterr())
+    assert "MissingConnectionError: the connection 'cutout_prod' is not defined" in text
+    assert "AIRFLOW_CONN_CUTOUT_PROD='{\"conn_type\": \"cutout\"" in text
+
+
+def test_a_wrong_model_for_10000_items_is_said_once():
+    items = [{"key": f"sku-{i}", "image_urls": [f"https://cdn.example.com/{i}.jpg"]} for i in range(10_000)]
+    with pytest.raises(ValueError) as raised:
+        CutoutBatchImageEditOperator(task_id="b", items=items, output_dir="/tmp/x/", prompt="blur", model="gpt-9")
+    text = str(raised.value)
+    assert text.count("model='gpt-9' is not supported") == 1 and len(text.splitlines()) == 2
+    assert "10,000 of 10,000 items are invalid" in text
+    assert "10,000 items (item 'sku-0', item 'sku-1', item 'sku-2', item 'sku-3', item 'sku-4', ... and 9995 more)" \
+        in text
+
+
+def test_an_all_skipped_run_logs_no_nan_and_names_what_it_did(sandbox, airflow_db, tmp_path, capfd):
+    conf = {"n": 3, "out": str(tmp_path), "changed": "", "invalid": False}
+    batch.test(run_conf=conf)
+    first = "".join(capfd.readouterr())
+    assert "Cutout batch: edited 3 items: item-" in first and "Cutout batch: review gallery: " in first
+    assert summary(batch.test(run_conf=conf))["skipped"] == 3
+    again = "".join(capfd.readouterr())
+    progress = [line for line in again.splitlines() if "Cutout batch progress" in line]
+    assert progress and all("nan" not in line for line in progress) and "ETA -" in progress[-1]

@@ -288,3 +288,12 @@ def test_ui_field_behaviour_matches_provider_info():
     assert conn_type["connection-type"] == "cutout"
     assert conn_type["ui-field-behaviour"]["relabeling"] == behaviour["relabeling"]
 
+
+
+def test_a_missing_or_wrong_type_connection_says_how_to_define_it(sandbox, monkeypatch):
+    with pytest.raises(exc.MissingConnectionError) as missing:
+        CutoutHook("cutout-prod").base_url  # noqa: B018
+    assert "'cutout-prod' is not defined" in str(missing.value) and "AIRFLOW_CONN_CUTOUT_PROD=" in str(missing.value)
+    monkeypatch.setenv("AIRFLOW_CONN_CUTOUT_HTTP", '{"conn_type": "http", "host": "https://example.com"}')
+    with pytest.raises(exc.MissingConnectionError, match="has type 'http', not 'cutout'"):
+        CutoutHook("cutout_http").base_url  # noqa: B018

@@ -212,7 +212,10 @@ def test_a_few_bad_items_among_many_fail_alone_within_max_failures(sandbox, airf
     assert (summary["edited"], summary["failed"], summary["credits_spent"]) == (4, 3, 16)
     assert sandbox.ledger()["edit_calls"] == 4  # nothing sent for the bad ones
     log = "".join(capfd.readouterr())
-    assert "1 items are invalid" in log and "2 items have sources that failed their checks" in log
+    assert "1 item is invalid" in log and "2 items have sources that failed their checks" in log
+    assert re.search(r"Cutout batch: edited 4 items: good-\d, good-\d, good-\d, good-\d", log)
+    assert re.search(r"Cutout batch: failed 3 items: (login-page|gone|items\[6\]|bad-model)", log)
+    assert "Cutout batch: review gallery: " in log
     manifest = read_manifest(tmp_path)
     failed = {key for key, e in manifest.items() if e["status"] == "failed"}
     assert failed == {"login-page", "gone", "bad-model"} and "model='gpt-9'" in manifest["bad-model"]["error"]

@@ -68,11 +68,17 @@ class Defaults:
 
 @dataclass(frozen=True)
 class Rejected:
-    """An item that failed its checks before anything was paid for: its key (``None`` without a usable one)
-    and what is wrong, naming the field, the value and the fix."""
+    """An item that failed its checks before anything was paid for: its key (``None`` without a usable one),
+    where it is (``item 'key'`` or ``items[3]``) and what is wrong, naming the field, the value and the fix."""
 
     key: str | None
-    problem: str
+    where: str
+    reason: str
+
+    @property
+    def problem(self) -> str:
+        """Where, and what is wrong."""
+        return f"{self.where}: {self.reason}"
 
 
 def check_items(items: Any, defaults: Defaults, *, base_url: str) -> tuple[list[PlannedEdit], list[Rejected]]:
@@ -92,14 +98,21 @@ def check_items(items: Any, defaults: Defaults, *, base_url: str) -> tuple[list[
             planned.append(_plan_item(index, item, defaults, base_url, stems))
         except ValueError as err:
             key = item.get("key") if isinstance(item, dict) else None
-            rejected.append(Rejected(key if isinstance(key, str) and key.strip() else None, str(err)))
+            where, _, reason = str(err).partition(": ")
+            rejected.append(Rejected(key if isinstance(key, str) and key.strip() else None, where, reason))
     return planned, rejected
 
 
 def invalid_items_error(owner: str, rejected: list[Rejected], total: int) -> InvalidInputError:
-    """One error naming every rejected item (``max_failures`` 0, or more of them than it tolerates)."""
-    return InvalidInputError(f"{owner}: {len(rejected)} of {total} items are invalid; nothing was sent:"
-                             f"\n  {first_of([r.problem for r in rejected])}")
+    """One error naming every rejected item (``max_failures`` 0, or more of them than it tolerates); a problem
+    that many items share (an operator-level ``model``, say) is said once, with their count and first keys."""
+    groups: dict[str, list[str]] = {}
+    for r in rejected:
+        groups.setdefault(r.reason, []).append(r.where)
+    lines = [f"{wheres[0]}: {reason}" if len(wheres) == 1 else
+             f"{len(wheres):,} items ({first_of(wheres, 5, ', ')}): {reason}" for reason, wheres in groups.items()]
+    return InvalidInputError(f"{owner}: {len(rejected):,} of {total:,} items are invalid; nothing was sent:"
+                             f"\n  {first_of(lines)}")
 
 
 def plan_items(items: Any, defaults: Defaults, *, base_url: str, owner: str) -> list[PlannedEdit]:

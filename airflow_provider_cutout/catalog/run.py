@@ -69,9 +69,15 @@ class Progress:
     restored: int = 0  # delivered before, file gone since: fetched or edited again
     credits: int = 0
     errors: list[str] = field(default_factory=list)
+    keys: dict[str, list[str]] = field(default_factory=dict)  # outcome -> item keys, for the run's log
     doubtful: list[str] = field(default_factory=list)  # keys that may have been charged without a result
     stop_error: CutoutError | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, outcome: str, key: str) -> None:
+        """Count one item's outcome (``edited``, ``restored``, ``shared``, ``recovered``, ``failed``); hold the lock."""
+        setattr(self, outcome, getattr(self, outcome) + 1)
+        self.keys.setdefault(outcome, []).append(key)
 
     @property
     def in_doubt(self) -> int:
@@ -278,7 +284,7 @@ class BatchRun:
                       time.monotonic() - started, len(failing))
         if failing and not self.config.tolerates(len(failing) + len(self.rejected), self.to_attempt):
             problems = [problem for found in failing.values() for problem in found]
-            raise InvalidInputError(f"{len(problems)} source image checks failed before anything was paid for; "
+            raise InvalidInputError(f"{_checks_failed(len(problems))} before anything was paid for; "
                                     f"nothing was sent:\n  {first_of(problems)}")
         bad = {names[name].key for name in failing}
         self.to_edit = [item for item in self.to_edit if item.key not in bad]
@@ -291,16 +297,18 @@ class BatchRun:
         to ``max_failures``), named in the log and, with a key, in the manifest and the gallery."""
         if not failed:
             return
-        what = "are invalid" if invalid else "have sources that failed their checks"
-        self.log.warning("Cutout batch: %d items %s; they are failed items of this run, nothing is paid for them, "
-                         "the others are edited (max_failures=%r):\n  %s", len(failed), what,
-                         self.config.max_failures, first_of([problem for _, problem, _ in failed]))
+        one = len(failed) == 1
+        what = ("item is invalid" if one else "items are invalid") if invalid else (
+            "item has sources that failed their checks" if one else "items have sources that failed their checks")
+        self.log.warning("Cutout batch: %d %s; %s failed items of this run, nothing is paid for them, the others "
+                         "are edited (max_failures=%r):\n  %s", len(failed), what, "it is one of the" if one else
+                         "they are", self.config.max_failures, first_of([problem for _, problem, _ in failed]))
         for key, problem, item in failed:
             base = self._base_entry(item) if item else {"key": key, "fingerprint": "invalid"}
             if key is not None:
                 self.manifest.record({**base, "status": FAILED, "error": problem})
             with self.progress.lock:
-                self.progress.failed += 1
+                self.progress.add("failed", key or problem.split(": ", 1)[0])
                 self.progress.errors.append(problem)
 
     def check_budget(self) -> None:
@@ -410,9 +418,9 @@ class BatchRun:
         if self.store(item, entry):
             with self.progress.lock:
                 if restoring:
-                    self.progress.restored += 1
+                    self.progress.add("restored", item.key)
                 else:
-                    self.progress.edited += 1
+                    self.progress.add("edited", item.key)
 
     def recover(self, item: PlannedEdit, entry: dict[str, Any]) -> None:
         """Fetch a planned paid-for edit again, unless another run claimed it: that run may be storing it
@@ -429,9 +437,9 @@ class BatchRun:
         if self.store(item, entry):
             with self.progress.lock:
                 if entry.get("shared_with"):
-                    self.progress.shared += 1
+                    self.progress.add("shared", item.key)
                 else:
-                    self.progress.recovered += 1
+                    self.progress.add("recovered", item.key)
 
     def store(self, item: PlannedEdit, entry: dict[str, Any]) -> bool:
         """Copy the result into the output folder (from another key's stored file of the same edit when there
@@ -477,7 +485,7 @@ class BatchRun:
         for source in (self._shared(item, None), entry):
             if source is not None and source.get("image_url") and self._store(item, source) is None:
                 with self.progress.lock:
-                    self.progress.restored += 1
+                    self.progress.add("restored", item.key)
                 return
         winner = self.claims.claim(item.fingerprint) if holder is None else self.claims.take_over(
             item.fingerprint, holder)
@@ -519,7 +527,7 @@ class BatchRun:
             if doubt and not (err.retryable and entry.get("image_url")):
                 self.progress.doubtful.append(item.key)
             else:
-                self.progress.failed += 1
+                self.progress.add("failed", item.key)
             self.progress.errors.append(text)
         if isinstance(err, STOP_BATCH):
             self._stop_with(err)
@@ -608,7 +616,7 @@ class BatchRun:
         text = f"{item.key}: {why}"
         self.manifest.record({**self._base_entry(item), "status": FAILED, "error": text})
         with self.progress.lock:
-            self.progress.failed += 1
+            self.progress.add("failed", item.key)
             self.progress.errors.append(text)
 
     # -- reporting -------------------------------------------------------------------------------
@@ -643,8 +651,21 @@ class BatchRun:
             "output_dir": str(self.folder), "gallery": None if self.gallery is None else str(self.gallery),
         }
         self.log.info("Cutout batch summary: %s", summary)
+        self._log_keys()
         self._fail_if_incomplete(summary)
         return summary
+
+    def _log_keys(self) -> None:
+        """Which items this run edited, restored, failed or left in doubt (the first 20 of each), and where
+        the review gallery is."""
+        keys = {**self.progress.keys, "left in doubt": self.progress.doubtful}
+        for outcome in ("edited", "restored", "shared", "recovered", "failed", "left in doubt"):
+            if keys.get(outcome):
+                found = keys[outcome]
+                self.log.info("Cutout batch: %s %d %s: %s", outcome.replace("shared", "stored from a shared edit"),
+                              len(found), "item" if len(found) == 1 else "items", first_of(found, 20, ", "))
+        if self.gallery is not None:
+            self.log.info("Cutout batch: review gallery: %s", self.gallery)
 
     def _fail_if_incomplete(self, summary: dict[str, Any]) -> None:
         from airflow.sdk.exceptions import AirflowException
@@ -682,10 +703,10 @@ class BatchRun:
             worked = progress.edited + progress.recovered + progress.failed
             done, total = progress.done, progress.total
             rate = worked / elapsed if elapsed > 0 else 0.0
-            eta = (total - done) / rate if rate > 0 else float("nan")
+            eta = f"ETA {(total - done) / rate:.0f}s" if rate > 0 and done < total else "ETA -"
             self.log.info(
-                "Cutout batch progress: %d/%d done, %d skipped, %d failed, %d credits spent, %.1f items/s, "
-                "ETA %.0fs", done, total, progress.skipped, progress.failed, progress.credits, rate, eta,
+                "Cutout batch progress: %d/%d done, %d skipped, %d failed, %d credits spent, %.1f items/s, %s",
+                done, total, progress.skipped, progress.failed, progress.credits, rate, eta,
             )
 
     def _stop_with(self, err: CutoutError) -> None:
@@ -712,3 +733,7 @@ def _file_exists(entry: dict[str, Any] | None) -> bool:
 
     stored = entry.get("stored_path") if entry else None
     return bool(stored) and ObjectStoragePath(str(stored)).exists()
+
+
+def _checks_failed(count: int) -> str:
+    return f"{count} source image check{'' if count == 1 else 's'} failed"

@@ -16,7 +16,7 @@ from airflow_provider_cutout.api.models import CreditBalance, ImageEditRequest, 
 from airflow_provider_cutout.api.settings import ClientSettings
 from airflow_provider_cutout.api.sources import SourceInfo, source_problems
 from airflow_provider_cutout.api.urls import is_object_store_uri, normalise_base_url
-from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError
+from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError, MissingConnectionError
 from airflow_provider_cutout.get_provider_info import UI_FIELD_BEHAVIOUR
 from airflow_provider_cutout.texts import first_of
 
@@ -57,8 +57,24 @@ class CutoutHook(BaseHook):
 
     @cached_property
     def connection(self) -> Any:
-        """The Airflow connection, looked up once per hook."""
-        return self.get_connection(self.cutout_conn_id)
+        """The Airflow connection, looked up once per hook.
+
+        :raises MissingConnectionError: naming the conn id, the type ``cutout`` and how to define it.
+        """
+        conn_id = self.cutout_conn_id
+        env = f"AIRFLOW_CONN_{conn_id.upper().replace('-', '_')}"
+        how = (f"define it in the UI (Admin > Connections, type 'Cutout.Pro') or from the environment: "
+               f"{env}='{{\"conn_type\": \"cutout\", \"password\": \"<your API key>\"}}' (docs/connection.md)")
+        try:
+            conn = self.get_connection(conn_id)
+        except Exception as err:
+            if type(err).__name__ != "AirflowNotFoundException":  # airflow.exceptions or airflow.sdk.exceptions
+                raise
+            raise MissingConnectionError(f"the connection {conn_id!r} is not defined: {how}") from None
+        if conn.conn_type and conn.conn_type != self.conn_type:
+            raise MissingConnectionError(f"the connection {conn_id!r} has type {conn.conn_type!r}, not 'cutout': "
+                                         f"{how}")
+        return conn
 
     @cached_property
     def base_url(self) -> str:
@@ -192,7 +208,8 @@ class CutoutHook(BaseHook):
         """
         problems = [p for found in self.failing_sources(requests, concurrency=concurrency).values() for p in found]
         if problems:
-            raise InvalidInputError(f"{len(problems)} source image checks failed before anything was paid for; "
+            checks = f"{len(problems)} source image check{'' if len(problems) == 1 else 's'} failed"
+            raise InvalidInputError(f"{checks} before anything was paid for; "
                                     f"nothing was sent:\n  {first_of(problems)}")
 
     def failing_sources(self, requests: Mapping[str, ImageEditRequest], *, concurrency: int = 8

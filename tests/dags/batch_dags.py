@@ -70,6 +70,7 @@ impatient = batch_dag("t_batch_impatient", claim_wait_timeout=1.0)
 timed = batch_dag("t_batch_timed", max_concurrency=4, retries=0, execution_timeout=datetime.timedelta(seconds=4))
 stoppable = batch_dag("t_batch_stoppable", max_concurrency=4, retries=0)
 signed_gallery = batch_dag("t_batch_signed_gallery", gallery_link_expiry=900)
+unconnected = batch_dag("t_batch_unconnected", cutout_conn_id="cutout_prod")
 
 
 with DAG("t_batch_sources", schedule=None, start_date=START, params={"out": "/tmp/unused", "check": True}) as sources:
