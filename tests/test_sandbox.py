@@ -251,3 +251,16 @@ def test_cli_starts_serves_and_stops():
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+def test_any_sample_name_is_a_distinct_repeatable_photo(sandbox):
+    def get(path):
+        return requests.get(f"{sandbox.url}/samples/{path}", timeout=5)
+
+    photos = {get(f"sku-{i:04d}.png").content for i in range(30)}
+    assert len(photos) == 30  # a trial catalog of 30 products needs no invented ?w= variants
+    jpeg = get("sku-0007.jpg").content
+    assert jpeg == get("sku-0007.jpg").content and jpeg[:3] == b"\xff\xd8\xff"
+    assert get("mug.png").content != get("sku-0001.png").content
+    for bad in ("gone/nothing.png", "sku-1.gif", "a%20b.png"):
+        assert get(bad).status_code == 404

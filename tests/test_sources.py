@@ -33,7 +33,7 @@ def test_a_server_that_ignores_range_is_read_only_as_far_as_needed(sandbox):
 
 @pytest.mark.parametrize("url, model, fragment", [
     ("{base}/pages/login.html", "gpt-image-1", "is not a JPEG or PNG image (it looks like html)"),
-    ("{base}/samples/nothing.png", "gpt-image-1", "could not be read (answered HTTP 404)"),
+    ("{base}/samples/gone/nothing.png", "gpt-image-1", "could not be read (answered HTTP 404)"),
     ("{base}/samples/lamp.png?w=100&h=100", "seedream-4.0", "needs at least 921,600 pixels"),
     ("{base}/samples/lamp.png?w=3000&h=600", "seedream-4.0", "accepts aspect ratios from 0.33 to 3"),
 ])
@@ -57,7 +57,7 @@ def test_good_sources_pass_and_check_sources_off_sends_as_before(sandbox, monkey
     CutoutHook().edit_image("grayscale", [sandbox.sample("bottle", "jpg", w=1280, h=720, norange=1)], "seedream-4.0")
     assert sandbox.ledger()["charges"] == 1
     with pytest.raises(exc.CutoutAPIError):  # unchecked, the API itself fails to fetch it (and charges nothing)
-        CutoutHook().edit_image("grayscale", [f"{sandbox.url}/samples/nothing.png"], "gpt-image-1",
+        CutoutHook().edit_image("grayscale", [f"{sandbox.url}/samples/gone/nothing.png"], "gpt-image-1",
                                 check_sources=False)
     assert sandbox.ledger()["edit_calls"] == 2
     monkeypatch.setenv("AIRFLOW_CONN_CUTOUT_DEFAULT", sandbox.conn_json(check_sources=False))

@@ -6,6 +6,7 @@ the result is cropped to the requested aspect ratio and encoded as PNG (same inp
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from collections.abc import Callable
@@ -152,11 +153,26 @@ SAMPLE_COLOURS = {
 }
 
 
+SAMPLE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SHAPES = ("mug", "watch", "chair")
+
+
+def sample_colours(name: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The backdrop and object colours of a sample: the six named ones, or any other name's own, derived from
+    its hash (so ``sku-0001`` to ``sku-9999`` are as many distinct, repeatable photos)."""
+    if name in SAMPLE_COLOURS:
+        return SAMPLE_COLOURS[name]
+    d = hashlib.sha256(name.encode()).digest()
+    return (225 + d[0] % 30, 225 + d[1] % 30, 225 + d[2] % 30), (d[3] % 200, d[4] % 200, d[5] % 200)
+
+
 @lru_cache(maxsize=64)
 def sample_image(name: str, width: int = 1280, height: int = 960, fmt: str = "png", version: int = 1) -> bytes:
     """A synthetic product photo: a plain backdrop and a coloured object (deterministic); a ``version``
     above 1 adds a mark in a corner, as a photo replaced under the same URL."""
-    background, colour = SAMPLE_COLOURS[name]
+    background, colour = sample_colours(name)
+    if name not in SAMPLE_COLOURS:  # a generated photo: its shape from its name too
+        name = _SHAPES[hashlib.sha256(name.encode()).digest()[6] % len(_SHAPES)]
     img = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(img)
     cx, cy, r = width // 2, height // 2, max(2, min(width, height) // 3)

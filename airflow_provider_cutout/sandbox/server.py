@@ -424,8 +424,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
 
     def _sample_bytes(self, name: str, query: dict[str, list[str]]) -> tuple[bytes, str]:
         stem, _, ext = name.partition(".")
-        if stem not in edits.SAMPLE_COLOURS or ext not in ("png", "jpg"):
-            raise EnvelopeError(404, 404, f"No sample {name}; samples: {', '.join(edits.SAMPLE_COLOURS)} (.png/.jpg)")
+        if not edits.SAMPLE_NAME.fullmatch(stem) or ext not in ("png", "jpg"):
+            raise EnvelopeError(404, 404, f"No sample {name}: use a name of letters, digits, '-' and '_' with .png or "
+                                ".jpg; mug, sneaker, lamp, chair, bottle and watch are drawn as such, any other "
+                                "name gets a photo of its own")
         try:
             w = int(query.get("w", ["1280"])[0])
             h = int(query.get("h", ["960"])[0])

@@ -80,7 +80,7 @@ with DAG("t_batch_sources", schedule=None, start_date=START, params={"out": "/tm
         return [
             {"key": "good", "image_urls": [f"{base}/samples/mug.jpg?w=1280&h=960"]},
             {"key": "login-page", "image_urls": [f"{base}/pages/login.html"]},
-            {"key": "gone", "image_urls": [f"{base}/samples/nothing.png"]},
+            {"key": "gone", "image_urls": [f"{base}/samples/gone/nothing.png"]},
             {"key": "too-small", "image_urls": [f"{base}/samples/lamp.png?w=100&h=100"], "model": "seedream-4.0"},
         ]
 
@@ -96,7 +96,7 @@ with DAG("t_batch_some_bad", schedule=None, start_date=START,
         return [
             *({"key": f"good-{i}", "image_urls": [f"{base}/samples/mug.png?w={40 + i}&h=40"]} for i in range(4)),
             {"key": "login-page", "image_urls": [f"{base}/pages/login.html"]},
-            {"key": "gone", "image_urls": [f"{base}/samples/nothing.png"]},
+            {"key": "gone", "image_urls": [f"{base}/samples/gone/nothing.png"]},
             {"key": "bad-model", "image_urls": [f"{base}/samples/lamp.png"], "model": "gpt-9"},
         ]
 
