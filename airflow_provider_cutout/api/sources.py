@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from airflow_provider_cutout.api.models import MODELS
-from airflow_provider_cutout.texts import shorten
+from airflow_provider_cutout.exceptions import InvalidInputError
+from airflow_provider_cutout.texts import first_of, shorten
 
 SOURCE_FORMATS: tuple[str, ...] = ("jpeg", "png")  # what the API fetches, for every model
 _FIX = ("fix the URL, or set check_sources=False if only Cutout.Pro can reach this source (nothing else "
@@ -36,6 +37,12 @@ class SourceInfo:
     height: int | None = None
     version: str = ""
     error: str = ""
+
+
+def sources_failed(problems: list[str]) -> InvalidInputError:
+    """One error for every failing source check (the first 50), before anything was paid for."""
+    checks = f"{len(problems)} source image check{'' if len(problems) == 1 else 's'} failed"
+    return InvalidInputError(f"{checks} before anything was paid for; nothing was sent:\n  {first_of(problems)}")
 
 
 def source_problems(info: SourceInfo, model: str, where: str) -> list[str]:

@@ -115,13 +115,6 @@ def invalid_items_error(owner: str, rejected: list[Rejected], total: int) -> Inv
                              f"\n  {first_of(lines)}")
 
 
-def plan_items(items: Any, defaults: Defaults, *, base_url: str, owner: str) -> list[PlannedEdit]:
-    """Validate every item; raise one ``InvalidInputError`` listing all invalid ones (``check_items``)."""
-    planned, rejected = check_items(items, defaults, base_url=base_url)
-    if rejected:
-        raise invalid_items_error(owner, rejected, len(planned) + len(rejected))
-    return planned
-
 
 def _plan_item(index: int, item: Any, defaults: Defaults, base_url: str, stems: dict[str, str]) -> PlannedEdit:
     """One item, validated against the others seen so far; a ``ValueError`` names what is wrong."""

@@ -14,6 +14,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_cutout.api.sources import sources_failed
 from airflow_provider_cutout.catalog.config import BatchConfig
 from airflow_provider_cutout.catalog.gallery import write_gallery
 from airflow_provider_cutout.catalog.plan import (
@@ -145,7 +146,6 @@ class BatchRun:
         self.limiter = RateLimiter(config.requests_per_second)
         self.claims = Claims(folder, owner, config.heartbeat_timeout)
         self.manifest = Manifest(folder, writer=owner.token)
-        self.cost = 0
         self.seconds_sending = 0.0
         self.gallery: Any = None
         self.to_edit: list[PlannedEdit] = []
@@ -211,7 +211,6 @@ class BatchRun:
                     self.to_restore.append((item, entry))
                 else:
                     self.to_edit.append(item)
-        self.cost = sum(item.request.credits for item in self.editing)
         self.to_attempt = len(self.editing) + len(self.to_refetch) + len(self.rejected)
         self.reject([(r.key, r.problem, None) for r in self.rejected], invalid=True)
         self._log_plan()
@@ -227,6 +226,11 @@ class BatchRun:
                 "Cutout batch: %d stored results are missing from %s (deleted, or a lifecycle rule): each is fetched "
                 "again from its result URL, or edited again (paid, counted in the plan above) if that has expired: "
                 "%s", len(self.to_restore), self.out, first_of([item.key for item, _ in self.to_restore], 20, ", "))
+
+    @property
+    def cost(self) -> int:
+        """The planned cost: what the items this run may pay for cost."""
+        return sum(item.request.credits for item in self.editing)
 
     @property
     def editing(self) -> list[PlannedEdit]:
@@ -283,13 +287,10 @@ class BatchRun:
         self.log.info("Cutout batch: the sources of %d items checked in %.1fs; %d failed", len(editing),
                       time.monotonic() - started, len(failing))
         if failing and not self.config.tolerates(len(failing) + len(self.rejected), self.to_attempt):
-            problems = [problem for found in failing.values() for problem in found]
-            raise InvalidInputError(f"{_checks_failed(len(problems))} before anything was paid for; "
-                                    f"nothing was sent:\n  {first_of(problems)}")
+            raise sources_failed([problem for found in failing.values() for problem in found])
         bad = {names[name].key for name in failing}
         self.to_edit = [item for item in self.to_edit if item.key not in bad]
         self.to_restore = [(item, entry) for item, entry in self.to_restore if item.key not in bad]
-        self.cost = sum(item.request.credits for item in self.editing)
         self.reject([(names[name].key, "; ".join(found), names[name]) for name, found in failing.items()])
 
     def reject(self, failed: list[tuple[str | None, str, PlannedEdit | None]], *, invalid: bool = False) -> None:
@@ -476,7 +477,7 @@ class BatchRun:
     def restore(self, item: PlannedEdit, entry: dict[str, Any]) -> None:
         """A result delivered before whose file is gone: copied from another key's file of the same edit, or
         fetched from its result URL (free); when both are gone, edited again under this run's claim (paid,
-        planned). Never counted done without its file, never left in doubt: its charge was delivered."""
+        planned), recorded in doubt before it is sent. Never counted done without its file."""
         holder = self.claims.holder(item.fingerprint)
         if holder is not None and holder.token != self.owner.token and self.claims.is_alive(holder):
             with self.progress.lock:
@@ -506,7 +507,7 @@ class BatchRun:
             with self.progress.lock:
                 self.progress.by_other_runs += 1
         elif entry.get("status") in (STORED, EDITED) and entry.get("image_url"):
-            self.refetch(item, {k: v for k, v in entry.items() if k != "copy_of"})
+            self.refetch(item, entry)
         else:
             with self.progress.lock:
                 self.progress.doubtful.append(item.key)
@@ -514,17 +515,21 @@ class BatchRun:
     def fail(self, item: PlannedEdit, entry: dict[str, Any], err: CutoutError) -> None:
         """Record a failed item: paid for (fetch again later), in doubt, or free (release its claim)."""
         text = f"{item.key}: {type(err).__name__}: {err}"
-        charged = bool(entry.get("image_url")) or err.maybe_charged or bool(entry.get("taken_over"))
-        doubt = charged and (not err.retryable or bool(entry.get("taken_over")))  # a dead owner may have paid
-        if charged and err.retryable and entry.get("image_url"):
-            self.manifest.record({**entry, "status": EDITED, "error": text}, durable=True)
-        elif doubt:
-            self.manifest.record({**entry, "status": IN_DOUBT, "error": text}, durable=True)
+        paid = bool(entry.get("image_url"))
+        if paid and err.retryable:  # paid for, not stored: fetched again later
+            status = EDITED
+        elif entry.get("taken_over") or ((paid or err.maybe_charged) and not err.retryable):
+            status = IN_DOUBT  # maybe charged, here or by the dead owner this run took the claim from
         else:  # charged nothing, or maybe charged with the connection's consent to resend (retry_on_read_timeout)
-            self.manifest.record({**entry, "status": FAILED, "image_url": None, "error": text})
-            self.claims.release(item.fingerprint)
+            status = FAILED
+        record = {**entry, "status": status, "error": text}
+        if status == FAILED:
+            record["image_url"] = None
+        self.manifest.record(record, durable=status != FAILED)  # charged, or maybe: never lose it
+        if status == FAILED:
+            self.claims.release(item.fingerprint)  # a later run may try again
         with self.progress.lock:
-            if doubt and not (err.retryable and entry.get("image_url")):
+            if status == IN_DOUBT:
                 self.progress.doubtful.append(item.key)
             else:
                 self.progress.add("failed", item.key)
@@ -564,8 +569,8 @@ class BatchRun:
         item = self.held[key][0]
         fp = item.fingerprint
         entry = self._entry_for(item)
-        action = classify(entry, file_present=_file_exists(entry), resend_in_doubt=self.config.resends(item.key),
-                          holder=state)
+        present = entry is not None and entry.get("status") == STORED and _file_exists(entry)  # no I/O while waiting
+        action = classify(entry, file_present=present, resend_in_doubt=self.config.resends(item.key), holder=state)
         if action == WAIT and holder is not None:
             self.held[key] = (item, holder)
             return None
@@ -734,6 +739,3 @@ def _file_exists(entry: dict[str, Any] | None) -> bool:
     stored = entry.get("stored_path") if entry else None
     return bool(stored) and ObjectStoragePath(str(stored)).exists()
 
-
-def _checks_failed(count: int) -> str:
-    return f"{count} source image check{'' if count == 1 else 's'} failed"

@@ -14,11 +14,10 @@ from airflow.sdk import BaseHook
 
 from airflow_provider_cutout.api.models import CreditBalance, ImageEditRequest, ImageEditResult
 from airflow_provider_cutout.api.settings import ClientSettings
-from airflow_provider_cutout.api.sources import SourceInfo, source_problems
+from airflow_provider_cutout.api.sources import SourceInfo, source_problems, sources_failed
 from airflow_provider_cutout.api.urls import is_object_store_uri, normalise_base_url
 from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError, MissingConnectionError
 from airflow_provider_cutout.get_provider_info import UI_FIELD_BEHAVIOUR
-from airflow_provider_cutout.texts import first_of
 
 if TYPE_CHECKING:
     from airflow_provider_cutout.api.client import CutoutClient
@@ -208,9 +207,7 @@ class CutoutHook(BaseHook):
         """
         problems = [p for found in self.failing_sources(requests, concurrency=concurrency).values() for p in found]
         if problems:
-            checks = f"{len(problems)} source image check{'' if len(problems) == 1 else 's'} failed"
-            raise InvalidInputError(f"{checks} before anything was paid for; "
-                                    f"nothing was sent:\n  {first_of(problems)}")
+            raise sources_failed(problems)
 
     def failing_sources(self, requests: Mapping[str, ImageEditRequest], *, concurrency: int = 8
                         ) -> dict[str, list[str]]:

@@ -18,7 +18,6 @@ from airflow_provider_cutout.catalog.plan import (
     chunk_items,
     file_stem,
     invalid_items_error,
-    plan_items,
 )
 from airflow_provider_cutout.exceptions import CutoutError, fail_or_retry
 from airflow_provider_cutout.hooks.cutout import CutoutHook
@@ -132,7 +131,7 @@ class CutoutBatchImageEditOperator(BaseOperator):
         self.cutout_conn_id = cutout_conn_id
         self.run_config(static_only=True)
         if not is_dynamic([items, prompt, model, aspect_ratio]):
-            self.plan_items(items, base_url="http://127.0.0.1")  # parse time: no connection lookup
+            self.check_items(None, base_url="http://127.0.0.1")  # parse time: no connection lookup
 
     @cached_property
     def hook(self) -> CutoutHook:
@@ -154,18 +153,14 @@ class CutoutBatchImageEditOperator(BaseOperator):
                       if not (name in self.template_fields and is_dynamic(value))}
         return BatchConfig.parse(self._owner, **values)
 
-    def plan_items(self, items: Any, *, base_url: str) -> list[PlannedEdit]:
-        """Validate every item; raise one ``InvalidInputError`` listing all invalid ones."""
-        defaults = Defaults(self.prompt, self.model, self.aspect_ratio)
-        return plan_items(as_list(items), defaults, base_url=base_url, owner=self._owner)
-
-    def check_items(self, config: BatchConfig, *, base_url: str) -> tuple[list[PlannedEdit], list[Rejected]]:
-        """The rendered items validated: invalid ones become failed items of the run when ``max_failures``
-        tolerates them, else one ``InvalidInputError`` names them all and nothing is sent."""
+    def check_items(self, config: BatchConfig | None, *, base_url: str) -> tuple[list[PlannedEdit], list[Rejected]]:
+        """The items validated: invalid ones become failed items of the run when ``config``'s ``max_failures``
+        tolerates them, else (and always at parse time, ``config`` ``None``) one ``InvalidInputError`` names
+        them all and nothing is sent."""
         defaults = Defaults(self.prompt, self.model, self.aspect_ratio)
         planned, rejected = check_items(as_list(self.items), defaults, base_url=base_url)
         total = len(planned) + len(rejected)
-        if rejected and not config.tolerates(len(rejected), total):
+        if rejected and (config is None or not config.tolerates(len(rejected), total)):
             raise invalid_items_error(self._owner, rejected, total)
         return planned, rejected
 
