@@ -115,7 +115,6 @@ def invalid_items_error(owner: str, rejected: list[Rejected], total: int) -> Inv
                              f"\n  {first_of(lines)}")
 
 
-
 def _plan_item(index: int, item: Any, defaults: Defaults, base_url: str, stems: dict[str, str]) -> PlannedEdit:
     """One item, validated against the others seen so far; a ``ValueError`` names what is wrong."""
     where = f"items[{index}]"

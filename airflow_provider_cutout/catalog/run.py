@@ -569,7 +569,7 @@ class BatchRun:
         item = self.held[key][0]
         fp = item.fingerprint
         entry = self._entry_for(item)
-        present = entry is not None and entry.get("status") == STORED and _file_exists(entry)  # no I/O while waiting
+        present = entry is not None and entry.get("status") == STORED and _file_exists(entry)  # only where it decides
         action = classify(entry, file_present=present, resend_in_doubt=self.config.resends(item.key), holder=state)
         if action == WAIT and holder is not None:
             self.held[key] = (item, holder)
@@ -738,4 +738,3 @@ def _file_exists(entry: dict[str, Any] | None) -> bool:
 
     stored = entry.get("stored_path") if entry else None
     return bool(stored) and ObjectStoragePath(str(stored)).exists()
-
