@@ -112,6 +112,11 @@ def states(dag_run: Any) -> dict[str, list[tuple[Any, int]]]:
     return out
 
 
+def charges_per_edit(sandbox: Any) -> list[int]:
+    """The sandbox's charges per request fingerprint (what was sent), sorted."""
+    return sorted(v["charges"] for v in sandbox.ledger()["by_fingerprint"].values() if v["charges"])
+
+
 def manifest_entries(folder: Any) -> dict[str, dict[str, Any]]:
     """Every manifest entry of an output folder by fingerprint, as the next run would read them."""
     from airflow.sdk import ObjectStoragePath

@@ -12,7 +12,7 @@ import pytest
 from airflow_provider_cutout.catalog.plan import file_stem
 from airflow_provider_cutout.manifest import read_manifest
 from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator, chunk_items
-from tests.conftest import manifest_entries, states, xcoms
+from tests.conftest import charges_per_edit, manifest_entries, states, xcoms
 from tests.dags.batch_dags import batch, budget, catalog_chunks, slow, templated
 
 
@@ -89,7 +89,7 @@ def test_budget_and_failures_from_run_conf_are_validated_after_rendering(sandbox
     assert "max_failures='2.5': must be a count (0, 1, 2...) or a fraction below 1" in text
 
     enough = summary(templated.test(run_conf={**conf, "max_credits": 20, "max_failures": "0.5"}))
-    assert enough["edited"] == 5 and sandbox.ledger()["charges"] == 5
+    assert enough["edited"] == 5 and charges_per_edit(sandbox) == [1] * 5
 
 
 @pytest.mark.parametrize(("arguments", "named"), [
@@ -281,7 +281,7 @@ def test_keys_that_read_alike_as_file_names_never_share_a_file(sandbox, airflow_
     files = stored_files(tmp_path)
     assert sorted(files) == ["A/1", "A_1"] and files["A/1"] != files["A_1"]
     assert read_manifest(tmp_path)["A_1"]["stored_path"].endswith("/A_1.png")
-    assert sandbox.ledger()["charges"] == 2
+    assert charges_per_edit(sandbox) == [1, 1]
 
 
 def test_a_deleted_result_is_restored_and_never_counted_done_without_its_file(sandbox, airflow_db, tmp_path):
@@ -352,6 +352,7 @@ def test_sigterm_stops_spending(sandbox, airflow_db, tmp_path):
     sent_after = sandbox.ledger()["edit_calls"] - at_stop
     assert sent_after <= 4, f"{sent_after} edits ended after SIGTERM: only the 4 in flight may"
     charged_fingerprints_all_recorded(sandbox, tmp_path)
+    assert set(charges_per_edit(sandbox)) == {1}
 
 
 def test_a_shared_result_is_never_copied_from_a_file_that_holds_another_edit_now(sandbox, airflow_db, tmp_path):
@@ -363,7 +364,7 @@ def test_a_shared_result_is_never_copied_from_a_file_that_holds_another_edit_now
     run({"key": "green", "image_urls": [PHOTO]})  # the first edit again: copied, but never from red's file
     files = {key: Path(e["stored_path"]).read_bytes() for key, e in read_manifest(tmp_path).items()}
     assert files["green"] == files["blue"] != files["red"]
-    assert sandbox.ledger()["charges"] == 2
+    assert charges_per_edit(sandbox) == [1, 1]  # green paid nothing
 
 
 @pytest.mark.e2e  # a process of its own, killed
@@ -390,6 +391,7 @@ def test_a_restore_killed_after_its_send_leaves_the_item_in_doubt(sandbox, airfl
     sandbox.server.state.config.latency = 0.0
     again = batch.test(run_conf=conf)
     assert states(again)["batch"] == [("failed", 1)] and sandbox.ledger()["charges"] == 5  # in doubt: not resent
+    assert charges_per_edit(sandbox) == [1, 1, 1, 2]  # the lost result's edit: once delivered, once restoring
     assert read_manifest(tmp_path)["item-2"]["status"] == "in_doubt"
 
 
@@ -419,7 +421,7 @@ def test_an_all_skipped_run_logs_no_nan_and_names_what_it_did(sandbox, airflow_d
     batch.test(run_conf=conf)
     first = "".join(capfd.readouterr())
     assert "Cutout batch: edited 3 items: item-" in first and "Cutout batch: review gallery: " in first
-    assert summary(batch.test(run_conf=conf))["skipped"] == 3
+    assert summary(batch.test(run_conf=conf))["skipped"] == 3 and charges_per_edit(sandbox) == [1, 1, 1]
     again = "".join(capfd.readouterr())
     progress = [line for line in again.splitlines() if "Cutout batch progress" in line]
     assert progress and all("nan" not in line for line in progress) and "ETA -" in progress[-1]
