@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_cutout.manifest import read_manifest
+from tests.conftest import charges_per_edit
 from tests.run_dag import finish, spawn
 
 pytestmark = pytest.mark.e2e
@@ -47,8 +49,10 @@ class S3:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
+        self.recording = Path(tempfile.mkdtemp()) / "moto_recording"  # moto's request log, when started
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env={**os.environ, "MOTO_RECORDER_FILEPATH": str(self.recording)})
         import boto3
 
         self.client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{self.port}", region_name="us-east-1",
@@ -62,6 +66,21 @@ class S3:
         os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps({
             "conn_type": "aws", "login": "testing", "password": "testing",
             "extra": {"endpoint_url": f"http://127.0.0.1:{self.port}", "region_name": "us-east-1"}})
+
+    def requests_during(self, work: Any) -> list[tuple[str, str]]:
+        """The (method, path and query) of every request moto's server answered while ``work()`` ran."""
+        import requests
+
+        base = f"http://127.0.0.1:{self.port}/moto-api/recorder"
+        requests.post(f"{base}/reset-recording", timeout=10).raise_for_status()
+        requests.post(f"{base}/start-recording", timeout=10).raise_for_status()
+        try:
+            work()
+        finally:
+            requests.post(f"{base}/stop-recording", timeout=10).raise_for_status()
+        lines = requests.get(f"{base}/download-recording", timeout=30).text.splitlines()
+        calls = [json.loads(line) for line in lines if line.strip()]
+        return [(c["method"], c["url"].split("://", 1)[-1].partition("/")[2]) for c in calls]
 
     def keys(self, prefix: str) -> list[str]:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket="catalog", Prefix=prefix)
@@ -245,3 +264,43 @@ def test_s3_sources_reach_the_api_signed_and_the_signature_is_nowhere_else(sandb
         assert not any(mark in text for mark in secret_marks), f"a signed URL leaked into {place}"
     again = finish(spawn("tests.dags.batch_dags:s3_sources", {"out": str(tmp_path / "out"), "sources": sources}))
     assert again["summaries"][0]["skipped"] == 3 and sandbox.ledger()["charges"] == 3  # same objects: free
+
+
+def test_a_rerun_of_unchanged_s3_sources_lists_their_folder_and_reads_no_object(sandbox, airflow_db, tmp_path, s3):
+    """2,000 catalog photos in a bucket: the re-run learns their versions from a listing of their folder (at most
+    5 listing requests, counted by moto's own request log) and asks no object for its version; a replaced photo
+    is then read, and edited again, alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from airflow_provider_cutout.sandbox import edits
+
+    n, folder = 2000, f"src/{tmp_path.name}"
+    photo = edits.sample_image("mug", 1280, 720, "jpg")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: s3.client.put_object(Bucket="catalog", Key=f"{folder}/p{i:04d}.jpg", Body=photo),
+                      range(n)))
+    conf = {"out": str(tmp_path / "out"), "folder": folder, "n": n}
+    sandbox.reset(balance=10_000)
+    sandbox.server.state.config.latency_only = True  # no image work: this test is about the source checks
+    try:
+        first = finish(spawn("tests.dags.batch_dags:s3_catalog", conf))
+        assert first["state"] == "success", first.get("log")
+        assert first["summaries"][0]["edited"] == n and sandbox.ledger()["charges"] == n
+        runs: list[dict[str, Any]] = []
+        calls = s3.requests_during(lambda: runs.append(finish(spawn("tests.dags.batch_dags:s3_catalog", conf))))
+        assert runs[0]["state"] == "success" and runs[0]["summaries"][0]["skipped"] == n
+        listings = [path for method, path in calls if "list-type=2" in path or "prefix=" in path]
+        objects = [path for method, path in calls if f"{folder}/p" in path.split("?")[0]]
+        assert 1 <= len(listings) <= 5 and objects == [], (listings[:3], objects[:3])
+        replaced = edits.sample_image("lamp", 1280, 720, "jpg")
+        s3.client.put_object(Bucket="catalog", Key=f"{folder}/p0007.jpg", Body=replaced)
+        runs.clear()
+        calls = s3.requests_during(lambda: runs.append(finish(spawn("tests.dags.batch_dags:s3_catalog", conf))))
+        assert runs[0]["state"] == "success", runs[0].get("log")
+        assert (runs[0]["summaries"][0]["edited"], runs[0]["summaries"][0]["skipped"]) == (1, n - 1)
+        objects = [path for method, path in calls if f"{folder}/p" in path.split("?")[0]]
+        assert {path.split("?")[0].rsplit("/", 1)[-1] for path in objects} == {"p0007.jpg"}  # the changed one only
+        # each send is charged once (signed URLs differ per signing, so each send is a payload of its own)
+        assert sandbox.ledger()["charges"] == n + 1 and charges_per_edit(sandbox) == [1] * (n + 1)
+    finally:
+        sandbox.server.state.config.latency_only = False

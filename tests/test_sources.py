@@ -100,7 +100,7 @@ def test_rules_name_field_value_rule_and_fix():
 # -- versions: a photo replaced under the same URL is a new edit --------------------------------
 
 def conf(out, n: int) -> dict:
-    return {"n": n, "out": str(out), "changed": "", "invalid": False}
+    return {"n": n, "out": str(out), "changed": "", "invalid": False, "validators": ""}
 
 
 def change_photo(sandbox, name: str, w: int, h: int) -> None:
@@ -134,6 +134,27 @@ def test_a_rerun_after_two_photos_changed_edits_exactly_those_two(sandbox, airfl
     assert changed == {"item-3", "item-7"} and {e["status"] for e in after.values()} == {"stored"}
     third = summary_of(batch.test(run_conf=conf(tmp_path, 10)))
     assert third["skipped"] == 10 and sandbox.ledger()["charges"] == 12
+
+
+@pytest.mark.parametrize(("validators", "unchanged_answer"), [("", "304"), ("modified", "304"), ("none", "206")])
+def test_a_rerun_asks_each_source_whether_it_changed_and_reads_only_the_changed(sandbox, airflow_db, tmp_path,
+                                                                                 validators, unchanged_answer):
+    """A re-run sends each source the validator recorded last time: an ETag (If-None-Match), else Last-Modified
+    (If-Modified-Since); an unchanged source answers 304 with no body, a replaced one its bytes, and is edited
+    again. A server without validators is read as before (a hash of its first bytes). Counted by the sandbox."""
+    from tests.dags.batch_dags import conditional
+
+    run = {**conf(tmp_path, 6), "validators": validators}
+    assert summary_of(conditional.test(run_conf=run))["edited"] == 6
+    assert sandbox.ledger()["source_reads"] == {"206": 6}  # first run: each source read once (versions, checks)
+    change_photo(sandbox, "chair.png", 43, 30)  # item-3's source
+    again = summary_of(conditional.test(run_conf=run))
+    assert (again["edited"], again["skipped"]) == (1, 5)
+    reads = sandbox.ledger()["source_reads"]
+    expected = {"206": 6 + 6} if unchanged_answer == "206" else {"206": 6 + 1, "304": 5}
+    assert reads == expected and charges_per_edit(sandbox) == [1] * 5 + [2]
+    third = summary_of(conditional.test(run_conf=run))
+    assert third["skipped"] == 6 and sandbox.ledger()["charges"] == 7
 
 
 def test_items_stored_before_versions_are_adopted_once_then_changes_count(sandbox, airflow_db, tmp_path):

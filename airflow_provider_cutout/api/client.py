@@ -120,12 +120,14 @@ class CutoutClient:
         """
         return downloads.download(self.transport, url, sink, max_bytes or self.settings.max_download_bytes)
 
-    def inspect_source(self, url: str) -> SourceInfo:
+    def inspect_source(self, url: str, known: str = "") -> SourceInfo:
         """Read a source image's headers and first bytes, without the API key and without spending anything.
 
         :param url: the source image's URL, as the API will fetch it.
+        :param known: the version recorded when it was read before: an unchanged source then answers 304,
+            without its bytes (``SourceInfo.unchanged``).
         """
-        return inspection.inspect(self.transport, url)
+        return inspection.inspect(self.transport, url, known)
 
 
 def _first_line(err: Exception) -> str:

@@ -1,67 +1,120 @@
 """Source inspection: one ranged GET per source image (no API key, nothing spent) read into a
-``SourceInfo``: status, format from the magic bytes, byte and pixel size, content version."""
+``SourceInfo``: status, format from the magic bytes, byte and pixel size, content version. Given the
+version recorded last time, the GET is conditional: a source that has not changed answers 304, no body."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterator, Mapping
 
 import imagesize
 import requests
+import urllib3
 
 from airflow_provider_cutout.api.downloads import image_extension
-from airflow_provider_cutout.api.sources import SOURCE_FORMATS, SourceInfo
+from airflow_provider_cutout.api.sources import NOT_MODIFIED, SOURCE_FORMATS, SourceInfo
 from airflow_provider_cutout.api.transport import CHUNK_BYTES, Transport
 
 SOURCE_HEAD_BYTES = 128 * 1024  # enough for a JPEG's size behind its EXIF and ICC segments
 
 
-def inspect(transport: Transport, url: str) -> SourceInfo:
+def inspect(transport: Transport, url: str, known: str = "") -> SourceInfo:
     """Read a source image's headers and first bytes (a ranged GET; a server that ignores ranges is read
     up to ``SOURCE_HEAD_BYTES`` only), without the API key and without spending anything.
 
-    :param transport: the client's transport (its session and proxies; no retries: a check is cheap to redo).
+    :param transport: the client's transport (its pools and proxies; no retries: a check is cheap to redo).
     :param url: the source image's URL, as the API will fetch it.
+    :param known: the version recorded when this source was read before (``SourceInfo.version``): when it
+        holds a validator (an ETag, or Last-Modified), the GET asks whether the source changed since, and an
+        unchanged source answers 304 without its bytes (``SourceInfo.unchanged``).
     """
     timeout_s = transport.settings.source_timeout
     timeout = (min(transport.settings.connect_timeout, timeout_s), timeout_s)
-    headers = {"Range": f"bytes=0-{SOURCE_HEAD_BYTES - 1}", "Accept": "image/jpeg, image/png"}
+    headers = {"Range": f"bytes=0-{SOURCE_HEAD_BYTES - 1}", "Accept": "image/jpeg, image/png",
+               **conditional_headers(known)}
+    try:
+        response = transport.read_source(url, headers, timeout)
+    except urllib3.exceptions.HTTPError as err:
+        return SourceInfo(url, 0, error=source_error(err, timeout_s))
+    if response is None or (300 <= response.status < 400 and response.status != NOT_MODIFIED):
+        if response is not None:
+            response.drain_conn()
+            response.release_conn()
+        return _inspect_following(transport, url, headers, timeout, known)
+    try:
+        return _answer(url, response.status, response.headers, response.stream(CHUNK_BYTES), known)
+    except urllib3.exceptions.HTTPError as err:
+        return SourceInfo(url, 0, error=source_error(err, timeout_s))
+    finally:
+        _release(response)
+
+
+def _release(response: urllib3.BaseHTTPResponse) -> None:
+    """Give the connection back to the pool: open for the next source when the answer was read to its end
+    (a 304 has no body), closed when the read stopped before."""
+    if response.status == NOT_MODIFIED:
+        response.drain_conn()
+    elif not response.closed:
+        response.close()
+    response.release_conn()
+
+
+def _inspect_following(transport: Transport, url: str, headers: dict[str, str], timeout: tuple[float, float],
+                       known: str) -> SourceInfo:
+    """``inspect`` through the session: a source behind a proxy, or one that redirects."""
     try:
         with transport.session.get(url, headers=headers, timeout=timeout, stream=True, allow_redirects=True,
                                    proxies=transport.proxies_for(url)) as response:
-            if not 200 <= response.status_code < 300:
-                return SourceInfo(url, response.status_code)
-            return _source_info(url, response, _read_head(response, SOURCE_HEAD_BYTES))
+            return _answer(url, response.status_code, response.headers, response.iter_content(CHUNK_BYTES), known)
     except requests.RequestException as err:
-        return SourceInfo(url, 0, error=source_error(err, timeout_s))
+        return SourceInfo(url, 0, error=source_error(err, timeout[1]))
 
 
-def source_error(err: requests.RequestException, timeout: float) -> str:
+def conditional_headers(known: str) -> dict[str, str]:
+    """What asks a server whether a source changed since the version ``known`` was read: ``If-None-Match``
+    for an ETag, ``If-Modified-Since`` for a Last-Modified date; nothing for a hash of the bytes read (a
+    server that gave no validator is read again)."""
+    if known.startswith(('"', 'W/"')):
+        return {"If-None-Match": known}
+    modified, separator, _ = known.rpartition("|")
+    return {"If-Modified-Since": modified} if separator and not known.startswith("sha256:") else {}
+
+
+def source_error(err: Exception, timeout: float) -> str:
     """Why a source gave no answer, without its URL (a signed URL is a credential; requests puts it in texts)."""
-    if isinstance(err, requests.Timeout):
+    if isinstance(err, (requests.Timeout, urllib3.exceptions.TimeoutError)):
         return f"no answer within source_timeout={timeout:g}s"
-    if isinstance(err, requests.ConnectionError):
+    if isinstance(err, (requests.ConnectionError, urllib3.exceptions.HTTPError)):
         return "the connection failed"
     return type(err).__name__
 
 
-def _read_head(response: requests.Response, limit: int) -> bytes:
+def _answer(url: str, status: int, headers: Mapping[str, str], chunks: Iterator[bytes], known: str) -> SourceInfo:
+    if status == NOT_MODIFIED and known:
+        return SourceInfo(url, status, version=known, unchanged=True)
+    if not 200 <= status < 300:
+        return SourceInfo(url, status)
+    return _source_info(url, status, headers, _read_head(chunks, SOURCE_HEAD_BYTES))
+
+
+def _read_head(chunks: Iterator[bytes], limit: int) -> bytes:
     """At most ``limit`` bytes of a streamed body."""
-    chunks, size = [], 0
-    for chunk in response.iter_content(CHUNK_BYTES):
-        chunks.append(chunk[: limit - size])
-        size += len(chunks[-1])
+    kept, size = [], 0
+    for chunk in chunks:
+        kept.append(chunk[: limit - size])
+        size += len(kept[-1])
         if size >= limit:
             break
-    return b"".join(chunks)
+    return b"".join(kept)
 
 
-def _source_info(url: str, response: requests.Response, head: bytes) -> SourceInfo:
+def _source_info(url: str, status: int, headers: Mapping[str, str], head: bytes) -> SourceInfo:
     """Format, byte size, pixel size and content version from a source's answer and first bytes."""
-    total = response.headers.get("Content-Range", "").rpartition("/")[2]
-    length = response.headers.get("Content-Length") if response.status_code == 200 else None
+    total = headers.get("Content-Range", "").rpartition("/")[2]
+    length = headers.get("Content-Length") if status == 200 else None
     size = int(total) if total.isdigit() else int(length) if length and length.isdigit() else None
-    kind = _format(response, head)
+    kind = _format(headers, head)
     width = height = None
     if kind in SOURCE_FORMATS:
         try:
@@ -69,15 +122,15 @@ def _source_info(url: str, response: requests.Response, head: bytes) -> SourceIn
         except (ValueError, OSError, IndexError):  # a header beyond the bytes read
             pass
         width, height = (width, height) if width and height and width > 0 and height > 0 else (None, None)
-    etag, modified = response.headers.get("ETag"), response.headers.get("Last-Modified")
+    etag, modified = headers.get("ETag"), headers.get("Last-Modified")
     version = etag or (f"{modified}|{size}" if modified else "sha256:" + hashlib.sha256(head).hexdigest()[:32])
-    return SourceInfo(url, response.status_code, kind, size, width, height, version)
+    return SourceInfo(url, status, kind, size, width, height, version)
 
 
-def _format(response: requests.Response, head: bytes) -> str:
+def _format(headers: Mapping[str, str], head: bytes) -> str:
     """``jpeg``, ``png``..., from the magic bytes; else ``html`` or the declared type."""
     extension = image_extension(head)
     if extension:
         return "jpeg" if extension == ".jpg" else extension[1:]
-    content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+    content_type = headers.get("Content-Type", "").split(";")[0].strip()
     return "html" if b"<html" in head[:1024].lower() or "html" in content_type else content_type or "unknown"

@@ -11,6 +11,7 @@ from airflow_provider_cutout.exceptions import InvalidInputError
 from airflow_provider_cutout.texts import first_of, shorten
 
 SOURCE_FORMATS: tuple[str, ...] = ("jpeg", "png")  # what the API fetches, for every model
+NOT_MODIFIED = 304  # the status of a source unchanged since its version was recorded
 _FIX = ("fix the URL, or set check_sources=False if only Cutout.Pro can reach this source (nothing else "
         "about it is then checked before the edit is paid for)")
 
@@ -27,6 +28,8 @@ class SourceInfo:
     :param height: pixels, likewise.
     :param version: the content version: the ETag, else Last-Modified and size, else a hash of the bytes read.
     :param error: why no answer came (a timeout, a refused connection), else ``""``.
+    :param unchanged: the source has not changed since ``version`` was recorded (a 304, or its listing said
+        so): nothing else about it was read this time.
     """
 
     url: str
@@ -37,6 +40,12 @@ class SourceInfo:
     height: int | None = None
     version: str = ""
     error: str = ""
+    unchanged: bool = False
+
+    @property
+    def versioned(self) -> bool:
+        """Whether ``version`` is the source's content version now (read, or confirmed unchanged)."""
+        return self.unchanged or 200 <= self.status < 300
 
 
 def sources_failed(problems: list[str]) -> InvalidInputError:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import requests
 import tenacity
+import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
@@ -42,6 +43,23 @@ MAX_ANSWER_BYTES = 8 * 1024 * 1024
 T = TypeVar("T")
 
 
+class HideQueries(logging.Filter):
+    """Hides the query of every URL in urllib3's debug lines (``"GET /photo.jpg?X-Amz-Signature=..."``): a
+    signed source URL is a credential, and those lines are the only place a request's URL is logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(path_of(arg) if isinstance(arg, str) else arg for arg in record.args)
+        return True
+
+
+def hide_queries_in_urllib3_logs() -> None:
+    """Install ``HideQueries`` on urllib3's connection pool logger, once."""
+    pool_log = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(f, HideQueries) for f in pool_log.filters):
+        pool_log.addFilter(HideQueries())
+
+
 def retry_here(err: BaseException) -> bool:
     """The client retries what failed before an answer, and the statuses of ``RETRY_STATUSES`` (errors built
     for a POST that may have been processed are not retryable); other retryable errors (a 500 to a GET) are
@@ -64,6 +82,7 @@ class Transport:
                  sleep: Callable[[float], None], on_retry: Callable[[str], None] | None) -> None:
         self._api_key, self.settings, self.log, self._sleep = api_key, settings, logger, sleep
         self.on_retry = on_retry
+        hide_queries_in_urllib3_logs()
         self.session = requests.Session()
         # Read proxy and CA settings from the environment once per host, not on every call (requests
         # would scan the whole environment and ~/.netrc per request; the API key is our only auth).
@@ -75,10 +94,29 @@ class Transport:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=settings.pool_size, max_retries=0)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
+        cas = self.session.verify if isinstance(self.session.verify, str) else requests.utils.DEFAULT_CA_BUNDLE_PATH
+        self._sources = urllib3.PoolManager(num_pools=16, maxsize=settings.pool_size, retries=False,
+                                            headers={"User-Agent": str(self.session.headers["User-Agent"])},
+                                            **{"ca_cert_dir" if os.path.isdir(cas) else "ca_certs": cas})
 
     def close(self) -> None:
         """Close the pooled connections."""
         self.session.close()
+        self._sources.clear()
+
+    def read_source(self, url: str, headers: dict[str, str], timeout: tuple[float, float]
+                    ) -> urllib3.BaseHTTPResponse | None:
+        """A GET of a source image, left streaming, through a lean pool of its own: urllib3 without the work
+        requests does per call (about 0.13 ms of client CPU instead of 0.4, which counts when a re-run asks
+        100,000 sources whether they changed). No redirect is followed and nothing is retried. ``None`` for a
+        URL behind a proxy: the session reads those (``request``).
+
+        :raises urllib3.exceptions.HTTPError: when no answer came.
+        """
+        if self.proxies_for(url):
+            return None
+        return self._sources.request("GET", url, headers=headers, redirect=False, preload_content=False,
+                                     timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
 
     def with_retries(self, method: str, path_or_url: str, attempt: Callable[..., T], **kwargs: Any) -> T:
         """Run ``attempt`` until it succeeds or fails for good: bounded retries with backoff and jitter,

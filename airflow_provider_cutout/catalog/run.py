@@ -187,7 +187,8 @@ class BatchRun:
         each item's fingerprint includes its sources' versions, so a replaced photo is edited again."""
         if self.hook.checks_sources(self.config.check_sources):
             requests = self.hook.with_versions([item.request for item in self.planned],
-                                               concurrency=self.config.max_concurrency)
+                                               concurrency=self.config.max_concurrency,
+                                               known=self.manifest.source_versions())
             for item, request in zip(self.planned, requests, strict=True):
                 item.request = request
         names = set(list_files(self.folder))

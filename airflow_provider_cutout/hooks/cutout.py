@@ -14,10 +14,11 @@ from airflow.sdk import BaseHook
 
 from airflow_provider_cutout.api.models import CreditBalance, ImageEditRequest, ImageEditResult
 from airflow_provider_cutout.api.settings import ClientSettings
-from airflow_provider_cutout.api.sources import SourceInfo, source_problems, sources_failed
+from airflow_provider_cutout.api.sources import NOT_MODIFIED, SourceInfo, source_problems, sources_failed
 from airflow_provider_cutout.api.urls import is_object_store_uri, normalise_base_url
 from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError, MissingConnectionError
 from airflow_provider_cutout.get_provider_info import UI_FIELD_BEHAVIOUR
+from airflow_provider_cutout.hooks.listings import listed_etags
 
 if TYPE_CHECKING:
     from airflow_provider_cutout.api.client import CutoutClient
@@ -44,6 +45,7 @@ class CutoutHook(BaseHook):
         super().__init__(**kwargs)
         self.cutout_conn_id = cutout_conn_id
         self._inspected: dict[str, SourceInfo] = {}  # source URL -> what its check found, for this hook's life
+        self._filesystems: dict[tuple[str, str | None], Any] = {}  # (protocol, conn id) -> the store's filesystem
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -153,49 +155,70 @@ class CutoutHook(BaseHook):
 
     def fetchable(self, urls: Iterable[str]) -> dict[str, str]:
         """The URL the API (and the source checks) fetch for each source: an object-store URI
-        (``s3://conn_id@bucket/key``) signed for ``signed_url_expiry`` seconds and masked in logs, any
-        other URL as it is."""
+        (``s3://conn_id@bucket/key``) signed for ``signed_url_expiry`` seconds, any other URL as it is. A
+        signed URL is never logged: the transport hides the query of URLs in urllib3's debug lines, and errors
+        name the URI (registering every signed URL with Airflow's secrets masker would recompile one pattern of
+        all of them per URL: quadratic over a catalog)."""
         return {url: self._sign(url) if is_object_store_uri(url) else url for url in urls}
 
     def _sign(self, uri: str) -> str:
         from airflow.sdk import ObjectStoragePath
-        from airflow.sdk.log import mask_secret
 
         try:
-            signed = str(ObjectStoragePath(uri).sign(expiration=self.client.settings.signed_url_expiry))
+            path = ObjectStoragePath(uri)
+            store = (path.protocol, path.conn_id)
+            if store not in self._filesystems:  # attaching a store costs ~35 ms (its connection, a client)
+                self._filesystems[store] = path.fs
+            signed = str(self._filesystems[store].sign(path.path, expiration=self.client.settings.signed_url_expiry))
         except (NotImplementedError, ValueError, TypeError, OSError) as err:
             raise InvalidInputError(
                 f"{uri!r} cannot be given a signed URL for the API ({type(err).__name__}: {err}); check its "
                 "connection id, or serve the image over https"
             ) from None
-        mask_secret(signed)
         return signed
 
     def checks_sources(self, asked: bool | None) -> bool:
         """Whether sources are checked: ``asked`` when given, else the connection's ``check_sources``."""
         return self.client.settings.check_sources if asked is None else bool(asked)
 
-    def inspect_sources(self, urls: Iterable[str], *, concurrency: int = 8) -> dict[str, SourceInfo]:
-        """Read each source's headers and first bytes (``concurrency`` at a time; each URL once per hook)."""
-        urls = list(dict.fromkeys(urls))
-        todo = [url for url in urls if url not in self._inspected]
+    def inspect_sources(self, urls: Iterable[str], *, concurrency: int = 8,
+                        known: Mapping[str, str] | None = None) -> dict[str, SourceInfo]:
+        """Read each source's headers and first bytes (``concurrency`` at a time; each URL once per hook).
+
+        :param known: the version recorded of a URL when it was read before. Such a source is only asked
+            whether it changed: an object-store source by one listing of its folder, any other by a conditional
+            GET; unchanged, its info says ``unchanged`` and holds only the version. Without ``known``, every
+            source is read (what the checks of an edit about to be paid for need).
+        """
+        urls, known = list(dict.fromkeys(urls)), known or {}
+        todo = [url for url in urls if url not in self._inspected or (self._inspected[url].unchanged and not known)]
+        listed = listed_etags([url for url in todo if known.get(url) and is_object_store_uri(url)])
+        unchanged = {url for url, etag in listed.items() if etag == known[url]}
+        for url in unchanged:
+            self._inspected[url] = SourceInfo(url, NOT_MODIFIED, version=known[url], unchanged=True)
+        todo = [url for url in todo if url not in unchanged]
         if todo:
             with ThreadPoolExecutor(max(1, min(concurrency, len(todo))), thread_name_prefix="cutout-source") as pool:
-                for info in pool.map(self._inspect, todo):
+                for info in pool.map(lambda url: self._inspect(url, known.get(url, "")), todo):
                     self._inspected[info.url] = info
         return {url: self._inspected[url] for url in urls}
 
-    def with_versions(self, requests: list[ImageEditRequest], *, concurrency: int = 8) -> list[ImageEditRequest]:
+    def with_versions(self, requests: list[ImageEditRequest], *, concurrency: int = 8,
+                      known: Mapping[str, str] | None = None) -> list[ImageEditRequest]:
         """The requests with their sources' content versions (read by the source checks), so a photo
         replaced under the same URL makes a new edit; a request with a source that could not be read keeps
-        its unversioned fingerprint."""
-        infos = self.inspect_sources((url for r in requests for url in r.image_urls), concurrency=concurrency)
-        versions = {url: info.version for url, info in infos.items() if 200 <= info.status < 300}
+        its unversioned fingerprint.
+
+        :param known: the versions recorded when the sources were read before (see ``inspect_sources``).
+        """
+        infos = self.inspect_sources((url for r in requests for url in r.image_urls), concurrency=concurrency,
+                                     known=known)
+        versions = {url: info.version for url, info in infos.items() if info.versioned}
         return [request.with_versions(versions) for request in requests]
 
-    def _inspect(self, url: str) -> SourceInfo:
+    def _inspect(self, url: str, known: str = "") -> SourceInfo:
         fetch = self.fetchable([url])[url]
-        info = self.client.inspect_source(fetch)
+        info = self.client.inspect_source(fetch, known)
         return info if fetch == url else replace(info, url=url)  # its texts never hold the fetched URL
 
     def check_sources(self, requests: Mapping[str, ImageEditRequest], *, concurrency: int = 8) -> None:

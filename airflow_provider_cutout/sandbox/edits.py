@@ -166,6 +166,12 @@ def sample_colours(name: str) -> tuple[tuple[int, int, int], tuple[int, int, int
     return (225 + d[0] % 30, 225 + d[1] % 30, 225 + d[2] % 30), (d[3] % 200, d[4] % 200, d[5] % 200)
 
 
+def photo_key(name: str, query: dict[str, list[str]]) -> str:
+    """Which photo a sample URL shows: its file name and its ``w`` and ``h`` (what ``/__sandbox__/photos``
+    replaces); other query parameters do not change it."""
+    return f"{name}?w={query.get('w', ['1280'])[0]}&h={query.get('h', ['960'])[0]}"
+
+
 @lru_cache(maxsize=64)
 def sample_image(name: str, width: int = 1280, height: int = 960, fmt: str = "png", version: int = 1) -> bytes:
     """A synthetic product photo: a plain backdrop and a coloured object (deterministic); a ``version``

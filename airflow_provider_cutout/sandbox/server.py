@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ from PIL import Image, UnidentifiedImageError
 from airflow_provider_cutout.api.models import ASPECT_RATIOS, MODELS
 from airflow_provider_cutout.sandbox import edits
 from airflow_provider_cutout.sandbox.state import Fault, SandboxConfig, SandboxState, fingerprint
+
+#: When the samples were last modified (2026-01-01), plus a day per version of a replaced photo.
+PHOTOS_MODIFIED = 1_767_225_600
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_SOURCE_BYTES = 32 * 1024 * 1024
@@ -397,23 +401,51 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self._send(200, data, "image/png")
 
     def _sample(self, name: str, query: dict[str, list[str]]) -> None:
-        """A sample image as a CDN serves it: an ETag, ``Range`` honoured (unless ``norange=1``), and an
-        optional ``delay=S`` before answering (a slow source)."""
+        """A sample image as a CDN serves it: validators (an ETag and Last-Modified; ``validators=etag``,
+        ``modified`` or ``none`` keeps only one or neither), a conditional request answered 304 when the photo
+        is unchanged, ``Range`` honoured (unless ``norange=1``), and an optional ``delay=S`` before answering."""
         data, content_type = self._sample_bytes(name, query)
         time.sleep(min(float(query.get("delay", ["0"])[0] or 0), 60.0))
-        self._send_ranged(data, content_type, ranges="norange" not in query)
+        kept = query.get("validators", ["etag,modified"])[0].split(",")
+        version = self.state.photo_versions.get(edits.photo_key(name, query), 1)
+        validators = {"ETag": f'"{hashlib.sha256(data).hexdigest()[:16]}"' if "etag" in kept else "",
+                      "Last-Modified": formatdate(PHOTOS_MODIFIED + version * 86_400, usegmt=True)
+                      if "modified" in kept else ""}
+        validators = {name: value for name, value in validators.items() if value}
+        if self._not_modified(validators):
+            self.state.count_source_read(304)
+            self._send(304, b"", content_type, validators)
+            return
+        self._send_ranged(data, content_type, ranges="norange" not in query, headers=validators)
 
-    def _send_ranged(self, data: bytes, content_type: str, *, ranges: bool) -> None:
-        headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()[:16]}"'}
+    def _not_modified(self, validators: dict[str, str]) -> bool:
+        """Whether a conditional request's validators match (RFC 9110: If-None-Match wins over If-Modified-Since)."""
+        match, since = self.headers.get("If-None-Match"), self.headers.get("If-Modified-Since")
+        if match is not None:
+            etag = validators.get("ETag", "").removeprefix("W/")
+            return bool(etag) and (match.strip() == "*" or etag in (t.strip().removeprefix("W/")
+                                                                      for t in match.split(",")))
+        modified = validators.get("Last-Modified")
+        if since is None or modified is None:
+            return False
+        try:
+            return parsedate_to_datetime(modified) <= parsedate_to_datetime(since)
+        except (TypeError, ValueError):
+            return False
+
+    def _send_ranged(self, data: bytes, content_type: str, *, ranges: bool, headers: dict[str, str]) -> None:
         wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "") if ranges else None
+        headers = dict(headers)
         if ranges:
             headers["Accept-Ranges"] = "bytes"
         if wanted and int(wanted.group(1)) < len(data):
             start = int(wanted.group(1))
             end = min(int(wanted.group(2) or len(data) - 1), len(data) - 1)
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+            self.state.count_source_read(206)
             self._send(206, data[start : end + 1], content_type, headers)
         else:
+            self.state.count_source_read(200)
             self._send(200, data, content_type, headers)
 
     def _page(self, name: str) -> None:
@@ -435,7 +467,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
             raise EnvelopeError(400, 400, "w and h must be integers") from None
         if not (1 <= w <= 8000 and 1 <= h <= 8000):
             raise EnvelopeError(400, 400, "w and h must be between 1 and 8000")
-        version = self.state.photo_versions.get(f"{name}?w={w}&h={h}", 1)
+        version = self.state.photo_versions.get(edits.photo_key(name, query), 1)
         return edits.sample_image(stem, w, h, ext, version), "image/jpeg" if ext == "jpg" else "image/png"
 
     def _local_image(self, name: str) -> None:
@@ -478,7 +510,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self._json(200, {"faults": [vars(f) for f in self.state.faults]})
         elif method == "POST" and name == "photos":  # {"name": "mug.png", "w": 40, "h": 30, "version": 2}
             body = json.loads(raw or b"{}")
-            key = f"{body['name']}?w={int(body.get('w', 1280))}&h={int(body.get('h', 960))}"
+            size = {"w": [str(int(body.get("w", 1280)))], "h": [str(int(body.get("h", 960)))]}
+            key = edits.photo_key(body["name"], size)
             with self.state.lock:
                 self.state.photo_versions[key] = int(body.get("version", 2))
             self._json(200, {"photo": key, "version": self.state.photo_versions[key]})

@@ -110,6 +110,7 @@ class SandboxState:
     faults: list[Fault] = field(default_factory=list)
     results: dict[str, tuple[bytes, float]] = field(default_factory=dict)
     photo_versions: dict[str, int] = field(default_factory=dict)  # "mug.png?w=40&h=30" -> version (1 by default)
+    source_reads: dict[int, int] = field(default_factory=dict)  # answers to sample reads by status: 200, 206, 304
     next_id: int = 789_000_000_000_001
 
     def __post_init__(self) -> None:
@@ -125,6 +126,7 @@ class SandboxState:
             self.faults.clear()
             self.results.clear()
             self.photo_versions.clear()
+            self.source_reads.clear()
 
     def add_faults(self, specs: list[dict[str, Any]]) -> list[Fault]:
         """Queue scripted faults (see ``FAULT_KINDS``)."""
@@ -148,6 +150,11 @@ class SandboxState:
         """Add a call to the ledger."""
         with self.lock:
             self.calls.append({"seq": len(self.calls) + 1, "path": path, "outcome": outcome, **details})
+
+    def count_source_read(self, status: int) -> None:
+        """Count an answer to a sample read (the request log of the source checks)."""
+        with self.lock:
+            self.source_reads[status] = self.source_reads.get(status, 0) + 1
 
     def charge(self, credits: int) -> bool:
         """Take ``credits`` from the balance; ``False`` when it is short."""
@@ -185,6 +192,7 @@ class SandboxState:
         with self.lock:
             calls = [dict(c) for c in self.calls]
             balance = self.balance
+            reads = {str(status): n for status, n in sorted(self.source_reads.items())}
         per_fp: dict[str, dict[str, int]] = {}
         for call in calls:
             fp = call.get("fingerprint")
@@ -203,4 +211,5 @@ class SandboxState:
             "credits_charged": sum(c.get("credits", 0) for c in edits),
             "calls": calls,
             "by_fingerprint": per_fp,
+            "source_reads": reads,
         }

@@ -164,6 +164,20 @@ class Manifest:
         with self._cond:
             return {(fp, key): entry for fp, keys in self.edits.items() for key, entry in keys.items()}
 
+    def source_versions(self) -> dict[str, str]:
+        """The version last recorded of each source URL (from the newest entry naming it): what a re-run asks a
+        source, or its folder's listing, whether it still holds. Any version recorded is safe to ask with: a
+        source confirms one only when it is current."""
+        found: dict[str, tuple[float, str]] = {}
+        with self._cond:
+            for keys in self.edits.values():
+                for entry in keys.values():
+                    when, urls = float(entry.get("updated_at") or 0), entry.get("image_urls") or ()
+                    for url, version in zip(urls, entry.get("source_versions") or (), strict=False):
+                        if version and (url not in found or when >= found[url][0]):
+                            found[url] = (when, version)
+        return {url: version for url, (_, version) in found.items()}
+
     def refresh(self) -> int:
         """Read the log files written since the last call; return how many there were."""
         for _ in range(10):

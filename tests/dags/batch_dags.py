@@ -11,18 +11,20 @@ from airflow_provider_cutout.hooks.cutout import CutoutHook
 from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator, chunk_items
 
 START = datetime.datetime(2026, 1, 1)
-PARAMS = {"n": 10, "out": "/tmp/unused", "changed": "", "invalid": False, "max_credits": None, "max_failures": 0}
+PARAMS = {"n": 10, "out": "/tmp/unused", "changed": "", "invalid": False, "max_credits": None, "max_failures": 0,
+          "validators": ""}
 
 
 @task
 def make_items(params=None) -> list[dict]:
     base = CutoutHook().base_url
     names = ["mug", "sneaker", "lamp", "chair", "bottle", "watch"]
+    server = f"&validators={params['validators']}" if params.get("validators") else ""  # which validators it gives
     items = [
         {
             "key": f"item-{i}",
             "prompt": "invert" if params["changed"] == f"item-{i}" else "grayscale",
-            "image_urls": [f"{base}/samples/{names[i % 6]}.png?w={40 + i % 40}&h={30 + i // 40}"],
+            "image_urls": [f"{base}/samples/{names[i % 6]}.png?w={40 + i % 40}&h={30 + i // 40}{server}"],
         }
         for i in range(int(params["n"]))
     ]
@@ -46,6 +48,7 @@ def batch_dag(dag_id: str, **operator_kwargs) -> DAG:
 
 
 batch = batch_dag("t_batch", max_concurrency=8)
+conditional = batch_dag("t_batch_conditional", max_concurrency=8)  # run with params.validators set
 budget = batch_dag("t_batch_budget", max_credits=10)
 templated = batch_dag("t_batch_templated", max_credits="{{ params.max_credits }}",
                       max_failures="{{ params.max_failures }}")
@@ -106,13 +109,30 @@ unchecked = batch_dag("t_batch_unchecked", check_sources=False)
 
 
 S3_PARAMS = {"out": "/tmp/unused", "sources": []}
-with DAG("t_batch_s3_sources", schedule=None, start_date=START, params=S3_PARAMS) as s3_sources:
-    @task
-    def items_from_params(params=None) -> list[dict]:
-        return [{"key": f"photo-{i}", "image_urls": [uri]} for i, uri in enumerate(params["sources"])]
 
-    CutoutBatchImageEditOperator(task_id="batch", items=items_from_params(), output_dir="{{ params.out }}/",
-                                 prompt="grayscale", model="seedream-4.0")
+
+@task
+def items_from_params(params=None) -> list[dict]:
+    return [{"key": f"photo-{i}", "image_urls": [uri]} for i, uri in enumerate(params["sources"])]
+
+
+@task
+def items_in_folder(params=None) -> list[dict]:
+    """``n`` photos ``p0000.jpg``... in the bucket folder ``params.folder``."""
+    return [{"key": f"photo-{i}", "image_urls": [f"s3://aws_default@catalog/{params['folder']}/p{i:04d}.jpg"]}
+            for i in range(int(params["n"]))]
+
+
+def s3_dag(dag_id: str, items, params: dict, **operator_kwargs) -> DAG:
+    with DAG(dag_id, schedule=None, start_date=START, params=params) as dag:
+        CutoutBatchImageEditOperator(task_id="batch", items=items(), output_dir="{{ params.out }}/",
+                                     prompt="grayscale", model="seedream-4.0", **operator_kwargs)
+    return dag
+
+
+s3_sources = s3_dag("t_batch_s3_sources", items_from_params, S3_PARAMS)
+s3_catalog = s3_dag("t_batch_s3_catalog", items_in_folder, {"out": "/tmp/unused", "folder": "src", "n": 1},
+                    max_concurrency=32, progress_interval=60)
 
 
 with DAG("t_batch_catalog_chunks", schedule=None, start_date=START,
