@@ -3,7 +3,9 @@ can fetch. The standard library only."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -11,6 +13,9 @@ from airflow_provider_cutout.texts import shorten
 
 DEFAULT_BASE_URL = "https://www.cutout.pro"
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+
+
+_SPACE = re.compile(r"\s")
 
 
 def is_loopback_url(url: str | None) -> bool:
@@ -21,6 +26,11 @@ def is_loopback_url(url: str | None) -> bool:
         host = urlsplit(url).hostname or ""
     except ValueError:
         return False
+    return _is_loopback_host(host)
+
+
+@functools.lru_cache(maxsize=256)
+def _is_loopback_host(host: str) -> bool:
     if host in _LOOPBACK_NAMES:
         return True
     try:
@@ -73,7 +83,7 @@ def check_source_url(value: Any, index: int, allow_http: bool) -> str:
             f"{where}={shorten(url)} is a local file: the API fetches sources over HTTPS and a local file cannot "
             "be given a signed URL; put it on S3, GCS or Azure (its URI is signed for the API) or serve it over https"
         )
-    if parts.scheme not in ("http", "https") or not host or any(c.isspace() for c in url):
+    if parts.scheme not in ("http", "https") or not host or _SPACE.search(url):
         raise ValueError(
             f"{where}={shorten(url)} is not a valid URL: give an absolute https:// URL of a JPEG "
             "or PNG image, such as 'https://example.com/photo.jpg', or an object URI such as "
