@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-PAGE = REPO / "docs" / "local-development.md"
+PAGE = Path("docs") / "local-development.md"  # read in the clone: the page as a new user gets it
 INSTALL_MARK = "<!-- local-development test: this block installs;"
 BLOCK = re.compile(r"^(<!--[^\n]*-->\n)?```bash\n(.*?)^```$", re.M | re.S)
 
@@ -32,18 +32,18 @@ def page_script(clone: Path) -> str:
     """The page's bash blocks in order, its install block replaced by this test's environment."""
     parts = ["set -euo pipefail"]
     installs = 0
-    for mark, body in BLOCK.findall(PAGE.read_text()):
+    for mark, body in BLOCK.findall((clone / PAGE).read_text()):
         if mark.startswith(INSTALL_MARK):
             installs += 1
             assert "pip install" in body and "activate" in body, body
             bin_dir = os.path.dirname(sys.executable)
-            body = f"export PATH={shlex.quote(bin_dir)}:\"$PATH\"\nexport PYTHONPATH={shlex.quote(str(clone))}\n"
+            body = f'export PATH={shlex.quote(bin_dir)}:"$PATH"\nexport PYTHONPATH={shlex.quote(str(clone))}\n'
         parts.append(body)
     assert installs == 1, "the page must have exactly one install block, marked for this test"
     assert len(parts) >= 10
     # After the page: the real-API connection it ends with is a valid cutout connection (nothing is sent).
     parts.append("python -c 'from airflow_provider_cutout.hooks.cutout import CutoutHook; "
-                 "print(\"real API:\", CutoutHook().base_url)'")
+                 'print("real API:", CutoutHook().base_url)\'')
     return "\n".join(parts)
 
 
