@@ -264,3 +264,28 @@ def test_any_sample_name_is_a_distinct_repeatable_photo(sandbox):
     assert get("mug.png").content != get("sku-0001.png").content
     for bad in ("gone/nothing.png", "sku-1.gif", "a%20b.png"):
         assert get(bad).status_code == 404
+
+
+def test_samples_answer_conditional_requests_and_replacing_a_photo_changes_its_validators(sandbox):
+    url = f"{sandbox.url}/samples/sku-0003.png?w=64&h=48"
+    first = requests.get(url, timeout=5)
+    etag, modified = first.headers["ETag"], first.headers["Last-Modified"]
+    assert requests.get(url, headers={"If-None-Match": etag}, timeout=5).status_code == 304
+    assert requests.get(url, headers={"If-Modified-Since": modified}, timeout=5).status_code == 304
+    bare = requests.get(url + "&validators=none", timeout=5)
+    assert "ETag" not in bare.headers and "Last-Modified" not in bare.headers
+    answers = [requests.post(f"{sandbox.url}/__sandbox__/photos", json={"name": "sku-0003.png", "w": 64, "h": 48},
+                             timeout=5).json()["version"] for _ in range(2)]
+    assert answers == [2, 3]  # each call replaces the photo again
+    again = requests.get(url, headers={"If-None-Match": etag}, timeout=5)
+    assert again.status_code == 200 and again.content != first.content and again.headers["ETag"] != etag
+    assert requests.get(url, headers={"If-Modified-Since": modified}, timeout=5).status_code == 200
+    assert sandbox.ledger()["source_reads"] == {"200": 4, "304": 2}
+
+
+@pytest.mark.parametrize(("body", "fragment"), [
+    ({}, "KeyError"), ({"name": "sku-0007"}, "with its extension"), ({"name": "a.png", "version": "x"}, "ValueError"),
+])
+def test_replacing_a_photo_that_no_url_serves_is_refused(sandbox, body, fragment):
+    answer = requests.post(f"{sandbox.url}/__sandbox__/photos", json=body, timeout=5)
+    assert answer.status_code == 400 and fragment in answer.json()["msg"]

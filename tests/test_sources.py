@@ -103,10 +103,10 @@ def conf(out, n: int) -> dict:
     return {"n": n, "out": str(out), "changed": "", "invalid": False, "validators": ""}
 
 
-def change_photo(sandbox, name: str, w: int, h: int) -> None:
+def change_photo(sandbox, name: str, w: int, h: int, version: int = 2) -> None:
     import requests
 
-    requests.post(f"{sandbox.url}/__sandbox__/photos", json={"name": name, "w": w, "h": h, "version": 2},
+    requests.post(f"{sandbox.url}/__sandbox__/photos", json={"name": name, "w": w, "h": h, "version": version},
                   timeout=5).raise_for_status()
 
 
@@ -155,6 +155,24 @@ def test_a_rerun_asks_each_source_whether_it_changed_and_reads_only_the_changed(
     assert reads == expected and charges_per_edit(sandbox) == [1] * 5 + [2]
     third = summary_of(conditional.test(run_conf=run))
     assert third["skipped"] == 6 and sandbox.ledger()["charges"] == 7
+
+
+def test_a_photo_changed_back_gets_its_own_edit_back_not_the_newer_one(sandbox, airflow_db, tmp_path):
+    """Both versions' entries name the same file, which holds the newer edit: the older one is not taken as
+    stored, but restored from its result URL (free while it lives)."""
+    from tests.dags.batch_dags import batch
+
+    assert summary_of(batch.test(run_conf=conf(tmp_path, 3)))["edited"] == 3
+    (stored,) = tmp_path.glob("item-1.*")
+    original = stored.read_bytes()
+    change_photo(sandbox, "sneaker.png", 41, 30)  # item-1's source
+    assert summary_of(batch.test(run_conf=conf(tmp_path, 3)))["edited"] == 1 and stored.read_bytes() != original
+    change_photo(sandbox, "sneaker.png", 41, 30, version=1)  # and back
+    back = summary_of(batch.test(run_conf=conf(tmp_path, 3)))
+    assert (back["skipped"], back["restored"], back["edited"]) == (2, 1, 0), back
+    assert stored.read_bytes() == original and charges_per_edit(sandbox) == [1, 1, 2]
+    again = summary_of(batch.test(run_conf=conf(tmp_path, 3)))
+    assert again["skipped"] == 3 and sandbox.ledger()["charges"] == 4
 
 
 def test_items_stored_before_versions_are_adopted_once_then_changes_count(sandbox, airflow_db, tmp_path):

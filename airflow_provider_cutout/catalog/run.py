@@ -42,7 +42,7 @@ from airflow_provider_cutout.exceptions import (
 )
 from airflow_provider_cutout.observability import metrics
 from airflow_provider_cutout.state.claims import Claims, Owner
-from airflow_provider_cutout.state.io import Digesting, copy_into, list_files, store_image
+from airflow_provider_cutout.state.io import Digesting, copy_into, file_sha256, list_files, store_image
 from airflow_provider_cutout.state.manifest import EDITED, FAILED, IN_DOUBT, STORED, Manifest, precedence
 from airflow_provider_cutout.state.versions import adopt_unversioned
 from airflow_provider_cutout.texts import first_of
@@ -147,6 +147,7 @@ class BatchRun:
         self.claims = Claims(folder, owner, config.heartbeat_timeout)
         self.manifest = Manifest(folder, writer=owner.token)
         self.seconds_sending = 0.0
+        self.started = 0.0  # when the run's first job started (monotonic)
         self.gallery: Any = None
         self.to_edit: list[PlannedEdit] = []
         self.to_refetch: list[tuple[PlannedEdit, dict[str, Any]]] = []
@@ -191,13 +192,13 @@ class BatchRun:
                                                known=self.manifest.source_versions())
             for item, request in zip(self.planned, requests, strict=True):
                 item.request = request
-        names = set(list_files(self.folder))
+        names, newest = set(list_files(self.folder)), self._newest_stored()
         leaders: set[str] = set()
         for item in self.planned:
             entry = self._entry_for(item)
             stored = str(entry.get("stored_path") or "") if entry else ""
-            action = classify(entry, file_present=stored.rsplit("/", 1)[-1] in names,
-                              resend_in_doubt=self.config.resends(item.key))
+            present = stored.rsplit("/", 1)[-1] in names and _holds(entry, newest)
+            action = classify(entry, file_present=present, resend_in_doubt=self.config.resends(item.key))
             if action == SKIP:
                 self.progress.skipped += 1
             elif action == REFETCH and entry is not None:
@@ -215,6 +216,16 @@ class BatchRun:
         self.to_attempt = len(self.editing) + len(self.to_refetch) + len(self.rejected)
         self.reject([(r.key, r.problem, None) for r in self.rejected], invalid=True)
         self._log_plan()
+
+    def _newest_stored(self) -> dict[str, float]:
+        """When each stored file was last written, from the manifest: a key edited again (a new photo, a new
+        prompt) overwrites its file, so only the newest entry stored at a path is sure to be what it holds."""
+        newest: dict[str, float] = {}
+        for entry in self.manifest.entries.values():
+            path, when = entry.get("stored_path"), float(entry.get("updated_at") or 0)
+            if path and entry.get("status") == STORED and when > newest.get(path, -1.0):
+                newest[path] = when
+        return newest
 
     def _log_plan(self) -> None:
         self.log.info(
@@ -285,8 +296,8 @@ class BatchRun:
         names = {f"item {item.key!r}: ": item for item in editing}
         failing = self.hook.failing_sources({name: item.request for name, item in names.items()},
                                             concurrency=self.config.max_concurrency)
-        self.log.info("Cutout batch: the sources of %d items checked in %.1fs; %d failed", len(editing),
-                      time.monotonic() - started, len(failing))
+        self.log.info("Cutout batch: the sources of %d item%s checked in %.2fs; %d failed", len(editing),
+                      "" if len(editing) == 1 else "s", time.monotonic() - started, len(failing))
         if failing and not self.config.tolerates(len(failing) + len(self.rejected), self.to_attempt):
             raise sources_failed([problem for found in failing.values() for problem in found])
         bad = {names[name].key for name in failing}
@@ -340,6 +351,9 @@ class BatchRun:
     def work(self, jobs: Iterable[tuple[Any, ...]]) -> None:
         """Run jobs ``(function, *args)`` on ``max_concurrency`` threads that take them one by one (so
         the cost per job stays constant however many there are), with progress lines."""
+        jobs = list(jobs)
+        if not jobs:
+            return
         queue, lock = iter(jobs), threading.Lock()
 
         def worker() -> None:
@@ -350,7 +364,7 @@ class BatchRun:
                     return
                 job[0](*job[1:])
 
-        started = time.monotonic()
+        started = self.started = self.started or time.monotonic()  # rates over the run's work so far
         with ThreadPoolExecutor(self.config.max_concurrency, thread_name_prefix="cutout-batch") as pool:
             workers = [pool.submit(worker) for _ in range(self.config.max_concurrency)]
             try:
@@ -731,6 +745,21 @@ class BatchRun:
         return {"key": item.key, "fingerprint": item.fingerprint, "prompt": req.prompt, "model": req.model,
                 "aspect_ratio": req.aspect_ratio, "image_urls": list(req.image_urls),
                 "source_versions": list(req.source_versions)}
+
+
+def _holds(entry: dict[str, Any] | None, newest: dict[str, float]) -> bool:
+    """Whether an entry's stored file (known to be there) holds its edit: it does when the entry is the newest
+    stored at that path; an older one (a photo changed, then changed back) only when the file's digest is the one
+    recorded. Otherwise the item counts as missing its file, and is restored."""
+    if entry is None or entry.get("status") != STORED:
+        return True
+    path = str(entry.get("stored_path") or "")
+    if float(entry.get("updated_at") or 0) >= newest.get(path, 0.0):
+        return True
+    try:
+        return bool(entry.get("sha256")) and file_sha256(path) == entry.get("sha256")
+    except OSError:
+        return False
 
 
 def _file_exists(entry: dict[str, Any] | None) -> bool:

@@ -509,12 +509,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
         elif method == "GET" and name == "faults":
             self._json(200, {"faults": [vars(f) for f in self.state.faults]})
         elif method == "POST" and name == "photos":  # {"name": "mug.png", "w": 40, "h": 30, "version": 2}
-            body = json.loads(raw or b"{}")
-            size = {"w": [str(int(body.get("w", 1280)))], "h": [str(int(body.get("h", 960)))]}
-            key = edits.photo_key(body["name"], size)
-            with self.state.lock:
-                self.state.photo_versions[key] = int(body.get("version", 2))
-            self._json(200, {"photo": key, "version": self.state.photo_versions[key]})
+            key, version = self._replace_photo(raw)
+            self._json(200, {"photo": key, "version": version})
         elif method == "POST" and name in ("faults", "reset"):
             try:
                 body = json.loads(raw or b"{}")
@@ -528,6 +524,30 @@ class SandboxHandler(BaseHTTPRequestHandler):
                 raise EnvelopeError(400, 400, f"Bad sandbox request: {err}") from None
         else:
             raise EnvelopeError(404, 404, f"No sandbox route {method} /__sandbox__/{name}")
+
+
+    def _replace_photo(self, raw: bytes) -> tuple[str, int]:
+        """``POST /__sandbox__/photos``: the photo at ``/samples/<name>?w=&h=`` replaced by its next version
+        (or ``version``); a request that would replace nothing a sample URL serves is refused with a 400."""
+        try:
+            body = json.loads(raw or b"{}")
+            name = str(body["name"])
+            size = {"w": [str(int(body.get("w", 1280)))], "h": [str(int(body.get("h", 960)))]}
+            version = body.get("version")
+            version = None if version is None else int(version)
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise EnvelopeError(400, 400, f"Bad sandbox request: {type(err).__name__} {err}; send "
+                                '{"name": "sku-0007.png"}, optionally with "w", "h" (which URL variant) and '
+                                '"version" (default: the next one)') from None
+        stem, _, ext = name.partition(".")
+        if not edits.SAMPLE_NAME.fullmatch(stem) or ext not in ("png", "jpg"):
+            raise EnvelopeError(400, 400, f"name={name!r} is not a sample's file name: give it as in the URL, with "
+                                "its extension, such as 'sku-0007.png' or 'mug.jpg'")
+        key = edits.photo_key(name, size)
+        with self.state.lock:
+            current = self.state.photo_versions.get(key, 1)
+            self.state.photo_versions[key] = current + 1 if version is None else version
+            return key, self.state.photo_versions[key]
 
 
 class SandboxServer(ThreadingHTTPServer):

@@ -86,6 +86,17 @@ def copy_into(path: str, sink: IO[bytes]) -> str:
     return "." + path.rsplit(".", 1)[-1]
 
 
+def file_sha256(path: str) -> str:
+    """The SHA-256 of the stored file ``path``, read in chunks."""
+    from airflow.sdk import ObjectStoragePath
+
+    digest = hashlib.sha256()
+    with ObjectStoragePath(path).open("rb") as source:  # type: ignore[no-untyped-call]
+        for chunk in iter(lambda: source.read(CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def is_local(path: Any) -> bool:
     """Whether ``path`` is on the local file system (where a write is not atomic by itself)."""
     return path.protocol in ("", "file", "local")
