@@ -1,5 +1,5 @@
-"""A catalog of ``n`` distinct edits in one batch task (an Airflow DAG used by scripts/bench.py to
-measure the catalog state at 1,000 to 100,000 items)."""
+"""A catalog of ``n`` distinct edits in one batch task, or mapped over chunks of ``chunk`` items (Airflow
+DAGs used by scripts/bench.py to measure the catalog state at 1,000 to 100,000 items)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,30 @@ import datetime
 from airflow.sdk import DAG, task
 
 from airflow_provider_cutout.hooks.cutout import CutoutHook
-from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator
+from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator, chunk_items
+
+
+def _items(n: int) -> list[dict]:
+    base = CutoutHook().base_url
+    return [{"key": f"item-{i}", "image_urls": [f"{base}/samples/mug.png?w=16&h=16&n={i}"]} for i in range(n)]
 
 
 @task
 def catalog(params=None) -> list[dict]:
-    base = CutoutHook().base_url
-    return [{"key": f"item-{i}", "image_urls": [f"{base}/samples/mug.png?w=16&h=16&n={i}"]}
-            for i in range(int(params["n"]))]
+    return _items(int(params["n"]))
+
+
+@task
+def chunks(params=None) -> list[list[dict]]:
+    return chunk_items(_items(int(params["n"])), int(params["chunk"]))
 
 
 with DAG("bench_scale", schedule=None, start_date=datetime.datetime(2026, 1, 1),
          params={"n": 1000, "out": "/tmp/unused"}) as dag:
     CutoutBatchImageEditOperator(task_id="batch", items=catalog(), output_dir="{{ params.out }}/",
                                  prompt="grayscale", max_concurrency=32, progress_interval=60)
+
+with DAG("bench_scale_chunked", schedule=None, start_date=datetime.datetime(2026, 1, 1),
+         params={"n": 1000, "chunk": 500, "out": "/tmp/unused"}) as chunked:
+    CutoutBatchImageEditOperator.partial(task_id="batch", output_dir="{{ params.out }}/", prompt="grayscale",
+                                         max_concurrency=32, progress_interval=60).expand(items=chunks())
