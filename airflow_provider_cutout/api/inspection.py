@@ -1,6 +1,6 @@
 """Source inspection: one ranged GET per source image (no API key, nothing spent) read into a
 ``SourceInfo``: status, format from the magic bytes, byte and pixel size, content version. Given the
-version recorded last time, the GET is conditional: a source that has not changed answers 304, no body."""
+version recorded last time, an unchanged source answers without its bytes (a 304, or a HEAD)."""
 
 from __future__ import annotations
 
@@ -25,12 +25,17 @@ def inspect(transport: Transport, url: str, known: str = "") -> SourceInfo:
 
     :param transport: the client's transport (its pools and proxies; no retries: a check is cheap to redo).
     :param url: the source image's URL, as the API will fetch it.
-    :param known: the version recorded when this source was read before (``SourceInfo.version``): when it
-        holds a validator (an ETag, or Last-Modified), the GET asks whether the source changed since, and an
-        unchanged source answers 304 without its bytes (``SourceInfo.unchanged``).
+    :param known: the version recorded when this source was read before (``SourceInfo.version``). An ETag
+        makes the GET conditional: an unchanged source answers 304 without its bytes. Last-Modified and size
+        are asked with a HEAD, and read only when they differ. Either way an unchanged source's info says
+        ``unchanged`` (only its version is known).
     """
     timeout_s = transport.settings.source_timeout
     timeout = (min(transport.settings.connect_timeout, timeout_s), timeout_s)
+    if "|" in known and not known.startswith(("sha256:", '"', 'W/"')):  # Last-Modified and size: no 304 for it
+        if _same_by_head(transport, url, known, timeout):
+            return SourceInfo(url, NOT_MODIFIED, version=known, unchanged=True)
+        known = ""
     headers = {"Range": f"bytes=0-{SOURCE_HEAD_BYTES - 1}", "Accept": "image/jpeg, image/png",
                **conditional_headers(known)}
     try:
@@ -73,12 +78,27 @@ def _inspect_following(transport: Transport, url: str, headers: dict[str, str], 
 
 def conditional_headers(known: str) -> dict[str, str]:
     """What asks a server whether a source changed since the version ``known`` was read: ``If-None-Match``
-    for an ETag, ``If-Modified-Since`` for a Last-Modified date; nothing for a hash of the bytes read (a
-    server that gave no validator is read again)."""
-    if known.startswith(('"', 'W/"')):
-        return {"If-None-Match": known}
-    modified, separator, _ = known.rpartition("|")
-    return {"If-Modified-Since": modified} if separator and not known.startswith("sha256:") else {}
+    for an ETag; nothing else (a hash of the bytes read: read again)."""
+    return {"If-None-Match": known} if known.startswith(('"', 'W/"')) else {}
+
+
+def _same_by_head(transport: Transport, url: str, known: str, timeout: tuple[float, float]) -> bool:
+    """Whether a HEAD gives the version ``known`` (Last-Modified and size) again. Not ``If-Modified-Since``: a
+    server answers it 304 for a file replaced by an older one (``cp -p``, ``rsync -a``, a restore)."""
+    try:
+        response = transport.read_source(url, {"Accept": "image/jpeg, image/png"}, timeout, method="HEAD")
+    except urllib3.exceptions.HTTPError:
+        return False
+    if response is None:  # behind a proxy: read as a new source
+        return False
+    try:
+        headers = response.headers
+        modified, length = headers.get("Last-Modified"), headers.get("Content-Length")
+        now = headers.get("ETag") or (f"{modified}|{length}" if modified and length else "")
+        return response.status == 200 and now == known
+    finally:
+        response.drain_conn()
+        response.release_conn()
 
 
 def source_error(err: Exception, timeout: float) -> str:

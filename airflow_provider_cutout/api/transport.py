@@ -104,9 +104,9 @@ class Transport:
         self.session.close()
         self._sources.clear()
 
-    def read_source(self, url: str, headers: dict[str, str], timeout: tuple[float, float]
+    def read_source(self, url: str, headers: dict[str, str], timeout: tuple[float, float], method: str = "GET"
                     ) -> urllib3.BaseHTTPResponse | None:
-        """A GET of a source image, left streaming, through a lean pool of its own: urllib3 without the work
+        """A GET (or HEAD) of a source image, left streaming, through a lean pool of its own: urllib3 without the work
         requests does per call (about 0.13 ms of client CPU instead of 0.4, which counts when a re-run asks
         100,000 sources whether they changed). No redirect is followed and nothing is retried. ``None`` for a
         URL behind a proxy: the session reads those (``request``).
@@ -115,7 +115,7 @@ class Transport:
         """
         if self.proxies_for(url):
             return None
-        return self._sources.request("GET", url, headers=headers, redirect=False, preload_content=False,
+        return self._sources.request(method, url, headers=headers, redirect=False, preload_content=False,
                                      timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
 
     def with_retries(self, method: str, path_or_url: str, attempt: Callable[..., T], **kwargs: Any) -> T:

@@ -756,10 +756,13 @@ def _holds(entry: dict[str, Any] | None, newest: dict[str, float]) -> bool:
     path = str(entry.get("stored_path") or "")
     if float(entry.get("updated_at") or 0) >= newest.get(path, 0.0):
         return True
-    try:
-        return bool(entry.get("sha256")) and file_sha256(path) == entry.get("sha256")
-    except OSError:
+    if not entry.get("sha256"):
         return False
+    try:
+        return bool(file_sha256(path) == entry["sha256"])
+    except OSError as err:  # undecided: restoring might pay again for a result that is there
+        raise OSError(f"could not read {path} to check which edit it holds ({err}); nothing was sent, "
+                      "retry the task") from err
 
 
 def _file_exists(entry: dict[str, Any] | None) -> bool:

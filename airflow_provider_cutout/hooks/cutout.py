@@ -192,7 +192,8 @@ class CutoutHook(BaseHook):
         """
         urls, known = list(dict.fromkeys(urls)), known or {}
         todo = [url for url in urls if url not in self._inspected or (self._inspected[url].unchanged and not known)]
-        listed = listed_etags([url for url in todo if known.get(url) and is_object_store_uri(url)])
+        listed = listed_etags([url for url in todo if known.get(url) and is_object_store_uri(url)],
+                              concurrency=concurrency)
         unchanged = {url for url, etag in listed.items() if etag == known[url]}
         for url in unchanged:
             self._inspected[url] = SourceInfo(url, NOT_MODIFIED, version=known[url], unchanged=True)

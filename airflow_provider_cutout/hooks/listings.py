@@ -1,40 +1,59 @@
 """Versions of object-store sources from listings: the ETag of every object in a folder comes with one
-request per page of the listing (1,000 objects on S3), instead of one request per object."""
+request per page of the listing (1,000 objects on S3), instead of one request per object, for folders that
+hold many of a catalog's sources."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
 
-def listed_etags(uris: Iterable[str]) -> dict[str, str]:
+#: A folder is listed only when at least this many sources are in it: a listing reads the whole folder (one
+#: request per 1,000 objects on S3), so a few photos among many other objects are asked one by one instead.
+LISTING_MIN_SOURCES = 100
+
+
+def listed_etags(uris: Iterable[str], *, concurrency: int = 8) -> dict[str, str]:
     """The ETag of each object-store URI (``s3://conn_id@bucket/folder/photo.jpg``) that a listing of its folder
-    shows; a URI whose folder cannot be listed, or that is not in it, is left out (its source is then read).
+    shows, for folders that hold at least ``LISTING_MIN_SOURCES`` of them (``concurrency`` listed at a time); a
+    URI whose folder is not listed, cannot be listed, or does not show it is left out (its source is read).
 
-    :param uris: object-store URIs; each distinct folder is listed once.
+    :param uris: object-store URIs.
     """
-    from airflow.sdk import ObjectStoragePath
-
     folders: dict[str, list[str]] = {}
     for uri in uris:
-        folder, _, _ = uri.rpartition("/")
-        folders.setdefault(folder, []).append(uri)
+        folders.setdefault(uri.rpartition("/")[0], []).append(uri)
+    listed = [folder for folder, members in folders.items() if len(members) >= LISTING_MIN_SOURCES]
     found: dict[str, str] = {}
-    for folder, members in folders.items():
-        path = ObjectStoragePath(folder + "/")
-        try:
-            path.fs.invalidate_cache(path.path)  # an earlier listing in this process may be stale
-            listing = path.fs.ls(path.path, detail=True)
-        except (OSError, ValueError, NotImplementedError) as err:
-            log.info("Cutout sources: %s could not be listed (%s: %s); its sources are read one by one",
-                     folder.split("@")[-1], type(err).__name__, err)
-            continue
-        etags = {str(entry.get("name", "")).rstrip("/").rpartition("/")[2]: entry.get("ETag") or entry.get("etag")
-                 for entry in listing if isinstance(entry, dict) and entry.get("type") == "file"}
-        for uri in members:
-            etag = etags.get(uri.rpartition("/")[2])
-            if isinstance(etag, str) and etag:
-                found[uri] = etag
+    if not listed:
+        return found
+    with ThreadPoolExecutor(max(1, min(concurrency, len(listed))), thread_name_prefix="cutout-listing") as pool:
+        for folder, etags in zip(listed, pool.map(_folder_etags, listed), strict=True):
+            for uri in folders[folder]:
+                etag = etags.get(uri.rpartition("/")[2])
+                if etag:
+                    found[uri] = etag
     return found
+
+
+def _folder_etags(folder: str) -> dict[str, str]:
+    """The ETag of each object in ``folder`` by its name; empty when it cannot be listed."""
+    from airflow.sdk import ObjectStoragePath
+
+    path = ObjectStoragePath(folder + "/")
+    try:
+        path.fs.invalidate_cache(path.path)  # an earlier listing in this process may be stale
+        listing = path.fs.ls(path.path, detail=True)
+    except Exception as err:  # a listing only saves requests: whatever fails, the sources are read instead
+        log.info("Cutout sources: %s could not be listed (%s: %s); its sources are read one by one",
+                 folder.split("@")[-1], type(err).__name__, err)
+        return {}
+    etags = {}
+    for entry in listing:
+        etag = entry.get("ETag") or entry.get("etag") if isinstance(entry, dict) else None
+        if isinstance(etag, str) and etag and entry.get("type") == "file":
+            etags[str(entry.get("name", "")).rstrip("/").rpartition("/")[2]] = etag
+    return etags

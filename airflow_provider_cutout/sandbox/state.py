@@ -110,7 +110,7 @@ class SandboxState:
     faults: list[Fault] = field(default_factory=list)
     results: dict[str, tuple[bytes, float]] = field(default_factory=dict)
     photo_versions: dict[str, int] = field(default_factory=dict)  # "mug.png?w=40&h=30" -> version (1 by default)
-    source_reads: dict[int, int] = field(default_factory=dict)  # answers to sample reads by status: 200, 206, 304
+    source_reads: dict[str, int] = field(default_factory=dict)  # answers to sample reads: "200", "206", "304", "HEAD"
     next_id: int = 789_000_000_000_001
 
     def __post_init__(self) -> None:
@@ -151,10 +151,10 @@ class SandboxState:
         with self.lock:
             self.calls.append({"seq": len(self.calls) + 1, "path": path, "outcome": outcome, **details})
 
-    def count_source_read(self, status: int) -> None:
-        """Count an answer to a sample read (the request log of the source checks)."""
+    def count_source_read(self, answer: str) -> None:
+        """Count an answer to a sample read by its status, or ``HEAD`` (the request log of the source checks)."""
         with self.lock:
-            self.source_reads[status] = self.source_reads.get(status, 0) + 1
+            self.source_reads[answer] = self.source_reads.get(answer, 0) + 1
 
     def charge(self, credits: int) -> bool:
         """Take ``credits`` from the balance; ``False`` when it is short."""
@@ -192,7 +192,7 @@ class SandboxState:
         with self.lock:
             calls = [dict(c) for c in self.calls]
             balance = self.balance
-            reads = {str(status): n for status, n in sorted(self.source_reads.items())}
+            reads = dict(sorted(self.source_reads.items()))
         per_fp: dict[str, dict[str, int]] = {}
         for call in calls:
             fp = call.get("fingerprint")
