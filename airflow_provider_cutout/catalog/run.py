@@ -173,6 +173,7 @@ class BatchRun:
                     self.seconds_sending = time.monotonic() - started
                     self.settle_held()
                     self.store_followers()
+                    self._report_progress()  # the run's last progress line, also when nothing was to do
                     self.manifest.close()  # every record written while the heartbeat still says "alive"
                 finally:
                     self.claims.close()
@@ -364,17 +365,16 @@ class BatchRun:
                     return
                 job[0](*job[1:])
 
-        started = self.started = self.started or time.monotonic()  # rates over the run's work so far
+        self.started = self.started or time.monotonic()  # rates over the run's work so far
         with ThreadPoolExecutor(self.config.max_concurrency, thread_name_prefix="cutout-batch") as pool:
             workers = [pool.submit(worker) for _ in range(self.config.max_concurrency)]
             try:
-                self._watch(workers, started)
+                self._watch(workers)
             except BaseException:  # execution_timeout's AirflowTaskTimeout lands here, in the main thread
                 self.kill()
                 raise
-        self._report_progress(time.monotonic() - started)
 
-    def _watch(self, workers: list[Any], started: float) -> None:
+    def _watch(self, workers: list[Any]) -> None:
         """Report progress until the workers are done; raise the first bug a worker met."""
         while True:
             done, running = wait(workers, timeout=self.config.progress_interval, return_when=FIRST_EXCEPTION)
@@ -383,7 +383,7 @@ class BatchRun:
                 next(future for future in done if future.exception()).result()
             if not running:
                 return
-            self._report_progress(time.monotonic() - started)
+            self._report_progress()
 
     def kill(self) -> None:
         """Stop spending now (``on_kill``: SIGTERM, ``execution_timeout``, a task marked failed): no new edit
@@ -717,8 +717,8 @@ class BatchRun:
                 "redoes the failed items."
             )
 
-    def _report_progress(self, elapsed: float) -> None:
-        progress = self.progress
+    def _report_progress(self) -> None:
+        progress, elapsed = self.progress, time.monotonic() - self.started if self.started else 0.0
         with progress.lock:
             worked = progress.edited + progress.recovered + progress.failed
             done, total = progress.done, progress.total
