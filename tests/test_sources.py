@@ -208,6 +208,24 @@ def test_items_stored_before_versions_are_adopted_once_then_changes_count(sandbo
     assert (changed["edited"], changed["skipped"]) == (1, 4) and sandbox.ledger()["charges"] == 6
 
 
+def test_items_adopted_from_a_manifest_without_digests_stay_stored_on_later_runs(sandbox, airflow_db, tmp_path):
+    """Entries written before digests were recorded (0.1), adopted once: the record that marks the old entry
+    adopted is newer than the adopted one, and must not make its file look overwritten on the next runs."""
+    import json
+
+    from tests.dags.batch_dags import batch, unchecked
+
+    assert summary_of(unchecked.test(run_conf=conf(tmp_path, 4)))["edited"] == 4
+    for log_file in (tmp_path / "_cutout" / "manifest").glob("*.jsonl"):  # as an older release wrote them
+        entries = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
+        log_file.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "sha256"}) + "\n"
+                                    for e in entries))
+    for _ in range(2):
+        run = summary_of(batch.test(run_conf=conf(tmp_path, 4)))
+        assert (run["skipped"], run["restored"], run["edited"]) == (4, 0, 0), run
+    assert sandbox.ledger()["charges"] == 4
+
+
 def test_the_single_edit_operator_edits_again_when_its_photo_changed(sandbox, airflow_db, tmp_path):
     from tests.conftest import xcoms
     from tests.dags.operator_dags import stored_edit

@@ -224,6 +224,8 @@ class BatchRun:
         newest: dict[str, float] = {}
         for entry in self.manifest.entries.values():
             path, when = entry.get("stored_path"), float(entry.get("updated_at") or 0)
+            if entry.get("adopted_by"):  # recorded again when adopted (state.versions), not written again
+                continue
             if path and entry.get("status") == STORED and when > newest.get(path, -1.0):
                 newest[path] = when
         return newest
