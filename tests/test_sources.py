@@ -317,3 +317,39 @@ def test_a_signed_source_url_never_reaches_urllib3s_debug_lines(sandbox, caplog)
     pool_lines = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")]
     assert any("/samples/mug.png" in line for line in pool_lines)  # the request was logged, without its query
     assert not any("0123456789abcdef" in line or "AKIA" in line for line in pool_lines)
+
+
+def test_a_stored_file_is_judged_by_when_each_edit_wrote_it_not_by_records(sandbox, airflow_db, tmp_path):
+    """Which edit an item's file holds follows the writes, not later records of them: an adoption recorded by
+    a run that then failed (over max_credits) is not a write, a restore of an adopted entry is, and the
+    output folder addressed as a file:// URI is the same folder."""
+    from tests.dags.batch_dags import batch, templated, unchecked
+
+    assert summary_of(unchecked.test(run_conf=conf(tmp_path, 3)))["edited"] == 3  # grayscale, unversioned
+    (stored,) = tmp_path.glob("item-1.*")
+    gray = stored.read_bytes()
+    assert summary_of(unchecked.test(run_conf={**conf(tmp_path, 3), "changed": "item-1"}))["edited"] == 1
+    assert stored.read_bytes() != gray  # invert overwrote it
+    failed = templated.test(run_conf={**conf(tmp_path, 3), "max_credits": 1, "max_failures": 0})
+    assert states(failed)["batch"][-1][0] == "failed"  # it adopted the gray entries, then stopped
+    back = summary_of(batch.test(run_conf={**conf(tmp_path, 3), "out": f"file://{tmp_path}"}))
+    assert (back["skipped"], back["restored"]) == (2, 1) and stored.read_bytes() == gray
+    assert sandbox.ledger()["charges"] == 4  # restored from its result URL: free
+
+
+def test_a_moved_output_folder_keeps_its_items_and_its_checks(sandbox, airflow_db, tmp_path):
+    """An output folder moved with its manifest: a photo changed back is judged by the file in the folder as it
+    is now (the recorded paths name the old place), restored, and nothing is paid again."""
+    from tests.dags.batch_dags import batch
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    assert summary_of(batch.test(run_conf=conf(old, 3)))["edited"] == 3
+    (stored,) = old.glob("item-1.*")
+    original = stored.read_bytes()
+    change_photo(sandbox, "sneaker.png", 41, 30)
+    assert summary_of(batch.test(run_conf=conf(old, 3)))["edited"] == 1
+    old.rename(new)
+    change_photo(sandbox, "sneaker.png", 41, 30, version=1)
+    back = summary_of(batch.test(run_conf=conf(new, 3)))
+    assert (back["skipped"], back["restored"]) == (2, 1) and (new / stored.name).read_bytes() == original
+    assert charges_per_edit(sandbox) == [1, 1, 2]

@@ -198,7 +198,7 @@ class BatchRun:
         for item in self.planned:
             entry = self._entry_for(item)
             stored = str(entry.get("stored_path") or "") if entry else ""
-            present = stored.rsplit("/", 1)[-1] in names and _holds(entry, newest)
+            present = stored.rsplit("/", 1)[-1] in names and self._holds(entry, newest)
             action = classify(entry, file_present=present, resend_in_doubt=self.config.resends(item.key))
             if action == SKIP:
                 self.progress.skipped += 1
@@ -223,12 +223,27 @@ class BatchRun:
         prompt) overwrites its file, so only the newest entry stored at a path is sure to be what it holds."""
         newest: dict[str, float] = {}
         for entry in self.manifest.entries.values():
-            path, when = entry.get("stored_path"), float(entry.get("updated_at") or 0)
-            if entry.get("adopted_by"):  # recorded again when adopted (state.versions), not written again
-                continue
-            if path and entry.get("status") == STORED and when > newest.get(path, -1.0):
-                newest[path] = when
+            name, when = _file_name(entry), _written_at(entry)
+            if name and entry.get("status") == STORED and when > newest.get(name, -1.0):
+                newest[name] = when
         return newest
+
+    def _holds(self, entry: dict[str, Any] | None, newest: dict[str, float]) -> bool:
+        """Whether an entry's stored file (known to be in the folder) holds its edit: it does when the entry is
+        the newest written there; an older one (a photo changed, then changed back) only when the file's digest
+        is the one it recorded. Otherwise the item counts as missing its file, and is restored."""
+        if entry is None or entry.get("status") != STORED or _written_at(entry) >= newest.get(_file_name(entry), 0.0):
+            return True
+        if not entry.get("sha256"):
+            return False
+        path = self.folder / _file_name(entry)  # the folder as it is now (it may have moved since)
+        try:
+            return bool(file_sha256(str(path)) == entry["sha256"])
+        except FileNotFoundError:
+            return False
+        except OSError as err:  # undecided: restoring might pay again for a result that is there
+            raise OSError(f"could not read {path} to check which edit it holds ({err}); nothing was sent, "
+                          "retry the task") from err
 
     def _log_plan(self) -> None:
         self.log.info(
@@ -487,8 +502,9 @@ class BatchRun:
             return self._store(item, {**entry, "copy_of": None})  # that file is gone or changed: fetch the URL
         except CutoutError as err:
             return err
-        self.manifest.record({**{k: v for k, v in entry.items() if k != "copy_of"}, "status": STORED,
-                              "stored_path": path, "sha256": digest.hexdigest(), "error": None})
+        self.manifest.record({**{k: v for k, v in entry.items() if k not in ("copy_of", "adopted_by")},
+                              "status": STORED, "stored_path": path, "sha256": digest.hexdigest(), "error": None,
+                              "written_at": time.time()})
         return None
 
     def restore(self, item: PlannedEdit, entry: dict[str, Any]) -> None:
@@ -749,22 +765,14 @@ class BatchRun:
                 "source_versions": list(req.source_versions)}
 
 
-def _holds(entry: dict[str, Any] | None, newest: dict[str, float]) -> bool:
-    """Whether an entry's stored file (known to be there) holds its edit: it does when the entry is the newest
-    stored at that path; an older one (a photo changed, then changed back) only when the file's digest is the one
-    recorded. Otherwise the item counts as missing its file, and is restored."""
-    if entry is None or entry.get("status") != STORED:
-        return True
-    path = str(entry.get("stored_path") or "")
-    if float(entry.get("updated_at") or 0) >= newest.get(path, 0.0):
-        return True
-    if not entry.get("sha256"):
-        return False
-    try:
-        return bool(file_sha256(path) == entry["sha256"])
-    except OSError as err:  # undecided: restoring might pay again for a result that is there
-        raise OSError(f"could not read {path} to check which edit it holds ({err}); nothing was sent, "
-                      "retry the task") from err
+def _file_name(entry: dict[str, Any]) -> str:
+    """The name of an entry's stored file in its folder (however its path was spelled)."""
+    return str(entry.get("stored_path") or "").rstrip("/").rsplit("/", 1)[-1]
+
+
+def _written_at(entry: dict[str, Any]) -> float:
+    """When an entry's file was written (``written_at``; ``updated_at`` for entries from before it was kept)."""
+    return float(entry.get("written_at") or entry.get("updated_at") or 0)
 
 
 def _file_exists(entry: dict[str, Any] | None) -> bool:

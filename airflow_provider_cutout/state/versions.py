@@ -23,8 +23,9 @@ def adopt_unversioned(fingerprint: str, unversioned: str, versions: Sequence[str
     old = get(unversioned) if versions else None
     if old is None or old.get("adopted_by"):
         return None  # adopted once already: a new version now is a changed photo
+    written = old.get("written_at") or old.get("updated_at")  # recorded anew, the file is not written again
     adopted = {**{k: v for k, v in old.items() if k != "adopted_by"}, "fingerprint": fingerprint,
-               "source_versions": list(versions)}
+               "source_versions": list(versions), "written_at": written}
     put(fingerprint, adopted)
-    put(unversioned, {**old, "adopted_by": fingerprint})
+    put(unversioned, {**old, "adopted_by": fingerprint, "written_at": written})
     return adopted
