@@ -32,7 +32,7 @@ def inspect(transport: Transport, url: str, known: str = "") -> SourceInfo:
     """
     timeout_s = transport.settings.source_timeout
     timeout = (min(transport.settings.connect_timeout, timeout_s), timeout_s)
-    if "|" in known and not known.startswith(("sha256:", '"', 'W/"')):  # Last-Modified and size: no 304 for it
+    if _validator(known) == "modified":  # Last-Modified and size: asked by a HEAD, not by If-Modified-Since
         if _same_by_head(transport, url, known, timeout):
             return SourceInfo(url, NOT_MODIFIED, version=known, unchanged=True)
         known = ""
@@ -76,10 +76,18 @@ def _inspect_following(transport: Transport, url: str, headers: dict[str, str], 
         return SourceInfo(url, 0, error=source_error(err, timeout[1]))
 
 
+def _validator(known: str) -> str:
+    """What a recorded version (``_source_info``'s) is made of: ``etag``, ``modified`` (Last-Modified and size),
+    or ``""`` (a hash of the bytes read, or nothing recorded)."""
+    if known.startswith(('"', 'W/"')):
+        return "etag"
+    return "modified" if "|" in known and not known.startswith("sha256:") else ""
+
+
 def conditional_headers(known: str) -> dict[str, str]:
     """What asks a server whether a source changed since the version ``known`` was read: ``If-None-Match``
     for an ETag; nothing else (a hash of the bytes read: read again)."""
-    return {"If-None-Match": known} if known.startswith(('"', 'W/"')) else {}
+    return {"If-None-Match": known} if _validator(known) == "etag" else {}
 
 
 def _same_by_head(transport: Transport, url: str, known: str, timeout: tuple[float, float]) -> bool:

@@ -166,6 +166,12 @@ def sample_colours(name: str) -> tuple[tuple[int, int, int], tuple[int, int, int
     return (225 + d[0] % 30, 225 + d[1] % 30, 225 + d[2] % 30), (d[3] % 200, d[4] % 200, d[5] % 200)
 
 
+def is_sample_file(name: str) -> bool:
+    """Whether ``name`` (``sku-0007.png``) is a sample's file name: a sample name with ``.png`` or ``.jpg``."""
+    stem, _, ext = name.partition(".")
+    return bool(SAMPLE_NAME.fullmatch(stem)) and ext in ("png", "jpg")
+
+
 def photo_key(name: str, query: dict[str, list[str]]) -> str:
     """Which photo a sample URL shows: its file name and its ``w`` and ``h`` (what ``/__sandbox__/photos``
     replaces); other query parameters do not change it."""

@@ -411,7 +411,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         validators = {"ETag": f'"{hashlib.sha256(data).hexdigest()[:16]}"' if "etag" in kept else "",
                       "Last-Modified": formatdate(PHOTOS_MODIFIED + version * 86_400, usegmt=True)
                       if "modified" in kept else ""}
-        validators = {name: value for name, value in validators.items() if value}
+        validators = {header: value for header, value in validators.items() if value}
         if self.command == "HEAD":
             self.state.count_source_read("HEAD")
             self._send(200, data, content_type, validators)  # the body's length, no body
@@ -460,7 +460,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
 
     def _sample_bytes(self, name: str, query: dict[str, list[str]]) -> tuple[bytes, str]:
         stem, _, ext = name.partition(".")
-        if not edits.SAMPLE_NAME.fullmatch(stem) or ext not in ("png", "jpg"):
+        if not edits.is_sample_file(name):
             raise EnvelopeError(404, 404, f"No sample {name}: use a name of letters, digits, '-' and '_' with .png or "
                                 ".jpg; mug, sneaker, lamp, chair, bottle and watch are drawn as such, any other "
                                 "name gets a photo of its own")
@@ -543,8 +543,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
             raise EnvelopeError(400, 400, f"Bad sandbox request: {type(err).__name__} {err}; send "
                                 '{"name": "sku-0007.png"}, optionally with "w", "h" (which URL variant) and '
                                 '"version" (default: the next one)') from None
-        stem, _, ext = name.partition(".")
-        if not edits.SAMPLE_NAME.fullmatch(stem) or ext not in ("png", "jpg"):
+        if not edits.is_sample_file(name):
             raise EnvelopeError(400, 400, f"name={name!r} is not a sample's file name: give it as in the URL, with "
                                 "its extension, such as 'sku-0007.png' or 'mug.jpg'")
         key = edits.photo_key(name, size)
