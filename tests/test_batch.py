@@ -274,6 +274,48 @@ def test_items_that_share_an_edit_pay_once_and_each_get_their_own_file(sandbox, 
     assert sum(r["skipped"] for r in again) == 4 and sandbox.ledger()["charges"] == 2
 
 
+def test_a_chunk_reads_only_its_items_from_an_indexed_log_and_still_pays_once_for_a_shared_photo(
+        sandbox, airflow_db, tmp_path, monkeypatch):
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_cutout.state import manifest as manifest_module
+
+    out = ObjectStoragePath(f"{tmp_path}/")
+    others = manifest_module.Manifest(out, "earlier")  # the records of a large catalog edited before
+    for i in range(1200):
+        others.record({"fingerprint": f"fp-{i}", "key": f"other-{i}", "status": "stored", "credits": 4})
+    others.close()
+    items = [{"key": "green-s", "image_urls": [PHOTO]}, {"key": "blue", "image_urls": [OTHER]}]
+    catalog_chunks.test(run_conf={"out": str(tmp_path), "items": items, "size": 1})
+    assert charges_per_edit(sandbox) == [1, 1]
+    manifest_module.Manifest(out, "compactor").compact()  # now in one indexed snapshot of 1,202 records
+    (snapshot,) = (tmp_path / "_cutout" / "manifest").glob("*.jsonl")
+    whole, ranged = [], []
+    read_whole, read_ranges = manifest_module.Manifest._read_whole, manifest_module.read_ranges
+
+    def counted_whole(self, name):
+        whole.append(name)
+        return read_whole(self, name)
+
+    def counted_ranges(path, ranges):
+        ranged.extend(end - start for start, end in ranges)
+        return read_ranges(path, ranges)
+
+    monkeypatch.setattr(manifest_module.Manifest, "_read_whole", counted_whole)
+    monkeypatch.setattr(manifest_module, "read_ranges", counted_ranges)
+    # blue unchanged; green-m a new key with green-s's photo and prompt (in another chunk's records)
+    items = [{"key": "blue", "image_urls": [OTHER]}, {"key": "green-m", "image_urls": [PHOTO]}]
+    dr = catalog_chunks.test(run_conf={"out": str(tmp_path), "items": items, "size": 1})
+    runs = [run for _, run in sorted(xcoms(dr, "batch").items())]
+    assert [(r["skipped"], r["shared"], r["credits_spent"]) for r in runs] == [(1, 0, 0), (0, 1, 0)]
+    assert charges_per_edit(sandbox) == [1, 1]  # green-m stored from green-s's edit, not paid again
+    assert (tmp_path / "green-m.png").read_bytes() == (tmp_path / "green-s.png").read_bytes()
+    assert snapshot.name not in whole and 0 < sum(ranged) < snapshot.stat().st_size / 20  # their lines only
+    assert [Path(r["gallery"]).name for r in runs] == ["cutout-gallery-0.html", "cutout-gallery-1.html"]
+    page = (tmp_path / "cutout-gallery-1.html").read_text()
+    assert "green-m" in page and "blue" not in page and "other-1" not in page  # the chunk's own items
+
+
 def test_keys_that_read_alike_as_file_names_never_share_a_file(sandbox, airflow_db, tmp_path):
     items = [{"key": "A/1", "image_urls": [PHOTO]}, {"key": "A_1", "image_urls": [OTHER]}]
     dr = catalog_chunks.test(run_conf={"out": str(tmp_path), "items": items, "size": 1})  # one chunk each

@@ -276,3 +276,78 @@ def test_the_log_survives_a_store_that_fails_writes_and_logs_what_it_cannot_keep
     with pytest.raises(OSError, match="cannot write the manifest"):  # a result charged after the store gave up
         doomed.record(entry("3", "edited", image_url="https://cdn/3.png", request_id="req-3"), durable=True)
     assert "could not record item 'k-3'" in caplog.text and "req-3" in caplog.text
+
+
+def catalog_log(tmp_path, n=3000):
+    """A compacted log of ``n`` items, two of which (``item-a``, ``item-b``) share one edit, and ``item-5``
+    edited twice (an older photo, then a newer one)."""
+    writer = Manifest(folder(tmp_path), "w")
+    for i in range(n):
+        writer.record(entry(f"fp{i:05d}", key=f"item-{i}", stored_path=f"/out/item-{i}.png"))
+    writer.record(entry("fp-old-5", key="item-5", stored_path="/out/item-5.png"))
+    for key in ("item-a", "item-b"):
+        writer.record(entry("shared", key=key, stored_path=f"/out/{key}.png"))
+    writer.close(compact=False)
+    writer.compact()
+    return tmp_path / "_cutout" / "manifest"
+
+
+def test_a_reader_of_a_few_keys_reads_only_their_records_and_their_edits_siblings(tmp_path, monkeypatch):
+    log = catalog_log(tmp_path)
+    (snapshot,) = log.glob("*.jsonl")
+    assert (log / f"{snapshot.name}.idx").exists()
+    read: list[int] = []
+
+    def counted(path, ranges):
+        found = manifest_module.read_ranges.__wrapped__(path, ranges)
+        read.extend(len(chunk) for chunk in found)
+        return found
+
+    counted.__wrapped__ = manifest_module.read_ranges
+    monkeypatch.setattr(manifest_module, "read_ranges", counted)
+    full = Manifest(folder(tmp_path))
+    scoped = Manifest(folder(tmp_path), keys=["item-5", "item-a", "item-2999"])
+    assert sorted({key for _, key in scoped.entries}) == ["item-2999", "item-5", "item-a"]
+    assert len(scoped.entries) == 4  # item-5 has two edits
+    assert sum(read) < snapshot.stat().st_size / 500  # its lines, not the file
+    assert scoped.siblings("shared") == [full.get("shared", "item-a")]  # item-b's edit is not in scope yet
+    scoped.include(["shared", "fp00005"])
+    assert sorted(e["key"] for e in scoped.siblings("shared")) == ["item-a", "item-b"]
+    for fp, key in full.entries:
+        if key in ("item-5", "item-a", "item-2999") or fp == "shared":
+            assert scoped.get(fp, key) == full.get(fp, key)
+    newer = Manifest(folder(tmp_path), "newer")  # a small segment written later: read whole by a refresh
+    newer.record(entry("fp-new-5", key="item-5"), durable=True)
+    newer.close(compact=False)
+    scoped.refresh()
+    assert scoped.get("fp-new-5", "item-5") is not None
+
+
+def test_a_scoped_writer_compacts_every_record_not_only_its_share(tmp_path):
+    log = catalog_log(tmp_path)
+    writer = Manifest(folder(tmp_path), "chunk", keys=["item-7"])
+    assert len(writer.entries) == 1
+    writer.record(entry("fp-new-7", key="item-7"), durable=True)
+    writer.close(compact=False)
+    writer.compact()
+    (snapshot,) = log.glob("*.jsonl")
+    assert snapshot.name.startswith("chunk-snapshot-") and (log / f"{snapshot.name}.idx").exists()
+    assert sorted(p.name for p in log.iterdir()) == sorted([snapshot.name, f"{snapshot.name}.idx"])  # old index gone
+    assert len(Manifest(folder(tmp_path)).entries) == 3000 + 3 + 1  # nothing folded away unread
+
+
+@pytest.mark.parametrize("damage", ["shifted", "other file", "not json"])
+def test_an_index_that_does_not_describe_its_file_makes_the_reader_read_it_whole(tmp_path, caplog, damage):
+    log = catalog_log(tmp_path)
+    (snapshot,) = log.glob("*.jsonl")
+    index_path = log / f"{snapshot.name}.idx"
+    index = json.loads(index_path.read_text())
+    if damage == "shifted":  # each key pointing at its neighbour's line
+        index["keys"] = index["keys"][1:] + index["keys"][:1]
+    elif damage == "other file":
+        index["ends"] = [end + 1 for end in index["ends"]]
+    index_path.write_text("{" if damage == "not json" else json.dumps(index))
+    scoped = Manifest(folder(tmp_path), keys=["item-5"])
+    assert scoped.get("fp00005", "item-5") == Manifest(folder(tmp_path)).get("fp00005", "item-5")
+    assert scoped.get("fp-old-5", "item-5") is not None
+    assert "read whole" in caplog.text

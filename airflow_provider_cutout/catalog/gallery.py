@@ -111,13 +111,20 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def gallery_name(chunk: int | None = None) -> str:
+    """The gallery's file name: ``cutout-gallery.html`` for the folder, ``cutout-gallery-<map index>.html`` for one
+    chunk of a mapped task."""
+    return GALLERY_NAME if chunk is None else GALLERY_NAME.replace(".html", f"-{chunk}.html")
+
+
 def write_gallery(folder: Any, entries: Iterable[dict[str, Any]], *, run: dict[str, Any] | None = None,
-                  link_expiry: int | None = None, limit: int = DEFAULT_LIMIT) -> Any:
-    """Write ``cutout-gallery.html`` into ``folder`` whole, from every manifest entry; return its path.
+                  link_expiry: int | None = None, limit: int = DEFAULT_LIMIT, chunk: int | None = None) -> Any:
+    """Write the gallery into ``folder`` whole, from these manifest entries; return its path.
 
     :param link_expiry: on object storage, link results (and object-store sources) by signed URLs valid this
         many seconds (a browser cannot read ``s3://``); ``None`` links results relative to the page (copy or
         serve the folder) and shows no thumbnail for object-store sources.
+    :param chunk: the map index of a mapped task, whose entries are its chunk's (``gallery_name``).
     """
     from airflow.sdk import ObjectStoragePath
 
@@ -130,7 +137,8 @@ def write_gallery(folder: Any, entries: Iterable[dict[str, Any]], *, run: dict[s
         return str(ObjectStoragePath(url).sign(expiration=link_expiry)) if link_expiry is not None else None
 
     result_src = signed if link_expiry is not None and not is_local(folder) else None
-    page = folder / GALLERY_NAME
-    write_whole(page, render_gallery(entries, title=str(folder), run=run, result_src=result_src, source_src=source,
+    page = folder / gallery_name(chunk)
+    title = str(folder) if chunk is None else f"{folder} (chunk {chunk})"
+    write_whole(page, render_gallery(entries, title=title, run=run, result_src=result_src, source_src=source,
                                      limit=limit).encode("utf-8"))
     return page

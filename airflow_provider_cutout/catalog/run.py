@@ -42,7 +42,15 @@ from airflow_provider_cutout.exceptions import (
 )
 from airflow_provider_cutout.observability import metrics
 from airflow_provider_cutout.state.claims import Claims, Owner
-from airflow_provider_cutout.state.io import Digesting, copy_into, file_sha256, list_files, store_image
+from airflow_provider_cutout.state.io import (
+    Digesting,
+    copy_into,
+    existing,
+    file_sha256,
+    is_local,
+    list_names,
+    store_image,
+)
 from airflow_provider_cutout.state.manifest import EDITED, FAILED, IN_DOUBT, STORED, Manifest, precedence
 from airflow_provider_cutout.state.versions import adopt_unversioned
 from airflow_provider_cutout.texts import first_of
@@ -145,7 +153,10 @@ class BatchRun:
         self.followers: dict[str, list[PlannedEdit]] = {}  # by fingerprint: keys that wait for another's edit
         self.limiter = RateLimiter(config.requests_per_second)
         self.claims = Claims(folder, owner, config.heartbeat_timeout)
-        self.manifest = Manifest(folder, writer=owner.token)
+        # a mapped task (one chunk of a catalog) reads only its items' records from the log's indexed files
+        self.chunk = owner.map_index >= 0
+        keys = [item.key for item in planned] + [r.key for r in self.rejected if r.key is not None]
+        self.manifest = Manifest(folder, writer=owner.token, keys=keys if self.chunk else None)
         self.seconds_sending = 0.0
         self.started = 0.0  # when the run's first job started (monotonic)
         self.gallery: Any = None
@@ -193,10 +204,16 @@ class BatchRun:
                                                known=self.manifest.source_versions())
             for item, request in zip(self.planned, requests, strict=True):
                 item.request = request
-        names, newest = set(list_files(self.folder)), self._newest_stored()
+        self.manifest.include(item.fingerprint for item in self.planned)  # the items that share their edits
+        newest = self._newest_stored()
+        entries = [(item, self._entry_for(item)) for item in self.planned]
+        if self.chunk:  # a few files of what may be a large folder: looked up, not listed
+            names = existing(self.folder, {_file_name(e) for _, e in entries if e and e.get("stored_path")},
+                             self.config.max_concurrency)
+        else:
+            names = list_names(self.folder)
         leaders: set[str] = set()
-        for item in self.planned:
-            entry = self._entry_for(item)
+        for item, entry in entries:
             stored = str(entry.get("stored_path") or "") if entry else ""
             present = stored.rsplit("/", 1)[-1] in names and self._holds(entry, newest)
             action = classify(entry, file_present=present, resend_in_doubt=self.config.resends(item.key))
@@ -358,8 +375,10 @@ class BatchRun:
     def sweep_leftovers(self) -> None:
         """Delete what runs no longer alive left: temporary files of these items, heartbeat files."""
         self.claims.forget_dead_owners()
+        if self.chunk and not is_local(self.folder):
+            return  # no listing of a whole bucket folder per chunk; an unmapped run, or a local folder, sweeps
         stems = {file_stem(item.key) for item in self.planned}
-        for name in list_files(self.folder):
+        for name in list_names(self.folder):
             if not (name.startswith(".") and name.endswith(".part")):
                 continue
             stem, _, token = name[1:-5].rpartition(".")
@@ -660,8 +679,9 @@ class BatchRun:
     # -- reporting -------------------------------------------------------------------------------
 
     def write_gallery(self) -> None:
-        """Regenerate the folder's review gallery from the whole manifest; a failure to write it is logged,
-        never raised (the edits and the manifest are what count)."""
+        """Regenerate the folder's review gallery from the whole manifest (a mapped task: its chunk's gallery, from
+        its items' entries); a failure to write it is logged, never raised (the edits and the manifest are what
+        count)."""
         if not self.config.gallery:
             return
         progress = self.progress
@@ -669,8 +689,12 @@ class BatchRun:
                "in_doubt": progress.in_doubt, "credits_spent": progress.credits}
         try:
             self.manifest.refresh()
-            self.gallery = write_gallery(self.folder, list(self.manifest.entries.values()), run=run,
-                                         link_expiry=self.config.gallery_link_expiry)
+            entries = list(self.manifest.entries.values())
+            if self.chunk:
+                keys = {item.key for item in self.planned} | {r.key for r in self.rejected}
+                entries = [entry for entry in entries if entry.get("key") in keys]
+            self.gallery = write_gallery(self.folder, entries, run=run, link_expiry=self.config.gallery_link_expiry,
+                                         chunk=self.owner.map_index if self.chunk else None)
         except (OSError, ValueError, NotImplementedError) as err:
             self.log.warning("Cutout batch: the review gallery was not written (%s: %s)", type(err).__name__, err)
 

@@ -12,7 +12,8 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 #: The folder, inside an output folder, that holds the provider's own state (manifest, claims, records).
@@ -124,6 +125,28 @@ def write_whole(path: Any, data: bytes, *, exclusive: bool = False) -> None:
         partial.unlink()
 
 
+def list_names(folder: Any) -> set[str]:
+    """The names of the files in ``folder`` (a local folder without a stat per file)."""
+    if not is_local(folder):
+        return set(list_files(folder))
+    try:
+        return set(os.listdir(folder.path))
+    except FileNotFoundError:
+        return set()
+
+
+def existing(folder: Any, names: Iterable[str], concurrency: int) -> set[str]:
+    """Which of these file names are in ``folder``: a few files of a large folder are looked up one by one
+    (concurrently on object stores), not listed with all the others."""
+    names = set(names)
+    if is_local(folder):
+        return {name for name in names if os.path.exists(os.path.join(folder.path, name))}
+    folder.fs.invalidate_cache(folder.path)  # object stores cache listings: ask the store itself
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(names)))) as pool:
+        found = pool.map(lambda name: (folder / name).exists(), sorted(names))
+        return {name for name, present in zip(sorted(names), found, strict=True) if present}
+
+
 def list_files(folder: Any) -> dict[str, int]:
     """File names in ``folder`` and their sizes, as the store has them now (object stores cache listings)."""
     try:
@@ -131,3 +154,18 @@ def list_files(folder: Any) -> dict[str, int]:
     except FileNotFoundError:
         return {}
     return {info["name"].rstrip("/").rsplit("/", 1)[-1]: int(info.get("size") or 0) for info in found}
+
+
+def read_ranges(path: Any, ranges: list[tuple[int, int]]) -> list[bytes]:
+    """The bytes ``[start, end)`` of each range of the file ``path``: one open and a seek per range on a local
+    disk, concurrent ranged GETs on object stores (``fs.cat_ranges``)."""
+    if not ranges:
+        return []
+    if not is_local(path):
+        return list(path.fs.cat_ranges([path.path] * len(ranges), [s for s, _ in ranges], [e for _, e in ranges]))
+    found = []
+    with open(path.path, "rb") as source:
+        for start, end in ranges:
+            source.seek(start)
+            found.append(source.read(end - start))
+    return found

@@ -10,6 +10,11 @@ record stay constant whatever the size of the catalog. Readers read every file a
 entry per item key and fingerprint, so concurrent writers (chunks, overlapping runs) never overwrite each
 other, and items that share one edit (a photo, a prompt, a model) each keep their own entry.
 Older single-file manifests (``cutout-manifest*.json``) are still read.
+
+Files of ``INDEX_MIN_RECORDS`` records or more (snapshots, rollups) get an index beside them,
+``<name>.idx``: each record's item key, the start of its fingerprint and where its line ends. A reader
+given the item keys it needs (one chunk of a mapped catalog) reads only their lines, and those of the
+edits they share, from such a file: its cost follows its own items, not the catalog.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from airflow_provider_cutout.state.io import STATE_DIR, list_files, write_whole
+from airflow_provider_cutout.state.io import STATE_DIR, list_files, read_ranges, write_whole
 
 STORED, EDITED, FAILED, IN_DOUBT = "stored", "edited", "failed", "in_doubt"
 LEGACY_GLOB = "cutout-manifest*.json"
@@ -34,6 +39,11 @@ _RANK = {STORED: 3, EDITED: 2, IN_DOUBT: 1, FAILED: 0}
 #: The log is compacted when the files beside its largest one hold this share of its size: each
 #: record is then rewritten a bounded number of times, so bytes per record stay constant.
 COMPACT_RATIO = 0.25
+#: Log files with at least this many records get an index beside them.
+INDEX_MIN_RECORDS = 1000
+#: A reader with a scope reads a file through its index when it needs at most this share of the file's records.
+INDEX_MAX_SHARE = 0.25
+_INDEX_SUFFIX, _FP_DIGITS = ".idx", 16
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +109,49 @@ def parse_segment(name: str, text: str) -> tuple[list[dict[str, Any]], list[str]
     return entries, problems
 
 
+class _Index:
+    """Where the records of one log file are: the end of each line, its item key and its fingerprint's start."""
+
+    def __init__(self, data: Any, size: int) -> None:
+        ends, keys, fps = data["ends"], data["keys"], data["fingerprints"]
+        if data.get("format") != 1 or not len(ends) == len(keys) == len(fps) or (ends and ends[-1] != size):
+            raise ValueError("does not describe this file")
+        self.ends, self._keys, self._fingerprints = ends, keys, fps
+
+    @staticmethod
+    def of(entries: list[dict[str, Any]], lines: list[str]) -> bytes:
+        """The index of a file of these entries, written as these lines."""
+        ends, end = [], 0
+        for line in lines:
+            end += len(line.encode()) + 1
+            ends.append(end)
+        return json.dumps({"format": 1, "ends": ends, "keys": [e.get("key") for e in entries],
+                           "fingerprints": [e["fingerprint"][:_FP_DIGITS] for e in entries]},
+                          separators=(",", ":")).encode()
+
+    def lines(self, keys: set[Any], prefixes: set[str]) -> set[int]:
+        """The lines of the records of these item keys, and of the fingerprints that start with these prefixes
+        (one pass over each list: cheaper than a lookup table for the few keys a chunk asks for)."""
+        found = {line for line, key in enumerate(self._keys) if key in keys} if keys else set()
+        if prefixes:
+            found.update(line for line, fp in enumerate(self._fingerprints) if fp in prefixes)
+        return found
+
+    def ranges(self, lines: Iterable[int]) -> list[tuple[int, int]]:
+        """The byte ranges that hold these lines, neighbours merged."""
+        ranges: list[tuple[int, int]] = []
+        for line in sorted(lines):
+            start, end = self.ends[line - 1] if line else 0, self.ends[line]
+            if ranges and ranges[-1][1] == start:
+                ranges[-1] = (ranges[-1][0], end)
+            else:
+                ranges.append((start, end))
+        return ranges
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+
 def _legacy_entries(path: Any) -> list[dict[str, Any]]:
     try:
         data = json.loads(path.read_text())
@@ -117,10 +170,14 @@ class Manifest:
     :param writer: a name unique to this run's writer; ``None`` opens it read-only.
     :param clock: the wall clock stamped on records (``updated_at``; never what orders one edit's records).
     :param sleep: how to wait between write attempts (tests count the waits through it).
+    :param keys: the item keys this reader needs (``None``: all). Indexed files are then read only where they
+        hold these keys (and the edits added by ``include``); every other file is read whole. What is read is
+        always every record of each key and edit in scope, so ``get`` and ``siblings`` answer for them as an
+        unscoped reader would; ``entries`` holds them and whatever else was read.
     """
 
     def __init__(self, folder: Any, writer: str | None = None, *, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, keys: Iterable[Any] | None = None) -> None:
         self.path = folder / STATE_DIR / "manifest"
         self._clock, self._sleep = clock, sleep
         self.edits: dict[str, dict[Any, dict[str, Any]]] = {}  # fingerprint -> item key -> newest entry
@@ -128,6 +185,10 @@ class Manifest:
         self.bytes_written = 0
         self._read: set[str] = set()  # log files folded into ``entries``; all immutable
         self._broken: set[str] = set()  # kept in place for inspection, never compacted away
+        self._keys = None if keys is None else set(keys)  # the scope: None reads every record
+        self._fingerprints: set[str] = set()
+        self._partial: dict[str, tuple[_Index, set[int]]] = {}  # files read through their index: lines read
+        self._reading = threading.RLock()  # one reader of the log's files at a time (workers refresh too)
         self._writer_name = writer
         self._own: list[tuple[str, list[dict[str, Any]]]] = []  # this writer's segments since its last rollup
         self._rolled: list[str] = []  # this writer's rollups
@@ -180,27 +241,108 @@ class Manifest:
 
     def refresh(self) -> int:
         """Read the log files written since the last call; return how many there were."""
+        with self._reading:
+            return self._refresh()
+
+    def _refresh(self) -> int:
         for _ in range(10):
-            names = [n for n in list_files(self.path) if n.endswith(".jsonl") and n not in self._read]
+            files = {name: size for name, size in list_files(self.path).items()
+                     if name.endswith(".jsonl") and name not in self._read}
             vanished = False
-            for name in sorted(names):
+            for name in sorted(files):
                 try:
-                    text = (self.path / name).read_bytes().decode("utf-8", errors="replace")
+                    self._read_file(name, files[name])
                 except FileNotFoundError:  # compacted meanwhile: its snapshot shows up on the next listing
                     vanished = True
-                    continue
-                entries, problems = parse_segment(name, text)
-                if problems:
-                    self._broken.add(name)
-                    for problem in problems:
-                        log.warning("Cutout manifest: %s; the file's other records are kept. Inspect %s and "
-                                    "delete it once it is no longer needed.", problem, self.path / name)
-                    self.problems.extend(problems)
-                self._merge(entries)
-                self._read.add(name)
             if not vanished:
-                return len(names)
+                return len(files)
         raise OSError(f"the manifest log {self.path} keeps changing under this reader; try again")
+
+    def include(self, fingerprints: Iterable[str]) -> None:
+        """Add edits to this reader's scope: every record of them is read (the items that share them)."""
+        with self._reading:
+            if self._keys is None:
+                return
+            new = set(fingerprints) - self._fingerprints
+            self._fingerprints |= new
+            vanished = False
+            for name in list(self._partial):
+                try:
+                    self._read_lines(name, set(), new)
+                except FileNotFoundError:  # compacted meanwhile: the snapshot is read on the refresh below
+                    self._partial.pop(name, None)
+                    vanished = True
+            if vanished:
+                self.refresh()
+
+    def _widen(self) -> None:
+        """Read every record of the files read through their index (before folding them into a snapshot)."""
+        with self._reading:
+            self._keys = None
+            for name in list(self._partial):
+                del self._partial[name]
+                try:
+                    self._read_whole(name)
+                except FileNotFoundError:  # compacted meanwhile: its snapshot is read whole on the next refresh
+                    self._read.discard(name)
+            self.refresh()
+
+    def _read_file(self, name: str, size: int) -> None:
+        index = self._index(name, size) if self._keys is not None else None
+        if index is not None and self._keys is not None and len(self._keys) <= INDEX_MAX_SHARE * len(index):
+            self._partial[name] = (index, set())
+            try:
+                self._read_lines(name, self._keys, self._fingerprints)
+            except FileNotFoundError:
+                self._partial.pop(name, None)
+                raise
+        else:
+            self._read_whole(name)
+        self._read.add(name)
+
+    def _index(self, name: str, size: int) -> _Index | None:
+        """The index of a log file, if it has one that describes it (else the file is read whole)."""
+        if size < INDEX_MIN_RECORDS * 64:  # too small to have one: no request for it
+            return None
+        try:
+            return _Index(json.loads((self.path / (name + _INDEX_SUFFIX)).read_bytes()), size)
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as err:
+            log.warning("Cutout manifest: the index of %s is not usable (%s); the file is read whole",
+                        self.path / name, err)
+            return None
+
+    def _read_lines(self, name: str, keys: set[Any], fingerprints: set[str]) -> None:
+        """Read the records of these keys and fingerprints from an indexed file; should the lines its index names
+        not be those records, read the whole file."""
+        prefixes = {fp[:_FP_DIGITS] for fp in fingerprints}
+        index, done = self._partial[name]
+        lines = index.lines(keys, prefixes) - done
+        if not lines:
+            return
+        chunks = read_ranges(self.path / name, index.ranges(lines))
+        entries, problems = parse_segment(name, b"".join(chunks).decode("utf-8", errors="replace"))
+        if problems or len(entries) != len(lines) or any(
+                e.get("key") not in keys and e["fingerprint"][:_FP_DIGITS] not in prefixes for e in entries):
+            log.warning("Cutout manifest: %s does not match its index; it is read whole", self.path / name)
+            del self._partial[name]
+            self._read_whole(name)
+            return
+        self._merge(entries)
+        done.update(lines)
+
+    def _read_whole(self, name: str) -> None:
+        text = (self.path / name).read_bytes().decode("utf-8", errors="replace")
+        entries, problems = parse_segment(name, text)
+        if problems:
+            self._broken.add(name)
+            for problem in problems:
+                log.warning("Cutout manifest: %s; the file's other records are kept. Inspect %s and "
+                            "delete it once it is no longer needed.", problem, self.path / name)
+            self.problems.extend(problems)
+        self._merge(entries)
+        self._read.add(name)
 
     def _merge(self, entries: list[dict[str, Any]]) -> None:
         with self._cond:
@@ -249,12 +391,12 @@ class Manifest:
 
     def compact(self) -> None:
         """Fold every log file read so far, and this writer's own, into one snapshot; delete them."""
-        self.refresh()
-        lines = [json.dumps(e, separators=(",", ":")) for e in self.entries.values()]
+        self._widen()
         folded = (self._read - self._broken) | {name for name, _ in self._own} | set(self._rolled)
-        self._write(f"{self._writer_name or uuid.uuid4().hex}-snapshot-{time.time_ns()}.jsonl", lines)
+        self._write(f"{self._writer_name or uuid.uuid4().hex}-snapshot-{time.time_ns()}.jsonl",
+                    list(self.entries.values()))
         for name in folded:
-            (self.path / name).unlink(missing_ok=True)
+            self._delete(name)
         self._read -= folded
         self._own, self._rolled = [], []
 
@@ -262,11 +404,22 @@ class Manifest:
         if self._error is not None:
             raise OSError(f"cannot write the manifest {self.path}: {self._error}") from self._error
 
-    def _write(self, name: str, lines: list[str]) -> None:
+    def _write(self, name: str, entries: list[dict[str, Any]]) -> None:
+        """Write one log file whole (its index first, when it gets one: a reader that lists the file finds it)."""
+        lines = [json.dumps(e, separators=(",", ":")) for e in entries]
         data = ("\n".join(lines) + "\n").encode()
+        if len(lines) >= INDEX_MIN_RECORDS:
+            index = _Index.of(entries, lines)
+            write_whole(self.path / (name + _INDEX_SUFFIX), index)
+            self.bytes_written += len(index)
         write_whole(self.path / name, data)
         self.bytes_written += len(data)
         self._read.add(name)
+
+    def _delete(self, name: str) -> None:
+        """Delete a log file folded into another, then its index (a reader that listed it reads it whole)."""
+        (self.path / name).unlink(missing_ok=True)
+        (self.path / (name + _INDEX_SUFFIX)).unlink(missing_ok=True)
 
     def _write_loop(self) -> None:
         while True:
@@ -304,7 +457,7 @@ class Manifest:
     def _append(self, records: list[dict[str, Any]]) -> None:
         self._seq += 1
         name = f"{self._writer_name}-{self._seq:08d}.jsonl"
-        self._write(name, [json.dumps(e, separators=(",", ":")) for e in records])
+        self._write(name, records)
         self._own.append((name, records))
         if len(self._own) >= ROLLUP_SEGMENTS:
             self._rollup()
@@ -314,10 +467,10 @@ class Manifest:
         segments, self._own = self._own, []
         last = {(e["fingerprint"], e.get("key")): e for _, records in segments for e in records}
         name = f"{self._writer_name}-rollup-{self._seq:08d}.jsonl"
-        self._write(name, [json.dumps(e, separators=(",", ":")) for e in last.values()])
+        self._write(name, list(last.values()))
         self._rolled.append(name)
         for old, _ in segments:
-            (self.path / old).unlink(missing_ok=True)
+            self._delete(old)
             self._read.discard(old)
 
 
