@@ -351,3 +351,22 @@ def test_an_index_that_does_not_describe_its_file_makes_the_reader_read_it_whole
     assert scoped.get("fp00005", "item-5") == Manifest(folder(tmp_path)).get("fp00005", "item-5")
     assert scoped.get("fp-old-5", "item-5") is not None
     assert "read whole" in caplog.text
+
+
+def test_a_large_file_without_an_index_is_indexed_by_the_first_chunk_that_reads_it(tmp_path):
+    log = catalog_log(tmp_path)
+    (snapshot,) = log.glob("*.jsonl")
+    index = log / f"{snapshot.name}.idx"
+    written = index.read_bytes()
+    index.unlink()  # a log of 0.2, or a writer that died between the two files
+    reader = Manifest(folder(tmp_path), keys=["item-5"])  # a read-only reader writes nothing
+    assert not index.exists() and len(reader.entries) > 3000
+    first = Manifest(folder(tmp_path), "chunk-0", keys=["item-5"])
+    assert len(first.entries) > 3000 and index.read_bytes() == written  # read whole, indexed for the next
+    second = Manifest(folder(tmp_path), "chunk-1", keys=["item-6"])
+    assert len(second.entries) == 1
+    (log / "gone-snapshot-1.jsonl.idx").write_bytes(written)  # an index whose file was compacted away
+    second.record(entry("fp-new-6", key="item-6"), durable=True)
+    second.close(compact=False)
+    second.compact()
+    assert sorted(p.suffix for p in log.iterdir()) == [".idx", ".jsonl"]

@@ -44,6 +44,7 @@ INDEX_MIN_RECORDS = 1000
 #: A reader with a scope reads a file through its index when it needs at most this share of the file's records.
 INDEX_MAX_SHARE = 0.25
 _INDEX_SUFFIX, _FP_DIGITS = ".idx", 16
+_INDEXED_BYTES = INDEX_MIN_RECORDS * 64  # smaller files have fewer records than an index needs
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +120,15 @@ class _Index:
         self.ends, self._keys, self._fingerprints = ends, keys, fps
 
     @staticmethod
-    def of(entries: list[dict[str, Any]], lines: list[str]) -> bytes:
-        """The index of a file of these entries, written as these lines."""
-        ends, end = [], 0
-        for line in lines:
-            end += len(line.encode()) + 1
-            ends.append(end)
+    def of(entries: list[dict[str, Any]], data: bytes) -> bytes | None:
+        """The index of a file holding ``data``, one line per entry (``None`` when its lines are not exactly
+        those entries: a blank or broken line)."""
+        ends, end = [], data.find(b"\n")
+        while end != -1:
+            ends.append(end + 1)
+            end = data.find(b"\n", end + 1)
+        if len(ends) != len(entries) or ends[-1:] != [len(data)]:
+            return None
         return json.dumps({"format": 1, "ends": ends, "keys": [e.get("key") for e in entries],
                            "fingerprints": [e["fingerprint"][:_FP_DIGITS] for e in entries]},
                           separators=(",", ":")).encode()
@@ -296,13 +300,14 @@ class Manifest:
             except FileNotFoundError:
                 self._partial.pop(name, None)
                 raise
-        else:
-            self._read_whole(name)
+        else:  # a scoped writer indexes a large file that has no index (written by 0.2) for the chunks after it
+            self._read_whole(name, index=index is None and self._keys is not None and self._writer_name is not None
+                             and size >= _INDEXED_BYTES)
         self._read.add(name)
 
     def _index(self, name: str, size: int) -> _Index | None:
         """The index of a log file, if it has one that describes it (else the file is read whole)."""
-        if size < INDEX_MIN_RECORDS * 64:  # too small to have one: no request for it
+        if size < _INDEXED_BYTES:  # too small to have one: no request for it
             return None
         try:
             return _Index(json.loads((self.path / (name + _INDEX_SUFFIX)).read_bytes()), size)
@@ -332,9 +337,16 @@ class Manifest:
         self._merge(entries)
         done.update(lines)
 
-    def _read_whole(self, name: str) -> None:
-        text = (self.path / name).read_bytes().decode("utf-8", errors="replace")
-        entries, problems = parse_segment(name, text)
+    def _read_whole(self, name: str, *, index: bool = False) -> None:
+        """Read a log file whole; with ``index``, write its index beside it when it has none."""
+        data = (self.path / name).read_bytes()
+        entries, problems = parse_segment(name, data.decode("utf-8", errors="replace"))
+        found = _Index.of(entries, data) if index and not problems and len(entries) >= INDEX_MIN_RECORDS else None
+        if found is not None:
+            try:
+                write_whole(self.path / (name + _INDEX_SUFFIX), found)
+            except OSError as err:  # only slower: the next reader reads it whole too
+                log.warning("Cutout manifest: could not write the index of %s (%s)", self.path / name, err)
         if problems:
             self._broken.add(name)
             for problem in problems:
@@ -398,6 +410,10 @@ class Manifest:
         for name in folded:
             self._delete(name)
         self._read -= folded
+        listed = list_files(self.path)
+        for name in listed:  # indexes of files gone (a writer that died between the two, or lost a race)
+            if name.endswith(".jsonl" + _INDEX_SUFFIX) and name[: -len(_INDEX_SUFFIX)] not in listed:
+                (self.path / name).unlink(missing_ok=True)  # a file written after it is indexed again when read
         self._own, self._rolled = [], []
 
     def _check(self) -> None:
@@ -408,8 +424,8 @@ class Manifest:
         """Write one log file whole (its index first, when it gets one: a reader that lists the file finds it)."""
         lines = [json.dumps(e, separators=(",", ":")) for e in entries]
         data = ("\n".join(lines) + "\n").encode()
-        if len(lines) >= INDEX_MIN_RECORDS:
-            index = _Index.of(entries, lines)
+        index = _Index.of(entries, data) if len(lines) >= INDEX_MIN_RECORDS else None
+        if index is not None:
             write_whole(self.path / (name + _INDEX_SUFFIX), index)
             self.bytes_written += len(index)
         write_whole(self.path / name, data)
