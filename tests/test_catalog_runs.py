@@ -304,3 +304,34 @@ def test_a_rerun_of_unchanged_s3_sources_lists_their_folder_and_reads_no_object(
         assert sandbox.ledger()["charges"] == n + 1 and charges_per_edit(sandbox) == [1] * (n + 1)
     finally:
         sandbox.server.state.config.latency_only = False
+
+
+def test_a_chunk_on_s3_reads_its_records_by_ranges_and_looks_up_its_files(s3, tmp_path):
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_cutout.state.io import existing
+    from airflow_provider_cutout.state.manifest import Manifest
+
+    out = ObjectStoragePath(f"s3://aws_default@catalog/runs/{tmp_path.name}/")
+    writer = Manifest(out, "earlier")
+    for i in range(1500):
+        writer.record({"fingerprint": f"fp-{i:05d}", "key": f"item-{i}", "status": "stored", "credits": 4,
+                       "stored_path": str(out / f"item-{i}.png")})
+    writer.record({"fingerprint": "fp-00007", "key": "item-b", "status": "stored"})  # item-7's edit, shared
+    writer.close(compact=False)
+    writer.compact()
+    (snapshot,) = [k for k in s3.keys(f"runs/{tmp_path.name}/_cutout/manifest/") if k.endswith(".jsonl")]
+    chunk: list[Manifest] = []
+    calls = s3.requests_during(lambda: chunk.append(Manifest(out, "chunk", keys=["item-7", "item-9"])))
+    assert sorted(key for _, key in chunk[0].entries) == ["item-7", "item-9"]
+    gets = [path for method, path in calls if method == "GET" and path.startswith("catalog/" + snapshot)]
+    assert gets == [f"catalog/{snapshot}.idx", f"catalog/{snapshot}", f"catalog/{snapshot}"]  # a ranged GET a line
+    chunk[0].include(["fp-00007"])
+    assert sorted(e["key"] for e in chunk[0].siblings("fp-00007")) == ["item-7", "item-b"]
+    whole = Manifest(out)
+    assert all(chunk[0].get(fp, key) == whole.get(fp, key) for fp, key in chunk[0].entries)
+
+    (out / "item-7.png").write_bytes(b"png")
+    assert existing(out, ["item-7.png"], 4) == {"item-7.png"}  # the listing is now cached by s3fs
+    (out / "item-9.png").write_bytes(b"png")  # written by another worker since
+    assert existing(out, ["item-7.png", "item-9.png", "item-8.png"], 4) == {"item-7.png", "item-9.png"}
