@@ -7,8 +7,11 @@ import os
 import subprocess
 import sys
 
+import fsspec
 import pytest
 from airflow.sdk import ObjectStoragePath
+from fsspec.implementations.memory import MemoryFileSystem
+from upath import UPath
 
 from airflow_provider_cutout.catalog.plan import classify
 from airflow_provider_cutout.exceptions import CatalogStateError
@@ -278,10 +281,10 @@ def test_the_log_survives_a_store_that_fails_writes_and_logs_what_it_cannot_keep
     assert "could not record item 'k-3'" in caplog.text and "req-3" in caplog.text
 
 
-def catalog_log(tmp_path, n=3000):
-    """A compacted log of ``n`` items, two of which (``item-a``, ``item-b``) share one edit, and ``item-5``
-    edited twice (an older photo, then a newer one)."""
-    writer = Manifest(folder(tmp_path), "w")
+def catalog_log(out, n=3000):
+    """A compacted log of ``n`` items in the folder ``out`` (a local path or a ``UPath``), two of which (``item-a``,
+    ``item-b``) share one edit, and ``item-5`` edited twice (an older photo, then a newer one)."""
+    writer = Manifest(out if isinstance(out, UPath) else folder(out), "w")
     for i in range(n):
         writer.record(entry(f"fp{i:05d}", key=f"item-{i}", stored_path=f"/out/item-{i}.png"))
     writer.record(entry("fp-old-5", key="item-5", stored_path="/out/item-5.png"))
@@ -289,7 +292,7 @@ def catalog_log(tmp_path, n=3000):
         writer.record(entry("shared", key=key, stored_path=f"/out/{key}.png"))
     writer.close(compact=False)
     writer.compact()
-    return tmp_path / "_cutout" / "manifest"
+    return out / "_cutout" / "manifest"
 
 
 def test_a_reader_of_a_few_keys_reads_only_their_records_and_their_edits_siblings(tmp_path, monkeypatch):
@@ -336,7 +339,7 @@ def test_a_scoped_writer_compacts_every_record_not_only_its_share(tmp_path):
     assert len(Manifest(folder(tmp_path)).entries) == 3000 + 3 + 1  # nothing folded away unread
 
 
-@pytest.mark.parametrize("damage", ["shifted", "other file", "not json"])
+@pytest.mark.parametrize("damage", ["shifted", "other file", "unordered", "not json"])
 def test_an_index_that_does_not_describe_its_file_makes_the_reader_read_it_whole(tmp_path, caplog, damage):
     log = catalog_log(tmp_path)
     (snapshot,) = log.glob("*.jsonl")
@@ -346,6 +349,8 @@ def test_an_index_that_does_not_describe_its_file_makes_the_reader_read_it_whole
         index["keys"] = index["keys"][1:] + index["keys"][:1]
     elif damage == "other file":
         index["ends"] = [end + 1 for end in index["ends"]]
+    elif damage == "unordered":
+        index["ends"][:2] = [index["ends"][1], index["ends"][0]]
     index_path.write_text("{" if damage == "not json" else json.dumps(index))
     scoped = Manifest(folder(tmp_path), keys=["item-5"])
     assert scoped.get("fp00005", "item-5") == Manifest(folder(tmp_path)).get("fp00005", "item-5")
@@ -370,3 +375,59 @@ def test_a_large_file_without_an_index_is_indexed_by_the_first_chunk_that_reads_
     second.close(compact=False)
     second.compact()
     assert sorted(p.suffix for p in log.iterdir()) == [".idx", ".jsonl"]
+
+
+class Bucket(MemoryFileSystem):  # an object store: not local, so ranged reads go through fs.cat_ranges
+    protocol = "bucket"
+
+
+fsspec.register_implementation("bucket", Bucket, clobber=True)
+
+
+def test_on_an_object_store_a_snapshot_compacted_away_under_a_chunk_is_read_again(tmp_path, monkeypatch):
+    out = UPath(f"bucket://b/{tmp_path.name}-1/")
+    catalog_log(out)
+    chunk = Manifest(out, "chunk", keys=["item-a"])
+    assert len(chunk.siblings("shared")) == 1
+    other = Manifest(out, "other-chunk")  # another chunk ends and compacts while this one checks its sources
+    other.record(entry("fp-x", key="item-x"), durable=True)
+    other.close(compact=False)
+    other.compact()
+    chunk.include(["shared"])  # the snapshot it read from is gone: the new one is read
+    assert sorted(e["key"] for e in chunk.siblings("shared")) == ["item-a", "item-b"]
+
+    out = UPath(f"bucket://b/{tmp_path.name}-2/")
+    catalog_log(out)
+    read_ranges, compacted = manifest_module.read_ranges, []
+
+    def compacted_meanwhile(path, ranges):  # right after this reader listed the log and read the index
+        if not compacted:
+            compacted.append(Manifest(out, "other").compact())
+        return read_ranges(path, ranges)
+
+    monkeypatch.setattr(manifest_module, "read_ranges", compacted_meanwhile)
+    assert Manifest(out, "chunk", keys=["item-7"]).get("fp00007", "item-7") is not None
+
+
+def test_a_file_lookup_that_fails_is_not_taken_for_a_missing_file(tmp_path):
+    from airflow_provider_cutout.state.io import existing
+
+    failing = {"on": False}
+
+    class Flaky(MemoryFileSystem):  # a store that answers 503 to a lookup now and then
+        protocol = "flakyhead"
+
+        def info(self, path, **kwargs):
+            if failing["on"]:
+                raise OSError("503 Slow Down")
+            return super().info(path, **kwargs)
+
+    fsspec.register_implementation("flakyhead", Flaky, clobber=True)
+    out = UPath(f"flakyhead://b/{tmp_path.name}/")
+    (out / "item-7.png").write_bytes(b"png")
+    assert existing(out, ["item-7.png", "item-8.png"], 4) == {"item-7.png"}
+    failing["on"] = True
+    with pytest.raises(OSError, match="503"):  # undecided: "missing" would restore it, maybe paid again
+        existing(out, ["item-7.png"], 4)
+    (tmp_path / "Item-8.png").write_bytes(b"png")  # a local folder is listed: names are exact about case
+    assert existing(folder(tmp_path), ["Item-8.png", "item-8.png"], 4) == {"Item-8.png"}

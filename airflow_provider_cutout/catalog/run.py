@@ -695,7 +695,7 @@ class BatchRun:
                 entries = [entry for entry in entries if entry.get("key") in keys]
             self.gallery = write_gallery(self.folder, entries, run=run, link_expiry=self.config.gallery_link_expiry,
                                          chunk=self.owner.map_index if self.chunk else None)
-        except (OSError, ValueError, NotImplementedError) as err:
+        except Exception as err:  # the gallery never fails a run that stored its items
             self.log.warning("Cutout batch: the review gallery was not written (%s: %s)", type(err).__name__, err)
 
     def report(self) -> dict[str, Any]:

@@ -136,15 +136,24 @@ def list_names(folder: Any) -> set[str]:
 
 
 def existing(folder: Any, names: Iterable[str], concurrency: int) -> set[str]:
-    """Which of these file names are in ``folder``: a few files of a large folder are looked up one by one
-    (concurrently on object stores), not listed with all the others."""
-    names = set(names)
-    if is_local(folder):
-        return {name for name in names if os.path.exists(os.path.join(folder.path, name))}
+    """Which of these file names are in ``folder``. On object stores a few files of a large folder are looked up
+    one by one (concurrently), not listed with all the others; a local folder is listed (cheap, and exact about
+    names where the file system is not about case). A lookup that fails for another reason than the file's
+    absence raises: "missing" would have the item restored, maybe paid again."""
+    wanted = sorted(set(names))
+    if is_local(folder) or not wanted:
+        return set(wanted) & list_names(folder)
     folder.fs.invalidate_cache(folder.path)  # object stores cache listings: ask the store itself
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(names)))) as pool:
-        found = pool.map(lambda name: (folder / name).exists(), sorted(names))
-        return {name for name, present in zip(sorted(names), found, strict=True) if present}
+
+    def present(name: str) -> bool:
+        try:
+            folder.fs.info((folder / name).path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    with ThreadPoolExecutor(max_workers=min(concurrency, len(wanted))) as pool:
+        return {name for name, found in zip(wanted, pool.map(present, wanted), strict=True) if found}
 
 
 def list_files(folder: Any) -> dict[str, int]:
@@ -162,7 +171,12 @@ def read_ranges(path: Any, ranges: list[tuple[int, int]]) -> list[bytes]:
     if not ranges:
         return []
     if not is_local(path):
-        return list(path.fs.cat_ranges([path.path] * len(ranges), [s for s, _ in ranges], [e for _, e in ranges]))
+        found = path.fs.cat_ranges([path.path] * len(ranges), [s for s, _ in ranges], [e for _, e in ranges],
+                                   on_error="raise")
+        for chunk in found:  # a store that hands errors back in the list all the same
+            if isinstance(chunk, BaseException):
+                raise chunk
+        return list(found)
     found = []
     with open(path.path, "rb") as source:
         for start, end in ranges:

@@ -19,6 +19,7 @@ edits they share, from such a file: its cost follows its own items, not the cata
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -115,7 +116,10 @@ class _Index:
 
     def __init__(self, data: Any, size: int) -> None:
         ends, keys, fps = data["ends"], data["keys"], data["fingerprints"]
-        if data.get("format") != 1 or not len(ends) == len(keys) == len(fps) or (ends and ends[-1] != size):
+        if (data.get("format") != 1 or not len(ends) == len(keys) == len(fps) or (ends and ends[-1] != size)
+                or not all(type(end) is int for end in ends) or any(a >= b for a, b in itertools.pairwise(ends))
+                or not all(key is None or isinstance(key, str | int) for key in keys)
+                or not all(isinstance(fp, str) for fp in fps)):
             raise ValueError("does not describe this file")
         self.ends, self._keys, self._fingerprints = ends, keys, fps
 
