@@ -293,9 +293,9 @@ def test_a_chunk_reads_only_its_items_from_an_indexed_log_and_still_pays_once_fo
     whole, ranged = [], []
     read_whole, read_ranges = manifest_module.Manifest._read_whole, manifest_module.read_ranges
 
-    def counted_whole(self, name):
+    def counted_whole(self, name, **how):
         whole.append(name)
-        return read_whole(self, name)
+        return read_whole(self, name, **how)
 
     def counted_ranges(path, ranges):
         ranged.extend(end - start for start, end in ranges)
