@@ -164,6 +164,7 @@ class BatchRun:
         self.to_refetch: list[tuple[PlannedEdit, dict[str, Any]]] = []
         self.to_restore: list[tuple[PlannedEdit, dict[str, Any]]] = []
         self.to_attempt = 0  # items this run edits, fetches or restores, for max_failures
+        self.listed: set[str] | None = None  # the output folder's file names, when the plan listed them
 
     # -- steps -----------------------------------------------------------------------------------
 
@@ -207,11 +208,11 @@ class BatchRun:
         self.manifest.include(item.fingerprint for item in self.planned)  # the items that share their edits
         newest = self._newest_stored()
         entries = [(item, self._entry_for(item)) for item in self.planned]
-        if self.chunk:  # a few files of what may be a large folder: looked up, not listed
+        if self.chunk and not is_local(self.folder):  # a few files of a large bucket folder: looked up, not listed
             names = existing(self.folder, {_file_name(e) for _, e in entries if e and e.get("stored_path")},
                              self.config.max_concurrency)
-        else:
-            names = list_names(self.folder)
+        else:  # a local listing is cheap and exact about names; the sweep of leftovers uses it too
+            names = self.listed = list_names(self.folder)
         leaders: set[str] = set()
         for item, entry in entries:
             stored = str(entry.get("stored_path") or "") if entry else ""
@@ -378,7 +379,7 @@ class BatchRun:
         if self.chunk and not is_local(self.folder):
             return  # no listing of a whole bucket folder per chunk; an unmapped run, or a local folder, sweeps
         stems = {file_stem(item.key) for item in self.planned}
-        for name in list_names(self.folder):
+        for name in self.listed if self.listed is not None else list_names(self.folder):
             if not (name.startswith(".") and name.endswith(".part")):
                 continue
             stem, _, token = name[1:-5].rpartition(".")

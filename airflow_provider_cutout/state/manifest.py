@@ -19,6 +19,7 @@ edits they share, from such a file: its cost follows its own items, not the cata
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import json
 import logging
@@ -28,7 +29,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from airflow_provider_cutout.state.io import STATE_DIR, list_files, read_ranges, write_whole
+from airflow_provider_cutout.state.io import STATE_DIR, is_local, list_files, list_names, read_ranges, write_whole
 
 STORED, EDITED, FAILED, IN_DOUBT = "stored", "edited", "failed", "in_doubt"
 LEGACY_GLOB = "cutout-manifest*.json"
@@ -160,6 +161,14 @@ class _Index:
         return len(self.ends)
 
 
+def _legacy_files(folder: Any) -> list[Any]:
+    """The single-file manifests of 0.1 in an output folder (a local folder is listed by name only: it may hold
+    100,000 results)."""
+    if not is_local(folder):
+        return sorted(folder.glob(LEGACY_GLOB)) if folder.exists() else []
+    return [folder / name for name in sorted(fnmatch.filter(list_names(folder), LEGACY_GLOB))]
+
+
 def _legacy_entries(path: Any) -> list[dict[str, Any]]:
     try:
         data = json.loads(path.read_text())
@@ -205,7 +214,7 @@ class Manifest:
         self._version = self._written = self._seq = 0
         self._error: BaseException | None = None
         self._closed = False
-        for legacy in sorted(folder.glob(LEGACY_GLOB)) if folder.exists() else ():
+        for legacy in _legacy_files(folder):
             self._merge(_legacy_entries(legacy))
         self.refresh()
         self._thread: threading.Thread | None = None
