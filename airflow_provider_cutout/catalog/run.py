@@ -155,8 +155,8 @@ class BatchRun:
         self.claims = Claims(folder, owner, config.heartbeat_timeout)
         # a mapped task (one chunk of a catalog) reads only its items' records from the log's indexed files
         self.chunk = owner.map_index >= 0
-        keys = [item.key for item in planned] + [r.key for r in self.rejected if r.key is not None]
-        self.manifest = Manifest(folder, writer=owner.token, keys=keys if self.chunk else None)
+        self.keys = {item.key for item in planned} | {r.key for r in self.rejected if r.key is not None}
+        self.manifest = Manifest(folder, writer=owner.token, keys=self.keys if self.chunk else None)
         self.seconds_sending = 0.0
         self.started = 0.0  # when the run's first job started (monotonic)
         self.gallery: Any = None
@@ -692,8 +692,7 @@ class BatchRun:
             self.manifest.refresh()
             entries = list(self.manifest.entries.values())
             if self.chunk:
-                keys = {item.key for item in self.planned} | {r.key for r in self.rejected}
-                entries = [entry for entry in entries if entry.get("key") in keys]
+                entries = [entry for entry in entries if entry.get("key") in self.keys]
             self.gallery = write_gallery(self.folder, entries, run=run, link_expiry=self.config.gallery_link_expiry,
                                          chunk=self.owner.map_index if self.chunk else None)
         except Exception as err:  # the gallery never fails a run that stored its items
