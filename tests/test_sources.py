@@ -31,6 +31,31 @@ def test_a_server_that_ignores_range_is_read_only_as_far_as_needed(sandbox):
     assert info.size and info.version
 
 
+def test_a_kept_connection_the_server_closed_is_asked_again_on_a_new_one(sandbox):
+    """Source checks keep their connections for the next source. A server may close one while it is idle (its
+    keep-alive timeout) without saying so: the next source is asked again on a new connection, once, and is not
+    reported as failing."""
+    hook = CutoutHook()
+    first = hook.client.inspect_source(sandbox.sample("mug", "png", w=64, h=48, close=1))
+    pool = hook.client.transport._sources
+    assert sum(len(kept) for kept in pool._idle.values()) == 1  # kept: the answer did not say it was closing
+    time.sleep(0.1)  # the server has closed it
+    second = hook.client.inspect_source(sandbox.sample("lamp", "png", w=64, h=48))
+    assert (first.status, second.status, second.error) == (206, 206, "")
+    assert sandbox.ledger()["source_reads"] == {"206": 2}  # the request on the closed connection never arrived
+
+
+def test_a_connection_left_with_unread_bytes_is_not_kept(sandbox):
+    """A server that ignores Range sends the whole photo: the check reads what it needs and closes that
+    connection (a kept one would hand the rest of the photo to the next source as its answer)."""
+    hook = CutoutHook()
+    big = hook.client.inspect_source(sandbox.sample("chair", "jpg", w=6000, h=4000, norange=1))
+    assert big.status == 200 and big.size and big.size > 128 * 1024
+    assert sum(len(kept) for kept in hook.client.transport._sources._idle.values()) == 0
+    after = hook.client.inspect_source(sandbox.sample("mug", "png", w=64, h=48))
+    assert (after.status, after.format, after.width) == (206, "png", 64)
+
+
 @pytest.mark.parametrize("url, model, fragment", [
     ("{base}/pages/login.html", "gpt-image-1", "is not a JPEG or PNG image (it looks like html)"),
     ("{base}/samples/gone/nothing.png", "gpt-image-1", "could not be read (answered HTTP 404)"),
@@ -309,18 +334,20 @@ def test_a_few_bad_items_among_many_fail_alone_within_max_failures(sandbox, airf
     assert {key for key, status in cards[:3]} == failed and {status for _, status in cards[:3]} == {"failed"}
 
 
-def test_a_signed_source_url_never_reaches_urllib3s_debug_lines(sandbox, caplog):
+def test_a_signed_source_url_never_reaches_a_log_line(sandbox, caplog):
     """Signed URLs are not registered with the secrets masker (one pattern per URL would be quadratic over a
-    catalog): the transport hides URL queries in urllib3's debug lines, the only place a request's URL is logged."""
+    catalog): source checks go through http.client, which logs nothing, and the sources the session reads instead
+    (here one with a space in its URL) lose their query in urllib3's debug lines."""
     import logging
 
     signed = sandbox.sample("mug", "png", w=64, h=48) + "&X-Amz-Signature=0123456789abcdef&X-Amz-Credential=AKIA"
-    with caplog.at_level(logging.DEBUG, logger="urllib3"):
-        info = CutoutHook().client.inspect_source(signed)
-    assert info.status == 206
-    pool_lines = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")]
-    assert any("/samples/mug.png" in line for line in pool_lines)  # the request was logged, without its query
-    assert not any("0123456789abcdef" in line or "AKIA" in line for line in pool_lines)
+    with caplog.at_level(logging.DEBUG):
+        direct = CutoutHook().client.inspect_source(signed)
+        through_session = CutoutHook().client.inspect_source(signed + "&note=two words")
+    assert direct.status == through_session.status == 206
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("/samples/mug.png" in line for line in lines if "urllib3" in line or "GET" in line)  # the session's
+    assert not any("0123456789abcdef" in line or "AKIA" in line for line in lines)
 
 
 def test_a_stored_file_is_judged_by_when_each_edit_wrote_it_not_by_records(sandbox, airflow_db, tmp_path):
@@ -357,3 +384,94 @@ def test_a_moved_output_folder_keeps_its_items_and_its_checks(sandbox, airflow_d
     back = summary_of(batch.test(run_conf=conf(new, 3)))
     assert (back["skipped"], back["restored"]) == (2, 1) and (new / stored.name).read_bytes() == original
     assert charges_per_edit(sandbox) == [1, 1, 2]
+
+
+@pytest.fixture
+def https_source(tmp_path, sandbox):
+    """An https server on loopback with a certificate of its own: it serves one sample photo as a CDN does (an ETag,
+    a 304 for it, Range ignored), and the path of its certificate."""
+    import datetime
+    import hashlib
+    import ipaddress
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import requests
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    photo = requests.get(sandbox.sample("mug", "png", w=320, h=240), timeout=10).content
+    etag = f'"{hashlib.sha256(photo).hexdigest()[:16]}"'
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802
+            same = self.headers.get("If-None-Match") == etag
+            body = b"" if same else photo
+            self.send_response(304 if same else 200)
+            self.send_header("ETag", etag)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_address[1]}/photos/mug.png", str(tmp_path / "cert.pem")
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_https_source_is_checked_against_the_trusted_certificates(https_source, monkeypatch):
+    """Source checks over TLS verify the server: against the bundle in REQUESTS_CA_BUNDLE it is read, and asked
+    again with its ETag; with the default bundle, which does not hold its certificate, it fails as unreachable."""
+    url, cert = https_source
+    untrusted = CutoutHook().client.inspect_source(url)
+    assert (untrusted.status, untrusted.error) == (0, "the connection failed")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)
+    hook = CutoutHook()
+    info = hook.client.inspect_source(url)
+    assert (info.status, info.format, info.width, info.height, info.error) == (200, "png", 320, 240, "")
+    again = hook.client.inspect_source(url, info.version)
+    assert again.unchanged and again.version == info.version
+
+
+def test_idle_connections_are_kept_for_the_origins_used_last(https_source, sandbox):
+    """The pool keeps at most ``per_origin`` idle connections to an origin and to ``origins`` origins: a catalog
+    spread over many hosts does not hold a socket open to each."""
+    from urllib.parse import urlsplit
+
+    from airflow_provider_cutout.api.transport import SourcePool
+
+    url, cert = https_source
+    pool = SourcePool("test", cert, per_origin=1, origins=1)
+    https = pool.read(urlsplit(url), {}, (5, 5), "GET", 1 << 20)
+    (kept,) = [c for idle in pool._idle.values() for c in idle]
+    http = pool.read(urlsplit(sandbox.sample("mug", "png", w=64, h=48)), {}, (5, 5), "GET", 1 << 20)
+    assert (https.status, http.status) == (200, 200)
+    assert list(pool._idle) == [("http", "127.0.0.1", int(sandbox.url.rsplit(":", 1)[1]))]
+    assert kept.sock is None  # closed, not left to the garbage collector
+    pool.close()
+    assert not pool._idle

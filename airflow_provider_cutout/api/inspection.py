@@ -5,12 +5,12 @@ version recorded last time, an unchanged source answers without its bytes (a 304
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 from collections.abc import Iterator, Mapping
 
 import imagesize
 import requests
-import urllib3
 
 from airflow_provider_cutout.api.downloads import image_extension
 from airflow_provider_cutout.api.sources import NOT_MODIFIED, SOURCE_FORMATS, SourceInfo
@@ -39,30 +39,12 @@ def inspect(transport: Transport, url: str, known: str = "") -> SourceInfo:
     headers = {"Range": f"bytes=0-{SOURCE_HEAD_BYTES - 1}", "Accept": "image/jpeg, image/png",
                **conditional_headers(known)}
     try:
-        response = transport.read_source(url, headers, timeout)
-    except urllib3.exceptions.HTTPError as err:
+        answer = transport.read_source(url, headers, timeout, limit=SOURCE_HEAD_BYTES)
+    except (OSError, http.client.HTTPException) as err:
         return SourceInfo(url, 0, error=source_error(err, timeout_s))
-    if response is None or (300 <= response.status < 400 and response.status != NOT_MODIFIED):
-        if response is not None:
-            response.drain_conn()
-            response.release_conn()
+    if answer is None or (300 <= answer.status < 400 and answer.status != NOT_MODIFIED):
         return _inspect_following(transport, url, headers, timeout, known)
-    try:
-        return _answer(url, response.status, response.headers, response.stream(CHUNK_BYTES), known)
-    except urllib3.exceptions.HTTPError as err:
-        return SourceInfo(url, 0, error=source_error(err, timeout_s))
-    finally:
-        _release(response)
-
-
-def _release(response: urllib3.BaseHTTPResponse) -> None:
-    """Give the connection back to the pool: open for the next source when the answer was read to its end
-    (a 304 has no body), closed when the read stopped before."""
-    if response.status == NOT_MODIFIED:
-        response.drain_conn()
-    elif not response.closed:
-        response.close()
-    response.release_conn()
+    return _answer(url, answer.status, answer.headers, iter((answer.body,)), known)
 
 
 def _inspect_following(transport: Transport, url: str, headers: dict[str, str], timeout: tuple[float, float],
@@ -94,26 +76,21 @@ def _same_by_head(transport: Transport, url: str, known: str, timeout: tuple[flo
     """Whether a HEAD gives the version ``known`` (Last-Modified and size) again. Not ``If-Modified-Since``: a
     server answers it 304 for a file replaced by an older one (``cp -p``, ``rsync -a``, a restore)."""
     try:
-        response = transport.read_source(url, {"Accept": "image/jpeg, image/png"}, timeout, method="HEAD")
-    except urllib3.exceptions.HTTPError:
+        answer = transport.read_source(url, {"Accept": "image/jpeg, image/png"}, timeout, method="HEAD")
+    except (OSError, http.client.HTTPException):
         return False
-    if response is None:  # behind a proxy: read as a new source
+    if answer is None:  # behind a proxy: read as a new source
         return False
-    try:
-        headers = response.headers
-        modified, length = headers.get("Last-Modified"), headers.get("Content-Length")
-        now = headers.get("ETag") or (f"{modified}|{length}" if modified and length else "")
-        return response.status == 200 and now == known
-    finally:
-        response.drain_conn()
-        response.release_conn()
+    modified, length = answer.headers.get("Last-Modified"), answer.headers.get("Content-Length")
+    now = answer.headers.get("ETag") or (f"{modified}|{length}" if modified and length else "")
+    return answer.status == 200 and now == known
 
 
 def source_error(err: Exception, timeout: float) -> str:
     """Why a source gave no answer, without its URL (a signed URL is a credential; requests puts it in texts)."""
-    if isinstance(err, (requests.Timeout, urllib3.exceptions.TimeoutError)):
+    if isinstance(err, (requests.Timeout, TimeoutError)):
         return f"no answer within source_timeout={timeout:g}s"
-    if isinstance(err, (requests.ConnectionError, urllib3.exceptions.HTTPError)):
+    if isinstance(err, (requests.ConnectionError, OSError, http.client.HTTPException)):
         return "the connection failed"
     return type(err).__name__
 

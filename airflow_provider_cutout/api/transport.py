@@ -1,4 +1,5 @@
-"""The HTTP transport: one pooled ``requests.Session``, timeouts on every call, and the one retry policy.
+"""The HTTP transport: one pooled ``requests.Session``, timeouts on every call, and the one retry policy;
+and ``SourcePool``, the keep-alive connections (stdlib ``http.client``) of the many small reads of source checks.
 
 tenacity runs the loop; ``retry_here`` decides which failed attempts the client retries itself, and
 ``Transport.error_of`` says what a request that got no usable answer means. A POST that may already
@@ -9,16 +10,19 @@ API has no idempotency key and every accepted POST may be charged.
 from __future__ import annotations
 
 import functools
+import http.client
 import logging
 import os
 import random
-from collections.abc import Callable
+import ssl
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import requests
 import tenacity
-import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
@@ -68,6 +72,120 @@ def retry_here(err: BaseException) -> bool:
     return isinstance(err, CutoutError) and err.retryable and (status is None or status in RETRY_STATUSES)
 
 
+@dataclass(frozen=True)
+class SourceAnswer:
+    """A source server's answer: its status, headers and the first bytes of its body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class SourcePool:
+    """Keep-alive connections to source servers, one idle list per origin, shared by the threads that check
+    sources. The standard library's ``http.client`` directly: a 304 costs about 0.09 ms of client CPU here,
+    urllib3's pool 0.2 to 0.3 (it counts when a re-run asks 100,000 sources whether they changed). No redirect
+    is followed and nothing is retried but a request on a kept connection that the server had closed.
+
+    :param user_agent: sent with every request.
+    :param cas: the CA bundle (a file, or a directory of hashed certificates) that HTTPS sources are checked
+        against.
+    :param per_origin: the most connections kept idle for one origin (the connection's ``pool_size``).
+    :param origins: the most origins with idle connections; those of the origin used least recently are closed
+        first (a catalog of photos on many hosts does not hold a socket open to each).
+    """
+
+    def __init__(self, user_agent: str, cas: str, per_origin: int, origins: int = 16) -> None:
+        self._headers, self._per_origin, self._origins = {"User-Agent": user_agent}, per_origin, origins
+        self._tls = (ssl.create_default_context(capath=cas) if os.path.isdir(cas) else
+                     ssl.create_default_context(cafile=cas))
+        self._idle: dict[tuple[str, str, int | None], list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+
+    def read(self, parts: SplitResult, headers: Mapping[str, str], timeout: tuple[float, float], method: str,
+             limit: int) -> SourceAnswer:
+        """One request to the URL ``parts`` (``urlsplit``'s) and at most ``limit`` bytes of its answer's body.
+
+        :raises OSError: (timeouts included) or ``http.client.HTTPException`` when no answer came.
+        :raises http.client.InvalidURL: or ``ValueError`` (a port that is not a number), for a URL
+            ``http.client`` cannot send as it is: ``Transport.read_source`` sends those through the session.
+        """
+        origin = (parts.scheme, parts.hostname or "", parts.port)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        for kept in (True, False):
+            connection = self._take(origin, timeout) if kept else self._connect(origin, timeout)
+            if connection is None:
+                continue
+            try:
+                connection.request(method, target, headers={**self._headers, **headers})
+                response = connection.getresponse()
+            except BaseException as err:
+                connection.close()
+                if kept and isinstance(err, (ConnectionError, http.client.BadStatusLine)):
+                    continue  # the server closed it while it was idle: once more, on a new connection
+                raise
+            return self._answer(origin, connection, response, limit)
+        raise AssertionError("a new connection either answers or raises")  # never reached
+
+    def close(self) -> None:
+        """Close the idle connections."""
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for connection in (c for connections in idle.values() for c in connections):
+            connection.close()
+
+    def _answer(self, origin: tuple[str, str, int | None], connection: http.client.HTTPConnection,
+                response: http.client.HTTPResponse, limit: int) -> SourceAnswer:
+        """The answer; its connection kept for the next source when the body was read to its end (a 304 or a
+        HEAD has none), else closed."""
+        try:
+            body = response.read(limit)
+        except BaseException:
+            connection.close()
+            raise
+        if response.isclosed() and not response.will_close:
+            self._keep(origin, connection)
+        else:
+            connection.close()
+        return SourceAnswer(response.status, response.headers, body)  # type: ignore[arg-type] # an email Message
+
+    def _keep(self, origin: tuple[str, str, int | None], connection: http.client.HTTPConnection) -> None:
+        closing = []
+        with self._lock:
+            idle = self._idle.pop(origin, [])
+            self._idle[origin] = idle  # the most recently used origin last
+            if len(idle) < self._per_origin:
+                idle.append(connection)
+            else:
+                closing.append(connection)
+            while len(self._idle) > self._origins:
+                closing.extend(self._idle.pop(next(iter(self._idle))))
+        for spare in closing:
+            spare.close()
+
+    def _take(self, origin: tuple[str, str, int | None], timeout: tuple[float, float]
+              ) -> http.client.HTTPConnection | None:
+        with self._lock:
+            idle = self._idle.get(origin)
+            connection = idle.pop() if idle else None
+        if connection is not None and connection.sock is not None and connection.sock.gettimeout() != timeout[1]:
+            connection.sock.settimeout(timeout[1])
+        return connection
+
+    def _connect(self, origin: tuple[str, str, int | None], timeout: tuple[float, float]
+                 ) -> http.client.HTTPConnection:
+        scheme, host, port = origin
+        connection = (http.client.HTTPSConnection(host, port, timeout=timeout[0], context=self._tls)
+                      if scheme == "https" else http.client.HTTPConnection(host, port, timeout=timeout[0]))
+        try:
+            connection.connect()
+        except BaseException:
+            connection.close()  # a TLS handshake that failed leaves its socket open
+            raise
+        connection.sock.settimeout(timeout[1])
+        return connection
+
+
 class Transport:
     """The session, the retry loop and the mapping of transport failures to the exception tree.
 
@@ -95,28 +213,29 @@ class Transport:
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         cas = self.session.verify if isinstance(self.session.verify, str) else requests.utils.DEFAULT_CA_BUNDLE_PATH
-        self._sources = urllib3.PoolManager(num_pools=16, maxsize=settings.pool_size, retries=False,
-                                            headers={"User-Agent": str(self.session.headers["User-Agent"])},
-                                            **{"ca_cert_dir" if os.path.isdir(cas) else "ca_certs": cas})
+        self._sources = SourcePool(str(self.session.headers["User-Agent"]), cas, settings.pool_size)
 
     def close(self) -> None:
         """Close the pooled connections."""
         self.session.close()
-        self._sources.clear()
+        self._sources.close()
 
-    def read_source(self, url: str, headers: dict[str, str], timeout: tuple[float, float], method: str = "GET"
-                    ) -> urllib3.BaseHTTPResponse | None:
-        """A GET (or HEAD) of a source image, left streaming, through a lean pool of its own: urllib3 without the work
-        requests does per call (about 0.13 ms of client CPU instead of 0.4, which counts when a re-run asks
-        100,000 sources whether they changed). No redirect is followed and nothing is retried. ``None`` for a
-        URL behind a proxy: the session reads those (``request``).
+    def read_source(self, url: str, headers: Mapping[str, str], timeout: tuple[float, float], *, method: str = "GET",
+                    limit: int = 0) -> SourceAnswer | None:
+        """A GET (or HEAD) of a source image and at most ``limit`` bytes of its body, through the lean pool
+        (``SourcePool``). No redirect is followed and nothing is retried. ``None`` for a URL the session reads
+        instead (``request``): one behind a proxy, one with credentials in it, one ``http.client`` cannot send
+        as it is (not ASCII, spaces).
 
-        :raises urllib3.exceptions.HTTPError: when no answer came.
+        :raises OSError: (timeouts included) or ``http.client.HTTPException`` when no answer came.
         """
-        if self.proxies_for(url):
+        parts = urlsplit(url)
+        if self.proxies_for(url, parts) or parts.username is not None or not url.isascii() or " " in url:
             return None
-        return self._sources.request(method, url, headers=headers, redirect=False, preload_content=False,
-                                     timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
+        try:
+            return self._sources.read(parts, headers, timeout, method, limit)
+        except (http.client.InvalidURL, ValueError):  # their texts hold the URL; source_error drops the session's
+            return None
 
     def with_retries(self, method: str, path_or_url: str, attempt: Callable[..., T], **kwargs: Any) -> T:
         """Run ``attempt`` until it succeeds or fails for good: bounded retries with backoff and jitter,
@@ -202,9 +321,12 @@ class Transport:
             request_sent=True, retryable=resend_ok, maybe_charged=post, attempts=attempts,
         )
 
-    def proxies_for(self, url: str) -> dict[str, str]:
-        """The environment's proxies for this URL's host (``HTTPS_PROXY``, ``NO_PROXY``...), cached."""
-        parts = urlsplit(url)
+    def proxies_for(self, url: str, parts: SplitResult | None = None) -> dict[str, str]:
+        """The environment's proxies for this URL's host (``HTTPS_PROXY``, ``NO_PROXY``...), cached.
+
+        :param parts: ``urlsplit(url)``, when the caller has it.
+        """
+        parts = parts or urlsplit(url)
         key = (parts.scheme, parts.netloc)
         if key not in self._proxies:
             self._proxies[key] = requests.utils.get_environ_proxies(url)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from airflow.sdk import BaseHook
@@ -24,6 +24,37 @@ if TYPE_CHECKING:
     from airflow_provider_cutout.api.client import CutoutClient
 
 EXTRA_PREFIX = "extra__cutout__"
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def map_in_threads(fn: Callable[[T], R], items: list[T], workers: int, name: str) -> list[R]:
+    """``[fn(item) for item in items]``, on ``workers`` threads that take the items in turn. Unlike an executor's
+    ``map``, no ``Future`` per item: making 100,000 of them cost a re-run more client CPU than their 304s. The
+    first error stops the threads from taking more items and is raised.
+    """
+    results: list[Any] = [None] * len(items)
+    todo, lock, errors = iter(enumerate(items)), threading.Lock(), list[BaseException]()
+
+    def work() -> None:
+        while not errors:
+            with lock:
+                index, item = next(todo, (-1, None))
+            if index < 0:
+                return
+            try:
+                results[index] = fn(item)  # type: ignore[arg-type]
+            except BaseException as err:
+                errors.append(err)
+
+    threads = [threading.Thread(target=work, name=f"{name}-{i}", daemon=True) for i in range(min(workers, len(items)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 class CutoutHook(BaseHook):
@@ -156,9 +187,10 @@ class CutoutHook(BaseHook):
     def fetchable(self, urls: Iterable[str]) -> dict[str, str]:
         """The URL the API (and the source checks) fetch for each source: an object-store URI
         (``s3://conn_id@bucket/key``) signed for ``signed_url_expiry`` seconds, any other URL as it is. A
-        signed URL is never logged: the transport hides the query of URLs in urllib3's debug lines, and errors
-        name the URI (registering every signed URL with Airflow's secrets masker would recompile one pattern of
-        all of them per URL: quadratic over a catalog)."""
+        signed URL is never logged: source checks go through ``http.client``, which logs nothing, the
+        transport hides the query of URLs in urllib3's debug lines, and errors name the URI (registering every
+        signed URL with Airflow's secrets masker would recompile one pattern of all of them per URL: quadratic
+        over a catalog)."""
         return {url: self._sign(url) if is_object_store_uri(url) else url for url in urls}
 
     def _sign(self, uri: str) -> str:
@@ -198,10 +230,9 @@ class CutoutHook(BaseHook):
         for url in unchanged:
             self._inspected[url] = SourceInfo(url, NOT_MODIFIED, version=known[url], unchanged=True)
         todo = [url for url in todo if url not in unchanged]
-        if todo:
-            with ThreadPoolExecutor(max(1, min(concurrency, len(todo))), thread_name_prefix="cutout-source") as pool:
-                for info in pool.map(lambda url: self._inspect(url, known.get(url, "")), todo):
-                    self._inspected[info.url] = info
+        for info in map_in_threads(lambda url: self._inspect(url, known.get(url, "")), todo,
+                                   min(concurrency, len(todo)), "cutout-source"):
+            self._inspected[info.url] = info
         return {url: self._inspected[url] for url in urls}
 
     def with_versions(self, requests: list[ImageEditRequest], *, concurrency: int = 8,

@@ -403,8 +403,11 @@ class SandboxHandler(BaseHTTPRequestHandler):
     def _sample(self, name: str, query: dict[str, list[str]]) -> None:
         """A sample image as a CDN serves it: validators (an ETag and Last-Modified; ``validators=etag``,
         ``modified`` or ``none`` keeps only one or neither), a conditional request answered 304 when the photo
-        is unchanged, ``Range`` honoured (unless ``norange=1``), and an optional ``delay=S`` before answering."""
+        is unchanged, ``Range`` honoured (unless ``norange=1``), an optional ``delay=S`` before answering, and
+        ``close=1`` closing the connection after the answer without saying so (a server whose keep-alive timeout
+        passed)."""
         data, content_type = self._sample_bytes(name, query)
+        self.close_connection = self.close_connection or "close" in query
         time.sleep(min(float(query.get("delay", ["0"])[0] or 0), 60.0))
         kept = query.get("validators", ["etag,modified"])[0].split(",")
         version = self.state.photo_versions.get(edits.photo_key(name, query), 1)
