@@ -421,7 +421,7 @@ def https_source(tmp_path, sandbox):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             same = self.headers.get("If-None-Match") == etag
             body = b"" if same else photo
             self.send_response(304 if same else 200)

@@ -90,7 +90,9 @@ def source_error(err: Exception, timeout: float) -> str:
     """Why a source gave no answer, without its URL (a signed URL is a credential; requests puts it in texts)."""
     if isinstance(err, (requests.Timeout, TimeoutError)):
         return f"no answer within source_timeout={timeout:g}s"
-    if isinstance(err, (requests.ConnectionError, OSError, http.client.HTTPException)):
+    if isinstance(err, requests.RequestException):  # an OSError too: its name says more (TooManyRedirects)
+        return "the connection failed" if isinstance(err, requests.ConnectionError) else type(err).__name__
+    if isinstance(err, (OSError, http.client.HTTPException)):
         return "the connection failed"
     return type(err).__name__
 

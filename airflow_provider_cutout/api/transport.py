@@ -14,6 +14,9 @@ import http.client
 import logging
 import os
 import random
+import re
+import select
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Mapping
@@ -45,6 +48,10 @@ POST_RETRY_STATUSES = frozenset({429, 503})
 CHUNK_BYTES = 64 * 1024
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
 T = TypeVar("T")
+#: A URL whose characters may all go on a request line as they are (RFC 3986: unreserved, reserved, and
+#: percent-encodings); any other (a space, non-ASCII, ``|{}"<>``, a stray ``%``) is sent through the session,
+#: which percent-encodes it as a server expects.
+_SENDABLE = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
 
 
 class HideQueries(logging.Filter):
@@ -107,8 +114,8 @@ class SourcePool:
         """One request to the URL ``parts`` (``urlsplit``'s) and at most ``limit`` bytes of its answer's body.
 
         :raises OSError: (timeouts included) or ``http.client.HTTPException`` when no answer came.
-        :raises http.client.InvalidURL: or ``ValueError`` (a port that is not a number), for a URL
-            ``http.client`` cannot send as it is: ``Transport.read_source`` sends those through the session.
+        :raises http.client.InvalidURL: for a URL ``http.client`` cannot send as it is: ``Transport.read_source``
+            sends those through the session.
         """
         origin = (parts.scheme, parts.hostname or "", parts.port)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -138,8 +145,13 @@ class SourcePool:
                 response: http.client.HTTPResponse, limit: int) -> SourceAnswer:
         """The answer; its connection kept for the next source when the body was read to its end (a 304 or a
         HEAD has none), else closed."""
+        if response.status < 200 or (response.status in (204, 304) and response.chunked):
+            connection.close()  # a 1xx: its final answer is still to come; a bodiless answer "chunked": no end
+            return SourceAnswer(response.status, response.headers, b"")  # type: ignore[arg-type] # an email Message
         try:
             body = response.read(limit)
+            if response.length and len(body) < limit:  # http.client does not raise when the body ends short
+                raise http.client.IncompleteRead(body, response.length)
         except BaseException:
             connection.close()
             raise
@@ -168,13 +180,19 @@ class SourcePool:
         with self._lock:
             idle = self._idle.get(origin)
             connection = idle.pop() if idle else None
-        if connection is not None and connection.sock is not None and connection.sock.gettimeout() != timeout[1]:
+        if connection is None:
+            return None
+        if connection.sock is None or _readable(connection.sock):
+            connection.close()  # closed by the server, or bytes nobody asked for (a 408 before it closes)
+            return None
+        if connection.sock.gettimeout() != timeout[1]:
             connection.sock.settimeout(timeout[1])
         return connection
 
     def _connect(self, origin: tuple[str, str, int | None], timeout: tuple[float, float]
                  ) -> http.client.HTTPConnection:
         scheme, host, port = origin
+        port = port or (443 if scheme == "https" else 80)  # http.client would take "::1" as host ":" and port 1
         connection = (http.client.HTTPSConnection(host, port, timeout=timeout[0], context=self._tls)
                       if scheme == "https" else http.client.HTTPConnection(host, port, timeout=timeout[0]))
         try:
@@ -184,6 +202,16 @@ class SourcePool:
             raise
         connection.sock.settimeout(timeout[1])
         return connection
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether an idle connection has something to read: its end (the server closed it) or an answer nobody
+    asked for. Either way it is not for the next request."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class Transport:
@@ -225,16 +253,20 @@ class Transport:
         """A GET (or HEAD) of a source image and at most ``limit`` bytes of its body, through the lean pool
         (``SourcePool``). No redirect is followed and nothing is retried. ``None`` for a URL the session reads
         instead (``request``): one behind a proxy, one with credentials in it, one ``http.client`` cannot send
-        as it is (not ASCII, spaces).
+        as it is (a character that must be percent-encoded, which the session encodes).
 
         :raises OSError: (timeouts included) or ``http.client.HTTPException`` when no answer came.
         """
         parts = urlsplit(url)
-        if self.proxies_for(url, parts) or parts.username is not None or not url.isascii() or " " in url:
+        try:
+            parts.port  # noqa: B018 # a port that is not a number raises
+        except ValueError:
+            return None
+        if self.proxies_for(url, parts) or parts.username is not None or not _SENDABLE.fullmatch(url):
             return None
         try:
             return self._sources.read(parts, headers, timeout, method, limit)
-        except (http.client.InvalidURL, ValueError):  # their texts hold the URL; source_error drops the session's
+        except http.client.InvalidURL:  # its text holds the URL; source_error drops the session's
             return None
 
     def with_retries(self, method: str, path_or_url: str, attempt: Callable[..., T], **kwargs: Any) -> T:

@@ -47,7 +47,8 @@ def map_in_threads(fn: Callable[[T], R], items: list[T], workers: int, name: str
             except BaseException as err:
                 errors.append(err)
 
-    threads = [threading.Thread(target=work, name=f"{name}-{i}", daemon=True) for i in range(min(workers, len(items)))]
+    count = max(1, min(workers, len(items))) if items else 0
+    threads = [threading.Thread(target=work, name=f"{name}-{i}", daemon=True) for i in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -407,7 +407,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         ``close=1`` closing the connection after the answer without saying so (a server whose keep-alive timeout
         passed)."""
         data, content_type = self._sample_bytes(name, query)
-        self.close_connection = self.close_connection or "close" in query
+        self.close_connection = self.close_connection or query.get("close", ["0"])[0] not in ("", "0")
         time.sleep(min(float(query.get("delay", ["0"])[0] or 0), 60.0))
         kept = query.get("validators", ["etag,modified"])[0].split(",")
         version = self.state.photo_versions.get(edits.photo_key(name, query), 1)

@@ -1,0 +1,199 @@
+"""Source checks against servers that do what the sandbox does not: a raw HTTP/1.1 server on loopback answers
+each request with scripted bytes (a 304 that says chunked, a 408 left on an idle connection, 103 Early Hints, a
+body that ends short, a redirect loop), and records the request lines it received. Each test would fail on a
+pool that hands one source's answer to another, waits for a body that never comes, or takes a broken answer
+for a whole one."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable
+
+import pytest
+
+from airflow_provider_cutout.hooks.cutout import CutoutHook
+
+Handler = Callable[[socket.socket, bytes, int], bool | None]
+
+
+def png(width: int, height: int, pad: int = 0) -> bytes:
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", 13) + b"IHDR" + header + struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    return b"\x89PNG\r\n\x1a\n" + chunk + b"\0" * pad
+
+
+def answer(status: str, body: bytes = b"", **headers: str) -> bytes:
+    lines = {"Content-Length": str(len(body)), **{k.replace("_", "-"): v for k, v in headers.items()}}
+    return (f"HTTP/1.1 {status}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in lines.items()) + "\r\n").encode() + body
+
+
+class RawServer:
+    """Calls ``handler(connection, request head, request number)`` for each request; ``False`` closes."""
+
+    def __init__(self, handler: Handler, family: int = socket.AF_INET, host: str = "127.0.0.1", port: int = 0):
+        self.sock = socket.socket(family)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(16)
+        self.port, self.handler, self.requests = self.sock.getsockname()[1], handler, list[str]()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buffered = b""
+        with conn:
+            try:
+                while True:
+                    while b"\r\n\r\n" not in buffered:
+                        data = conn.recv(65536)
+                        if not data:
+                            return
+                        buffered += data
+                    head, buffered = buffered.split(b"\r\n\r\n", 1)
+                    self.requests.append(head.split(b"\r\n")[0].decode())
+                    if self.handler(conn, head, len(self.requests)) is False:
+                        return
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def serve(monkeypatch):
+    """Start a raw server; the hook's connection points at loopback with a short source timeout."""
+    monkeypatch.setenv("AIRFLOW_CONN_CUTOUT_DEFAULT",
+                       '{"conn_type": "cutout", "host": "http://127.0.0.1:1", "password": "made-up-key",'
+                       ' "extra": {"source_timeout": 3, "connect_timeout": 3}}')
+    servers: list[RawServer] = []
+
+    def start(handler: Handler, **where: object) -> RawServer:
+        servers.append(RawServer(handler, **where))  # type: ignore[arg-type]
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def hook():
+    made = CutoutHook()
+    yield made
+    made.close()  # the connections kept for the next source
+
+
+def test_an_unchanged_source_whose_304_says_chunked_is_unchanged_at_once(serve, hook):
+    """RFC 9112 lets a 304 carry Transfer-Encoding: chunked, with no body: the check does not wait for one."""
+    def handler(conn, head, n):
+        if b"If-None-Match" in head:
+            conn.sendall(b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nTransfer-Encoding: chunked\r\n\r\n')
+        else:
+            conn.sendall(answer("200 OK", png(64, 48), ETag='"v1"', Content_Type="image/png"))
+
+    server, started = serve(handler), time.monotonic()
+    infos = [hook.client.inspect_source(f"http://127.0.0.1:{server.port}/{name}.png", '"v1"') for name in "ab"]
+    assert [(i.status, i.unchanged, i.error) for i in infos] == [(304, True, "")] * 2
+    assert time.monotonic() - started < 2  # not after the 3 s source_timeout
+
+
+def test_an_answer_left_on_an_idle_connection_is_not_taken_for_the_next_source(serve, hook):
+    """Some servers write "408 Request Timeout" on a connection that stayed idle, then close it: the next source
+    is asked on a new connection and gets its own answer."""
+    def handler(conn, head, n):
+        path = head.split(b" ")[1].decode()
+        body = png(64, 48)
+        conn.sendall(answer("206 Partial Content", body, ETag=f'"{path}"', Content_Type="image/png",
+                            Content_Range=f"bytes 0-{len(body) - 1}/{len(body)}"))
+
+        def idle() -> None:
+            time.sleep(0.2)
+            try:
+                conn.sendall(answer("408 Request Timeout", Connection="close"))
+            except OSError:
+                pass
+        threading.Thread(target=idle, daemon=True).start()
+
+    server = serve(handler)
+    first = hook.client.inspect_source(f"http://127.0.0.1:{server.port}/a.png")
+    time.sleep(0.4)
+    second = hook.client.inspect_source(f"http://127.0.0.1:{server.port}/b.png")
+    assert (first.status, first.version, second.status, second.version) == (206, '"/a.png"', 206, '"/b.png"')
+    assert server.requests == ["GET /a.png HTTP/1.1", "GET /b.png HTTP/1.1"]
+
+
+def test_after_early_hints_no_source_gets_another_ones_answer(serve, hook):
+    """A 103 is not the answer: its connection, with the final answer still to come, is closed, never given to
+    the next source (which would then carry this one's version)."""
+    def handler(conn, head, n):
+        path = head.split(b" ")[1].decode()
+        conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+        time.sleep(0.03)
+        body = png(64, 48)
+        conn.sendall(answer("206 Partial Content", body, ETag=f'"{path}"', Content_Type="image/png",
+                            Content_Range=f"bytes 0-{len(body) - 1}/{len(body)}"))
+
+    server = serve(handler)
+    for name in "abc":
+        info = hook.client.inspect_source(f"http://127.0.0.1:{server.port}/{name}.png")
+        assert info.version in ("", f'"/{name}.png"'), info
+        time.sleep(0.1)
+
+
+def test_an_answer_that_ends_before_its_length_is_a_failed_read(serve, hook):
+    """Content-Length says 100,000 bytes, the server sends 30,000 and closes: no format, size or version is
+    taken from the part (a hash of it would make the next full read look like a changed photo)."""
+    def handler(conn, head, n):
+        body = png(640, 480, pad=100_000 - 33)
+        conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                     + body[:30_000])
+        return False
+
+    server = serve(handler)
+    info = hook.client.inspect_source(f"http://127.0.0.1:{server.port}/a.png")
+    assert (info.status, info.version, info.error) == (0, "", "the connection failed")
+
+
+def test_characters_a_request_line_cannot_carry_are_percent_encoded(serve, hook):
+    """Sources whose URLs hold characters that must be encoded reach the server encoded (through the session,
+    as before), and a redirect loop is named in the error."""
+    def handler(conn, head, n):
+        path = head.split(b" ")[1].decode()
+        if path.startswith("/loop"):
+            conn.sendall(answer("302 Found", Location=path))
+        else:
+            conn.sendall(answer("200 OK", png(64, 48), ETag='"v1"', Content_Type="image/png"))
+
+    server = serve(handler)
+    base = f"http://127.0.0.1:{server.port}"
+    for path in ("/100%.png", "/a|b.png", "/{sku}.png", '/q"x.png', "/ok.png?sig=a%2Fb"):
+        assert hook.client.inspect_source(base + path).status == 200
+    assert server.requests == ["GET /100%25.png HTTP/1.1", "GET /a%7Cb.png HTTP/1.1", "GET /%7Bsku%7D.png HTTP/1.1",
+                               "GET /q%22x.png HTTP/1.1", "GET /ok.png?sig=a%2Fb HTTP/1.1"]
+    assert hook.client.inspect_source(base + "/loop.png").error == "TooManyRedirects"
+
+
+def test_an_ipv6_source_without_a_port_is_asked_on_port_80(serve, hook):
+    """``http://[::1]/a.png``: the brackets are gone from the host, and the default port is said explicitly
+    (http.client would read the host "::1" as host ":" and port 1)."""
+    def handler(conn, head, n):
+        conn.sendall(answer("200 OK", png(64, 48), ETag='"v1"', Content_Type="image/png"))
+
+    try:
+        serve(handler, family=socket.AF_INET6, host="::1", port=80)
+    except OSError as err:
+        pytest.skip(f"cannot listen on [::1]:80 here ({err})")
+    info = hook.client.inspect_source("http://[::1]/a.png")
+    assert (info.status, info.width, info.error) == (200, 64, "")
