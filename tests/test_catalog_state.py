@@ -410,7 +410,7 @@ def test_on_an_object_store_a_snapshot_compacted_away_under_a_chunk_is_read_agai
 
 
 def test_a_file_lookup_that_fails_is_not_taken_for_a_missing_file(tmp_path):
-    from airflow_provider_cutout.state.io import existing
+    from airflow_provider_cutout.state.io import existing, file_exists
 
     failing = {"on": False}
 
@@ -426,8 +426,14 @@ def test_a_file_lookup_that_fails_is_not_taken_for_a_missing_file(tmp_path):
     out = UPath(f"flakyhead://b/{tmp_path.name}/")
     (out / "item-7.png").write_bytes(b"png")
     assert existing(out, ["item-7.png", "item-8.png"], 4) == {"item-7.png"}
+    assert file_exists(out / "item-7.png") and not file_exists(out / "item-8.png")
     failing["on"] = True
     with pytest.raises(OSError, match="503"):  # undecided: "missing" would restore it, maybe paid again
         existing(out, ["item-7.png"], 4)
+    with pytest.raises(OSError, match="503"):  # fsspec's exists() would say False
+        file_exists(out / "item-7.png")
+    assert not (out / "item-7.png").exists()  # what the run asked before: a failed lookup taken for "missing"
+    failing["on"] = False
     (tmp_path / "Item-8.png").write_bytes(b"png")  # a local folder is listed: names are exact about case
     assert existing(folder(tmp_path), ["Item-8.png", "item-8.png"], 4) == {"Item-8.png"}
+    assert file_exists(folder(tmp_path) / "Item-8.png") and not file_exists(folder(tmp_path) / "Item-8.png" / "x")

@@ -46,6 +46,7 @@ from airflow_provider_cutout.state.io import (
     Digesting,
     copy_into,
     existing,
+    file_exists,
     file_sha256,
     is_local,
     list_names,
@@ -804,4 +805,4 @@ def _file_exists(entry: dict[str, Any] | None) -> bool:
     from airflow.sdk import ObjectStoragePath
 
     stored = entry.get("stored_path") if entry else None
-    return bool(stored) and ObjectStoragePath(str(stored)).exists()
+    return bool(stored) and file_exists(ObjectStoragePath(str(stored)))

@@ -135,6 +135,24 @@ def list_names(folder: Any) -> set[str]:
         return set()
 
 
+def file_exists(path: Any) -> bool:
+    """Whether the file ``path`` is there now, as the store says (not a listing it cached). A lookup that fails
+    for another reason than the file's absence raises (fsspec's ``exists`` takes any error for "missing"): a
+    missing result would be fetched again, or paid for again."""
+    if is_local(path):
+        try:
+            os.stat(path.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
+    path.fs.invalidate_cache(path.path)
+    try:
+        path.fs.info(path.path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def existing(folder: Any, names: Iterable[str], concurrency: int) -> set[str]:
     """Which of these file names are in ``folder``. On object stores a few files of a large folder are looked up
     one by one (concurrently), not listed with all the others; a local folder is listed (cheap, and exact about
