@@ -1,5 +1,6 @@
 """Pages in headless Chromium (Debian's chromium and chromedriver): the `cutout` connection in Airflow's
-real UI (the form's fields, saving, the Test button against the sandbox) and a batch run's review gallery.
+real UI (the form's fields, saving, the Test button against the sandbox), a batch run's review gallery, and
+the "Cutout review" view on a task instance's page, served by the provider's plugin in a real API server.
 
 Runs on the newest supported Airflow only (the floor run deselects ``-m browser``): Airflow 3.1's
 form shows hook-defined field behaviour only with the FAB provider installed.
@@ -7,6 +8,7 @@ form shows hook-defined field behaviour only with the FAB provider installed.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -14,12 +16,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
 
 from airflow_provider_cutout.sandbox import SandboxConfig, run_sandbox
 from tests.conftest import REPO, states, xcoms
+from tests.run_dag import MARK
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = REPO / ".artifacts" / "browser"
@@ -33,8 +39,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class UI:
+    """A running API server: its URL and the environment of its Airflow home."""
+
+    url: str
+    env: dict[str, str]
+
+    def run(self, dag: str, conf: dict[str, Any], **env: str) -> dict[str, Any]:
+        """One ``dag.test`` run written into the API server's own metadata DB (what its pages show)."""
+        done = subprocess.run([sys.executable, "-m", "tests.run_dag", dag, json.dumps(conf)], cwd=REPO,
+                              env={**self.env, "PYTHONPATH": str(REPO), **env}, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(next(line for line in reversed(done.stdout.splitlines())
+                               if line.startswith(MARK))[len(MARK):])
+
+    def token(self) -> str:
+        """A token of the all-admins auth manager (what the UI gets when it loads)."""
+        return str(requests.get(f"{self.url}/auth/token", timeout=10).json()["access_token"])
+
+
 @pytest.fixture(scope="module")
-def api_server(tmp_path_factory) -> Iterator[str]:
+def api_server(tmp_path_factory) -> Iterator[UI]:
     """Airflow's API server on loopback with a throw-away sqlite home; stopped whatever happens."""
     home = tmp_path_factory.mktemp("airflow-ui-home")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
@@ -63,7 +90,7 @@ def api_server(tmp_path_factory) -> Iterator[str]:
             time.sleep(0.5)
         else:
             pytest.fail("the API server did not start within 120 s")
-        yield url
+        yield UI(url, env)
     finally:
         os.killpg(proc.pid, 15)
         try:
@@ -117,7 +144,7 @@ def test_connection_form_save_and_test_button(api_server, browser):
     driver = browser
     with run_sandbox(SandboxConfig(api_key=RIGHT_KEY, balance=1000)) as sandbox:
         sandbox_port = sandbox.server_address[1]
-        driver.get(f"{api_server}/connections")
+        driver.get(f"{api_server.url}/connections")
         wait_for(driver, ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Add Connection']"))).click()
         wait_for(driver, ec.visibility_of_element_located((By.NAME, "connection_id"))).send_keys("cutout_browser")
         kind = driver.find_element(By.CSS_SELECTOR, "input[role=combobox]")
@@ -199,5 +226,73 @@ def test_gallery_of_a_real_batch_run_shows_every_item_failed_first(sandbox, airf
                 "return arguments[0].complete && arguments[0].naturalWidth > 0", img), timeout=10)
     driver.execute_script("window.scrollTo(0, 0)")
     driver.save_screenshot(str(ARTIFACTS / "gallery.png"))
+    errors = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
+    assert not errors, errors
+
+
+def test_the_review_view_on_a_task_instance_page_shows_its_catalog_and_runs_no_script(
+        api_server, browser, sandbox, tmp_path):
+    """A real batch run (hostile keys, prompts and a fail reason among its items) written into the API server's
+    DB; its task instance's page has the "Cutout review" view: every item, counts and credits, filters, the
+    stored results streamed by the plugin. No script runs, no console error; images outside the catalog are
+    404; without a token, 401."""
+    from selenium.webdriver.common.by import By
+
+    from tests.dags.batch_dags import HOSTILE_KEYS
+
+    sandbox.fault("failed_edit", count=1, fail_reason="<script>window.__pwned='reason'</script>")
+    out = tmp_path / "catalog"
+    run = api_server.run("tests.dags.batch_dags:review", {"n": 6, "out": str(out)},
+                         AIRFLOW_CONN_CUTOUT_DEFAULT=sandbox.conn_json())
+    summary = run["summaries"][0]
+    assert run["state"] == "success" and (summary["edited"], summary["failed"]) == (9, 1), run
+    assert sandbox.ledger()["charges"] == 9  # the failed edit cost nothing
+
+    ids = {"dag_id": "t_batch_review", "run_id": run["run_id"], "task_id": "batch", "map_index": "-1"}
+    view = f"{api_server.url}/cutout-review/view"
+    assert requests.get(view, params=ids, timeout=30).status_code == 401  # no token, no catalog
+    auth = {"Authorization": f"Bearer {api_server.token()}"}
+    page = requests.get(view, params=ids, headers=auth, timeout=30)
+    assert page.status_code == 200 and "script-src" not in page.headers["Content-Security-Policy"]
+    assert page.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    assert "<script" not in page.text and "onerror=" not in page.text.replace("onerror=&quot;", "")
+    assert "&lt;script&gt;window.__pwned=&#x27;key&#x27;&lt;/script&gt;" in page.text
+    assert "failed: 1" in page.text and "stored: 9" in page.text and "credits recorded: <b>36" in page.text
+    failed = requests.get(view, params={**ids, "status": "failed"}, headers=auth, timeout=30).text
+    assert failed.count("<section class='item") == 1 and "FailedEditError" in failed
+
+    image = f"{api_server.url}/cutout-review/image"
+    stored = sorted(p.name for p in out.iterdir() if p.suffix == ".png")
+    assert len(stored) == 9
+    shown = requests.get(image, params={**ids, "name": stored[0]}, headers=auth, timeout=30)
+    assert shown.status_code == 200 and shown.headers["content-type"] == "image/png"
+    assert shown.content == (out / stored[0]).read_bytes()
+    (out / "not-in-the-catalog.png").write_bytes(shown.content)
+    for name in ("../catalog/" + stored[0], "not-in-the-catalog.png", "cutout-gallery.html", "..", "_cutout"):
+        assert requests.get(image, params={**ids, "name": name}, headers=auth, timeout=30).status_code == 404, name
+    other = {**ids, "task_id": "review_items", "name": stored[0]}  # a task instance that is no batch
+    assert requests.get(image, params=other, headers=auth, timeout=30).status_code == 404
+
+    driver = browser
+    driver.get(f"{api_server.url}/dags/t_batch_review/runs/{quote(run['run_id'], safe='')}/tasks/batch")
+    tab = wait_for(driver, lambda d: next(iter(d.find_elements(By.XPATH, "//*[normalize-space()='Cutout review']")),
+                                          None), timeout=60)
+    tab.click()
+    frame = wait_for(driver, lambda d: next(iter(d.find_elements(By.TAG_NAME, "iframe")), None))
+    driver.switch_to.frame(frame)
+    cards = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "section.item"))
+    assert len(cards) == 10
+    assert sorted(c.get_attribute("data-key") for c in cards) == sorted([f"item-{i}" for i in range(6)]
+                                                                         + list(HOSTILE_KEYS))
+    for card in cards:
+        if card.get_attribute("data-status") == "stored":
+            (result,) = card.find_elements(By.CSS_SELECTOR, "img[alt^='result']")
+            driver.execute_script("arguments[0].scrollIntoView()", result)
+            wait_for(driver, lambda d, img=result: d.execute_script(
+                "return arguments[0].complete && arguments[0].naturalWidth > 0", img), timeout=10)
+    assert driver.execute_script("return window.__pwned === undefined")
+    driver.switch_to.default_content()
+    assert driver.execute_script("return window.__pwned === undefined")
+    driver.save_screenshot(str(ARTIFACTS / "review-view.png"))
     errors = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
     assert not errors, errors

@@ -19,18 +19,22 @@ from airflow_provider_cutout.state.manifest import EDITED, FAILED, IN_DOUBT, STO
 GALLERY_NAME = "cutout-gallery.html"
 DEFAULT_LIMIT = 2000
 _ORDER = {FAILED: 0, IN_DOUBT: 1, EDITED: 2, STORED: 3}
-_LABELS = {FAILED: "failed", IN_DOUBT: "in doubt", EDITED: "paid, not stored", STORED: "stored"}
+LABELS = {FAILED: "failed", IN_DOUBT: "in doubt", EDITED: "paid, not stored", STORED: "stored"}
+CREDITS_NOTE = ("Credits recorded count each item's newest edit; an item edited again (a new photo or prompt) "
+                "was charged for its earlier edits too, so the account may show more.")
 
-_STYLE = """
+STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1d2733;background:#f6f8fa}
 h1{font-size:20px;margin:0 0 8px}.counts span{margin-right:18px}.note{color:#5b6875}
-.item{display:flex;gap:16px;background:#fff;border:1px solid #d5dbe1;border-radius:6px;padding:12px;margin:12px 0}
+main{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:12px}
+.item{display:flex;gap:12px;background:#fff;border:1px solid #d5dbe1;border-radius:6px;padding:10px;min-width:0}
 .item.failed,.item.in_doubt{border-color:#d1242f}.item.edited{border-color:#bf8700}
-figure{margin:0;flex:0 0 180px;text-align:center}figcaption{color:#5b6875;font-size:12px}
-img{width:180px;height:180px;object-fit:contain;background:repeating-conic-gradient(#eee 0 25%,#fff 0 50%) 0 0/16px}
-.none{width:180px;height:180px;display:flex;align-items:center;justify-content:center;background:#f0f2f4;color:#5b6875}
-dl{margin:0;display:grid;grid-template-columns:auto 1fr;gap:2px 10px;align-content:start}
-dt{color:#5b6875}
+figure{margin:0;flex:0 0 130px;text-align:center}figcaption{color:#5b6875;font-size:12px}
+img{width:130px;height:130px;object-fit:contain;background:repeating-conic-gradient(#eee 0 25%,#fff 0 50%) 0 0/16px}
+.none{width:130px;height:130px;display:flex;align-items:center;justify-content:center;background:#f0f2f4;color:#5b6875;
+font-size:12px;text-align:center}
+dl{margin:0;display:grid;grid-template-columns:auto 1fr;gap:2px 8px;align-content:start;min-width:0}
+dt{color:#5b6875}dd{margin:0;overflow-wrap:anywhere}
 .status{font-weight:600}.failed .status,.in_doubt .status{color:#d1242f}.edited .status{color:#bf8700}
 .error{color:#d1242f;white-space:pre-wrap}
 """
@@ -62,52 +66,65 @@ def render_gallery(entries: Iterable[dict[str, Any]], *, title: str, run: dict[s
     counts = dict.fromkeys(_ORDER, 0)
     for entry in items:
         counts[entry.get("status", FAILED)] = counts.get(entry.get("status", FAILED), 0) + 1
-    credits = sum(int(e.get("credits") or 0) for e in items if e.get("status") != FAILED)
     shown = items[: max(limit, len(items) - counts[STORED])]
-    top = "".join(f"<span>{_LABELS[s]}: <b>{counts[s]}</b></span>" for s in _ORDER)
-    top += f"<span>credits recorded: <b>{credits}</b></span>"
+    top = "".join(f"<span>{LABELS[s]}: <b>{counts[s]}</b></span>" for s in _ORDER)
+    top += f"<span>credits recorded: <b>{credits_recorded(items)}</b></span>"
     this_run = "" if run is None else (
         f"<p class='note'>This run: {run.get('edited', 0)} edited, {run.get('skipped', 0)} skipped, "
         f"{run.get('failed', 0)} failed, {run.get('in_doubt', 0)} in doubt, {run.get('credits_spent', 0)} credits.</p>")
     left_out = len(items) - len(shown)
     more = f"<p class='note'>{left_out} more stored items are in the manifest, not shown.</p>" if left_out else ""
-    cards = "\n".join(_card(entry, result_src or (lambda name: name), source_src or (lambda url: url))
+    cards = "\n".join(card(entry, result_src or (lambda name: name), source_src or (lambda url: url))
                       for entry in shown)
     generated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     return (
         "<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<meta http-equiv='Content-Security-Policy' content=\"{_CSP}\">"
-        f"<title>Cutout gallery: {_e(title)}</title><style>{_STYLE}</style></head><body>"
-        f"<h1>Cutout gallery: {_e(title)}</h1><p class='counts'>{top}</p>{this_run}"
-        f"<p class='note'>Generated {generated} from the manifest; items that need a look come first.</p>{more}"
+        f"<title>Cutout gallery: {escape(title)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>Cutout gallery: {escape(title)}</h1><p class='counts'>{top}</p>{this_run}"
+        f"<p class='note'>Generated {generated} from the manifest; items that need a look come first. "
+        f"{CREDITS_NOTE}</p>{more}"
         f"<main>\n{cards}\n</main></body></html>\n"
     )
 
 
-def _card(entry: dict[str, Any], result_src: Callable[[str], str], source_src: Callable[[str], str | None]) -> str:
+def credits_recorded(items: Iterable[dict[str, Any]]) -> int:
+    """The credits the newest entries of these items record (failed edits cost nothing)."""
+    return sum(int(e.get("credits") or 0) for e in items if e.get("status") != FAILED)
+
+
+def card(entry: dict[str, Any], result_src: Callable[[str], str], source_src: Callable[[str], str | None],
+         no_source: str = "source on object storage") -> str:
+    """One item's card: its source and result side by side, and what the manifest says of it. Every value is
+    escaped (keys, prompts and error texts come from the catalog and the API).
+
+    :param no_source: what stands where the source is not shown (``source_src`` gave ``None``).
+    """
     status = entry.get("status", FAILED)
     sources = [str(url) for url in entry.get("image_urls") or []]
     shown = source_src(sources[0]) if sources else None
-    source = (f"<img src='{_e(shown)}' alt='source of {_e(entry.get('key'))}' loading='lazy'>" if shown
-              else f"<div class='none'>{'source on object storage' if sources else 'no source'}</div>")
+    source = (f"<img src='{escape(shown)}' alt='source of {escape(entry.get('key'))}' loading='lazy'>" if shown
+              else f"<div class='none'>{escape(no_source) if sources else 'no source'}</div>")
     stored = str(entry.get("stored_path") or "").rsplit("/", 1)[-1]
-    result = (f"<img src='{_e(result_src(stored))}' alt='result of {_e(entry.get('key'))}' loading='lazy'>"
+    result = (f"<img src='{escape(result_src(stored))}' alt='result of {escape(entry.get('key'))}' loading='lazy'>"
               if status == STORED and stored else "<div class='none'>no result</div>")
     extra = f" (+{len(sources) - 1} more)" if len(sources) > 1 else ""
     rows = [("key", entry.get("key")), ("prompt", entry.get("prompt")), ("model", entry.get("model")),
             ("ratio", entry.get("aspect_ratio")), ("credits", entry.get("credits") or 0),
             ("request id", entry.get("request_id"))]
-    details = "".join(f"<dt>{name}</dt><dd>{_e(value)}</dd>" for name, value in rows if value not in (None, ""))
-    error = f"<dt>error</dt><dd class='error'>{_e(entry['error'])}</dd>" if entry.get("error") else ""
+    details = "".join(f"<dt>{name}</dt><dd>{escape(value)}</dd>" for name, value in rows if value not in (None, ""))
+    error = f"<dt>error</dt><dd class='error'>{escape(entry['error'])}</dd>" if entry.get("error") else ""
     return (
-        f"<section class='item {_e(status)}' data-key='{_e(entry.get('key'))}' data-status='{_e(status)}'>"
+        f"<section class='item {escape(status)}' data-key='{escape(entry.get('key'))}' data-status='{escape(status)}'>"
         f"<figure>{source}<figcaption>source{extra}</figcaption></figure>"
         f"<figure>{result}<figcaption>result</figcaption></figure>"
-        f"<dl><dt>status</dt><dd class='status'>{_LABELS.get(status, _e(status))}</dd>{details}{error}</dl></section>"
+        f"<dl><dt>status</dt><dd class='status'>{LABELS.get(status, escape(status))}</dd>{details}{error}</dl>"
+        "</section>"
     )
 
 
-def _e(value: Any) -> str:
+def escape(value: Any) -> str:
+    """``value`` as HTML text, quotes included (safe in an attribute)."""
     return html.escape(str(value), quote=True)
 
 

@@ -147,3 +147,23 @@ with DAG("t_batch_catalog_chunks", schedule=None, start_date=START,
     CutoutBatchImageEditOperator.partial(
         task_id="batch", output_dir="{{ params.out }}/", prompt="grayscale", max_concurrency=4,
     ).expand(items=chunked())
+
+
+#: Item keys and a prompt that would run script if any page showed them unescaped, and keys shaped like paths.
+HOSTILE_KEYS = ("<script>window.__pwned='key'</script>", "<img src=x onerror=\"window.__pwned='img'\">",
+                "../../../../etc/passwd", "javascript:window.__pwned='url'")
+HOSTILE_PROMPT = "grayscale <script>window.__pwned='prompt'</script>"
+
+
+@task
+def review_items(params=None) -> list[dict]:
+    """``n`` plain items and the hostile ones, each with its own photo."""
+    base = CutoutHook().base_url
+    keys = [f"item-{i}" for i in range(int(params["n"]))] + list(HOSTILE_KEYS)
+    return [{"key": key, "prompt": HOSTILE_PROMPT if key in HOSTILE_KEYS else "grayscale",
+             "image_urls": [f"{base}/samples/mug.png?w={40 + i}&h=30"]} for i, key in enumerate(keys)]
+
+
+with DAG("t_batch_review", schedule=None, start_date=START, params={"n": 6, "out": "/tmp/unused"}) as review:
+    CutoutBatchImageEditOperator(task_id="batch", items=review_items(), output_dir="{{ params.out }}/",
+                                 prompt="grayscale", max_failures=0.5, max_concurrency=2)

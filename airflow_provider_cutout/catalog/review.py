@@ -1,0 +1,115 @@
+"""The review view's page (served inside Airflow by ``plugins.review``): a catalog's items from its manifest,
+filtered by status and key, counted, with the credits they record, one page at a time as a grid of cards.
+
+Pure: the items in, the page out. It holds no script; filters, search and pages are links and a GET form, so
+the view works under a Content-Security-Policy that allows no script at all. Sources are not loaded (a page on
+Airflow's origin fetches nothing from a catalog's servers); results are shown through ``image_url``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from airflow_provider_cutout.catalog.gallery import CREDITS_NOTE, LABELS, STYLE, card, credits_recorded, escape
+from airflow_provider_cutout.state.manifest import EDITED, FAILED, IN_DOUBT, STORED
+
+PER_PAGE = 60
+#: The filters of the view: a name in the query string, its label, and which items it keeps.
+FILTERS: dict[str, tuple[str, Callable[[dict[str, Any], float], bool]]] = {
+    "all": ("all", lambda e, since: True),
+    "failed": (LABELS[FAILED], lambda e, since: e.get("status") == FAILED),
+    "in_doubt": (LABELS[IN_DOUBT], lambda e, since: e.get("status") == IN_DOUBT),
+    "not_stored": (LABELS[EDITED], lambda e, since: e.get("status") == EDITED),
+    "stored": (LABELS[STORED], lambda e, since: e.get("status") == STORED),
+    "this_run": ("changed since this task started",
+                 lambda e, since: bool(since) and float(e.get("updated_at") or 0) >= since),
+}
+#: Only style; no script, no source from anywhere but the view's own images; a frame of Airflow's pages only.
+CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; "
+       "frame-ancestors 'self'")
+_EXTRA_STYLE = """
+nav{margin:12px 0}nav a{margin-right:14px}nav a.on{font-weight:700;color:#1d2733;text-decoration:none}
+form{display:inline-block;margin-left:12px}input[type=search]{width:260px}
+.pages{margin:16px 0}.pages a,.pages span{margin-right:14px}
+"""
+
+
+@dataclass(frozen=True)
+class ReviewQuery:
+    """What the reviewer asked for: a filter of ``FILTERS``, a search in item keys, and a page (from 1)."""
+
+    status: str = "all"
+    search: str = ""
+    page: int = 1
+
+    @classmethod
+    def parse(cls, status: str | None, search: str | None, page: str | None) -> ReviewQuery:
+        """From the query string, forgiving: an unknown filter is ``all``, a page that is not a number the first."""
+        number = int(page) if page and page.isdigit() else 1
+        return cls(status if status in FILTERS else "all", (search or "").strip()[:200], max(1, number))
+
+
+def select(items: Sequence[dict[str, Any]], query: ReviewQuery, since: float = 0.0) -> list[dict[str, Any]]:
+    """The items the query keeps, in their order (those that need a look first)."""
+    keep = FILTERS[query.status][1]
+    needle = query.search.casefold()
+    return [e for e in items if keep(e, since) and (not needle or needle in str(e.get("key", "")).casefold())]
+
+
+def render_review(items: Sequence[dict[str, Any]], *, query: ReviewQuery, title: str, href: Callable[..., str],
+                  image_url: Callable[[str], str], hidden: dict[str, str], since: float = 0.0,
+                  run: dict[str, Any] | None = None, per_page: int = PER_PAGE) -> str:
+    """The view's page.
+
+    :param items: the newest entry of each item key, those that need a look first (``gallery.gallery_items``).
+    :param title: the heading (the output folder).
+    :param href: the view's URL with these query parameters changed (``status``, ``q``, ``page``).
+    :param image_url: the URL a stored file's name is shown by.
+    :param hidden: the query parameters that name the task instance, carried by the search form.
+    :param since: when the task instance started (the ``this_run`` filter); ``0``: unknown.
+    :param run: the task instance's summary, if it has one.
+    """
+    counts = {name: len(select(items, ReviewQuery(name), since)) for name in FILTERS}
+    chosen = select(items, query, since)
+    pages = max(1, -(-len(chosen) // per_page))
+    page = min(query.page, pages)
+    shown = chosen[(page - 1) * per_page: page * per_page]
+    filters = "".join(
+        f"<a href='{escape(href(status=name, page=1))}'{' class=on' if name == query.status else ''}>"
+        f"{escape(label)}: {counts[name]:,}</a>" for name, (label, _) in FILTERS.items())
+    fields = "".join(f"<input type='hidden' name='{escape(k)}' value='{escape(v)}'>" for k, v in hidden.items())
+    search = (f"<form method='get' action=''>{fields}<input type='hidden' name='status' value='{escape(query.status)}'>"
+              f"<input type='search' name='q' value='{escape(query.search)}' placeholder='item key contains'>"
+              "<button>Search</button></form>")
+    this_run = "" if run is None else (
+        f"<p class='note'>This run: {run.get('edited', 0)} edited, {run.get('skipped', 0)} skipped, "
+        f"{run.get('failed', 0)} failed, {run.get('in_doubt', 0)} in doubt, {run.get('credits_spent', 0)} credits "
+        "spent.</p>")
+    cards = "\n".join(card(e, image_url, lambda url: None, no_source="source not loaded here") for e in shown)
+    empty = "" if shown else "<p class='note'>No item matches.</p>"
+    return (
+        "<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>Cutout review</title>"
+        f"<style>{STYLE}{_EXTRA_STYLE}</style></head><body>"
+        f"<h1>Cutout review: {escape(title)}</h1>"
+        f"<p class='counts'><span>items: <b>{len(items):,}</b></span>"
+        f"<span>credits recorded: <b>{credits_recorded(items):,}</b></span></p>{this_run}"
+        f"<p class='note'>{CREDITS_NOTE}</p>"
+        f"<nav>{filters}{search}</nav>{_pages(href, page, pages, len(chosen))}"
+        f"<main>\n{cards}\n</main>{empty}{_pages(href, page, pages, len(chosen))}</body></html>\n"
+    )
+
+
+def _pages(href: Callable[..., str], page: int, pages: int, total: int) -> str:
+    previous = f"<a href='{escape(href(page=page - 1))}'>previous</a>" if page > 1 else ""
+    following = f"<a href='{escape(href(page=page + 1))}'>next</a>" if page < pages else ""
+    return f"<p class='pages'>{previous}<span>page {page} of {pages} ({total:,} items)</span>{following}</p>"
+
+
+def view_href(base: str, params: dict[str, str]) -> Callable[..., str]:
+    """``href`` for ``render_review``: ``base`` with ``params`` and the changes given."""
+    def href(**changes: Any) -> str:
+        return f"{base}?{urlencode({**params, **{k: str(v) for k, v in changes.items()}})}"
+    return href

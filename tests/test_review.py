@@ -1,0 +1,82 @@
+"""The review view's page (``catalog.review``) and the plugin that serves it: filters, search, pages and counts
+over manifest entries; every value escaped; the plugin light to import (Airflow loads plugins in every task).
+The view served by a real API server, in Chromium, is in test_browser.py."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from airflow_provider_cutout.catalog.gallery import gallery_items
+from airflow_provider_cutout.catalog.review import ReviewQuery, render_review, select, view_href
+
+
+def entries(n: int = 130) -> list[dict]:
+    found = [{"key": f"item-{i:03d}", "fingerprint": f"fp{i}", "status": "stored", "credits": 4, "prompt": "grayscale",
+              "image_urls": [f"https://cdn.example/p{i}.jpg"], "stored_path": f"/out/item-{i:03d}.png",
+              "updated_at": 100.0 + i} for i in range(n)]
+    if n > 9:
+        found[7].update(status="failed", credits=0, stored_path=None, error="FailedEditError: <b>no</b>")
+        found[8].update(status="in_doubt", stored_path=None)
+        found[9].update(status="edited", stored_path=None)
+    return found
+
+
+def page(items, query=None, since=0.0, per_page=60):
+    return render_review(items, query=query or ReviewQuery(), title="/out", href=view_href("/cutout-review/view", {"dag_id": "d"}),
+                         image_url=lambda name: f"/img?name={name}", hidden={"dag_id": "d"}, since=since,
+                         per_page=per_page)
+
+
+def test_items_that_need_a_look_come_first_and_filters_count_them():
+    items = gallery_items(entries())
+    assert [e["status"] for e in items[:3]] == ["failed", "in_doubt", "edited"]
+    html = page(items)
+    for label, count in (("all", 130), ("failed", 1), ("in doubt", 1), ("paid, not stored", 1), ("stored", 127)):
+        assert f">{label}: {count}</a>" in html, label
+    assert "credits recorded: <b>516</b>" in html  # 4 each, but for the failed edit (free); in doubt counts
+    assert [e["key"] for e in select(items, ReviewQuery("failed"))] == ["item-007"]
+    assert sorted(e["key"] for e in select(items, ReviewQuery(search="ITEM-12"))) == [f"item-12{i}" for i in range(10)]
+    assert len(select(items, ReviewQuery("this_run"), since=200.0)) == 30  # updated since the task started
+    assert select(items, ReviewQuery("this_run")) == []  # start unknown: nothing is claimed for this run
+
+
+def test_pages_and_their_links():
+    items = gallery_items(entries())
+    first, last = page(items), page(items, ReviewQuery(page=3))
+    assert first.count("<section class='item") == 60 and last.count("<section class='item") == 10
+    assert "page 1 of 3 (130 items)" in first and "previous" not in first
+    assert "href='/cutout-review/view?dag_id=d&amp;page=2'" in first
+    assert "page 3 of 3" in page(items, ReviewQuery(page=99))  # past the end: the last page
+    assert ReviewQuery.parse("nonsense", "  a  ", "x") == ReviewQuery("all", "a", 1)
+    assert ReviewQuery.parse("failed", None, "0") == ReviewQuery("failed", "", 1)
+
+
+def test_every_value_from_the_catalog_or_the_api_is_escaped_and_no_source_is_loaded():
+    hostile = entries(3)
+    hostile[0].update(key="<script>alert(1)</script>", prompt="<img src=x onerror=alert(2)>")
+    hostile[1].update(key="javascript:alert(3)", status="failed", error="<script>alert(4)</script>")
+    hostile[2].update(image_urls=["javascript:alert(5)"], stored_path="/out/'><img src=x onerror=alert(6)>.png")
+    html = page(gallery_items(hostile), ReviewQuery(search="<script>"))
+    body = page(gallery_items(hostile))
+    for text in (html, body):
+        assert "<script" not in text and "<img src=x" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body and "&lt;script&gt;alert(4)&lt;/script&gt;" in body
+    assert "value='&lt;script&gt;'" in html  # the search box holds the search, escaped
+    assert not re.search(r"src='(https?:|javascript:)", body)  # sources are named, not loaded
+    assert "src='/img?name=&#x27;&gt;&lt;img src=x onerror=alert(6)&gt;.png'" in body  # the attribute stays shut
+
+
+def test_the_plugin_module_is_light_and_registers_the_view():
+    """Airflow imports every plugin in every task process: the app (FastAPI, the auth manager) stays out."""
+    code = ("import sys; from airflow_provider_cutout.plugins.review import CutoutReviewPlugin as P; "
+            "print('fastapi' in sys.modules, 'airflow_provider_cutout.plugins.review_app' in sys.modules, "
+            "P.external_views[0]['destination'], P.external_views[0]['href'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[:3] == ["False", "False", "task_instance"]
+    assert out[3] == "/cutout-review/view?dag_id={DAG_ID}&run_id={RUN_ID}&task_id={TASK_ID}&map_index={MAP_INDEX}"
+    from airflow_provider_cutout.plugins.review import CutoutReviewPlugin
+
+    (app,) = CutoutReviewPlugin().fastapi_apps
+    assert app["url_prefix"] == "/cutout-review" and {r.path for r in app["app"].routes} >= {"/view", "/image"}
