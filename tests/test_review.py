@@ -24,7 +24,8 @@ def entries(n: int = 130) -> list[dict]:
 
 
 def page(items, query=None, since=0.0, per_page=60):
-    return render_review(items, query=query or ReviewQuery(), title="/out", href=view_href("/cutout-review/view", {"dag_id": "d"}),
+    return render_review(items, query=query or ReviewQuery(), title="/out",
+                         href=view_href("/cutout-review/view", {"dag_id": "d"}),
                          image_url=lambda name: f"/img?name={name}", hidden={"dag_id": "d"}, since=since,
                          per_page=per_page)
 
