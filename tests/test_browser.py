@@ -49,7 +49,9 @@ class UI:
     def run(self, dag: str, conf: dict[str, Any], **env: str) -> dict[str, Any]:
         """One ``dag.test`` run written into the API server's own metadata DB (what its pages show)."""
         done = subprocess.run([sys.executable, "-m", "tests.run_dag", dag, json.dumps(conf)], cwd=REPO,
-                              env={**self.env, "PYTHONPATH": str(REPO), **env}, capture_output=True, text=True,
+                              env={**self.env, "PYTHONPATH": str(REPO), **env,
+                                   "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "tests" / "dags")},
+                              capture_output=True, text=True,
                               timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads(next(line for line in reversed(done.stdout.splitlines())
@@ -235,7 +237,7 @@ def test_the_review_view_on_a_task_instance_page_shows_its_catalog_and_runs_no_s
     """A real batch run (hostile keys, prompts and a fail reason among its items) written into the API server's
     DB; its task instance's page has the "Cutout review" view: every item, counts and credits, filters, the
     stored results streamed by the plugin. No script runs, no console error; images outside the catalog are
-    404; without a token, 401."""
+    404; with a forged token, 403."""
     from selenium.webdriver.common.by import By
 
     from tests.dags.batch_dags import HOSTILE_KEYS
@@ -250,7 +252,8 @@ def test_the_review_view_on_a_task_instance_page_shows_its_catalog_and_runs_no_s
 
     ids = {"dag_id": "t_batch_review", "run_id": run["run_id"], "task_id": "batch", "map_index": "-1"}
     view = f"{api_server.url}/cutout-review/view"
-    assert requests.get(view, params=ids, timeout=30).status_code == 401  # no token, no catalog
+    forged = {"Authorization": "Bearer not-a-token"}  # all-admins mode lets anyone in: a forged token shows the check
+    assert requests.get(view, params=ids, headers=forged, timeout=30).status_code == 403
     auth = {"Authorization": f"Bearer {api_server.token()}"}
     page = requests.get(view, params=ids, headers=auth, timeout=30)
     assert page.status_code == 200 and "script-src" not in page.headers["Content-Security-Policy"]
@@ -291,8 +294,9 @@ def test_the_review_view_on_a_task_instance_page_shows_its_catalog_and_runs_no_s
             wait_for(driver, lambda d, img=result: d.execute_script(
                 "return arguments[0].complete && arguments[0].naturalWidth > 0", img), timeout=10)
     assert driver.execute_script("return window.__pwned === undefined")
+    driver.execute_script("window.scrollTo(0, 0)")
     driver.switch_to.default_content()
     assert driver.execute_script("return window.__pwned === undefined")
-    driver.save_screenshot(str(ARTIFACTS / "review-view.png"))
+    driver.save_screenshot(str(ARTIFACTS / "review-view.png"))  # docs/images/review.png
     errors = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
     assert not errors, errors
