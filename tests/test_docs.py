@@ -47,10 +47,11 @@ def test_every_public_name_mentioned_exists(page):
     from airflow_provider_cutout.hooks.cutout import CutoutHook
     from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator
     from airflow_provider_cutout.operators.image_edit import CutoutImageEditOperator
+    from airflow_provider_cutout.plugins.review import CutoutReviewPlugin
 
     known = {name for name in dir(exceptions) if not name.startswith("_")}
     known |= {"CutoutHook", "CutoutImageEditOperator", "CutoutBatchImageEditOperator", "CutoutResultLink",
-              "CutoutGalleryLink", "CutoutClient", "CutoutEditRunFacet"}
+              "CutoutGalleryLink", "CutoutClient", "CutoutEditRunFacet", CutoutReviewPlugin.__name__}
     for name in set(re.findall(r"`(Cutout\w+)", text)):
         assert name in known, f"{page.name} mentions {name}, which does not exist"
     for method in set(re.findall(r"CutoutHook\.(\w+)", text)):
