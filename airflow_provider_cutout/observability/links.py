@@ -1,10 +1,10 @@
 """Extra links on a task's page: "Cutout result" (the edited image of a single edit) and "Cutout gallery"
-(the review page of a batch's output folder)."""
+(the review view of a batch task instance's catalog)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode, urlsplit
 
 from airflow.sdk import BaseOperatorLink
 
@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from airflow.sdk.types import TaskInstanceKey
 
 RESULT_XCOM_KEY = "cutout_result"
+REVIEW_PREFIX = "/cutout-review"  # where the API server mounts the review view (plugins.review)
 
 
 class CutoutResultLink(BaseOperatorLink):
@@ -31,15 +32,27 @@ class CutoutResultLink(BaseOperatorLink):
 
 
 class CutoutGalleryLink(BaseOperatorLink):
-    """Points at the batch's ``cutout-gallery.html`` where a browser can open it: a ``file://`` URL for a
-    local or mounted folder, the S3 or GCS console's page of the object otherwise (never a signed URL: the
-    link is stored in the metadata DB)."""
+    """Points at the batch task instance's **Cutout review** view (``plugins.review``): its catalog on Airflow's
+    own origin, results streamed by the API server. Browsers refuse ``file://`` links from a web page, and a
+    folder on a worker or in a bucket has no other URL a browser may open (a signed URL would be stored in the
+    metadata DB)."""
 
     name = "Cutout gallery"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        """Return the gallery URL this task instance wrote, or ``""``."""
-        return str(getattr(operator, "gallery_url", None) or "")
+        """The view of this task instance's catalog once it wrote one, else ``""``."""
+        if not getattr(operator, "gallery_url", None):
+            return ""
+        return review_url(ti_key.dag_id, ti_key.run_id, ti_key.task_id, ti_key.map_index)
+
+
+def review_url(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+    """The review view of a task instance, under the API server's ``[api] base_url`` path when it has one."""
+    from airflow.configuration import conf
+
+    root = urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
+    query = urlencode({"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": map_index})
+    return f"{root}{REVIEW_PREFIX}/view?{query}"
 
 
 def gallery_link(page: Any) -> str | None:

@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from airflow_provider_cutout.catalog.gallery import gallery_items
 from airflow_provider_cutout.catalog.review import CSP, ReviewQuery, render_review, view_href
-from airflow_provider_cutout.plugins.review import PREFIX
+from airflow_provider_cutout.observability.links import REVIEW_PREFIX as PREFIX
 from airflow_provider_cutout.state.io import is_local
 from airflow_provider_cutout.state.manifest import STORED, Manifest
 
