@@ -286,7 +286,10 @@ def test_the_review_view_on_a_task_instance_page_shows_its_catalog_and_runs_no_s
     for name in ("../catalog/" + stored[0], "not-in-the-catalog.png", "cutout-gallery.html", "..", "_cutout"):
         assert requests.get(image, params={**ids, "name": name}, headers=auth, timeout=30).status_code == 404, name
     other = {**ids, "task_id": "review_items", "name": stored[0]}  # a task instance that is no batch
-    assert requests.get(image, params=other, headers=auth, timeout=30).status_code == 404
+    missing = requests.get(image, params=other, headers=auth, timeout=30)
+    assert missing.status_code == 404 and missing.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    odd = requests.get(view, params={**ids, "map_index": "--1", "page": "\u00b2"}, headers=auth, timeout=30)
+    assert odd.status_code == 200 and "page 1 of 1" in odd.text  # malformed numbers read as their defaults
 
     driver = browser
     driver.get(f"{api_server.url}/dags/t_batch_review/runs/{quote(run['run_id'], safe='')}/tasks/batch")
@@ -312,3 +315,10 @@ def test_the_review_view_on_a_task_instance_page_shows_its_catalog_and_runs_no_s
     driver.save_screenshot(str(ARTIFACTS / "review-view.png"))  # docs/images/review.png
     errors = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
     assert not errors, errors
+
+    (out / stored[1]).unlink()  # a stored result replaced by a link to a file of the API server's host
+    (out / stored[1]).symlink_to(os.path.join(api_server.env["AIRFLOW_HOME"], "airflow.db"))
+    (out / stored[2]).unlink()
+    os.mkfifo(out / stored[2])  # or by a FIFO, which would block a reader
+    for name in stored[1:3]:
+        assert requests.get(image, params={**ids, "name": name}, headers=auth, timeout=10).status_code == 404, name

@@ -81,3 +81,12 @@ def test_the_plugin_module_is_light_and_registers_the_view():
 
     (app,) = CutoutReviewPlugin().fastapi_apps
     assert app["url_prefix"] == "/cutout-review" and {r.path for r in app["app"].routes} >= {"/view", "/image"}
+
+
+def test_a_damaged_entry_or_odd_parameters_do_not_break_the_page():
+    items = entries(12)
+    items[3].update(credits="four", updated_at="yesterday")
+    items[4].update(credits=None, updated_at=None, status=7)
+    html = page(gallery_items(items), ReviewQuery.parse("this_run", "\x00", "\u00b2"), since=105.0)
+    assert "page 1 of 1" in html and "credits recorded" in html
+    assert ReviewQuery.parse("all", None, "9" * 5000) == ReviewQuery("all", "", 1)

@@ -44,8 +44,8 @@ _CSP = "default-src 'none'; img-src * data: blob: file:; style-src 'unsafe-inlin
 
 def gallery_items(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The newest entry of each item key: those that need a look first, then the newest stored."""
-    return sorted(newest(entries).values(),
-                  key=lambda e: (_ORDER.get(e.get("status", ""), 0), -e.get("updated_at", 0), str(e.get("key"))))
+    return sorted(newest(entries, order=lambda e: number(e.get("updated_at"))).values(),
+                  key=lambda e: (_ORDER.get(e.get("status", ""), 0), -number(e.get("updated_at")), str(e.get("key"))))
 
 
 def render_gallery(entries: Iterable[dict[str, Any]], *, title: str, run: dict[str, Any] | None = None,
@@ -90,7 +90,12 @@ def render_gallery(entries: Iterable[dict[str, Any]], *, title: str, run: dict[s
 
 def credits_recorded(items: Iterable[dict[str, Any]]) -> int:
     """The credits the newest entries of these items record (failed edits cost nothing)."""
-    return sum(int(e.get("credits") or 0) for e in items if e.get("status") != FAILED)
+    return sum(int(number(e.get("credits"))) for e in items if e.get("status") != FAILED)
+
+
+def number(value: Any) -> float:
+    """A manifest field read as a number: a damaged entry (a string, nothing) counts 0, it does not fail a page."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 def card(entry: dict[str, Any], result_src: Callable[[str], str], source_src: Callable[[str], str | None],

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from airflow_provider_cutout.catalog.gallery import CREDITS_NOTE, LABELS, STYLE, card, credits_recorded, escape
+from airflow_provider_cutout.catalog.gallery import (
+    CREDITS_NOTE,
+    LABELS,
+    STYLE,
+    card,
+    credits_recorded,
+    escape,
+    number,
+)
 from airflow_provider_cutout.state.manifest import EDITED, FAILED, IN_DOUBT, STORED
 
 PER_PAGE = 60
@@ -25,7 +33,7 @@ FILTERS: dict[str, tuple[str, Callable[[dict[str, Any], float], bool]]] = {
     "not_stored": (LABELS[EDITED], lambda e, since: e.get("status") == EDITED),
     "stored": (LABELS[STORED], lambda e, since: e.get("status") == STORED),
     "this_run": ("changed since this task started",
-                 lambda e, since: bool(since) and float(e.get("updated_at") or 0) >= since),
+                 lambda e, since: bool(since) and number(e.get("updated_at")) >= since),
 }
 #: Only style; no script, no source from anywhere but the view's own images; a frame of Airflow's pages only.
 CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; "
@@ -48,8 +56,8 @@ class ReviewQuery:
     @classmethod
     def parse(cls, status: str | None, search: str | None, page: str | None) -> ReviewQuery:
         """From the query string, forgiving: an unknown filter is ``all``, a page that is not a number the first."""
-        number = int(page) if page and page.isdigit() else 1
-        return cls(status if status in FILTERS else "all", (search or "").strip()[:200], max(1, number))
+        chosen = int(page) if page and page.isascii() and page.isdigit() and len(page) < 10 else 1
+        return cls(status if status in FILTERS else "all", (search or "").strip()[:200], max(1, chosen))
 
 
 def select(items: Sequence[dict[str, Any]], query: ReviewQuery, since: float = 0.0) -> list[dict[str, Any]]:
@@ -61,7 +69,7 @@ def select(items: Sequence[dict[str, Any]], query: ReviewQuery, since: float = 0
 
 def render_review(items: Sequence[dict[str, Any]], *, query: ReviewQuery, title: str, href: Callable[..., str],
                   image_url: Callable[[str], str], hidden: dict[str, str], since: float = 0.0,
-                  run: dict[str, Any] | None = None, per_page: int = PER_PAGE) -> str:
+                  per_page: int = PER_PAGE) -> str:
     """The view's page.
 
     :param items: the newest entry of each item key, those that need a look first (``gallery.gallery_items``).
@@ -70,7 +78,6 @@ def render_review(items: Sequence[dict[str, Any]], *, query: ReviewQuery, title:
     :param image_url: the URL a stored file's name is shown by.
     :param hidden: the query parameters that name the task instance, carried by the search form.
     :param since: when the task instance started (the ``this_run`` filter); ``0``: unknown.
-    :param run: the task instance's summary, if it has one.
     """
     counts = {name: len(select(items, ReviewQuery(name), since)) for name in FILTERS}
     chosen = select(items, query, since)
@@ -84,10 +91,6 @@ def render_review(items: Sequence[dict[str, Any]], *, query: ReviewQuery, title:
     search = (f"<form method='get' action=''>{fields}<input type='hidden' name='status' value='{escape(query.status)}'>"
               f"<input type='search' name='q' value='{escape(query.search)}' placeholder='item key contains'>"
               "<button>Search</button></form>")
-    this_run = "" if run is None else (
-        f"<p class='note'>This run: {run.get('edited', 0)} edited, {run.get('skipped', 0)} skipped, "
-        f"{run.get('failed', 0)} failed, {run.get('in_doubt', 0)} in doubt, {run.get('credits_spent', 0)} credits "
-        "spent.</p>")
     cards = "\n".join(card(e, image_url, lambda url: None, no_source="source not loaded here") for e in shown)
     empty = "" if shown else "<p class='note'>No item matches.</p>"
     return (
@@ -95,7 +98,7 @@ def render_review(items: Sequence[dict[str, Any]], *, query: ReviewQuery, title:
         f"<style>{STYLE}{_EXTRA_STYLE}</style></head><body>"
         f"<h1>Cutout review: {escape(title)}</h1>"
         f"<p class='counts'><span>items: <b>{len(items):,}</b></span>"
-        f"<span>credits recorded: <b>{credits_recorded(items):,}</b></span></p>{this_run}"
+        f"<span>credits recorded: <b>{credits_recorded(items):,}</b></span></p>"
         f"<p class='note'>{CREDITS_NOTE}</p>"
         f"<nav>{filters}{search}</nav>{_pages(href, page, pages, len(chosen))}"
         f"<main>\n{cards}\n</main>{empty}{_pages(href, page, pages, len(chosen))}</body></html>\n"

@@ -1,39 +1,56 @@
 """The review view's app, mounted by the API server under ``/cutout-review``.
 
-``GET /view``: a batch task instance's catalog (``catalog.review``), found through the summary the task returned
-(its output folder), read from that folder's manifest. ``GET /image``: one stored result of that catalog,
-streamed from the folder, so the browser needs no signed URL and no ``file://`` link.
+``GET /view``: a batch task instance's catalog (``catalog.review``), read from the manifest of the output folder
+the task rendered (its rendered template fields, which API users cannot edit; available from the task's start,
+also when it failed). ``GET /image``: one stored result of that catalog, streamed from the folder, so the
+browser needs no signed URL and no ``file://`` link.
 
 Access follows Airflow's auth manager: whoever may read the DAG's task instances may look. Every answer
-carries a Content-Security-Policy that allows no script; an image is served only when the manifest records it
-as stored, under a plain file name, directly in the task's output folder.
+carries a Content-Security-Policy that allows no script. An image is served only when the manifest records it
+as stored, under a plain file name, as a regular file directly in the task's output folder (no link followed).
 """
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 import threading
+import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.core_api.security import requires_access_dag
-from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
-from airflow_provider_cutout.catalog.gallery import gallery_items
+from airflow_provider_cutout.catalog.gallery import escape, gallery_items
 from airflow_provider_cutout.catalog.review import CSP, ReviewQuery, render_review, view_href
-from airflow_provider_cutout.observability.links import REVIEW_PREFIX as PREFIX
 from airflow_provider_cutout.state.io import is_local
 from airflow_provider_cutout.state.manifest import STORED, Manifest
 
 CACHED_CATALOGS = 4  # a catalog of 100,000 items holds about 150 MB in the API server while cached
+IMAGE_REFRESH_S = 30.0  # an image request reads new log files at most this often (a page of 60 is 60 requests)
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
 _MEDIA = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
 _HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
             "Cache-Control": "private, no-store"}
+_MAP_INDEX = re.compile(r"-?[0-9]{1,9}")
 
 app = FastAPI(title="Cutout review", docs_url=None, redoc_url=None, openapi_url=None)
 ReadAccess = Depends(requires_access_dag("GET", DagAccessEntity.TASK_INSTANCE))
+
+
+@app.middleware("http")
+async def _headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """The security headers on every answer, errors of the auth check and of validation included."""
+    response = await call_next(request)
+    for name, value in _HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 @dataclass
@@ -45,28 +62,42 @@ class Catalog:
     stored: set[str]
 
 
+@dataclass
+class _Slot:
+    """One folder's manifest, read and refreshed under its own lock (a slow store holds up only its viewers)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    manifest: Manifest | None = None
+    catalog: Catalog | None = None
+    read_at: float = 0.0
+
+
 class _Catalogs:
-    """The manifests of the last few folders viewed, each refreshed on every look (only new log files are read)."""
+    """The manifests of the last few folders viewed; a look reads only the log files written since the last."""
 
     def __init__(self, size: int) -> None:
         self._size, self._lock = size, threading.Lock()
-        self._open: OrderedDict[str, tuple[Manifest, Catalog]] = OrderedDict()
+        self._slots: OrderedDict[str, _Slot] = OrderedDict()
 
-    def get(self, output_dir: str) -> Catalog:
+    def get(self, output_dir: str, max_age: float = 0.0) -> Catalog:
+        """The catalog of ``output_dir``, refreshed when it was read more than ``max_age`` seconds ago."""
         from airflow.sdk import ObjectStoragePath
 
         with self._lock:
-            known = self._open.pop(output_dir, None)
-            if known is None:
+            slot = self._slots.setdefault(output_dir, _Slot())
+            self._slots.move_to_end(output_dir)
+            while len(self._slots) > self._size:
+                self._slots.popitem(last=False)
+        with slot.lock:
+            if slot.manifest is None or slot.catalog is None:
                 folder = ObjectStoragePath(output_dir.rstrip("/") + "/")
-                manifest = Manifest(folder)
-                known = (manifest, _catalog(folder, manifest))
-            elif known[0].refresh():
-                known = (known[0], _catalog(known[1].folder, known[0]))
-            self._open[output_dir] = known
-            while len(self._open) > self._size:
-                self._open.popitem(last=False)
-            return known[1]
+                slot.manifest = Manifest(folder)
+                slot.catalog = _catalog(folder, slot.manifest)
+            elif time.monotonic() - slot.read_at > max_age and slot.manifest.refresh():
+                slot.catalog = _catalog(slot.catalog.folder, slot.manifest)
+            if time.monotonic() - slot.read_at > max_age:
+                slot.read_at = time.monotonic()
+            return slot.catalog
 
 
 def _catalog(folder: Any, manifest: Manifest) -> Catalog:
@@ -102,75 +133,99 @@ class TaskInstanceIds:
 
 
 def task_instance_ids(dag_id: str, run_id: str, task_id: str, map_index: str = "-1") -> TaskInstanceIds:
-    # The UI puts run ids into the link as they are: a "+" of a timestamp arrives as a space.
-    number = int(map_index) if map_index.lstrip("-").isdigit() else -1
-    return TaskInstanceIds(dag_id, run_id.replace(" ", "+"), task_id, number)
+    """The ids from the query string (a ``map_index`` that is no number, as ``{MAP_INDEX}`` left unfilled: -1)."""
+    return TaskInstanceIds(dag_id, run_id, task_id, int(map_index) if _MAP_INDEX.fullmatch(map_index) else -1)
 
 
 Ids = Annotated[TaskInstanceIds, Depends(task_instance_ids)]
 
 
-def _summary(ids: TaskInstanceIds) -> tuple[dict[str, Any] | None, float]:
-    """The summary the task instance returned (``None`` when there is none yet) and when it started."""
+def _output_dir(ids: TaskInstanceIds) -> tuple[str | None, float]:
+    """The output folder a batch task instance rendered (``None`` for any other task instance, or one that has not
+    started) and when it started."""
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields as Rendered
     from airflow.models.taskinstance import TaskInstance
-    from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     with create_session() as session:
-        where = (XComModel.dag_id == ids.dag_id, XComModel.run_id == ids.run_id, XComModel.task_id == ids.task_id,
-                 XComModel.map_index == ids.map_index, XComModel.key == "return_value")
-        row = session.scalars(select(XComModel).where(*where).limit(1)).first()
-        value = XComModel.deserialize_value(row) if row is not None else None
+        fields = session.scalar(select(Rendered.rendered_fields).where(
+            Rendered.dag_id == ids.dag_id, Rendered.run_id == ids.run_id, Rendered.task_id == ids.task_id,
+            Rendered.map_index == ids.map_index))
         started = session.scalar(select(TaskInstance.start_date).where(
             TaskInstance.dag_id == ids.dag_id, TaskInstance.run_id == ids.run_id,
             TaskInstance.task_id == ids.task_id, TaskInstance.map_index == ids.map_index))
-    summary = value if isinstance(value, dict) and isinstance(value.get("output_dir"), str) else None
-    return summary, started.timestamp() if started is not None else 0.0
+    folder = fields.get("output_dir") if isinstance(fields, dict) and "items" in fields else None
+    return (folder if isinstance(folder, str) else None), (started.timestamp() if started is not None else 0.0)
+
+
+_NOT_A_BATCH = ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Cutout review</title></head><body>"
+                "<p>No Cutout catalog here: this task instance is not a Cutout batch task, or it has not started."
+                "</p></body></html>")
 
 
 def _page(body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(body, status_code=status, headers=_HEADERS)
+    return HTMLResponse(body, status_code=status)
 
 
 @app.get("/view", dependencies=[ReadAccess], response_class=HTMLResponse)
 def view(ids: Ids, status: str | None = None, q: str | None = None, page: str | None = None) -> HTMLResponse:
     """The catalog of a batch task instance, a page at a time."""
-    summary, started = _summary(ids)
-    if summary is None:
+    output_dir, started = _output_dir(ids)
+    if output_dir is None:
+        return _page(_NOT_A_BATCH, 404)
+    try:
+        catalog = CATALOGS.get(output_dir)
+    except OSError as err:
         return _page("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Cutout review</title></head>"
-                     "<body><p>No Cutout catalog here: this task instance has not returned a batch summary (it is "
-                     "not a Cutout batch task, or it has not finished).</p></body></html>", 404)
-    catalog = CATALOGS.get(summary["output_dir"])
+                     f"<body><p>The output folder {escape(output_dir)} cannot be read from the API server "
+                     f"({escape(type(err).__name__)}).</p></body></html>", 503)
     query = ReviewQuery.parse(status, q, page)
     params = {**ids.params(), "status": query.status, "q": query.search}
-    image = view_href(f"{PREFIX}/image", ids.params())
-    return _page(render_review(catalog.items, query=query, title=str(catalog.folder), since=started, run=summary,
-                               href=view_href(f"{PREFIX}/view", params), image_url=lambda name: image(name=name),
+    image = view_href("image", ids.params())  # relative: right under any base path of the API server
+    return _page(render_review(catalog.items, query=query, title=str(catalog.folder), since=started,
+                               href=view_href("view", params), image_url=lambda name: image(name=name),
                                hidden=ids.params()))
 
 
 @app.get("/image", dependencies=[ReadAccess])
 def image(ids: Ids, name: Annotated[str, Query(max_length=300)]) -> Response:
     """A stored result of the task instance's catalog, streamed from its output folder."""
-    summary, _ = _summary(ids)
-    catalog = CATALOGS.get(summary["output_dir"]) if summary is not None else None
+    output_dir, _ = _output_dir(ids)
+    catalog = CATALOGS.get(output_dir, max_age=IMAGE_REFRESH_S) if output_dir is not None else None
     media = _MEDIA.get(name.rsplit(".", 1)[-1].lower())
     if catalog is None or media is None or name not in catalog.stored:
         raise HTTPException(404, "no such result in this task instance's catalog")
-    path = catalog.folder / name
-    headers = {**_HEADERS, "Content-Security-Policy": "default-src 'none'"}
-    if is_local(path):
+    handle = _open_result(catalog.folder, name)
+    return StreamingResponse(_chunks(handle), media_type=media,
+                             headers={"Content-Security-Policy": "default-src 'none'"})
+
+
+def _open_result(folder: Any, name: str) -> Any:
+    """The stored file, open: a regular file of at most ``MAX_IMAGE_BYTES`` directly in ``folder``. No link is
+    followed (a link could name any file the API server can read) and nothing that is not a file is opened (a
+    FIFO would block)."""
+    gone = HTTPException(404, "this result's file is not in the output folder")
+    if not is_local(folder):
+        path = folder / name
         try:
-            handle = open(path.path, "rb")  # closed by the response's iterator
+            info = path.fs.info(path.path)
         except FileNotFoundError:
-            raise HTTPException(404, "this result's file is gone from the output folder") from None
-    else:
-        try:
-            handle = path.open("rb")
-        except FileNotFoundError:
-            raise HTTPException(404, "this result's file is gone from the output folder") from None
-    return StreamingResponse(_chunks(handle), media_type=media, headers=headers)
+            raise gone from None
+        if info.get("type") != "file" or int(info.get("size") or 0) > MAX_IMAGE_BYTES:
+            raise gone
+        return path.open("rb")
+    if os.path.realpath(folder.path) != os.path.dirname(os.path.realpath(os.path.join(folder.path, name))):
+        raise gone
+    try:
+        fd = os.open(os.path.join(folder.path, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # gone, a link (ELOOP), or not readable
+        raise gone from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_IMAGE_BYTES:
+        os.close(fd)
+        raise gone
+    return os.fdopen(fd, "rb")
 
 
 def _chunks(handle: Any, size: int = 64 * 1024) -> Any:
