@@ -76,7 +76,8 @@ def test_the_plugin_module_is_light_and_registers_the_view():
             "P.external_views[0]['destination'], P.external_views[0]['href'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[:3] == ["False", "False", "task_instance"]
-    assert out[3] == "/cutout-review/view?dag_id={DAG_ID}&run_id={RUN_ID}&task_id={TASK_ID}&map_index={MAP_INDEX}"
+    # relative: right under an API server at a sub-path too (the UI resolves it against its <base href>)
+    assert out[3] == "cutout-review/view?dag_id={DAG_ID}&run_id={RUN_ID}&task_id={TASK_ID}&map_index={MAP_INDEX}"
     from airflow_provider_cutout.plugins.review import CutoutReviewPlugin
 
     (app,) = CutoutReviewPlugin().fastapi_apps

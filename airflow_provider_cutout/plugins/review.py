@@ -13,7 +13,7 @@ from airflow.plugins_manager import AirflowPlugin
 from airflow_provider_cutout.observability.links import REVIEW_PREFIX as PREFIX
 
 #: Where the view is: Airflow fills in the task instance's ids.
-VIEW_HREF = f"{PREFIX}/view?dag_id={{DAG_ID}}&run_id={{RUN_ID}}&task_id={{TASK_ID}}&map_index={{MAP_INDEX}}"
+VIEW_HREF = f"{PREFIX.lstrip('/')}/view?dag_id={{DAG_ID}}&run_id={{RUN_ID}}&task_id={{TASK_ID}}&map_index={{MAP_INDEX}}"
 
 
 class CutoutReviewPlugin(AirflowPlugin):
