@@ -201,3 +201,43 @@ def test_an_ipv6_source_without_a_port_is_asked_on_port_80(serve, hook):
         pytest.skip(f"cannot listen on [::1]:80 here ({err})")
     info = hook.client.inspect_source("http://[::1]/a.png")
     assert (info.status, info.width, info.error) == (200, 64, "")
+
+
+def test_a_server_that_answers_a_request_twice_never_hands_the_second_answer_to_the_next_source(serve, hook):
+    """The second answer waits on the kept connection: it is seen before the next request goes out (or, for a
+    304, by its ETag), and the connection dropped. Every source gets its own answer; none is shifted by one."""
+    def handler(conn, head, n):
+        path = head.split(b" ")[1].decode()
+        first = path.startswith("/a")
+        if b"If-None-Match" in head:
+            conn.sendall(answer("304 Not Modified", ETag=f'"{path}"'))
+        else:
+            body = png(64, 48)
+            conn.sendall(answer("206 Partial Content", body, ETag=f'"{path}"', Content_Type="image/png",
+                                Content_Range=f"bytes 0-{len(body) - 1}/{len(body)}"))
+        if first:  # the same answer once more, a little later
+            time.sleep(0.03)
+            conn.sendall(answer("304 Not Modified", ETag=f'"{path}"'))
+
+    server = serve(handler)
+    base = f"http://127.0.0.1:{server.port}"
+    first = hook.client.inspect_source(f"{base}/a.png", '"/a.png"')
+    time.sleep(0.1)  # the second answer has arrived
+    infos = [hook.client.inspect_source(f"{base}/{name}.png", known) for name, known in
+             (("b", '"/b.png"'), ("c", ""), ("d", '"/d.png"'))]
+    assert first.unchanged and first.version == '"/a.png"'
+    assert [(i.status, i.version) for i in infos] == [(304, '"/b.png"'), (206, '"/c.png"'), (304, '"/d.png"')]
+
+
+def test_a_304_that_names_another_version_is_not_taken_for_unchanged(serve, hook):
+    """"Not modified", with an ETag other than the one asked about, contradicts itself: the source is read."""
+    def handler(conn, head, n):
+        if b"If-None-Match" in head:
+            conn.sendall(answer("304 Not Modified", ETag='"v2"'))
+        else:
+            conn.sendall(answer("200 OK", png(64, 48), ETag='"v2"', Content_Type="image/png"))
+
+    server = serve(handler)
+    info = hook.client.inspect_source(f"http://127.0.0.1:{server.port}/a.png", '"v1"')
+    assert (info.unchanged, info.status, info.version, info.width) == (False, 200, '"v2"', 64)
+    assert server.requests == ["GET /a.png HTTP/1.1"] * 2

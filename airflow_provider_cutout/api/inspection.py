@@ -14,7 +14,7 @@ import requests
 
 from airflow_provider_cutout.api.downloads import image_extension
 from airflow_provider_cutout.api.sources import NOT_MODIFIED, SOURCE_FORMATS, SourceInfo
-from airflow_provider_cutout.api.transport import CHUNK_BYTES, Transport
+from airflow_provider_cutout.api.transport import CHUNK_BYTES, Transport, etag_matches
 
 SOURCE_HEAD_BYTES = 128 * 1024  # enough for a JPEG's size behind its EXIF and ICC segments
 
@@ -44,6 +44,8 @@ def inspect(transport: Transport, url: str, known: str = "") -> SourceInfo:
         return SourceInfo(url, 0, error=source_error(err, timeout_s))
     if answer is None or (300 <= answer.status < 400 and answer.status != NOT_MODIFIED):
         return _inspect_following(transport, url, headers, timeout, known)
+    if answer.status == NOT_MODIFIED and known and not etag_matches(answer.headers.get("ETag"), known):
+        return inspect(transport, url)  # "not modified", with another version: read it, trust neither
     return _answer(url, answer.status, answer.headers, iter((answer.body,)), known)
 
 

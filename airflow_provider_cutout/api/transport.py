@@ -19,7 +19,6 @@ import select
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -48,7 +47,6 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 POST_RETRY_STATUSES = frozenset({429, 503})
 CHUNK_BYTES = 64 * 1024
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
-IDLE_CHECK_S = 1.0  # a source connection idle longer is checked before it is used again
 T = TypeVar("T")
 #: A URL whose characters may all go on a request line as they are (RFC 3986: unreserved, reserved, and
 #: percent-encodings); any other (a space, non-ASCII, ``|{}"<>``, a stray ``%``) is sent through the session,
@@ -94,9 +92,10 @@ class SourcePool:
     """Keep-alive connections to source servers, one idle list per origin, shared by the threads that check
     sources. The standard library's ``http.client`` directly: a 304 costs about 0.1 ms of client CPU here,
     urllib3's pool 0.2 to 0.3 (it counts when a re-run asks 100,000 sources whether they changed). No redirect
-    is followed. Nothing is retried but a request on a kept connection that the server had closed, or answered
-    408 (its keep-alive timeout), once on a new connection. A connection goes back to the pool only when its
-    answer was final and read to its end.
+    is followed. Nothing is retried but a request on a kept connection that the server had closed, answered 408
+    (its keep-alive timeout) or answered with bytes that are not this request's answer, once on a new
+    connection. A connection goes back to the pool only when its answer was final and read to its end, and is
+    taken again only when nothing is waiting on it.
 
     :param user_agent: sent with every request.
     :param cas: the CA bundle (a file, or a directory of hashed certificates) that HTTPS sources are checked
@@ -110,8 +109,7 @@ class SourcePool:
         self._headers, self._per_origin, self._origins = {"User-Agent": user_agent}, per_origin, origins
         self._tls = (ssl.create_default_context(capath=cas) if os.path.isdir(cas) else
                      ssl.create_default_context(cafile=cas))
-        # idle connections by origin, each with when it was put back
-        self._idle: dict[tuple[str, str, int | None], list[tuple[http.client.HTTPConnection, float]]] = {}
+        self._idle: dict[tuple[str, str, int | None], list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
 
     def read(self, parts: SplitResult, headers: Mapping[str, str], timeout: tuple[float, float], method: str,
@@ -133,11 +131,11 @@ class SourcePool:
                 response = connection.getresponse()
             except BaseException as err:
                 connection.close()
-                if kept and isinstance(err, (ConnectionError, http.client.BadStatusLine)):
-                    continue  # the server closed it while it was idle: once more, on a new connection
+                if kept and isinstance(err, (ConnectionError, http.client.HTTPException)):
+                    continue  # closed while idle, or bytes that are no answer: once more, on a new connection
                 raise
-            if kept and response.status == 408:  # the server timed the idle connection out, not this request
-                connection.close()
+            if kept and (response.status == 408 or not _for(headers, response)):
+                connection.close()  # the server timed the idle connection out, or this answer was another's
                 continue
             return self._answer(origin, connection, response, limit)
         raise AssertionError("a new connection either answers or raises")  # never reached
@@ -146,7 +144,7 @@ class SourcePool:
         """Close the idle connections."""
         with self._lock:
             idle, self._idle = self._idle, {}
-        for connection, _ in (kept for connections in idle.values() for kept in connections):
+        for connection in (kept for connections in idle.values() for kept in connections):
             connection.close()
 
     def _answer(self, origin: tuple[str, str, int | None], connection: http.client.HTTPConnection,
@@ -175,11 +173,11 @@ class SourcePool:
             idle = self._idle.pop(origin, [])
             self._idle[origin] = idle  # the most recently used origin last
             if len(idle) < self._per_origin:
-                idle.append((connection, time.monotonic()))
+                idle.append(connection)
             else:
                 closing.append(connection)
             while len(self._idle) > self._origins:
-                closing.extend(c for c, _ in self._idle.pop(next(iter(self._idle))))
+                closing.extend(self._idle.pop(next(iter(self._idle))))
         for spare in closing:
             spare.close()
 
@@ -187,12 +185,12 @@ class SourcePool:
               ) -> http.client.HTTPConnection | None:
         with self._lock:
             idle = self._idle.get(origin)
-            connection, since = idle.pop() if idle else (None, 0.0)
+            connection = idle.pop() if idle else None
         if connection is None:
             return None
-        # Idle a while: closed by the server, or bytes nobody asked for (a 408 when its keep-alive timeout passed)?
-        # Asked only then: a poll per source costs a re-run of 100,000 sources seconds of CPU (32 threads, one GIL).
-        if connection.sock is None or (time.monotonic() - since > IDLE_CHECK_S and _readable(connection.sock)):
+        # Closed by the server, or bytes nobody asked for (a 408 when its keep-alive timeout passed, a second
+        # answer to the last request)? Then it is not for this request.
+        if connection.sock is None or _readable(connection.sock):
             connection.close()
             return None
         if connection.sock.gettimeout() != timeout[1]:
@@ -212,6 +210,22 @@ class SourcePool:
             raise
         connection.sock.settimeout(timeout[1])
         return connection
+
+
+def _for(headers: Mapping[str, str], response: http.client.HTTPResponse) -> bool:
+    """Whether a 304 can be the answer to this request: its ETag, when it gives one, is one the request asked
+    about. (A 304 for another source, left on a kept connection by a server that answered twice, would mark
+    this source unchanged.)"""
+    asked = headers.get("If-None-Match")
+    return response.status != 304 or not asked or etag_matches(response.headers.get("ETag"), asked)
+
+
+def etag_matches(etag: str | None, asked: str) -> bool:
+    """Whether a 304's ``etag`` is one of those ``If-None-Match`` asked about (weak comparison); a 304 without
+    an ETag, or an ``*``, matches."""
+    if not etag or asked.strip() == "*":
+        return True
+    return etag.strip().removeprefix("W/") in {tag.strip().removeprefix("W/") for tag in asked.split(",")}
 
 
 def _readable(sock: socket.socket) -> bool:
