@@ -91,3 +91,60 @@ def test_a_damaged_entry_or_odd_parameters_do_not_break_the_page():
     html = page(gallery_items(items), ReviewQuery.parse("this_run", "\x00", "\u00b2"), since=105.0)
     assert "page 1 of 1" in html and "credits recorded" in html
     assert ReviewQuery.parse("all", None, "9" * 5000) == ReviewQuery("all", "", 1)
+
+
+def test_numbers_that_are_no_numbers_and_damaged_fields_read_as_defaults():
+    items = entries(12)
+    items[5].update(credits=1e999, updated_at=float("nan"))
+    items[6].update(status=["stored"], image_urls="https://cdn.example/one.jpg")
+    html = page(gallery_items(items))
+    assert "page 1 of 1 (12 items)" in html and "credits recorded: <b>36</b>" in html  # 9 x 4: the rest read 0
+
+
+def test_the_app_serves_only_plain_files_of_the_folder_it_read_and_errors_carry_the_headers(tmp_path, monkeypatch):
+    """The review app with Airflow's auth check stubbed out (the real one is exercised in test_browser.py)."""
+    import os
+
+    from airflow.sdk import ObjectStoragePath
+    from fastapi.testclient import TestClient
+
+    from airflow_provider_cutout.plugins import review_app
+    from airflow_provider_cutout.state.manifest import Manifest
+
+    real = tmp_path / "real"
+    real.mkdir()
+    writer = Manifest(ObjectStoragePath(f"{real}/"), "test")
+    for name in ("a.png", "b.png", "c.png"):
+        (real / name).write_bytes(b"\x89PNG\r\n\x1a\n" + name.encode())
+        writer.record({"key": name, "fingerprint": name, "status": "stored", "stored_path": f"{real}/{name}"})
+    writer.close()
+    folder = tmp_path / "out"  # the task's output_dir is a link to the real folder
+    folder.symlink_to(real)
+    (tmp_path / "secret.png").write_bytes(b"secret")
+    (real / "b.png").unlink()
+    os.link(tmp_path / "secret.png", real / "b.png")  # a hard link to a file elsewhere
+    monkeypatch.setattr(review_app, "CATALOGS", review_app._Catalogs(2))
+    monkeypatch.setattr(review_app, "_output_dir", lambda ids: (str(folder), 0.0))
+    review_app.app.dependency_overrides[review_app.ReadAccess.dependency] = lambda: None
+    try:
+        client = TestClient(review_app.app)
+        ids = {"dag_id": "d", "run_id": "r", "task_id": "batch"}
+        assert client.get("/view", params=ids).status_code == 200
+        assert client.get("/image", params={**ids, "name": "a.png"}).content.endswith(b"a.png")
+        assert client.get("/image", params={**ids, "name": "b.png"}).status_code == 404  # hard link
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "c.png").write_bytes(b"another folder")
+        folder.unlink()
+        folder.symlink_to(other)  # the folder re-pointed after its manifest was read
+        assert client.get("/image", params={**ids, "name": "c.png"}).status_code == 404
+
+        def broken(ids):
+            raise RuntimeError("the metadata DB is gone")
+
+        monkeypatch.setattr(review_app, "_output_dir", broken)
+        failed = TestClient(review_app.app, raise_server_exceptions=False).get("/view", params=ids)
+        assert failed.status_code == 500 and failed.headers["Content-Security-Policy"].startswith("default-src")
+        assert "metadata DB" not in failed.text
+    finally:
+        review_app.app.dependency_overrides.clear()

@@ -8,6 +8,7 @@ page (the folder can be copied or served as it is), sources by their own URLs.
 from __future__ import annotations
 
 import html
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -44,7 +45,7 @@ _CSP = "default-src 'none'; img-src * data: blob: file:; style-src 'unsafe-inlin
 
 def gallery_items(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The newest entry of each item key: those that need a look first, then the newest stored."""
-    return sorted(newest(entries, order=lambda e: number(e.get("updated_at"))).values(),
+    return sorted(map(_sane, newest(entries, order=lambda e: number(e.get("updated_at"))).values()),
                   key=lambda e: (_ORDER.get(e.get("status", ""), 0), -number(e.get("updated_at")), str(e.get("key"))))
 
 
@@ -88,14 +89,31 @@ def render_gallery(entries: Iterable[dict[str, Any]], *, title: str, run: dict[s
     )
 
 
+def _sane(entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry, or a copy with a damaged status (not text) shown as failed and damaged sources (not a list)
+    as none: one bad line of a manifest does not fail a page."""
+    status, sources = entry.get("status", FAILED), entry.get("image_urls") or []
+    if isinstance(status, str) and isinstance(sources, list | tuple):
+        return entry
+    return {**entry, "status": status if isinstance(status, str) else FAILED,
+            "image_urls": sources if isinstance(sources, list | tuple) else []}
+
+
 def credits_recorded(items: Iterable[dict[str, Any]]) -> int:
     """The credits the newest entries of these items record (failed edits cost nothing)."""
     return sum(int(number(e.get("credits"))) for e in items if e.get("status") != FAILED)
 
 
 def number(value: Any) -> float:
-    """A manifest field read as a number: a damaged entry (a string, nothing) counts 0, it does not fail a page."""
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+    """A manifest field read as a number: a damaged entry (a string, nothing, an infinity) counts 0, it does not
+    fail a page."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return 0.0
+    try:
+        found = float(value)
+    except OverflowError:
+        return 0.0
+    return found if math.isfinite(found) else 0.0
 
 
 def card(entry: dict[str, Any], result_src: Callable[[str], str], source_src: Callable[[str], str | None],

@@ -12,6 +12,7 @@ as stored, under a plain file name, as a regular file directly in the task's out
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
@@ -39,6 +40,7 @@ _MEDIA = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp":
 _HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
             "Cache-Control": "private, no-store"}
 _MAP_INDEX = re.compile(r"-?[0-9]{1,9}")
+log = logging.getLogger(__name__)
 
 app = FastAPI(title="Cutout review", docs_url=None, redoc_url=None, openapi_url=None)
 ReadAccess = Depends(requires_access_dag("GET", DagAccessEntity.TASK_INSTANCE))
@@ -47,7 +49,11 @@ ReadAccess = Depends(requires_access_dag("GET", DagAccessEntity.TASK_INSTANCE))
 @app.middleware("http")
 async def _headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     """The security headers on every answer, errors of the auth check and of validation included."""
-    response = await call_next(request)
+    try:
+        response = await call_next(request)
+    except Exception:  # a failed database or store: the 500 carries the headers too
+        log.exception("Cutout review: %s failed", request.url.path)
+        response = Response("Internal Server Error", status_code=500, media_type="text/plain")
     for name, value in _HEADERS.items():
         response.headers.setdefault(name, value)
     return response
@@ -60,6 +66,7 @@ class Catalog:
     folder: Any
     items: list[dict[str, Any]]
     stored: set[str]
+    real: str = ""  # a local folder's real path when its manifest was read: a link re-pointed later is refused
 
 
 @dataclass
@@ -103,7 +110,8 @@ class _Catalogs:
 def _catalog(folder: Any, manifest: Manifest) -> Catalog:
     items = gallery_items(manifest.entries.values())
     stored = {_name(e) for e in items if e.get("status") == STORED}
-    return Catalog(folder, items, {name for name in stored if _plain(name)})
+    real = os.path.realpath(folder.path) if is_local(folder) else ""
+    return Catalog(folder, items, {name for name in stored if _plain(name)}, real)
 
 
 def _name(entry: dict[str, Any]) -> str:
@@ -196,16 +204,17 @@ def image(ids: Ids, name: Annotated[str, Query(max_length=300)]) -> Response:
     media = _MEDIA.get(name.rsplit(".", 1)[-1].lower())
     if catalog is None or media is None or name not in catalog.stored:
         raise HTTPException(404, "no such result in this task instance's catalog")
-    handle = _open_result(catalog.folder, name)
+    handle = _open_result(catalog, name)
     return StreamingResponse(_chunks(handle), media_type=media,
                              headers={"Content-Security-Policy": "default-src 'none'"})
 
 
-def _open_result(folder: Any, name: str) -> Any:
-    """The stored file, open: a regular file of at most ``MAX_IMAGE_BYTES`` directly in ``folder``. No link is
-    followed (a link could name any file the API server can read) and nothing that is not a file is opened (a
-    FIFO would block)."""
+def _open_result(catalog: Catalog, name: str) -> Any:
+    """The stored file, open: a regular file of at most ``MAX_IMAGE_BYTES`` directly in the catalog's folder as it
+    was when its manifest was read. No link is followed, hard or symbolic (a link could name any file the API
+    server can read), and nothing that is not a file is opened (a FIFO would block)."""
     gone = HTTPException(404, "this result's file is not in the output folder")
+    folder = catalog.folder
     if not is_local(folder):
         path = folder / name
         try:
@@ -215,20 +224,23 @@ def _open_result(folder: Any, name: str) -> Any:
         if info.get("type") != "file" or int(info.get("size") or 0) > MAX_IMAGE_BYTES:
             raise gone
         return path.open("rb")
-    if os.path.realpath(folder.path) != os.path.dirname(os.path.realpath(os.path.join(folder.path, name))):
+    if os.path.realpath(folder.path) != catalog.real:
         raise gone
     try:
-        fd = os.open(os.path.join(folder.path, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(os.path.join(catalog.real, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:  # gone, a link (ELOOP), or not readable
         raise gone from None
     info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_IMAGE_BYTES:
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_size > MAX_IMAGE_BYTES:
         os.close(fd)
         raise gone
     return os.fdopen(fd, "rb")
 
 
 def _chunks(handle: Any, size: int = 64 * 1024) -> Any:
+    """The file's bytes, up to ``MAX_IMAGE_BYTES`` (a file that grew since it was opened is cut there)."""
+    sent = 0
     with handle:
-        while chunk := handle.read(size):
+        while sent < MAX_IMAGE_BYTES and (chunk := handle.read(min(size, MAX_IMAGE_BYTES - sent))):
+            sent += len(chunk)
             yield chunk

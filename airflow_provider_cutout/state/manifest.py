@@ -106,11 +106,16 @@ def parse_segment(name: str, text: str) -> tuple[list[dict[str, Any]], list[str]
         except ValueError as err:
             problems.append(f"{name} line {number}: not valid JSON ({err})")
             continue
-        if isinstance(entry, dict) and isinstance(entry.get("fingerprint"), str):
+        if isinstance(entry, dict) and isinstance(entry.get("fingerprint"), str) and _plain_key(entry.get("key")):
             entries.append(entry)
         else:
             problems.append(f"{name} line {number}: not a manifest entry")
     return entries, problems
+
+
+def _plain_key(key: Any) -> bool:
+    """An item key a record may carry: text or a number (``None`` for records of 0.1 without one)."""
+    return key is None or isinstance(key, str | int | float)
 
 
 class _Index:
