@@ -72,8 +72,9 @@ class CutoutBatchImageEditOperator(BaseOperator):
         (reachable, JPEG or PNG, the model's limits; every failing item reported at once, nothing sent);
         the connection's ``check_sources`` (on) by default.
     :param gallery: write the review gallery ``cutout-gallery.html`` into ``output_dir`` at the end of
-        each run (from the whole manifest; the "Cutout gallery" link on the task opens it); a mapped task
-        writes its chunk's, ``cutout-gallery-<map index>.html``, from its own items' entries.
+        each run (from the whole manifest, for people outside Airflow; the "Cutout gallery" link on the task
+        opens the Cutout review view, see docs/review.md); a mapped task writes its chunk's,
+        ``cutout-gallery-<map index>.html``, from its own items' entries.
     :param gallery_link_expiry: on object storage, show results in the gallery through signed URLs valid
         this many seconds; by default the page links them relative to itself (copy or serve the folder).
     :param cutout_conn_id: the ``cutout`` connection.
