@@ -76,6 +76,7 @@ else
   echo "== installing apache-airflow==$AIRFLOW_VERSION and the provider with its cluster extra into .venv"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "apache-airflow==$AIRFLOW_VERSION" \
     -e ".[sandbox,cluster]"
+  rm -rf airflow_provider_cutout.egg-info  # one copy of the provider's metadata (see scripts/test.sh)
   BIN=$ROOT/.venv/bin
 fi
 

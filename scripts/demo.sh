@@ -14,6 +14,7 @@ else
   [ -x .venv/bin/python ] || python3 -m venv .venv
   echo "== installing apache-airflow==$AIRFLOW_VERSION and the provider into .venv (about a minute the first time)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "apache-airflow==$AIRFLOW_VERSION" -e ".[sandbox]"
+  rm -rf airflow_provider_cutout.egg-info  # one copy of the provider's metadata (see scripts/test.sh)
   BIN=$ROOT/.venv/bin
 fi
 

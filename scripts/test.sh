@@ -11,6 +11,10 @@ FLOOR_AIRFLOW=3.1.8    # the lowest Airflow pyproject.toml admits
 venv() {  # venv DIR AIRFLOW_VERSION EXTRAS: create or update DIR with that Airflow and the provider
   [ -x "$1/bin/python" ] || python3 -m venv "$1"
   "$1/bin/python" -m pip install --quiet --disable-pip-version-check "apache-airflow==$2" -e ".[$3]"
+  # pip also leaves the provider's metadata in the source tree. With the tree on sys.path (the tests' DAG runs),
+  # Airflow would see the provider twice, and its task runner stops loading plugins at the second copy of one
+  # (OpenLineage's listener comes after ours): keep only the installed copy.
+  rm -rf airflow_provider_cutout.egg-info
 }
 
 # Debian packages: chromium for the browser tests, PostgreSQL and Redis for the cluster tests.

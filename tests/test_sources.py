@@ -468,7 +468,7 @@ def test_idle_connections_are_kept_for_the_origins_used_last(https_source, sandb
     url, cert = https_source
     pool = SourcePool("test", cert, per_origin=1, origins=1)
     https = pool.read(urlsplit(url), {}, (5, 5), "GET", 1 << 20)
-    (kept,) = [c for idle in pool._idle.values() for c, _ in idle]
+    (kept,) = [c for idle in pool._idle.values() for c in idle]
     http = pool.read(urlsplit(sandbox.sample("mug", "png", w=64, h=48)), {}, (5, 5), "GET", 1 << 20)
     assert (https.status, http.status) == (200, 200)
     assert list(pool._idle) == [("http", "127.0.0.1", int(sandbox.url.rsplit(":", 1)[1]))]
