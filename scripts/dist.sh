@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "build>=1.2" "twine>=5"
 rm -rf dist
 .venv/bin/python -m build --outdir dist .
+rm -rf airflow_provider_cutout.egg-info  # one copy of the provider's metadata (see scripts/test.sh)
 .venv/bin/python -m twine check --strict dist/*
 ls -l dist

@@ -51,6 +51,7 @@ def test_sdist_carries_the_docs_and_builds_the_same_wheel_as_the_tree(dist, tmp_
     assert {"README.md", "LICENSE", "docs/changelog.md", "pyproject.toml", "airflow_provider_cutout/py.typed"} <= names
     shutil.rmtree(REPO / "build", ignore_errors=True)  # setuptools never drops stale files from build/
     run(sys.executable, "-m", "build", "--wheel", "--outdir", tmp_path, REPO)
+    shutil.rmtree(REPO / "airflow_provider_cutout.egg-info", ignore_errors=True)  # see scripts/test.sh
     (direct,) = tmp_path.glob("*.whl")
     assert members(direct) == members(wheel)
     inside = members(wheel)
