@@ -162,16 +162,9 @@ def existing(folder: Any, names: Iterable[str], concurrency: int) -> set[str]:
     if is_local(folder) or not wanted:
         return set(wanted) & list_names(folder)
     folder.fs.invalidate_cache(folder.path)  # object stores cache listings: ask the store itself
-
-    def present(name: str) -> bool:
-        try:
-            folder.fs.info((folder / name).path)
-        except FileNotFoundError:
-            return False
-        return True
-
     with ThreadPoolExecutor(max_workers=min(concurrency, len(wanted))) as pool:
-        return {name for name, found in zip(wanted, pool.map(present, wanted), strict=True) if found}
+        found = pool.map(lambda name: file_exists(folder / name), wanted)
+        return {name for name, there in zip(wanted, found, strict=True) if there}
 
 
 def list_files(folder: Any) -> dict[str, int]:
