@@ -72,6 +72,21 @@ MODELS: dict[str, ModelSpec] = {
     )
 }
 
+def check_prompt(value: Any) -> str:
+    """A prompt, stripped; a ``ValueError`` names what is wrong with it (not text, empty, too long, a NUL)."""
+    if not isinstance(value, str):
+        raise ValueError(f"prompt must be a string, got {type(value).__name__} {shorten(value)}")
+    if not value.strip():
+        raise ValueError(f"prompt={shorten(value)} is empty: describe the edit, e.g. 'remove the background'")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise ValueError(
+            f"prompt has {len(value)} characters; shorten it to at most {MAX_PROMPT_CHARS}"
+        )
+    if "\x00" in value:
+        raise ValueError("prompt contains a NUL character; remove it")
+    return value.strip()
+
+
 class ImageEditRequest(BaseModel):
     """One edit, validated before any credit is spent.
 
@@ -92,17 +107,7 @@ class ImageEditRequest(BaseModel):
     @field_validator("prompt", mode="before")
     @classmethod
     def _prompt(cls, value: Any) -> str:
-        if not isinstance(value, str):
-            raise ValueError(f"prompt must be a string, got {type(value).__name__} {shorten(value)}")
-        if not value.strip():
-            raise ValueError(f"prompt={shorten(value)} is empty: describe the edit, e.g. 'remove the background'")
-        if len(value) > MAX_PROMPT_CHARS:
-            raise ValueError(
-                f"prompt has {len(value)} characters; shorten it to at most {MAX_PROMPT_CHARS}"
-            )
-        if "\x00" in value:
-            raise ValueError("prompt contains a NUL character; remove it")
-        return value.strip()
+        return check_prompt(value)
 
     @field_validator("model", mode="before")
     @classmethod

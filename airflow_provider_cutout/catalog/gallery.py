@@ -15,7 +15,7 @@ from typing import Any
 
 from airflow_provider_cutout.api.urls import is_object_store_uri
 from airflow_provider_cutout.state.io import is_local, write_whole
-from airflow_provider_cutout.state.manifest import EDITED, FAILED, IN_DOUBT, STORED, newest
+from airflow_provider_cutout.state.manifest import APPROVED, EDITED, FAILED, IN_DOUBT, REJECTED, STORED, newest
 
 GALLERY_NAME = "cutout-gallery.html"
 DEFAULT_LIMIT = 2000
@@ -38,6 +38,8 @@ dl{margin:0;display:grid;grid-template-columns:auto 1fr;gap:2px 8px;align-conten
 dt{color:#5b6875}dd{margin:0;overflow-wrap:anywhere}
 .status{font-weight:600}.failed .status,.in_doubt .status{color:#d1242f}.edited .status{color:#bf8700}
 .error{color:#d1242f;white-space:pre-wrap}
+.item[data-review=rejected]{border-color:#d1242f;border-width:2px}.item[data-review=approved]{border-color:#1a7f37}
+dd.rejected{color:#d1242f;font-weight:600}dd.approved{color:#1a7f37;font-weight:600}
 """
 # Only inline style and images: the page can run no script, whatever a prompt or an error text holds.
 _CSP = "default-src 'none'; img-src * data: blob: file:; style-src 'unsafe-inline'"
@@ -69,6 +71,8 @@ def render_gallery(entries: Iterable[dict[str, Any]], *, title: str, run: dict[s
         counts[entry.get("status", FAILED)] = counts.get(entry.get("status", FAILED), 0) + 1
     shown = items[: max(limit, len(items) - counts[STORED])]
     top = "".join(f"<span>{LABELS[s]}: <b>{counts[s]}</b></span>" for s in _ORDER)
+    top += "".join(f"<span>{name}: <b>{sum(review_of(e).get('decision') == name for e in items)}</b></span>"
+                   for name in (APPROVED, REJECTED))
     top += f"<span>credits recorded: <b>{credits_recorded(items)}</b></span>"
     this_run = "" if run is None else (
         f"<p class='note'>This run: {run.get('edited', 0)} edited, {run.get('skipped', 0)} skipped, "
@@ -117,11 +121,12 @@ def number(value: Any) -> float:
 
 
 def card(entry: dict[str, Any], result_src: Callable[[str], str], source_src: Callable[[str], str | None],
-         no_source: str = "source on object storage") -> str:
+         no_source: str = "source on object storage", footer: str = "") -> str:
     """One item's card: its source and result side by side, and what the manifest says of it. Every value is
     escaped (keys, prompts and error texts come from the catalog and the API).
 
     :param no_source: what stands where the source is not shown (``source_src`` gave ``None``).
+    :param footer: HTML closing the card (the review view's decision form).
     """
     status = entry.get("status", FAILED)
     sources = [str(url) for url in entry.get("image_urls") or []]
@@ -137,13 +142,35 @@ def card(entry: dict[str, Any], result_src: Callable[[str], str], source_src: Ca
             ("request id", entry.get("request_id"))]
     details = "".join(f"<dt>{name}</dt><dd>{escape(value)}</dd>" for name, value in rows if value not in (None, ""))
     error = f"<dt>error</dt><dd class='error'>{escape(entry['error'])}</dd>" if entry.get("error") else ""
+    decided = review_of(entry)
     return (
-        f"<section class='item {escape(status)}' data-key='{escape(entry.get('key'))}' data-status='{escape(status)}'>"
+        f"<section class='item {escape(status)}' data-key='{escape(entry.get('key'))}' data-status='{escape(status)}'"
+        f" data-review='{escape(decided.get('decision', ''))}'>"
         f"<figure>{source}<figcaption>source{extra}</figcaption></figure>"
         f"<figure>{result}<figcaption>result</figcaption></figure>"
-        f"<dl><dt>status</dt><dd class='status'>{LABELS.get(status, escape(status))}</dd>{details}{error}</dl>"
-        "</section>"
+        f"<dl><dt>status</dt><dd class='status'>{LABELS.get(status, escape(status))}</dd>{details}{error}"
+        f"{_review_rows(decided)}</dl>{footer}</section>"
     )
+
+
+def review_of(entry: dict[str, Any]) -> dict[str, Any]:
+    """The decision that stands for an entry's edit (``read_manifest``'s ``review``), ``{}`` when none (or damaged)."""
+    review = entry.get("review")
+    return review if isinstance(review, dict) and review.get("decision") in (APPROVED, REJECTED) else {}
+
+
+def _review_rows(review: dict[str, Any]) -> str:
+    if not review:
+        return ""
+    when = number(review.get("at"))
+    stamp = time.strftime(" on %Y-%m-%d %H:%M UTC", time.gmtime(when)) if when else ""
+    rows = f"<dt>review</dt><dd class='{escape(review['decision'])}'>{escape(review['decision'])} by " \
+           f"{escape(review.get('by') or 'someone')}{stamp}</dd>"
+    if review.get("note"):
+        rows += f"<dt>note</dt><dd>{escape(review['note'])}</dd>"
+    if isinstance(review.get("prompt"), str):
+        rows += f"<dt>corrected prompt</dt><dd>{escape(review['prompt'])} (the next run edits it again)</dd>"
+    return rows
 
 
 def escape(value: Any) -> str:

@@ -21,8 +21,9 @@ from airflow_provider_cutout.catalog.gallery import (
     credits_recorded,
     escape,
     number,
+    review_of,
 )
-from airflow_provider_cutout.state.manifest import EDITED, FAILED, IN_DOUBT, STORED
+from airflow_provider_cutout.state.manifest import APPROVED, EDITED, FAILED, IN_DOUBT, REJECTED, STORED
 
 PER_PAGE = 60
 #: The filters of the view: a name in the query string, its label, and which items it keeps.
@@ -34,6 +35,9 @@ FILTERS: dict[str, tuple[str, Callable[[dict[str, Any], float], bool]]] = {
     "stored": (LABELS[STORED], lambda e, since: e.get("status") == STORED),
     "this_run": ("changed since this task started",
                  lambda e, since: bool(since) and number(e.get("updated_at")) >= since),
+    "to_review": ("stored, not decided", lambda e, since: e.get("status") == STORED and not review_of(e)),
+    "approved": (APPROVED, lambda e, since: review_of(e).get("decision") == APPROVED),
+    "rejected": (REJECTED, lambda e, since: review_of(e).get("decision") == REJECTED),
 }
 #: Only style; no script, no source from anywhere but the view's own images; a frame of Airflow's pages only.
 CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; "
@@ -42,6 +46,8 @@ _EXTRA_STYLE = """
 nav{margin:12px 0}nav a{margin-right:14px}nav a.on{font-weight:700;color:#1d2733;text-decoration:none}
 form{display:inline-block;margin-left:12px}input[type=search]{width:260px}
 .pages{margin:16px 0}.pages a,.pages span{margin-right:14px}
+.item{flex-wrap:wrap}form.decide{display:flex;flex:1 1 100%;flex-wrap:wrap;gap:6px;margin:6px 0 0;align-items:center}
+form.decide input[type=text]{flex:1 1 160px}form.decide textarea{flex:1 1 100%;height:38px;font:inherit}
 """
 
 
@@ -69,7 +75,7 @@ def select(items: Sequence[dict[str, Any]], query: ReviewQuery, since: float = 0
 
 def render_review(items: Sequence[dict[str, Any]], *, query: ReviewQuery, title: str, href: Callable[..., str],
                   image_url: Callable[[str], str], hidden: dict[str, str], since: float = 0.0,
-                  per_page: int = PER_PAGE) -> str:
+                  per_page: int = PER_PAGE, decide: Decide | None = None) -> str:
     """The view's page.
 
     :param items: the newest entry of each item key, those that need a look first (``gallery.gallery_items``).
@@ -78,6 +84,8 @@ def render_review(items: Sequence[dict[str, Any]], *, query: ReviewQuery, title:
     :param image_url: the URL a stored file's name is shown by.
     :param hidden: the query parameters that name the task instance, carried by the search form.
     :param since: when the task instance started (the ``this_run`` filter); ``0``: unknown.
+    :param decide: where a stored item's decision form posts to, and its token; ``None``: no forms (a reader
+        who may not decide).
     """
     counts = {name: len(select(items, ReviewQuery(name), since)) for name in FILTERS}
     chosen = select(items, query, since)
@@ -91,18 +99,41 @@ def render_review(items: Sequence[dict[str, Any]], *, query: ReviewQuery, title:
     search = (f"<form method='get' action=''>{fields}<input type='hidden' name='status' value='{escape(query.status)}'>"
               f"<input type='search' name='q' value='{escape(query.search)}' placeholder='item key contains'>"
               "<button>Search</button></form>")
-    cards = "\n".join(card(e, image_url, lambda url: None, no_source="source not loaded here") for e in shown)
+    back = {"status": query.status, "q": query.search, "page": str(page)}
+    cards = "\n".join(card(e, image_url, lambda url: None, no_source="source not loaded here",
+                           footer=decide.form(e, back) if decide is not None and e.get("status") == STORED else "")
+                      for e in shown)
     empty = "" if shown else "<p class='note'>No item matches.</p>"
     return (
         "<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>Cutout review</title>"
         f"<style>{STYLE}{_EXTRA_STYLE}</style></head><body>"
         f"<h1>Cutout review: {escape(title)}</h1>"
         f"<p class='counts'><span>items: <b>{len(items):,}</b></span>"
+        f"<span>approved: <b>{counts['approved']:,}</b></span><span>rejected: <b>{counts['rejected']:,}</b></span>"
         f"<span>credits recorded: <b>{credits_recorded(items):,}</b></span></p>"
         f"<p class='note'>{CREDITS_NOTE}</p>"
         f"<nav>{filters}{search}</nav>{_pages(href, page, pages, len(chosen))}"
         f"<main>\n{cards}\n</main>{empty}{_pages(href, page, pages, len(chosen))}</body></html>\n"
     )
+
+
+@dataclass(frozen=True)
+class Decide:
+    """A stored item's decision form: approve or reject its edit, with a note and, on rejecting, a corrected
+    prompt. A plain POST (no script) to ``action``, carrying ``token`` against cross-site requests."""
+
+    action: str
+    token: str
+
+    def form(self, entry: dict[str, Any], back: dict[str, str]) -> str:
+        fields = {"key": entry.get("key"), "fingerprint": entry.get("fingerprint"), "csrf": self.token, **back}
+        hidden = "".join(f"<input type='hidden' name='{escape(k)}' value='{escape(v)}'>" for k, v in fields.items())
+        return (f"<form class='decide' method='post' action='{escape(self.action)}'>{hidden}"
+                "<input type='text' name='note' maxlength='500' placeholder='note (optional)'>"
+                "<button name='decision' value='approved'>Approve</button>"
+                "<button name='decision' value='rejected'>Reject</button>"
+                "<textarea name='prompt' maxlength='4000' placeholder='corrected prompt (optional, with Reject): "
+                "the next run edits this item again with it'></textarea></form>")
 
 
 def _pages(href: Callable[..., str], page: int, pages: int, total: int) -> str:

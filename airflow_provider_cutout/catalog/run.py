@@ -14,6 +14,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_cutout.api.models import ImageEditRequest
 from airflow_provider_cutout.api.sources import sources_failed
 from airflow_provider_cutout.catalog.config import BatchConfig
 from airflow_provider_cutout.catalog.gallery import write_gallery
@@ -200,6 +201,7 @@ class BatchRun:
     def plan(self) -> None:
         """Sort the items by what the manifest says of them; nothing is sent yet. With source checks on,
         each item's fingerprint includes its sources' versions, so a replaced photo is edited again."""
+        self._apply_corrections()
         if self.hook.checks_sources(self.config.check_sources):
             requests = self.hook.with_versions([item.request for item in self.planned],
                                                concurrency=self.config.max_concurrency,
@@ -236,6 +238,27 @@ class BatchRun:
         self.to_attempt = len(self.editing) + len(self.to_refetch) + len(self.rejected)
         self.reject([(r.key, r.problem, None) for r in self.rejected], invalid=True)
         self._log_plan()
+
+    def _apply_corrections(self) -> None:
+        """A prompt a reviewer corrected replaces the item's own while the item still asks for the prompt it
+        replaced: the item is edited again once with it (a new fingerprint), then skipped like any other."""
+        corrected = []
+        for item in self.planned:
+            fix = self.manifest.corrections.get(item.key)
+            request = item.request
+            if fix is None or fix.get("replaces") != request.prompt or fix["prompt"] == request.prompt:
+                continue
+            try:
+                item.request = ImageEditRequest.build(fix["prompt"], list(request.image_urls), request.model,
+                                                      request.aspect_ratio, base_url=self.hook.base_url)
+            except ValueError as err:  # recorded through the review view, which checks it: a damaged entry
+                self.log.warning("Cutout batch: item %r keeps its prompt: the corrected one is not valid (%s)",
+                                 item.key, err)
+                continue
+            corrected.append(item.key)
+        if corrected:
+            self.log.info("Cutout batch: %d items use a reviewer's corrected prompt: %s", len(corrected),
+                          first_of(corrected, 20, ", "))
 
     def _newest_stored(self) -> dict[str, float]:
         """When each stored file was last written, from the manifest: a key edited again (a new photo, a new
@@ -691,7 +714,7 @@ class BatchRun:
                "in_doubt": progress.in_doubt, "credits_spent": progress.credits}
         try:
             self.manifest.refresh()
-            entries = list(self.manifest.entries.values())
+            entries = self.manifest.catalog()
             if self.chunk:
                 entries = [entry for entry in entries if entry.get("key") in self.keys]
             self.gallery = write_gallery(self.folder, entries, run=run, link_expiry=self.config.gallery_link_expiry,

@@ -5,13 +5,21 @@ the task rendered (its rendered template fields, which API users cannot edit; av
 also when it failed). ``GET /image``: one stored result of that catalog, streamed from the folder, so the
 browser needs no signed URL and no ``file://`` link.
 
-Access follows Airflow's auth manager: whoever may read the DAG's task instances may look. Every answer
+``POST /decide``: a reviewer's decision on one stored item (approve or reject, a note, a corrected prompt),
+written to the folder's manifest log (``Manifest.decide``), then back to the page it came from.
+
+Access follows Airflow's auth manager: whoever may read the DAG's task instances may look; whoever may edit
+them may decide. A decision also carries a token bound to the user and the task instance (an HMAC under the API
+server's JWT secret), and a cross-site one is refused, so another site cannot post one. Every answer
 carries a Content-Security-Policy that allows no script. An image is served only when the manifest records it
 as stored, under a plain file name, as a regular file directly in the task's output folder (no link followed).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
 import logging
 import os
 import re
@@ -22,16 +30,19 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-from airflow.api_fastapi.core_api.security import requires_access_dag
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
+from airflow_provider_cutout.api.models import check_prompt
 from airflow_provider_cutout.catalog.gallery import escape, gallery_items
-from airflow_provider_cutout.catalog.review import CSP, ReviewQuery, render_review, view_href
+from airflow_provider_cutout.catalog.review import CSP, Decide, ReviewQuery, render_review, view_href
 from airflow_provider_cutout.state.io import is_local
-from airflow_provider_cutout.state.manifest import STORED, Manifest
+from airflow_provider_cutout.state.manifest import APPROVED, REJECTED, STORED, Manifest
 
 CACHED_CATALOGS = 4  # a catalog of 100,000 items holds about 150 MB in the API server while cached
 IMAGE_REFRESH_S = 30.0  # an image request reads new log files at most this often (a page of 60 is 60 requests)
@@ -44,6 +55,9 @@ log = logging.getLogger(__name__)
 
 app = FastAPI(title="Cutout review", docs_url=None, redoc_url=None, openapi_url=None)
 ReadAccess = Depends(requires_access_dag("GET", DagAccessEntity.TASK_INSTANCE))
+EditAccess = Depends(requires_access_dag("PUT", DagAccessEntity.TASK_INSTANCE))
+MAX_FORM_BYTES = 16 * 1024
+MAX_NOTE_CHARS = 500
 
 
 @app.middleware("http")
@@ -67,6 +81,7 @@ class Catalog:
     items: list[dict[str, Any]]
     stored: set[str]
     real: str = ""  # a local folder's real path when its manifest was read: a link re-pointed later is refused
+    manifest: Any = None  # the manifest read (what decisions are written to)
 
 
 @dataclass
@@ -85,6 +100,14 @@ class _Catalogs:
     def __init__(self, size: int) -> None:
         self._size, self._lock = size, threading.Lock()
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
+
+    def forget(self, output_dir: str) -> None:
+        """Read this folder's catalog again on its next look (a decision changed it)."""
+        with self._lock:
+            slot = self._slots.get(output_dir)
+        if slot is not None:
+            with slot.lock:
+                slot.catalog = _catalog(slot.catalog.folder, slot.manifest) if slot.manifest and slot.catalog else None
 
     def get(self, output_dir: str, max_age: float = 0.0) -> Catalog:
         """The catalog of ``output_dir``, refreshed when it was read more than ``max_age`` seconds ago."""
@@ -108,10 +131,10 @@ class _Catalogs:
 
 
 def _catalog(folder: Any, manifest: Manifest) -> Catalog:
-    items = gallery_items(manifest.entries.values())
+    items = gallery_items(manifest.catalog())
     stored = {_name(e) for e in items if e.get("status") == STORED}
     real = os.path.realpath(folder.path) if is_local(folder) else ""
-    return Catalog(folder, items, {name for name in stored if _plain(name)}, real)
+    return Catalog(folder, items, {name for name in stored if _plain(name)}, real, manifest)
 
 
 def _name(entry: dict[str, Any]) -> str:
@@ -177,7 +200,8 @@ def _page(body: str, status: int = 200) -> HTMLResponse:
 
 
 @app.get("/view", dependencies=[ReadAccess], response_class=HTMLResponse)
-def view(ids: Ids, status: str | None = None, q: str | None = None, page: str | None = None) -> HTMLResponse:
+def view(ids: Ids, user: GetUserDep, status: str | None = None, q: str | None = None,
+         page: str | None = None) -> HTMLResponse:
     """The catalog of a batch task instance, a page at a time."""
     output_dir, started = _output_dir(ids)
     if output_dir is None:
@@ -191,9 +215,79 @@ def view(ids: Ids, status: str | None = None, q: str | None = None, page: str | 
     query = ReviewQuery.parse(status, q, page)
     params = {**ids.params(), "status": query.status, "q": query.search}
     image = view_href("image", ids.params())  # relative: right under any base path of the API server
+    decide = Decide(view_href("decide", ids.params())(), csrf_token(user, ids)) if _may_decide(user, ids) else None
     return _page(render_review(catalog.items, query=query, title=str(catalog.folder), since=started,
                                href=view_href("view", params), image_url=lambda name: image(name=name),
-                               hidden=ids.params()))
+                               hidden=ids.params(), decide=decide))
+
+
+@app.post("/decide", dependencies=[EditAccess])
+async def decide(ids: Ids, user: GetUserDep, request: Request) -> Response:
+    """Record a decision on one stored item of the task instance's catalog; back to the page it was made on."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise HTTPException(403, "a decision must come from the review view itself")
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        raise HTTPException(413, "the form is too large")
+    form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True).items()}
+    if not hmac.compare_digest(form.get("csrf", ""), csrf_token(user, ids)):
+        raise HTTPException(403, "the form's token is not this user's for this task instance: reload the view")
+    output_dir, _ = _output_dir(ids)
+    if output_dir is None:
+        raise HTTPException(404, "this task instance is not a Cutout batch task")
+    catalog = await run_in_threadpool(CATALOGS.get, output_dir)
+    decision = _decision(catalog.manifest, form, user.get_name())
+    await run_in_threadpool(catalog.manifest.decide, decision)
+    CATALOGS.forget(output_dir)  # the next look shows it
+    back = {"status": form.get("status", "all"), "q": form.get("q", ""), "page": form.get("page", "1")}
+    return RedirectResponse(view_href("view", {**ids.params(), **back})(), status_code=303)
+
+
+def _decision(manifest: Manifest, form: dict[str, str], by: str) -> dict[str, Any]:
+    """The decision a form asks for, checked: an item's stored edit, a known decision, a valid corrected prompt."""
+    key, fingerprint, chosen = form.get("key", ""), form.get("fingerprint", ""), form.get("decision")
+    entry = manifest.get(fingerprint, key)
+    if entry is None or entry.get("status") != STORED:
+        raise HTTPException(409, f"item {key[:200]!r} has no stored result of that edit (edited again meanwhile?): "
+                                 "reload the view")
+    if chosen not in (APPROVED, REJECTED):
+        raise HTTPException(422, f"decision={str(chosen)[:40]!r} must be {APPROVED!r} or {REJECTED!r}")
+    note, prompt = form.get("note", "").strip(), form.get("prompt", "").strip()
+    if len(note) > MAX_NOTE_CHARS:
+        raise HTTPException(422, f"the note has {len(note)} characters; shorten it to at most {MAX_NOTE_CHARS}")
+    decision = {"key": key, "fingerprint": fingerprint, "decision": chosen, "by": by, "note": note}
+    if prompt:
+        if chosen != REJECTED:
+            raise HTTPException(422, "a corrected prompt goes with Reject: the item is edited again with it")
+        try:
+            prompt = check_prompt(prompt)
+        except ValueError as err:
+            raise HTTPException(422, f"the corrected prompt is not valid: {err}") from None
+        decision.update(prompt=prompt, replaces=manifest.replaced_prompt(entry))
+    return decision
+
+
+def csrf_token(user: Any, ids: TaskInstanceIds) -> str:
+    """The token a decision form carries: bound to the user and the task instance, unguessable without the API
+    server's secret."""
+    message = "\x1f".join(["cutout-review", str(user.get_id()), *ids.params().values()]).encode()
+    return hmac.new(_secret(), message, hashlib.sha256).hexdigest()
+
+
+@functools.cache
+def _secret() -> bytes:
+    from airflow.configuration import conf
+
+    secret = conf.get("api_auth", "jwt_secret", fallback="") or ""
+    return hashlib.sha256(b"cutout-review\x1f" + secret.encode()).digest() if secret else os.urandom(32)
+
+
+def _may_decide(user: Any, ids: TaskInstanceIds) -> bool:
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+
+    return bool(get_auth_manager().is_authorized_dag(
+        method="PUT", user=user, access_entity=DagAccessEntity.TASK_INSTANCE, details=DagDetails(id=ids.dag_id)))
 
 
 @app.get("/image", dependencies=[ReadAccess])
