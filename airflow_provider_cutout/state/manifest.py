@@ -493,7 +493,7 @@ class Manifest:
         self._widen()
         folded = (self._read - self._broken) | {name for name, _ in self._own} | set(self._rolled)
         self._write(f"{self._writer_name or uuid.uuid4().hex}-snapshot-{time.time_ns()}.jsonl",
-                    list(self.entries.values()) + list(self.decisions.values()))
+                    list(self.entries.values()) + self._standing_decisions())
         for name in folded:
             self._delete(name)
         self._read -= folded
@@ -502,6 +502,12 @@ class Manifest:
             if name.endswith(".jsonl" + _INDEX_SUFFIX) and name[: -len(_INDEX_SUFFIX)] not in listed:
                 (self.path / name).unlink(missing_ok=True)  # a file written after it is indexed again when read
         self._own, self._rolled = [], []
+
+    def _standing_decisions(self) -> list[dict[str, Any]]:
+        """Every decision a reader needs: each key's newest, and its newest corrected prompt when older."""
+        with self._cond:
+            found = {id(d): d for d in [*self.decisions.values(), *self.corrections.values()]}
+        return list(found.values())
 
     def _check(self) -> None:
         if self._error is not None:
