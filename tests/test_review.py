@@ -125,11 +125,16 @@ def test_the_app_serves_only_plain_files_of_the_folder_it_read_and_errors_carry_
     os.link(tmp_path / "secret.png", real / "b.png")  # a hard link to a file elsewhere
     monkeypatch.setattr(review_app, "CATALOGS", review_app._Catalogs(2))
     monkeypatch.setattr(review_app, "_output_dir", lambda ids: (str(folder), 0.0))
+    from airflow.api_fastapi.core_api.security import get_user
+
     review_app.app.dependency_overrides[review_app.ReadAccess.dependency] = lambda: None
+    review_app.app.dependency_overrides[get_user] = lambda: None
+    monkeypatch.setattr(review_app, "_may_decide", lambda user, ids: False)
     try:
         client = TestClient(review_app.app)
         ids = {"dag_id": "d", "run_id": "r", "task_id": "batch"}
-        assert client.get("/view", params=ids).status_code == 200
+        seen = client.get("/view", params=ids)
+        assert seen.status_code == 200 and "class='decide'" not in seen.text  # a reader who may not decide
         assert client.get("/image", params={**ids, "name": "a.png"}).content.endswith(b"a.png")
         assert client.get("/image", params={**ids, "name": "b.png"}).status_code == 404  # hard link
         other = tmp_path / "other"
@@ -148,3 +153,65 @@ def test_the_app_serves_only_plain_files_of_the_folder_it_read_and_errors_carry_
         assert "metadata DB" not in failed.text
     finally:
         review_app.app.dependency_overrides.clear()
+
+
+def test_decisions_are_posted_with_the_users_token_checked_and_land_in_the_manifest(tmp_path, monkeypatch):
+    """The decide endpoint with Airflow's auth checks stubbed (a user of the auth manager's kind is given);
+    the real ones, a read-only user's 403 included, are exercised in test_browser.py."""
+    from types import SimpleNamespace
+
+    from airflow.api_fastapi.core_api.security import get_user
+    from airflow.sdk import ObjectStoragePath
+    from fastapi.testclient import TestClient
+
+    from airflow_provider_cutout.manifest import read_manifest
+    from airflow_provider_cutout.plugins import review_app
+    from airflow_provider_cutout.state.manifest import Manifest
+
+    writer = Manifest(ObjectStoragePath(f"{tmp_path}/"), "test")
+    for key in ("a", "b"):
+        (tmp_path / f"{key}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+        writer.record({"key": key, "fingerprint": f"fp-{key}", "status": "stored", "prompt": "grayscale",
+                       "stored_path": f"{tmp_path}/{key}.png"})
+    writer.record({"key": "c", "fingerprint": "fp-c", "status": "failed", "error": "boom"})
+    writer.close()
+    user = SimpleNamespace(get_id=lambda: "7", get_name=lambda: "rita")
+    monkeypatch.setattr(review_app, "CATALOGS", review_app._Catalogs(2))
+    monkeypatch.setattr(review_app, "_output_dir", lambda ids: (str(tmp_path), 0.0))
+    monkeypatch.setattr(review_app, "_may_decide", lambda user, ids: True)
+    overrides = review_app.app.dependency_overrides
+    overrides[review_app.ReadAccess.dependency] = overrides[review_app.EditAccess.dependency] = lambda: None
+    overrides[get_user] = lambda: user
+    try:
+        client = TestClient(review_app.app)
+        ids = {"dag_id": "d", "run_id": "r", "task_id": "batch", "map_index": "-1"}
+        page = client.get("/view", params=ids).text
+        token = review_app.csrf_token(user, review_app.task_instance_ids(**ids))
+        assert page.count("<form class='decide'") == 2 and f"value='{token}'" in page  # stored items only
+        form = {"key": "a", "fingerprint": "fp-a", "decision": "rejected", "note": "handle gone",
+                "prompt": "  invert  ", "csrf": token, "status": "all", "q": "", "page": "1"}
+
+        def post(headers=None, **changes):
+            return client.post("/decide", params=ids, data={**form, **changes}, headers=headers or {},
+                               follow_redirects=False)
+
+        assert post(csrf="0" * 64).status_code == 403  # a form from elsewhere
+        assert post(headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+        assert post(headers={"Sec-Fetch-Site": "same-site"}).status_code == 403  # a sibling subdomain
+        assert post(key="c", fingerprint="fp-c").status_code == 409  # nothing stored to decide on
+        assert post(fingerprint="fp-b").status_code == 409  # an edit that is not this item's
+        assert post(decision="approved").status_code == 422  # a corrected prompt goes with Reject
+        assert post(prompt="x" * 4001).status_code == 422
+        assert read_manifest(tmp_path)["a"].get("review") is None  # nothing refused was written
+        done = post()
+        assert done.status_code == 303 and done.headers["location"].startswith("view?dag_id=d&run_id=r")
+        review = read_manifest(tmp_path)["a"]["review"]
+        assert review["decision"] == "rejected" and review["by"] == "rita" and review["prompt"] == "invert"
+        assert post(key="b", fingerprint="fp-b", decision="approved", prompt="").status_code == 303
+        page = client.get("/view", params={**ids, "status": "rejected"}).text
+        assert "rejected: <b>1</b>" in page and "approved: <b>1</b>" in page and "data-key='a'" in page
+        assert "data-key='b'" not in page and "handle gone" in page
+        other = SimpleNamespace(get_id=lambda: "8", get_name=lambda: "mallory")
+        assert review_app.csrf_token(other, review_app.task_instance_ids(**ids)) != token  # bound to the user
+    finally:
+        overrides.clear()
