@@ -10,3 +10,4 @@ from example_dags.example_cutout_minimal import example_cutout_minimal as _facto
 from example_dags.example_cutout_publish import dag as example_cutout_publish  # noqa: F401
 
 example_cutout_minimal = _factory()
+from example_dags.example_cutout_review import dag as example_cutout_review  # noqa: F401

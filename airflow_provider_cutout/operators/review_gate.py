@@ -1,0 +1,118 @@
+"""``CutoutReviewGateOperator``: after a batch run, wait for a reviewer, then hand on what may be published."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.standard.operators.hitl import HITLOperator
+
+from airflow_provider_cutout.exceptions import InvalidInputError
+from airflow_provider_cutout.observability.links import review_url
+from airflow_provider_cutout.state.manifest import APPROVED, REJECTED, STORED
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+PUBLISH_ALL_BUT_REJECTED = "Publish all but rejected"
+PUBLISH_APPROVED = "Publish approved only"
+REJECT_RUN = "Reject run"
+OPTIONS = [PUBLISH_ALL_BUT_REJECTED, PUBLISH_APPROVED, REJECT_RUN]
+
+
+class CutoutReviewGateOperator(HITLOperator):
+    """Wait for a reviewer after a ``CutoutBatchImageEditOperator`` run, then return what may be published.
+
+    A human-in-the-loop task (Airflow's ``HITLOperator``): it asks in Airflow's UI ("Required actions"), with
+    the batch run's counts and credits in its subject and a link to the run's "Cutout review" view, where the
+    reviewer approves or rejects items first. The options:
+
+    - ``Publish all but rejected``: every stored item without a standing rejection;
+    - ``Publish approved only``: the stored items a reviewer approved;
+    - ``Reject run``: nothing (also what happens when ``response_timeout`` passes, by default).
+
+    Returns ``{"decision", "approved": [{"key", "path"}], "rejected": [keys], "not_stored": [keys],
+    "responded_by"}`` for the publishing task: ``path`` is each approved item's stored result.
+
+    :param batch_task_id: the batch task of this DAG run (mapped or not): its summary gives the output folder,
+        the counts and the credits.
+    :param items: the items (dicts with ``key``, or keys) to decide for, templated; by default every item the
+        output folder's manifest holds. Pass the batch's own ``items`` when items leave the catalog over time.
+    :param output_dir: the batch's output folder; by default the one its summary names.
+    :param response_timeout: how long to wait for a reviewer (24 hours by default), then ``defaults``.
+    :param defaults: the option taken on timeout (``Reject run``: a safe default publishes nothing).
+    """
+
+    template_fields: Sequence[str] = (*HITLOperator.template_fields, "items", "output_dir")
+
+    def __init__(self, *, batch_task_id: str, items: Any = None, output_dir: str | None = None,
+                 subject: str | None = None, body: str | None = None, options: list[str] | None = None,
+                 defaults: str | list[str] | None = REJECT_RUN,
+                 response_timeout: timedelta | None = timedelta(hours=24), **kwargs: Any) -> None:
+        chosen = list(options or OPTIONS)
+        if not set(chosen) <= set(OPTIONS):
+            raise InvalidInputError(f"options={chosen!r}: each must be one of {OPTIONS}")
+        super().__init__(subject=subject or f"Review the Cutout edits of {batch_task_id}", body=body,
+                         options=chosen, defaults=defaults, response_timeout=response_timeout, **kwargs)
+        self.batch_task_id, self.items, self.output_dir = batch_task_id, items, output_dir
+        self._custom_subject, self._custom_body = subject is not None, body is not None
+
+    def execute(self, context: Context) -> Any:
+        summaries = self._summaries(context)
+        if not summaries:
+            raise InvalidInputError(f"batch_task_id={self.batch_task_id!r} left no summary in this DAG run: "
+                                    "name the CutoutBatchImageEditOperator task that runs before this gate")
+        self.output_dir = self.output_dir or summaries[0].get("output_dir")
+        total = {name: sum(int(s.get(name) or 0) for s in summaries)
+                 for name in ("total", "edited", "skipped", "failed", "in_doubt", "credits_spent")}
+        if not self._custom_subject:
+            self.subject = (f"Review {total['total']:,} Cutout items: {total['edited']:,} edited this run, "
+                            f"{total['failed']:,} failed, {total['credits_spent']:,} credits")
+        if not self._custom_body:
+            ti = context["ti"]
+            link = review_url(ti.dag_id, ti.run_id, self.batch_task_id, 0 if len(summaries) > 1 else -1)
+            self.body = (f"Look at the edits in the [Cutout review view]({link}) of `{self.batch_task_id}`: approve "
+                         "or reject items there (a rejected item with a corrected prompt is edited again by the "
+                         "next run). Then choose what to publish. "
+                         f"This run: {total['edited']:,} edited, {total['skipped']:,} unchanged, "
+                         f"{total['failed']:,} failed, {total['in_doubt']:,} in doubt; output folder "
+                         f"`{self.output_dir}`.")
+        return super().execute(context)
+
+    def _summaries(self, context: Context) -> list[dict[str, Any]]:
+        found = context["ti"].xcom_pull(task_ids=self.batch_task_id)
+        if isinstance(found, dict):
+            return [found]
+        return [s for s in (found or []) if isinstance(s, dict)]
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        answer = super().execute_complete(context, event)
+        if not self.output_dir:  # a resumed task is a new instance: what execute found is gone
+            self.output_dir = next((s.get("output_dir") for s in self._summaries(context)), None)
+        choice = (answer["chosen_options"] or [REJECT_RUN])[0]
+        result = publishable(self.output_dir, choice, self.items)
+        result["responded_by"] = answer.get("responded_by_user")
+        self.log.info("Cutout review gate: %s: %d items to publish, %d rejected, %d not stored", choice,
+                      len(result["approved"]), len(result["rejected"]), len(result["not_stored"]))
+        return result
+
+
+def publishable(output_dir: Any, choice: str, items: Any = None) -> dict[str, Any]:
+    """What a gate's ``choice`` lets through from the catalog of ``output_dir`` (its ``items`` only, if given)."""
+    from airflow_provider_cutout.manifest import read_manifest
+
+    catalog = read_manifest(output_dir)
+    if items is not None:
+        keys = [item.get("key") if isinstance(item, dict) else item for item in items]
+        catalog = {key: catalog[key] for key in keys if key in catalog}
+    approved, rejected, not_stored = [], [], []
+    for key, entry in catalog.items():
+        decision = (entry.get("review") or {}).get("decision")
+        if entry.get("status") != STORED:
+            not_stored.append(key)
+        elif decision == REJECTED:
+            rejected.append(key)
+        elif choice == PUBLISH_ALL_BUT_REJECTED or (choice == PUBLISH_APPROVED and decision == APPROVED):
+            approved.append({"key": key, "path": entry.get("stored_path")})
+    return {"decision": choice, "approved": approved, "rejected": rejected, "not_stored": not_stored}

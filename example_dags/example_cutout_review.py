@@ -1,0 +1,73 @@
+"""A catalog refresh that a person reviews before anything is published: refresh -> review gate -> publish.
+
+The refresh edits new or changed photos (as ``example_cutout_catalog_refresh``). The gate then waits in
+Airflow's "Required actions" for a reviewer, who looks at the edits in the batch task's "Cutout review" view,
+rejects what is wrong (with a corrected prompt, the next run edits that item again) and chooses what to
+publish. The publish task copies only the approved results into ``published/``. Without an answer within
+``response_timeout`` the gate rejects the run: nothing is published.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+from pathlib import Path
+
+from airflow.sdk import DAG, task
+
+from airflow_provider_cutout.hooks.cutout import CutoutHook
+from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator
+from airflow_provider_cutout.operators.review_gate import CutoutReviewGateOperator
+
+CATALOG = Path(__file__).parent / "catalog" / "products.json"
+OUTPUT_DIR = os.environ.get("CUTOUT_EXAMPLE_OUTPUT", "/tmp/cutout-examples")
+
+with DAG(
+    dag_id="example_cutout_review",
+    schedule="@daily",
+    start_date=datetime.datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    params={"output_dir": OUTPUT_DIR},
+    tags=["example", "cutout"],
+) as dag:
+
+    @task
+    def catalog_items() -> list[dict]:
+        """The sample catalog, its image paths turned into URLs the API can fetch."""
+        base = os.environ.get("CUTOUT_IMAGE_BASE_URL") or CutoutHook().base_url
+        products = json.loads(CATALOG.read_text())["items"]
+        return [{"key": p["key"], "prompt": p["prompt"], "image_urls": [f"{base.rstrip('/')}/{p['image']}"],
+                 "aspect_ratio": p["aspect_ratio"]} for p in products]
+
+    # [START howto_review_gate]
+    refresh = CutoutBatchImageEditOperator(
+        task_id="refresh_catalog",
+        items=catalog_items(),
+        output_dir="{{ params.output_dir }}/review/",
+        max_credits=200,
+    )
+    gate = CutoutReviewGateOperator(
+        task_id="review",
+        batch_task_id="refresh_catalog",
+        response_timeout=datetime.timedelta(hours=24),  # then "Reject run": nothing is published
+    )
+
+    @task
+    def publish(decision: dict, params=None) -> list[str]:
+        """Copy the approved results, and only them, to where the shop reads them."""
+        target = Path(params["output_dir"]) / "published"
+        target.mkdir(parents=True, exist_ok=True)
+        published = []
+        for item in decision["approved"]:
+            shutil.copyfile(item["path"], target / Path(item["path"]).name)
+            published.append(item["key"])
+        print(f"{decision['decision']}: published {len(published)}, held back {len(decision['rejected'])} "
+              f"rejected and {len(decision['not_stored'])} without a result")
+        return published
+
+    refresh >> gate
+    publish(gate.output)
+    # [END howto_review_gate]
