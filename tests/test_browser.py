@@ -48,14 +48,41 @@ class UI:
 
     def run(self, dag: str, conf: dict[str, Any], **env: str) -> dict[str, Any]:
         """One ``dag.test`` run written into the API server's own metadata DB (what its pages show)."""
-        done = subprocess.run([sys.executable, "-m", "tests.run_dag", dag, json.dumps(conf)], cwd=REPO,
-                              env={**self.env, "PYTHONPATH": str(REPO), **env,
-                                   "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "tests" / "dags")},
-                              capture_output=True, text=True,
-                              timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return json.loads(next(line for line in reversed(done.stdout.splitlines())
-                               if line.startswith(MARK))[len(MARK):])
+        return self.finish(self.start(dag, conf, **env))
+
+    def start(self, dag: str, conf: dict[str, Any], **env: str) -> subprocess.Popen[str]:
+        """``run``, started: a run that waits for a person (a review gate) is answered through the API server."""
+        return subprocess.Popen([sys.executable, "-m", "tests.run_dag", dag, json.dumps(conf)], cwd=REPO,
+                                env={**self.env, "PYTHONPATH": str(REPO), **env,
+                                     "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "tests" / "dags")},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    @staticmethod
+    def finish(proc: subprocess.Popen[str], timeout: float = 300) -> dict[str, Any]:
+        out, err = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, err[-3000:]
+        return json.loads(next(line for line in reversed(out.splitlines()) if line.startswith(MARK))[len(MARK):])
+
+    def waiting(self, dag_id: str, timeout: float = 180) -> str:
+        """The run of ``dag_id`` whose gate waits for an answer (waited for)."""
+        auth = {"Authorization": f"Bearer {self.token()}"}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = requests.get(f"{self.url}/api/v2/dags/{dag_id}/dagRuns/~/hitlDetails", headers=auth, timeout=30)
+            waiting = [d for d in found.json().get("hitl_details", []) if not d.get("response_received")]
+            if waiting:
+                return str(waiting[0]["task_instance"]["dag_run_id"])
+            time.sleep(1)
+        raise AssertionError(f"no gate of {dag_id} asked within {timeout:.0f} s")
+
+    def answer(self, dag_id: str, task_id: str, option: str) -> str:
+        """Answer the waiting gate ``task_id`` of ``dag_id`` with ``option`` through the REST API; its run id."""
+        run_id = self.waiting(dag_id)
+        answered = requests.patch(
+            f"{self.url}/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}/-1/hitlDetails",
+            json={"chosen_options": [option]}, headers={"Authorization": f"Bearer {self.token()}"}, timeout=30)
+        assert answered.status_code == 200, answered.text
+        return run_id
 
     def xcom(self, ids: dict[str, str], key: str) -> Any:
         """An XCom of a task instance, through the REST API."""
@@ -322,3 +349,78 @@ def test_the_review_view_on_a_task_instance_page_shows_its_catalog_and_runs_no_s
     os.mkfifo(out / stored[2])  # or by a FIFO, which would block a reader
     for name in stored[1:3]:
         assert requests.get(image, params={**ids, "name": name}, headers=auth, timeout=10).status_code == 404, name
+
+
+def test_a_reviewer_rejects_two_items_approves_the_gate_and_only_the_others_are_published(
+        api_server, browser, sandbox, tmp_path):
+    """example_cutout_review end to end: a real batch run; in the review view (Chromium, the UI's own session)
+    a reviewer rejects two items, one with a corrected prompt, and answers the gate "Publish all but rejected";
+    the publish task copies exactly the other results. The next run edits only the corrected item: one charge."""
+    from selenium.webdriver.common.by import By
+
+    from airflow_provider_cutout.manifest import read_manifest
+
+    env = {"AIRFLOW_CONN_CUTOUT_DEFAULT": sandbox.conn_json()}
+    conf = {"output_dir": str(tmp_path)}
+    proc = api_server.start("tests.dags.examples:example_cutout_review", conf, **env)
+    try:
+        deadline = time.monotonic() + 180
+        while not (tmp_path / "review" / "cutout-gallery.html").exists():  # the refresh is done
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.5)
+        charged = sandbox.ledger()
+        keys = sorted(read_manifest(tmp_path / "review"))
+        assert len(keys) == 12 and charged["charges"] == 12
+        assert all(v["charges"] == 1 for v in charged["by_fingerprint"].values())
+        run_id = api_server.waiting("example_cutout_review")
+        ids = {"dag_id": "example_cutout_review", "run_id": run_id, "task_id": "refresh_catalog", "map_index": "-1"}
+        browser.get(f"{api_server.url}/dags/example_cutout_review")  # the UI's session cookie, as a person has
+        wait_for(browser, lambda d: "example_cutout_review" in d.page_source, timeout=60)
+        view = f"{api_server.url}/cutout-review/view?{urlencode(ids)}"
+        rejected = {"mug-cutout": "invert", "sneaker-white": None}
+        for key, prompt in rejected.items():
+            browser.get(view)
+            card = wait_for(browser, lambda d, k=key: d.find_element(By.CSS_SELECTOR, f"section[data-key='{k}']"))
+            card.find_element(By.NAME, "note").send_keys("the product itself changed")
+            if prompt:
+                card.find_element(By.NAME, "prompt").send_keys(prompt)
+            card.find_element(By.CSS_SELECTOR, "button[value='rejected']").click()
+            wait_for(browser, lambda d, k=key: d.find_element(
+                By.CSS_SELECTOR, f"section[data-key='{k}'][data-review='rejected']"))
+        browser.get(view + "&status=rejected")
+        shown = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "section.item"))
+        assert sorted(c.get_attribute("data-key") for c in shown) == sorted(rejected)
+        assert "corrected prompt" in body_text(browser) and "rejected: 2" in body_text(browser)
+        browser.save_screenshot(str(ARTIFACTS / "review-decisions.png"))  # docs/images/review-decisions.png
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
+        assert not errors, errors
+        decided = read_manifest(tmp_path / "review")
+        assert {k for k, e in decided.items() if (e.get("review") or {}).get("decision") == "rejected"} == set(rejected)
+
+        api_server.answer("example_cutout_review", "review", "Publish all but rejected")
+        run = api_server.finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert run["state"] == "success", run
+    published = api_server.xcom({**ids, "task_id": "publish"}, "return_value")
+    assert sorted(published) == sorted(set(keys) - set(rejected))
+    assert sorted(p.stem for p in (tmp_path / "published").iterdir()) == sorted(published)
+    assert sandbox.ledger()["charges"] == 12  # reviewing and publishing cost nothing
+
+    proc = api_server.start("tests.dags.examples:example_cutout_review", conf, **env)
+    try:
+        api_server.answer("example_cutout_review", "review", "Reject run")
+        again = api_server.finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert again["state"] == "success", again
+    ledger = sandbox.ledger()
+    assert ledger["charges"] == 13  # only the item with a corrected prompt was edited again
+    (call,) = [c for c in ledger["calls"] if c["path"] == "edit" and c["seq"] > charged["calls"][-1]["seq"]]
+    assert call["operations"] == ["invert"]
+    after = read_manifest(tmp_path / "review")
+    assert after["mug-cutout"]["prompt"] == "invert" and "review" not in after["mug-cutout"]
+    assert after["sneaker-white"]["review"]["decision"] == "rejected"
+
