@@ -8,6 +8,7 @@ form shows hook-defined field behaviour only with the FAB provider installed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -98,28 +100,19 @@ class UI:
         return str(requests.get(f"{self.url}/auth/token", timeout=10).json()["access_token"])
 
 
-@pytest.fixture(scope="module")
-def api_server(tmp_path_factory) -> Iterator[UI]:
-    """Airflow's API server on loopback with a throw-away sqlite home; stopped whatever happens."""
-    home = tmp_path_factory.mktemp("airflow-ui-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-        "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",  # off by default; on in this throw-away home only
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-    })
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+@contextlib.contextmanager
+def serving(env: dict[str, str]) -> Iterator[UI]:
+    """Airflow's API server on loopback for the Airflow home of ``env``; stopped whatever happens."""
+    home = Path(env["AIRFLOW_HOME"])
     port = free_port()
-    log = (home / "api-server.log").open("w")
+    log = (home / f"api-server-{port}.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port",
                              str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            assert proc.poll() is None, (home / "api-server.log").read_text()[-3000:]
+            assert proc.poll() is None, (home / f"api-server-{port}.log").read_text()[-3000:]
             try:
                 if requests.get(f"{url}/api/v2/version", timeout=2).ok:
                     break
@@ -137,6 +130,23 @@ def api_server(tmp_path_factory) -> Iterator[UI]:
             os.killpg(proc.pid, 9)
             proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory) -> Iterator[UI]:
+    """An API server with a throw-away sqlite home, in the simple auth manager's all-admins mode."""
+    home = tmp_path_factory.mktemp("airflow-ui-home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",  # off by default; on in this throw-away home only
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+    })
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    with serving(env) as ui:
+        yield ui
 
 
 @pytest.fixture(scope="module")
@@ -424,3 +434,45 @@ def test_a_reviewer_rejects_two_items_approves_the_gate_and_only_the_others_are_
     assert after["mug-cutout"]["prompt"] == "invert" and "review" not in after["mug-cutout"]
     assert after["sneaker-white"]["review"]["decision"] == "rejected"
 
+
+
+def test_a_reader_sees_the_view_but_gets_403_on_a_decision_and_a_user_may_decide(api_server, sandbox, tmp_path):
+    """Airflow's simple auth manager with real roles (a second API server on the same metadata DB): a viewer
+    sees the catalog without decision forms and gets 403 on a decision, also with a valid form; a user decides."""
+    import re
+
+    from airflow_provider_cutout.manifest import read_manifest
+
+    out = tmp_path / "catalog"
+    run = api_server.run("tests.dags.batch_dags:review", {"n": 2, "out": str(out)},
+                         AIRFLOW_CONN_CUTOUT_DEFAULT=sandbox.conn_json())
+    assert run["state"] == "success" and sandbox.ledger()["charges"] == 6, run
+    passwords = tmp_path / "passwords.json"
+    passwords.write_text(json.dumps({"rita": "rita-pw", "vic": "vic-pw"}))
+    env = {**api_server.env, "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "rita:user,vic:viewer",
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords)}
+    with serving(env) as ui:
+        def auth(name: str) -> dict[str, str]:
+            answer = requests.post(f"{ui.url}/auth/token", json={"username": name, "password": f"{name}-pw"},
+                                   timeout=30)
+            assert answer.status_code in (200, 201), answer.text
+            return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+
+        ids = {"dag_id": "t_batch_review", "run_id": run["run_id"], "task_id": "batch", "map_index": "-1"}
+        reader, user = auth("vic"), auth("rita")
+        seen = requests.get(f"{ui.url}/cutout-review/view", params=ids, headers=reader, timeout=30)
+        assert seen.status_code == 200 and "data-key='item-0'" in seen.text and "class='decide'" not in seen.text
+        page = requests.get(f"{ui.url}/cutout-review/view", params=ids, headers=user, timeout=30).text
+        form = dict(re.findall(r"name='(key|fingerprint|csrf)' value='([^']*)'", page.split("data-key='item-0'")[1].split("</section>")[0]))
+        assert form["key"] == "item-0" and len(form["csrf"]) == 64
+        decision = {**form, "decision": "rejected", "note": "not our mug", "prompt": ""}
+        refused = requests.post(f"{ui.url}/cutout-review/decide", params=ids, data=decision, headers=reader,
+                                timeout=30, allow_redirects=False)
+        assert refused.status_code == 403 and "review" not in read_manifest(out)["item-0"]
+        done = requests.post(f"{ui.url}/cutout-review/decide", params=ids, data=decision, headers=user, timeout=30,
+                             allow_redirects=False)
+        assert done.status_code == 303, done.text
+    review = read_manifest(out)["item-0"]["review"]
+    assert review["decision"] == "rejected" and review["by"] == "rita" and review["note"] == "not our mug"
+    assert sandbox.ledger()["charges"] == 6  # deciding costs nothing
