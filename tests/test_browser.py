@@ -242,6 +242,16 @@ def test_connection_form_save_and_test_button(api_server, browser):
         driver.save_screenshot(str(ARTIFACTS / "connection-test-failure.png"))
 
 
+def placeholder_share(element) -> float:
+    """The share of an element's pixels in the placeholder's colour (#f0f2f4), from a screenshot of it."""
+    import io
+
+    from PIL import Image
+
+    pixels = list(Image.open(io.BytesIO(element.screenshot_as_png)).convert("RGB").getdata())
+    return sum(p == (240, 242, 244) for p in pixels) / max(1, len(pixels))
+
+
 def test_gallery_of_a_real_batch_run_shows_every_item_failed_first(sandbox, airflow_db, tmp_path, browser):
     from selenium.webdriver.common.by import By
 
@@ -273,10 +283,30 @@ def test_gallery_of_a_real_batch_run_shows_every_item_failed_first(sandbox, airf
         for image in images:
             wait_for(driver, lambda d, img=image: d.execute_script(
                 "return arguments[0].complete && arguments[0].naturalWidth > 0", img), timeout=10)
+        assert placeholder_share(images[0]) < 0.2  # a source that loads shows no placeholder
     driver.execute_script("window.scrollTo(0, 0)")
     driver.save_screenshot(str(ARTIFACTS / "gallery.png"))
     errors = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
     assert not errors, errors
+
+    # The source server gone (the demo's sandbox stopped): each source says so where its thumbnail was.
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_cutout.catalog.gallery import write_gallery
+    from airflow_provider_cutout.manifest import read_manifest
+
+    gone = [{**e, "image_urls": [f"http://127.0.0.1:9/{e['key']}.png"]} for e in read_manifest(out).values()]
+    page = write_gallery(ObjectStoragePath(f"{out}/"), gone)
+    driver.get(Path(str(page)).as_uri())
+    for card in driver.find_elements(By.CSS_SELECTOR, "section.item"):
+        driver.execute_script("arguments[0].scrollIntoView()", card)
+        source = card.find_element(By.CSS_SELECTOR, "img.source")
+        wait_for(driver, lambda d, img=source: d.execute_script("return arguments[0].complete", img), timeout=10)
+        assert driver.execute_script("return arguments[0].naturalWidth", source) == 0
+        assert placeholder_share(source) > 0.8  # the placeholder covers the broken image's box
+        assert driver.execute_script("return getComputedStyle(arguments[0], '::after').content", source) == (
+            '"source not reachable: 127.0.0.1:9"')
+    driver.save_screenshot(str(ARTIFACTS / "gallery-sources-gone.png"))
 
 
 def test_the_review_view_on_a_task_instance_page_shows_its_catalog_and_runs_no_script(
@@ -464,7 +494,8 @@ def test_a_reader_sees_the_view_but_gets_403_on_a_decision_and_a_user_may_decide
         seen = requests.get(f"{ui.url}/cutout-review/view", params=ids, headers=reader, timeout=30)
         assert seen.status_code == 200 and "data-key='item-0'" in seen.text and "class='decide'" not in seen.text
         page = requests.get(f"{ui.url}/cutout-review/view", params=ids, headers=user, timeout=30).text
-        form = dict(re.findall(r"name='(key|fingerprint|csrf)' value='([^']*)'", page.split("data-key='item-0'")[1].split("</section>")[0]))
+        card = page.split("data-key='item-0'")[1].split("</section>")[0]
+        form = dict(re.findall(r"name='(key|fingerprint|csrf)' value='([^']*)'", card))
         assert form["key"] == "item-0" and len(form["csrf"]) == 64
         decision = {**form, "decision": "rejected", "note": "not our mug", "prompt": ""}
         refused = requests.post(f"{ui.url}/cutout-review/decide", params=ids, data=decision, headers=reader,

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow_provider_cutout.api.urls import is_object_store_uri
 from airflow_provider_cutout.state.io import is_local, write_whole
@@ -34,6 +35,8 @@ figure{margin:0;flex:0 0 130px;text-align:center}figcaption{color:#5b6875;font-s
 img{width:130px;height:130px;object-fit:contain;background:repeating-conic-gradient(#eee 0 25%,#fff 0 50%) 0 0/16px}
 .none{width:130px;height:130px;display:flex;align-items:center;justify-content:center;background:#f0f2f4;color:#5b6875;
 font-size:12px;text-align:center}
+img.source{position:relative;display:block}img.source::after{content:attr(data-missing);position:absolute;inset:0;display:flex;
+align-items:center;justify-content:center;background:#f0f2f4;color:#5b6875;font-size:12px;text-align:center}
 dl{margin:0;display:grid;grid-template-columns:auto 1fr;gap:2px 8px;align-content:start;min-width:0}
 dt{color:#5b6875}dd{margin:0;overflow-wrap:anywhere}
 .status{font-weight:600}.failed .status,.in_doubt .status{color:#d1242f}.edited .status{color:#bf8700}
@@ -131,7 +134,8 @@ def card(entry: dict[str, Any], result_src: Callable[[str], str], source_src: Ca
     status = entry.get("status", FAILED)
     sources = [str(url) for url in entry.get("image_urls") or []]
     shown = source_src(sources[0]) if sources else None
-    source = (f"<img src='{escape(shown)}' alt='source of {escape(entry.get('key'))}' loading='lazy'>" if shown
+    source = (f"<img class='source' src='{escape(shown)}' alt='source of {escape(entry.get('key'))}' loading='lazy' "
+              f"data-missing='source not reachable: {escape(_host(sources[0]))}'>" if shown
               else f"<div class='none'>{escape(no_source) if sources else 'no source'}</div>")
     stored = str(entry.get("stored_path") or "").rsplit("/", 1)[-1]
     result = (f"<img src='{escape(result_src(stored))}' alt='result of {escape(entry.get('key'))}' loading='lazy'>"
@@ -151,6 +155,11 @@ def card(entry: dict[str, Any], result_src: Callable[[str], str], source_src: Ca
         f"<dl><dt>status</dt><dd class='status'>{LABELS.get(status, escape(status))}</dd>{details}{error}"
         f"{_review_rows(decided)}</dl>{footer}</section>"
     )
+
+
+def _host(url: str) -> str:
+    """Where a source is, for its placeholder (a URL's host; never its query, which may be a signature)."""
+    return urlsplit(url).netloc.rpartition("@")[2] or url.split("?", 1)[0][:80]
 
 
 def review_of(entry: dict[str, Any]) -> dict[str, Any]:
