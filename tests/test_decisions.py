@@ -20,13 +20,13 @@ def open_manifest(folder):
     return Manifest(ObjectStoragePath(f"{folder}/"))
 
 
-def decide(folder, key, decision, *, note="", prompt=None, by="rita"):
-    manifest = open_manifest(folder)
+def decide(folder, key, decision, *, note="", prompt=None, by="rita", fingerprint=None):
     entry = read_manifest(folder)[key]
-    asked = {"key": key, "fingerprint": entry["fingerprint"], "decision": decision, "by": by, "note": note}
+    asked = {"key": key, "fingerprint": fingerprint or entry["fingerprint"], "decision": decision, "by": by,
+             "note": note}
     if prompt is not None:
-        asked.update(prompt=prompt, replaces=manifest.replaced_prompt(entry))
-    return manifest.decide(asked)
+        asked.update(prompt=prompt, replaces=entry.get("own_prompt") or entry["prompt"])
+    return open_manifest(folder).decisions.decide(asked)
 
 
 def edit_calls(sandbox, after: int) -> list[dict]:
@@ -69,31 +69,109 @@ def test_a_corrected_prompt_edits_that_item_again_once_and_only_it(sandbox, airf
     assert read_manifest(tmp_path)["a"]["prompt"] == "grayscale, sharper"
 
 
-def test_decisions_survive_compaction_and_stand_only_for_the_edit_they_were_made_on(tmp_path):
+def test_approving_the_edit_a_correction_was_made_on_withdraws_the_correction(sandbox, airflow_db, tmp_path):
+    conf = {"out": str(tmp_path), "items": ITEMS, "size": 4}
+    catalog_chunks.test(run_conf=conf)
+    decide(tmp_path, "a", "rejected", prompt="invert")
+    decide(tmp_path, "a", "approved", note="fine after all")  # a change of mind on the same edit
+    again = xcoms(catalog_chunks.test(run_conf=conf), "batch").values()
+    assert sum(r["skipped"] for r in again) == 4 and sandbox.ledger()["charges"] == 4
+
+
+def stored(folder, key, fingerprint, prompt="p", **more):
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_cutout.state.manifest import Manifest
 
-    folder = ObjectStoragePath(f"{tmp_path}/")
-    writer = Manifest(folder, "run1")
-    writer.record({"key": "k", "fingerprint": "f1", "status": "stored", "prompt": "p", "stored_path": "x"})
+    writer = Manifest(ObjectStoragePath(f"{folder}/"), f"run-{fingerprint}")
+    writer.record({"key": key, "fingerprint": fingerprint, "status": "stored", "prompt": prompt,
+                   "stored_path": f"{folder}/{key}.png", **more})
     writer.close()
-    first = open_manifest(tmp_path).decide({"key": "k", "fingerprint": "f1", "decision": "rejected", "by": "a",
-                                            "prompt": "p2", "replaces": "p"})
-    second = open_manifest(tmp_path).decide({"key": "k", "fingerprint": "f1", "decision": "approved", "by": "b"})
-    assert second["seq"] == first["seq"] + 1  # ordered by what each writer read, not by clocks
-    with pytest.raises(ValueError, match="decision='maybe'"):
-        open_manifest(tmp_path).decide({"key": "k", "fingerprint": "f1", "decision": "maybe"})
 
-    writer = Manifest(folder, "run2")
-    writer.record({"key": "k", "fingerprint": "f2", "status": "stored", "prompt": "p2", "stored_path": "x"})
-    writer.close()
-    writer.compact()  # one snapshot: edits and decisions
-    assert [p.name for p in (tmp_path / "_cutout" / "manifest").glob("*.jsonl")] == [
-        next(p.name for p in (tmp_path / "_cutout" / "manifest").glob("*snapshot*.jsonl"))]
+
+def test_decisions_live_apart_from_the_edits_log_and_stand_only_for_their_edit(tmp_path):
+    import json
+
+    stored(tmp_path, "k", "f1")
+    first = decide(tmp_path, "k", "rejected", prompt="p2", by="a")
+    second = decide(tmp_path, "k", "rejected", by="b")
+    assert second["seq"] == first["seq"] + 1  # ordered by what each writer read, not by clocks
+    state = tmp_path / "_cutout"
+    assert len(list((state / "decisions").glob("*.jsonl"))) == 2
+    logged = [json.loads(line) for p in (state / "manifest").glob("*.jsonl") for line in p.read_text().splitlines()]
+    assert logged and not any("decision" in entry for entry in logged)  # 0.2's readers never meet one
     reader = open_manifest(tmp_path)
-    assert reader.decisions["k"]["by"] == "b" and reader.corrections["k"]["prompt"] == "p2"
-    assert reader.get("f1", "k")["status"] == "stored"  # a decision never replaces an edit's record
-    (newest,) = reader.catalog()
-    assert newest["fingerprint"] == "f2" and "review" not in newest  # made on f1: f2 awaits review
-    assert reader.replaced_prompt(newest) == "p"  # a correction of f2 still replaces the item's own prompt
+    assert reader.get("f1", "k")["status"] == "stored" and reader.decisions.correction("k")["prompt"] == "p2"
+
+    stored(tmp_path, "k", "f2", prompt="p2", own_prompt="p")  # the corrected edit
+    (entry,) = open_manifest(tmp_path).catalog()
+    assert entry["fingerprint"] == "f2" and "review" not in entry  # made on f1: f2 awaits review
+    decide(tmp_path, "k", "approved", by="c")  # on f2: the correction stands (its edit, f1, stays rejected)
+    assert open_manifest(tmp_path).decisions.correction("k")["prompt"] == "p2"
+    third = decide(tmp_path, "k", "rejected", prompt="p3", by="d")  # a second correction still replaces p
+    assert third["replaces"] == "p" and open_manifest(tmp_path).decisions.correction("k")["prompt"] == "p3"
+
+
+def test_a_run_folds_many_decision_files_into_one_snapshot_and_keeps_every_standing_one(tmp_path):
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_cutout.state.decisions import DECISION_FILES
+    from airflow_provider_cutout.state.manifest import Manifest
+
+    for i in range(DECISION_FILES + 1):
+        stored(tmp_path, f"k{i}", f"f{i}")
+    decide(tmp_path, "k0", "rejected", prompt="p2")
+    decide(tmp_path, "k0", "rejected", note="still wrong")  # newer, without a prompt: the correction is older
+    for i in range(1, DECISION_FILES + 1):
+        decide(tmp_path, f"k{i}", "approved")
+    writer = Manifest(ObjectStoragePath(f"{tmp_path}/"), "run-x")
+    writer.close()
+    files = list((tmp_path / "_cutout" / "decisions").glob("*.jsonl"))
+    assert len(files) == 1 and files[0].name.startswith("snapshot-")
+    reader = open_manifest(tmp_path).decisions
+    assert reader.on("f0", "k0")["note"] == "still wrong" and reader.correction("k0")["prompt"] == "p2"
+    assert all(reader.on(f"f{i}", f"k{i}")["decision"] == "approved" for i in range(1, DECISION_FILES + 1))
+
+
+def test_damaged_decision_lines_are_left_out_and_a_tie_is_settled_for_the_rejection(tmp_path):
+    import json
+
+    stored(tmp_path, "k", "f1")
+    folder = tmp_path / "_cutout" / "decisions"
+    folder.mkdir(parents=True)
+    good = {"key": "k", "fingerprint": "f1", "by": "x", "updated_at": 5}
+    lines = [{**good, "decision": "approved", "seq": 1, "updated_at": 9},  # a skewed clock: later, but a tie
+             {**good, "decision": "rejected", "seq": 1},
+             {**good, "decision": None, "seq": 7}, {**good, "decision": "approved", "seq": "x", "updated_at": "soon"},
+             {**good, "decision": "approved", "fingerprint": None, "seq": 9},
+             {**good, "decision": "rejected", "prompt": 3, "replaces": "p", "seq": 9}]
+    (folder / "hand.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\nnot json\n")
+    reader = open_manifest(tmp_path).decisions
+    assert reader.on("f1", "k")["decision"] == "rejected"  # "seq": "x" reads as 0, the rest are left out
+    assert len(reader.problems) == 4 and reader.correction("k") is None
+    with pytest.raises(ValueError, match="not a decision"):
+        reader.decide({"key": "k", "fingerprint": "f1", "decision": "maybe"})
+
+
+def test_the_gate_passes_only_what_was_reviewed(tmp_path):
+    from airflow_provider_cutout.operators.review_gate import (
+        PUBLISH_ALL_BUT_REJECTED,
+        PUBLISH_APPROVED,
+        REJECT_RUN,
+        publishable,
+    )
+
+    for key in "abcd":
+        stored(tmp_path, key, f"{key}1", sha256=f"sha-{key}")
+    decide(tmp_path, "a", "rejected")
+    decide(tmp_path, "b", "approved")
+    reviewed = {key: f"{key}1" for key in "abcd"}
+    stored(tmp_path, "c", "c2")  # edited again by an overlapping run after the gate asked
+    chunks = [[{"key": "a"}, {"key": "b"}], [{"key": "c"}, {"key": "d"}, {"key": "gone"}]]  # a mapped batch's items
+    result = publishable(tmp_path, PUBLISH_ALL_BUT_REJECTED, chunks, reviewed=reviewed)
+    assert [(i["key"], i["sha256"]) for i in result["approved"]] == [("b", "sha-b"), ("d", "sha-d")]
+    assert (result["rejected"], result["changed"], result["not_stored"]) == (["a"], ["c"], ["gone"])
+    assert [i["key"] for i in publishable(tmp_path, PUBLISH_APPROVED, chunks, reviewed=reviewed)["approved"]] == ["b"]
+    assert publishable(tmp_path, REJECT_RUN, chunks, reviewed=reviewed)["approved"] == []
+    decide(tmp_path, "a", "approved", fingerprint="a1")  # a change of mind
+    assert "a" in [i["key"] for i in publishable(tmp_path, PUBLISH_APPROVED)["approved"]]

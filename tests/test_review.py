@@ -211,6 +211,12 @@ def test_decisions_are_posted_with_the_users_token_checked_and_land_in_the_manif
         page = client.get("/view", params={**ids, "status": "rejected"}).text
         assert "rejected: <b>1</b>" in page and "approved: <b>1</b>" in page and "data-key='a'" in page
         assert "data-key='b'" not in page and "handle gone" in page
+        again = Manifest(ObjectStoragePath(f"{tmp_path}/"), "rerun")  # b edited again after the page was loaded
+        again.record({"key": "b", "fingerprint": "fp-b2", "status": "stored", "prompt": "grayscale",
+                      "stored_path": f"{tmp_path}/b.png"})
+        again.close()
+        assert post(key="b", fingerprint="fp-b", decision="rejected", prompt="").status_code == 409
+        assert "review" not in read_manifest(tmp_path)["b"]  # the approval of fp-b does not stand for fp-b2
         other = SimpleNamespace(get_id=lambda: "8", get_name=lambda: "mallory")
         assert review_app.csrf_token(other, review_app.task_instance_ids(**ids)) != token  # bound to the user
     finally:

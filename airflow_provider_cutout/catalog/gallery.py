@@ -15,8 +15,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from airflow_provider_cutout.api.urls import is_object_store_uri
+from airflow_provider_cutout.state.decisions import APPROVED, REJECTED
 from airflow_provider_cutout.state.io import is_local, write_whole
-from airflow_provider_cutout.state.manifest import APPROVED, EDITED, FAILED, IN_DOUBT, REJECTED, STORED, newest
+from airflow_provider_cutout.state.manifest import EDITED, FAILED, IN_DOUBT, STORED, newest
 
 GALLERY_NAME = "cutout-gallery.html"
 DEFAULT_LIMIT = 2000

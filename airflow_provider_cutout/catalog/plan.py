@@ -50,6 +50,7 @@ class PlannedEdit:
 
     key: str
     request: ImageEditRequest
+    own_prompt: str | None = None  # the item's own prompt, when a reviewer's correction replaced it
 
     @property
     def fingerprint(self) -> str:

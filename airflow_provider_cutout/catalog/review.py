@@ -23,7 +23,8 @@ from airflow_provider_cutout.catalog.gallery import (
     number,
     review_of,
 )
-from airflow_provider_cutout.state.manifest import APPROVED, EDITED, FAILED, IN_DOUBT, REJECTED, STORED
+from airflow_provider_cutout.state.decisions import APPROVED, REJECTED
+from airflow_provider_cutout.state.manifest import EDITED, FAILED, IN_DOUBT, STORED
 
 PER_PAGE = 60
 #: The filters of the view: a name in the query string, its label, and which items it keeps.

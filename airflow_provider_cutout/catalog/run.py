@@ -241,12 +241,13 @@ class BatchRun:
 
     def _apply_corrections(self) -> None:
         """A prompt a reviewer corrected replaces the item's own while the item still asks for the prompt it
-        replaced: the item is edited again once with it (a new fingerprint), then skipped like any other."""
+        replaced (``state.decisions``): the item is edited again once with it (a new fingerprint), then skipped
+        like any other."""
         corrected = []
         for item in self.planned:
-            fix = self.manifest.corrections.get(item.key)
+            fix = self.manifest.decisions.correction(item.key)
             request = item.request
-            if fix is None or fix.get("replaces") != request.prompt or fix["prompt"] == request.prompt:
+            if fix is None or fix["replaces"] != request.prompt or fix["prompt"] == request.prompt:
                 continue
             try:
                 item.request = ImageEditRequest.build(fix["prompt"], list(request.image_urls), request.model,
@@ -255,6 +256,7 @@ class BatchRun:
                 self.log.warning("Cutout batch: item %r keeps its prompt: the corrected one is not valid (%s)",
                                  item.key, err)
                 continue
+            item.own_prompt = request.prompt
             corrected.append(item.key)
         if corrected:
             self.log.info("Cutout batch: %d items use a reviewer's corrected prompt: %s", len(corrected),
@@ -334,7 +336,7 @@ class BatchRun:
         copyable = (e for e in paid if e.get("status") == STORED and e.get("sha256") and _file_exists(e))
         source = next(copyable, None)  # a file whose digest was recorded: the copy is checked against it
         return {**(source or paid[0]), "key": item.key, "status": EDITED, "stored_path": None, "credits": 0,
-                "error": None, "shared_with": (source or paid[0]).get("key"),
+                "error": None, "shared_with": (source or paid[0]).get("key"), "own_prompt": item.own_prompt,
                 "copy_of": source.get("stored_path") if source else None}
 
     def _adopt(self, item: PlannedEdit) -> dict[str, Any] | None:
@@ -808,9 +810,12 @@ class BatchRun:
     @staticmethod
     def _base_entry(item: PlannedEdit) -> dict[str, Any]:
         req = item.request
-        return {"key": item.key, "fingerprint": item.fingerprint, "prompt": req.prompt, "model": req.model,
-                "aspect_ratio": req.aspect_ratio, "image_urls": list(req.image_urls),
-                "source_versions": list(req.source_versions)}
+        entry = {"key": item.key, "fingerprint": item.fingerprint, "prompt": req.prompt, "model": req.model,
+                 "aspect_ratio": req.aspect_ratio, "image_urls": list(req.image_urls),
+                 "source_versions": list(req.source_versions)}
+        if item.own_prompt is not None:  # a reviewer's correction: what it replaced, for the next correction
+            entry["own_prompt"] = item.own_prompt
+        return entry
 
 
 def _file_name(entry: dict[str, Any]) -> str:

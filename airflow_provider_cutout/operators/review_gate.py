@@ -10,7 +10,8 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 
 from airflow_provider_cutout.exceptions import InvalidInputError
 from airflow_provider_cutout.observability.links import review_url
-from airflow_provider_cutout.state.manifest import APPROVED, REJECTED, STORED
+from airflow_provider_cutout.state.decisions import APPROVED, REJECTED
+from airflow_provider_cutout.state.manifest import STORED
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -32,8 +33,11 @@ class CutoutReviewGateOperator(HITLOperator):
     - ``Publish approved only``: the stored items a reviewer approved;
     - ``Reject run``: nothing (also what happens when ``response_timeout`` passes, by default).
 
-    Returns ``{"decision", "approved": [{"key", "path"}], "rejected": [keys], "not_stored": [keys],
-    "responded_by"}`` for the publishing task: ``path`` is each approved item's stored result.
+    Returns ``{"decision", "approved": [{"key", "path", "fingerprint", "sha256"}], "rejected": [keys],
+    "not_stored": [keys], "changed": [keys], "responded_by"}`` for the publishing task: ``path`` is each approved
+    item's stored result, ``sha256`` its digest (check it when copying: a run that overlaps could replace the file).
+    Only what the reviewer could have seen passes: an item edited again after the gate asked is held back in
+    ``changed`` (the edit the gate asked about is recorded in its XCom ``reviewed_edits``).
 
     :param batch_task_id: the batch task of this DAG run (mapped or not): its summary gives the output folder,
         the counts and the credits.
@@ -78,6 +82,8 @@ class CutoutReviewGateOperator(HITLOperator):
                          f"This run: {total['edited']:,} edited, {total['skipped']:,} unchanged, "
                          f"{total['failed']:,} failed, {total['in_doubt']:,} in doubt; output folder "
                          f"`{self.output_dir}`.")
+        reviewed = {e["key"]: e.get("fingerprint") for e in _catalog(self.output_dir, self.items).values()}
+        context["ti"].xcom_push(key="reviewed_edits", value=reviewed)
         return super().execute(context)
 
     def _summaries(self, context: Context) -> list[dict[str, Any]]:
@@ -91,28 +97,56 @@ class CutoutReviewGateOperator(HITLOperator):
         if not self.output_dir:  # a resumed task is a new instance: what execute found is gone
             self.output_dir = next((s.get("output_dir") for s in self._summaries(context)), None)
         choice = (answer["chosen_options"] or [REJECT_RUN])[0]
-        result = publishable(self.output_dir, choice, self.items)
+        reviewed = context["ti"].xcom_pull(task_ids=self.task_id, key="reviewed_edits") or {}
+        result = publishable(self.output_dir, choice, self.items, reviewed=reviewed)
         result["responded_by"] = answer.get("responded_by_user")
-        self.log.info("Cutout review gate: %s: %d items to publish, %d rejected, %d not stored", choice,
-                      len(result["approved"]), len(result["rejected"]), len(result["not_stored"]))
+        self.log.info("Cutout review gate: %s: %d items to publish, %d rejected, %d not stored, %d edited again "
+                      "since the gate asked (held back)", choice, len(result["approved"]), len(result["rejected"]),
+                      len(result["not_stored"]), len(result["changed"]))
         return result
 
 
-def publishable(output_dir: Any, choice: str, items: Any = None) -> dict[str, Any]:
-    """What a gate's ``choice`` lets through from the catalog of ``output_dir`` (its ``items`` only, if given)."""
-    from airflow_provider_cutout.manifest import read_manifest
+def publishable(output_dir: Any, choice: str, items: Any = None, *,
+                reviewed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a gate's ``choice`` lets through from the catalog of ``output_dir``.
 
-    catalog = read_manifest(output_dir)
-    if items is not None:
-        keys = [item.get("key") if isinstance(item, dict) else item for item in items]
-        catalog = {key: catalog[key] for key in keys if key in catalog}
-    approved, rejected, not_stored = [], [], []
-    for key, entry in catalog.items():
-        decision = (entry.get("review") or {}).get("decision")
-        if entry.get("status") != STORED:
+    :param items: the items to decide for (dicts with ``key``, keys, or chunks of them); ``None``: every item the
+        manifest holds. An item without an entry counts as not stored.
+    :param reviewed: the edit (fingerprint) of each key when the gate asked: a key edited again since is held back.
+    """
+    catalog = _catalog(output_dir, items)
+    approved, rejected, not_stored, changed = [], [], [], []
+    for key in _keys(items) if items is not None else list(catalog):
+        entry = catalog.get(key)
+        decision = ((entry or {}).get("review") or {}).get("decision")
+        if entry is None or entry.get("status") != STORED:
             not_stored.append(key)
+        elif reviewed is not None and reviewed.get(key) != entry.get("fingerprint"):
+            changed.append(key)
         elif decision == REJECTED:
             rejected.append(key)
         elif choice == PUBLISH_ALL_BUT_REJECTED or (choice == PUBLISH_APPROVED and decision == APPROVED):
-            approved.append({"key": key, "path": entry.get("stored_path")})
-    return {"decision": choice, "approved": approved, "rejected": rejected, "not_stored": not_stored}
+            approved.append({"key": key, "path": entry.get("stored_path"), "fingerprint": entry.get("fingerprint"),
+                             "sha256": entry.get("sha256")})
+    return {"decision": choice, "approved": approved, "rejected": rejected, "not_stored": not_stored,
+            "changed": changed}
+
+
+def _catalog(output_dir: Any, items: Any) -> dict[Any, dict[str, Any]]:
+    from airflow_provider_cutout.manifest import read_manifest
+
+    catalog = read_manifest(output_dir)
+    if items is None:
+        return catalog
+    return {key: catalog[key] for key in _keys(items) if key in catalog}
+
+
+def _keys(items: Any) -> list[Any]:
+    """The item keys of ``items``: dicts with ``key``, keys, or lists of them (the chunks of a mapped batch)."""
+    found: list[Any] = []
+    for item in items:
+        if isinstance(item, list | tuple):
+            found.extend(_keys(item))
+        else:
+            found.append(item.get("key") if isinstance(item, dict) else item)
+    return found

@@ -41,8 +41,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from airflow_provider_cutout.api.models import check_prompt
 from airflow_provider_cutout.catalog.gallery import escape, gallery_items
 from airflow_provider_cutout.catalog.review import CSP, Decide, ReviewQuery, render_review, view_href
+from airflow_provider_cutout.state.decisions import APPROVED, REJECTED
 from airflow_provider_cutout.state.io import is_local
-from airflow_provider_cutout.state.manifest import APPROVED, REJECTED, STORED, Manifest
+from airflow_provider_cutout.state.manifest import STORED, Manifest
 
 CACHED_CATALOGS = 4  # a catalog of 100,000 items holds about 150 MB in the API server while cached
 IMAGE_REFRESH_S = 30.0  # an image request reads new log files at most this often (a page of 60 is 60 requests)
@@ -81,7 +82,14 @@ class Catalog:
     items: list[dict[str, Any]]
     stored: set[str]
     real: str = ""  # a local folder's real path when its manifest was read: a link re-pointed later is refused
-    manifest: Any = None  # the manifest read (what decisions are written to)
+    manifest: Any = None  # the manifest read (its decisions log is where decisions are written)
+    _by_key: dict[Any, dict[str, Any]] | None = None
+
+    def current(self, key: Any) -> dict[str, Any] | None:
+        """The newest entry of an item key."""
+        if self._by_key is None:
+            self._by_key = {e.get("key"): e for e in self.items}
+        return self._by_key.get(key)
 
 
 @dataclass
@@ -236,20 +244,21 @@ async def decide(ids: Ids, user: GetUserDep, request: Request) -> Response:
     if output_dir is None:
         raise HTTPException(404, "this task instance is not a Cutout batch task")
     catalog = await run_in_threadpool(CATALOGS.get, output_dir)
-    decision = _decision(catalog.manifest, form, user.get_name())
-    await run_in_threadpool(catalog.manifest.decide, decision)
+    decision = _decision(catalog, form, user.get_name())
+    await run_in_threadpool(catalog.manifest.decisions.decide, decision)
     CATALOGS.forget(output_dir)  # the next look shows it
     back = {"status": form.get("status", "all"), "q": form.get("q", ""), "page": form.get("page", "1")}
     return RedirectResponse(view_href("view", {**ids.params(), **back})(), status_code=303)
 
 
-def _decision(manifest: Manifest, form: dict[str, str], by: str) -> dict[str, Any]:
-    """The decision a form asks for, checked: an item's stored edit, a known decision, a valid corrected prompt."""
+def _decision(catalog: Catalog, form: dict[str, str], by: str) -> dict[str, Any]:
+    """The decision a form asks for, checked: the item's current edit, stored; a known decision; a valid corrected
+    prompt."""
     key, fingerprint, chosen = form.get("key", ""), form.get("fingerprint", ""), form.get("decision")
-    entry = manifest.get(fingerprint, key)
-    if entry is None or entry.get("status") != STORED:
-        raise HTTPException(409, f"item {key[:200]!r} has no stored result of that edit (edited again meanwhile?): "
-                                 "reload the view")
+    entry = catalog.current(key)
+    if entry is None or entry.get("fingerprint") != fingerprint or entry.get("status") != STORED:
+        raise HTTPException(409, f"item {key[:200]!r} has no stored result of that edit now (edited again since the "
+                                 "page was loaded?): reload the view")
     if chosen not in (APPROVED, REJECTED):
         raise HTTPException(422, f"decision={str(chosen)[:40]!r} must be {APPROVED!r} or {REJECTED!r}")
     note, prompt = form.get("note", "").strip(), form.get("prompt", "").strip()
@@ -263,7 +272,10 @@ def _decision(manifest: Manifest, form: dict[str, str], by: str) -> dict[str, An
             prompt = check_prompt(prompt)
         except ValueError as err:
             raise HTTPException(422, f"the corrected prompt is not valid: {err}") from None
-        decision.update(prompt=prompt, replaces=manifest.replaced_prompt(entry))
+        own = entry.get("own_prompt") or entry.get("prompt")  # a correction replaces the item's own prompt
+        if not isinstance(own, str):
+            raise HTTPException(409, f"item {key[:200]!r} has no prompt recorded to correct")
+        decision.update(prompt=prompt, replaces=own)
     return decision
 
 

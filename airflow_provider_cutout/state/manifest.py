@@ -9,11 +9,8 @@ end of a run compacts the whole log into one snapshot, as Delta Lake checkpoints
 record stay constant whatever the size of the catalog. Readers read every file and keep the newest
 entry per item key and fingerprint, so concurrent writers (chunks, overlapping runs) never overwrite each
 other, and items that share one edit (a photo, a prompt, a model) each keep their own entry.
-Older single-file manifests (``cutout-manifest*.json``) are still read.
-
-A reviewer's decision on an item (approved or rejected, a note, perhaps a corrected prompt) is an entry of the
-same log with a ``decision`` field, kept apart from the edits' records: the newest per item key stands for the
-edit (``fingerprint``) it was made on, and a corrected prompt stays with the key until another replaces it.
+Older single-file manifests (``cutout-manifest*.json``) are still read. Reviewers' decisions live in a log of
+their own beside it (``state.decisions``); ``catalog`` and ``read_manifest`` show them with the entries.
 
 Files of ``INDEX_MIN_RECORDS`` records or more (snapshots, rollups) get an index beside them,
 ``<name>.idx``: each record's item key, the start of its fingerprint and where its line ends. A reader
@@ -34,10 +31,10 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from airflow_provider_cutout.state.decisions import DECISION_FILES, Decisions, reviewed
 from airflow_provider_cutout.state.io import STATE_DIR, is_local, list_files, list_names, read_ranges, write_whole
 
 STORED, EDITED, FAILED, IN_DOUBT = "stored", "edited", "failed", "in_doubt"
-APPROVED, REJECTED = "approved", "rejected"
 LEGACY_GLOB = "cutout-manifest*.json"
 ROLLUP_SEGMENTS = 256
 #: Attempts of one segment write before the writer gives up (transient store errors: S3 503s, NFS hiccups).
@@ -83,11 +80,6 @@ def precedence(entry: dict[str, Any]) -> tuple[int, int, float]:
     record is numbered one above the record its writer read), then a stored result before a paid one,
     before in doubt, before failed, and only then the writer's clock."""
     return int(entry.get("seq") or 0), _RANK.get(entry.get("status", ""), 0), float(entry.get("updated_at") or 0)
-
-
-def _decision_order(entry: dict[str, Any]) -> tuple[int, float]:
-    """The order of one key's decisions: ``seq`` (one above the decision its writer read), then the clock."""
-    return int(entry.get("seq") or 0), float(entry.get("updated_at") or 0)
 
 
 def _when(entry: dict[str, Any]) -> float:
@@ -220,8 +212,7 @@ class Manifest:
         self.path = folder / STATE_DIR / "manifest"
         self._clock, self._sleep = clock, sleep
         self.edits: dict[str, dict[Any, dict[str, Any]]] = {}  # fingerprint -> item key -> newest entry
-        self.decisions: dict[Any, dict[str, Any]] = {}  # item key -> newest decision
-        self.corrections: dict[Any, dict[str, Any]] = {}  # item key -> newest decision with a corrected prompt
+        self.decisions = Decisions(folder, clock=clock)  # reviewers' decisions, a log of their own
         self.problems: list[str] = []
         self.bytes_written = 0
         self._read: set[str] = set()  # log files folded into ``entries``; all immutable
@@ -266,18 +257,12 @@ class Manifest:
         with self._cond:
             return {(fp, key): entry for fp, keys in self.edits.items() for key, entry in keys.items()}
 
-    def review(self, entry: dict[str, Any]) -> dict[str, Any] | None:
-        """The decision that stands for an entry's edit: its key's newest, when made on this very edit."""
-        with self._cond:
-            decision = self.decisions.get(entry.get("key"))
-        return decision if decision is not None and decision.get("fingerprint") == entry.get("fingerprint") else None
-
     def catalog(self) -> list[dict[str, Any]]:
-        """The newest entry of each item key, with ``review`` (who decided what, when, why) where a decision stands
-        for it: what ``read_manifest``, the galleries and the review gate show."""
+        """The newest entry of each item key, with ``review`` (who decided what, when, why) where a reviewer's
+        decision stands for its edit: what ``read_manifest``, the galleries and the review gate show."""
         found = []
         for entry in newest(self.entries.values(), order=_when).values():
-            decision = self.review(entry)
+            decision = self.decisions.on(entry.get("fingerprint"), entry.get("key"))
             found.append(entry if decision is None else {**entry, "review": reviewed(decision)})
         return found
 
@@ -296,8 +281,10 @@ class Manifest:
         return {url: version for url, (_, version) in found.items()}
 
     def refresh(self) -> int:
-        """Read the log files written since the last call; return how many there were."""
+        """Read the log files written since the last call (and reviewers' new decisions); return how many log
+        files there were."""
         with self._reading:
+            self.decisions.refresh()
             return self._refresh()
 
     def _refresh(self) -> int:
@@ -410,12 +397,6 @@ class Manifest:
 
     def _merge(self, entries: list[dict[str, Any]]) -> None:
         with self._cond:
-            decisions = [e for e in entries if "decision" in e]
-            if decisions:
-                entries = [e for e in entries if "decision" not in e]
-                newest(decisions, into=self.decisions, order=_decision_order)
-                newest((d for d in decisions if isinstance(d.get("prompt"), str)), into=self.corrections,
-                       order=_decision_order)
             for fp, group in _group(entries).items():
                 newest(group, into=self.edits.setdefault(fp, {}), order=precedence)
 
@@ -440,35 +421,6 @@ class Manifest:
                 self._cond.wait()
             self._check()
 
-    def decide(self, decision: dict[str, Any]) -> dict[str, Any]:
-        """Write a reviewer's decision on an item as a log file of its own, now, and return it as written.
-
-        :param decision: ``key``, ``fingerprint`` (the edit decided on), ``decision`` (``approved`` or
-            ``rejected``), ``by``, ``note``, and ``prompt`` with ``replaces`` when the reviewer corrected it.
-        """
-        if decision.get("decision") not in (APPROVED, REJECTED):
-            raise ValueError(f"decision={decision.get('decision')!r} must be {APPROVED!r} or {REJECTED!r}")
-        with self._reading:  # one decision at a time from this reader: each numbered above the one it saw
-            self._refresh()
-            with self._cond:
-                seen = self.decisions.get(decision.get("key"))
-            entry = {**decision, "seq": int((seen or {}).get("seq") or 0) + 1, "updated_at": self._clock()}
-            name = f"review-{uuid.uuid4().hex}.jsonl"
-            self.path.mkdir(parents=True, exist_ok=True)
-            write_whole(self.path / name, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
-            self._merge([entry])
-            self._read.add(name)
-        return entry
-
-    def replaced_prompt(self, entry: dict[str, Any]) -> Any:
-        """The prompt a correction of this entry's edit replaces: the item's own, also when the edit already used
-        an earlier correction."""
-        with self._cond:
-            fix = self.corrections.get(entry.get("key"))
-        if fix is not None and fix.get("prompt") == entry.get("prompt"):
-            return fix.get("replaces")
-        return entry.get("prompt")
-
     def close(self, *, compact: bool = True) -> None:
         """Write what is pending, stop the writer, roll this run's segments into one file and, when the
         log has grown enough beside its snapshot, compact it."""
@@ -482,6 +434,8 @@ class Manifest:
         self._check()
         if len(self._own) > 1:
             self._rollup()
+        if self.decisions.files() > DECISION_FILES:  # many small files: one snapshot for the next readers
+            self.decisions.compact()
         if compact and self._seq:
             sizes = [size for name, size in list_files(self.path).items()
                      if name.endswith(".jsonl") and name not in self._broken]
@@ -493,7 +447,7 @@ class Manifest:
         self._widen()
         folded = (self._read - self._broken) | {name for name, _ in self._own} | set(self._rolled)
         self._write(f"{self._writer_name or uuid.uuid4().hex}-snapshot-{time.time_ns()}.jsonl",
-                    list(self.entries.values()) + self._standing_decisions())
+                    list(self.entries.values()))
         for name in folded:
             self._delete(name)
         self._read -= folded
@@ -502,12 +456,6 @@ class Manifest:
             if name.endswith(".jsonl" + _INDEX_SUFFIX) and name[: -len(_INDEX_SUFFIX)] not in listed:
                 (self.path / name).unlink(missing_ok=True)  # a file written after it is indexed again when read
         self._own, self._rolled = [], []
-
-    def _standing_decisions(self) -> list[dict[str, Any]]:
-        """Every decision a reader needs: each key's newest, and its newest corrected prompt when older."""
-        with self._cond:
-            found = {id(d): d for d in [*self.decisions.values(), *self.corrections.values()]}
-        return list(found.values())
 
     def _check(self) -> None:
         if self._error is not None:
@@ -574,7 +522,7 @@ class Manifest:
     def _rollup(self) -> None:
         """Fold this writer's segments into one file: few files for readers, even after a crash."""
         segments, self._own = self._own, []
-        last = {(e["fingerprint"], e.get("key"), "decision" in e): e for _, records in segments for e in records}
+        last = {(e["fingerprint"], e.get("key")): e for _, records in segments for e in records}
         name = f"{self._writer_name}-rollup-{self._seq:08d}.jsonl"
         self._write(name, list(last.values()))
         self._rolled.append(name)
@@ -592,13 +540,3 @@ def read_manifest(output_dir: Any) -> dict[str, dict[str, Any]]:
 
     catalog = Manifest(ObjectStoragePath(str(output_dir).rstrip("/") + "/")).catalog()
     return {entry["key"]: entry for entry in catalog}
-
-
-def reviewed(decision: dict[str, Any]) -> dict[str, Any]:
-    """What a decision says, as an entry's ``review``: ``decision``, ``by``, ``at`` (epoch seconds), ``note``, and
-    ``prompt`` when the reviewer corrected it."""
-    found = {"decision": decision.get("decision"), "by": decision.get("by"), "at": decision.get("updated_at"),
-             "note": decision.get("note") or ""}
-    if isinstance(decision.get("prompt"), str):
-        found["prompt"] = decision["prompt"]
-    return found

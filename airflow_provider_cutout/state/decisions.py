@@ -1,0 +1,180 @@
+"""Reviewers' decisions on a batch's items: approved or rejected, who, when, a note, perhaps a corrected prompt.
+
+A log of its own beside the manifest, ``<output_dir>/_cutout/decisions/``: each decision is one small immutable
+JSON Lines file, written whole by the review view (``Decisions.decide``); a batch run that finds many folds them
+into one snapshot (``compact``). Apart from the edits' log, so no reader of edits (0.2's included) can take a
+decision for an edit's record, and no compaction of that log can drop one.
+
+A decision is made on one edit of an item (its ``fingerprint``) and stands for that edit only: an item edited
+again awaits a new review. A rejection may carry a corrected prompt; it replaces the item's own prompt (the one
+recorded as ``replaces``) while the newest decision on the edit it was made on is still a rejection, so the next
+run edits that item again, once; approving that edit withdraws it. Decisions of one item are ordered by ``seq``
+(one above the highest its writer read), then a rejection before an approval (two reviewers at once: the safe
+one stands), and only then by the clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from airflow_provider_cutout.state.io import STATE_DIR, list_files, write_whole
+
+APPROVED, REJECTED = "approved", "rejected"
+#: A run folds the decision files into one snapshot when there are more than this many.
+DECISION_FILES = 64
+log = logging.getLogger(__name__)
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def order(decision: dict[str, Any]) -> tuple[float, int, float]:
+    """Which of two decisions on one item is newer: ``seq``, then a rejection, then the clock."""
+    return _number(decision.get("seq")), int(decision.get("decision") == REJECTED), _number(decision.get("updated_at"))
+
+
+def problem_of(decision: Any) -> str | None:
+    """What makes a line of the log no decision (``None`` when it is one)."""
+    if not isinstance(decision, dict):
+        return "not an object"
+    if decision.get("decision") not in (APPROVED, REJECTED):
+        return f"decision={str(decision.get('decision'))[:40]!r} is not {APPROVED!r} or {REJECTED!r}"
+    if not isinstance(decision.get("key"), str | int) or isinstance(decision.get("key"), bool):
+        return "no item key"
+    if not isinstance(decision.get("fingerprint"), str):
+        return "no fingerprint of the edit decided on"
+    if "prompt" in decision and not (isinstance(decision["prompt"], str) and isinstance(decision.get("replaces"), str)):
+        return "a corrected prompt without the prompt it replaces"
+    return None
+
+
+class Decisions:
+    """The decisions log of one output folder, as read so far.
+
+    :param folder: the output folder (an ``ObjectStoragePath``).
+    :param clock: the wall clock stamped on decisions (``updated_at``).
+    """
+
+    def __init__(self, folder: Any, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = folder / STATE_DIR / "decisions"
+        self._clock = clock
+        self._edits: dict[tuple[str, Any], dict[str, Any]] = {}  # (fingerprint, key) -> newest decision
+        self._corrections: dict[Any, dict[str, Any]] = {}  # key -> newest decision with a corrected prompt
+        self._seq: dict[Any, float] = {}  # key -> highest seq read
+        self._read: set[str] = set()
+        self.problems: list[str] = []
+        self._lock = threading.RLock()
+
+    def on(self, fingerprint: Any, key: Any) -> dict[str, Any] | None:
+        """The decision that stands for one edit of an item: the newest made on it."""
+        with self._lock:
+            return self._edits.get((fingerprint, key))
+
+    def correction(self, key: Any) -> dict[str, Any] | None:
+        """The corrected prompt that stands for an item: its newest, while the edit it was made on is rejected."""
+        with self._lock:
+            fix = self._corrections.get(key)
+            if fix is None:
+                return None
+            latest = self._edits.get((fix["fingerprint"], key))
+            return fix if latest is not None and latest.get("decision") == REJECTED else None
+
+    def files(self) -> int:
+        """How many files the log had when last read."""
+        return len(self._read)
+
+    def refresh(self) -> int:
+        """Read the decision files written since the last call; return how many there were."""
+        with self._lock:
+            for _ in range(10):
+                names = sorted(n for n in list_files(self.path) if n.endswith(".jsonl") and n not in self._read)
+                try:
+                    for name in names:
+                        self._read_file(name)
+                except FileNotFoundError:  # folded into a snapshot meanwhile: listed on the next pass
+                    continue
+                return len(names)
+            raise OSError(f"the decisions log {self.path} keeps changing under this reader; try again")
+
+    def _read_file(self, name: str) -> None:
+        text = (self.path / name).read_bytes().decode("utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                decision = json.loads(line)
+            except ValueError:
+                decision = None
+            problem = problem_of(decision) if decision is not None else "not valid JSON"
+            if problem is not None:
+                self.problems.append(f"{name} line {number}: {problem}")
+                log.warning("Cutout decisions: %s line %d is left out (%s); inspect it in %s", name, number, problem,
+                            self.path)
+                continue
+            self._merge(decision)
+        self._read.add(name)
+
+    def _merge(self, decision: dict[str, Any]) -> None:
+        key, edit = decision["key"], (decision["fingerprint"], decision["key"])
+        known = self._edits.get(edit)
+        if known is None or order(decision) >= order(known):
+            self._edits[edit] = decision
+        fix = self._corrections.get(key)
+        if "prompt" in decision and (fix is None or order(decision) >= order(fix)):
+            self._corrections[key] = decision
+        self._seq[key] = max(self._seq.get(key, 0.0), _number(decision.get("seq")))
+
+    def decide(self, decision: dict[str, Any]) -> dict[str, Any]:
+        """Write a decision as a file of its own, now; return it as written.
+
+        :param decision: ``key``, ``fingerprint`` (the edit decided on), ``decision`` (``approved`` or
+            ``rejected``), ``by``, ``note``, and ``prompt`` with ``replaces`` (the item's own prompt) when the
+            reviewer corrected it.
+        """
+        problem = problem_of(decision)
+        if problem is not None:
+            raise ValueError(f"not a decision: {problem}")
+        with self._lock:  # numbered above every decision on the item this reader has seen
+            self.refresh()
+            entry = {**decision, "seq": int(self._seq.get(decision["key"], 0)) + 1, "updated_at": self._clock()}
+            name = f"{uuid.uuid4().hex}.jsonl"
+            self.path.mkdir(parents=True, exist_ok=True)
+            write_whole(self.path / name, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
+            self._merge(entry)
+            self._read.add(name)
+        return entry
+
+    def standing(self) -> list[dict[str, Any]]:
+        """What a snapshot keeps: the newest decision on each edit, and each item's newest corrected prompt."""
+        with self._lock:
+            found = {id(d): d for d in [*self._edits.values(), *self._corrections.values()]}
+        return list(found.values())
+
+    def compact(self) -> None:
+        """Fold the files read so far into one snapshot, then delete them (a decision written meanwhile is a file
+        not read yet: it stays)."""
+        with self._lock:
+            folded = set(self._read)
+            name = f"snapshot-{time.time_ns()}-{uuid.uuid4().hex[:8]}.jsonl"
+            lines = "".join(json.dumps(d, separators=(",", ":")) + "\n" for d in self.standing())
+            write_whole(self.path / name, lines.encode())
+            for old in folded:
+                (self.path / old).unlink(missing_ok=True)
+            self._read = (self._read - folded) | {name}
+
+
+def reviewed(decision: dict[str, Any]) -> dict[str, Any]:
+    """What a decision says, as an entry's ``review``: ``decision``, ``by``, ``at`` (epoch seconds), ``note``, and
+    ``prompt`` when the reviewer corrected it."""
+    found = {"decision": decision.get("decision"), "by": decision.get("by"), "at": decision.get("updated_at"),
+             "note": decision.get("note") or ""}
+    if isinstance(decision.get("prompt"), str):
+        found["prompt"] = decision["prompt"]
+    return found
