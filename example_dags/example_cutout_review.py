@@ -10,6 +10,7 @@ publish. The publish task copies only the approved results into ``published/``. 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -43,15 +44,17 @@ with DAG(
                  "aspect_ratio": p["aspect_ratio"]} for p in products]
 
     # [START howto_review_gate]
+    items = catalog_items()
     refresh = CutoutBatchImageEditOperator(
         task_id="refresh_catalog",
-        items=catalog_items(),
+        items=items,
         output_dir="{{ params.output_dir }}/review/",
         max_credits=200,
     )
     gate = CutoutReviewGateOperator(
         task_id="review",
         batch_task_id="refresh_catalog",
+        items=items,  # decide for the catalog's items (products that left it are not published)
         response_timeout=datetime.timedelta(hours=24),  # then "Reject run": nothing is published
     )
 
@@ -62,10 +65,15 @@ with DAG(
         target.mkdir(parents=True, exist_ok=True)
         published = []
         for item in decision["approved"]:
-            shutil.copyfile(item["path"], target / Path(item["path"]).name)
+            copy = target / Path(item["path"]).name
+            shutil.copyfile(item["path"], copy)
+            if item["sha256"] and hashlib.sha256(copy.read_bytes()).hexdigest() != item["sha256"]:
+                copy.unlink()  # replaced since it was reviewed (a run that overlapped): not what was approved
+                raise ValueError(f"{item['key']}: its stored file changed after the review; run the DAG again")
             published.append(item["key"])
         print(f"{decision['decision']}: published {len(published)}, held back {len(decision['rejected'])} "
-              f"rejected and {len(decision['not_stored'])} without a result")
+              f"rejected, {len(decision['changed'])} edited again since the review and "
+              f"{len(decision['not_stored'])} without a result")
         return published
 
     refresh >> gate
