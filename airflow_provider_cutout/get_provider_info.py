@@ -56,6 +56,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_cutout.operators.image_edit",
                     "airflow_provider_cutout.operators.batch",
+                    "airflow_provider_cutout.operators.review_gate",
                 ],
             }
         ],

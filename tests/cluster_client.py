@@ -89,7 +89,8 @@ def running_cluster(folder: Path, workers: int = 2, **settings: str) -> Iterator
     ``settings`` added to its environment; stopped (every component) on the way out."""
     dags = folder / "dags"
     dags.mkdir()
-    (dags / "cutout_cluster_catalog.py").symlink_to(REPO / "tests" / "cluster_dags" / "cutout_cluster_catalog.py")
+    for name in ("cutout_cluster_catalog.py", "cutout_cluster_review.py"):
+        (dags / name).symlink_to(REPO / "tests" / "cluster_dags" / name)
     for example in ("example_cutout_catalog_refresh.py", "example_cutout_publish.py", "catalog"):
         (dags / example).symlink_to(REPO / "example_dags" / example)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}

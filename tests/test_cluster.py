@@ -80,6 +80,22 @@ def test_the_refresh_asset_triggers_the_publish_dag_under_the_scheduler(cluster)
     assert cluster.ledger()["charges"] == 12 and set(cluster.charges().values()) == {1}
 
 
+def test_a_review_gate_nobody_answers_rejects_the_run_after_its_timeout(cluster, tmp_path):
+    """The gate waits for a reviewer (Airflow's human-in-the-loop); nobody answers, the scheduler takes its safe
+    default after ``response_timeout``: the run succeeds and publishes nothing."""
+    cluster.reset(latency=0.0)
+    cluster.call("PATCH", "/dags/cutout_cluster_review", json={"is_paused": False})
+    before = cluster.ledger()["charges"]
+    run = cluster.call("POST", "/dags/cutout_cluster_review/dagRuns",
+                       json={"logical_date": None, "conf": {"n": 4, "out": str(tmp_path)}})["dag_run_id"]
+    assert cluster.wait(run, dag_id="cutout_cluster_review") == "success"
+    base = f"/dags/cutout_cluster_review/dagRuns/{run}/taskInstances"
+    answer = cluster.call("GET", f"{base}/gate/xcomEntries/return_value", params={"deserialize": True})["value"]
+    assert answer["decision"] == "Reject run" and answer["approved"] == [] and answer["not_stored"] == []
+    assert cluster.call("GET", f"{base}/publish/xcomEntries/return_value", params={"deserialize": True})["value"] == []
+    assert cluster.ledger()["charges"] == before + 4 and len(read_manifest(tmp_path)) == 4
+
+
 def test_a_worker_killed_mid_run_leaves_nothing_paid_twice(cluster, tmp_path):
     """SIGKILL worker1 with edits in flight: its chunks are retried on worker2, which reports the items
     the dead try may have been charged for as in doubt (by key) and resends none of them; a follow-up run

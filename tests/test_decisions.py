@@ -4,6 +4,7 @@ prompt that makes the next run edit that item again, and only it, once (the sand
 from __future__ import annotations
 
 import pytest
+from airflow.providers.standard.version_compat import AIRFLOW_V_3_3_PLUS
 
 from airflow_provider_cutout.manifest import read_manifest
 from tests.conftest import states, xcoms
@@ -175,3 +176,16 @@ def test_the_gate_passes_only_what_was_reviewed(tmp_path):
     assert publishable(tmp_path, REJECT_RUN, chunks, reviewed=reviewed)["approved"] == []
     decide(tmp_path, "a", "approved", fingerprint="a1")  # a change of mind
     assert "a" in [i["key"] for i in publishable(tmp_path, PUBLISH_APPROVED)["approved"]]
+
+
+@pytest.mark.skipif(AIRFLOW_V_3_3_PLUS, reason="Airflow 3.3 parks the gate until an answer or the scheduler's timeout "
+                    "sweep (dag.test has none): test_browser.py answers it through a real API server")
+def test_a_gate_nobody_answers_rejects_the_run_after_its_timeout(sandbox, airflow_db, tmp_path):
+    from tests.dags.batch_dags import review_gate
+
+    dr = review_gate.test(run_conf={"out": str(tmp_path), "items": ITEMS, "size": 2})
+    assert states(dr)["gate"] == [("success", 1)]
+    (answer,) = xcoms(dr, "gate").values()
+    assert answer["decision"] == "Reject run" and answer["approved"] == [] and not answer["not_stored"]
+    (reviewed,) = xcoms(dr, "gate", "reviewed_edits").values()
+    assert sorted(reviewed) == list("abcd") and sandbox.ledger()["charges"] == 4

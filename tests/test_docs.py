@@ -47,16 +47,18 @@ def test_every_public_name_mentioned_exists(page):
     from airflow_provider_cutout.hooks.cutout import CutoutHook
     from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator
     from airflow_provider_cutout.operators.image_edit import CutoutImageEditOperator
+    from airflow_provider_cutout.operators.review_gate import CutoutReviewGateOperator
     from airflow_provider_cutout.plugins.review import CutoutReviewPlugin
 
     known = {name for name in dir(exceptions) if not name.startswith("_")}
     known |= {"CutoutHook", "CutoutImageEditOperator", "CutoutBatchImageEditOperator", "CutoutResultLink",
-              "CutoutGalleryLink", "CutoutClient", "CutoutEditRunFacet", CutoutReviewPlugin.__name__}
+              "CutoutGalleryLink", "CutoutClient", "CutoutEditRunFacet", CutoutReviewPlugin.__name__,
+              CutoutReviewGateOperator.__name__}
     for name in set(re.findall(r"`(Cutout\w+)", text)):
         assert name in known, f"{page.name} mentions {name}, which does not exist"
     for method in set(re.findall(r"CutoutHook\.(\w+)", text)):
         assert hasattr(CutoutHook, method), method
-    for op in (CutoutImageEditOperator, CutoutBatchImageEditOperator):
+    for op in (CutoutImageEditOperator, CutoutBatchImageEditOperator, CutoutReviewGateOperator):
         for param in set(re.findall(rf"{op.__name__}\((\w+)=", text)):
             assert param in inspect.signature(op.__init__).parameters, param
 
@@ -73,9 +75,10 @@ def test_models_table_matches_the_registry():
 def test_operator_parameter_tables_list_every_parameter():
     from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator
     from airflow_provider_cutout.operators.image_edit import CutoutImageEditOperator
+    from airflow_provider_cutout.operators.review_gate import CutoutReviewGateOperator
 
     text = (REPO / "docs" / "operators.md").read_text()
-    for op in (CutoutImageEditOperator, CutoutBatchImageEditOperator):
+    for op in (CutoutImageEditOperator, CutoutBatchImageEditOperator, CutoutReviewGateOperator):
         params = [p for p in inspect.signature(op.__init__).parameters if p not in ("self", "kwargs")]
         assert len(params) >= 7
         for param in params:
