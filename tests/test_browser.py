@@ -418,10 +418,11 @@ def test_a_reviewer_rejects_two_items_approves_the_gate_and_only_the_others_are_
         wait_for(browser, lambda d: "example_cutout_review" in d.page_source, timeout=60)
         view = f"{api_server.url}/cutout-review/view?{urlencode(ids)}"
         rejected = {"mug-cutout": "invert", "sneaker-white": None}
+        hostile = "the product itself changed <script>window.__pwned='note'</script><img src=x onerror=alert(1)>"
         for key, prompt in rejected.items():
             browser.get(view)
             card = wait_for(browser, lambda d, k=key: d.find_element(By.CSS_SELECTOR, f"section[data-key='{k}']"))
-            card.find_element(By.NAME, "note").send_keys("the product itself changed")
+            card.find_element(By.NAME, "note").send_keys(hostile)
             if prompt:
                 card.find_element(By.NAME, "prompt").send_keys(prompt)
             card.find_element(By.CSS_SELECTOR, "button[value='rejected']").click()
@@ -431,6 +432,7 @@ def test_a_reviewer_rejects_two_items_approves_the_gate_and_only_the_others_are_
         shown = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "section.item"))
         assert sorted(c.get_attribute("data-key") for c in shown) == sorted(rejected)
         assert "corrected prompt" in body_text(browser) and "rejected: 2" in body_text(browser)
+        assert hostile in body_text(browser) and browser.execute_script("return window.__pwned === undefined")
         browser.save_screenshot(str(ARTIFACTS / "review-decisions.png"))  # docs/images/review-decisions.png
         errors = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
         assert not errors, errors
