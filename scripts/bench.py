@@ -290,8 +290,9 @@ def bench_review() -> dict[str, Any]:
     the plugin makes it (the catalog cached: a refresh of the log, the filter, the counts and one page)."""
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_cutout.catalog.review import ReviewQuery, render_review, view_href
+    from airflow_provider_cutout.catalog.review import Decide, ReviewQuery, render_review, view_href
     from airflow_provider_cutout.plugins.review_app import _Catalogs
+    from airflow_provider_cutout.state.decisions import Decisions
     from airflow_provider_cutout.state.manifest import Manifest
 
     n = 5000 if QUICK else 100_000
@@ -308,29 +309,43 @@ def bench_review() -> dict[str, Any]:
                 "stored_path": None if failed else f"{out}/item-{i}.png", "sha256": f"{i:064x}",
                 "error": "FailedEditError: Content moderation failed" if failed else None, "written_at": 1e9 + i})
         writer.close()
+        decisions = Decisions(ObjectStoragePath(out + "/"))
+        for i in range(1, n, 200):  # 500 reviewers' decisions, one file each (a run folds them; the bench does not)
+            decisions.decide({"key": f"item-{i}", "fingerprint": f"{i:064x}", "by": "rita", "note": "",
+                              "decision": "rejected" if i % 400 == 1 else "approved"})
         catalogs = _Catalogs(1)
         started = time.perf_counter()
         catalogs.get(out)
         first = time.perf_counter() - started
         params = {"dag_id": "d", "run_id": "r", "task_id": "batch", "map_index": "-1"}
+        decide = Decide("decide?dag_id=d", "0" * 64)
         pages = []
         for query in (ReviewQuery(), ReviewQuery("failed"), ReviewQuery(search=f"item-{n - 1}"), ReviewQuery(page=1500),
-                      ReviewQuery("this_run")) * 3:
+                      ReviewQuery("this_run"), ReviewQuery("rejected"), ReviewQuery("to_review")) * 3:
             started = time.perf_counter()
             catalog = catalogs.get(out)
             page = render_review(catalog.items, query=query, title=out, href=view_href("/v", params),
-                                 image_url=lambda name: f"/i?name={name}", hidden=params, since=1e9 + n - 100)
+                                 image_url=lambda name: f"/i?name={name}", hidden=params, since=1e9 + n - 100,
+                                 decide=decide)
             pages.append(time.perf_counter() - started)
             assert "<section class='item" in page
+        deciding = []
+        for i in range(3):  # a decision as the app makes it: written, then the cached catalog rebuilt
+            started = time.perf_counter()
+            catalogs.get(out).manifest.decisions.decide({"key": f"item-{3 + i}", "fingerprint": f"{3 + i:064x}",
+                                                         "by": "rita", "note": "", "decision": "approved"})
+            catalogs.forget(out)
+            deciding.append(time.perf_counter() - started)
     worst = max(pages)
     return {
-        "name": "15. review view", "metric": "one page of a 100,000-item catalog (s, slowest of 15)",
+        "name": "15. review view", "metric": "one page of a 100,000-item catalog (s, slowest of 21)",
         "value": f"{worst:.3f}",
-        "target": "<= 1", "passed": worst <= 1,
-        "detail": f"{n:,} manifest entries (1 in 97 failed); the catalog cached as the plugin keeps it, each page "
-                  "a refresh of the log, the filter, the counts of every filter and 60 cards (all, failed, a key "
-                  f"search, page 1,500, changed this run; median {statistics.median(pages):.3f} s); the first look, "
-                  f"which reads the whole log, took {first:.1f} s",
+        "target": "<= 1", "passed": worst <= 1 and max(deciding) <= 1,
+        "detail": f"{n:,} manifest entries (1 in 97 failed) and 500 decisions; the catalog cached as the plugin keeps "
+                  "it, each page a refresh of the logs, the filter, the counts of every filter and 60 cards with their "
+                  "decision forms (all, failed, a key search, page 1,500, changed this run, rejected, not decided; "
+                  f"median {statistics.median(pages):.3f} s); the first look, which reads the whole log, took "
+                  f"{first:.1f} s; a decision (written, the catalog rebuilt) {max(deciding):.2f} s at most",
     }
 
 
