@@ -288,10 +288,11 @@ def csrf_token(user: Any, ids: TaskInstanceIds) -> str:
 
 @functools.cache
 def _secret() -> bytes:
-    from airflow.configuration import conf
+    """A key for form tokens, derived from the key the API server signs its own tokens with (the same in every
+    worker process when ``[api_auth] jwt_secret`` is set, as it must be for Airflow's tokens too)."""
+    from airflow.api_fastapi.auth.tokens import get_signing_key
 
-    secret = conf.get("api_auth", "jwt_secret", fallback="") or ""
-    return hashlib.sha256(b"cutout-review\x1f" + secret.encode()).digest() if secret else os.urandom(32)
+    return hashlib.sha256(b"cutout-review\x1f" + get_signing_key("api_auth", "jwt_secret").encode()).digest()
 
 
 def _may_decide(user: Any, ids: TaskInstanceIds) -> bool:
