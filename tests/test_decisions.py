@@ -4,7 +4,6 @@ prompt that makes the next run edit that item again, and only it, once (the sand
 from __future__ import annotations
 
 import pytest
-from airflow.providers.standard.version_compat import AIRFLOW_V_3_3_PLUS
 
 from airflow_provider_cutout.manifest import read_manifest
 from tests.conftest import states, xcoms
@@ -26,7 +25,7 @@ def decide(folder, key, decision, *, note="", prompt=None, by="rita", fingerprin
     asked = {"key": key, "fingerprint": fingerprint or entry["fingerprint"], "decision": decision, "by": by,
              "note": note}
     if prompt is not None:
-        asked.update(prompt=prompt, replaces=entry.get("own_prompt") or entry["prompt"])
+        asked.update(prompt=prompt, replaces=entry.get("own_prompt") or entry["prompt"], edited=entry["prompt"])
     return open_manifest(folder).decisions.decide(asked)
 
 
@@ -63,10 +62,16 @@ def test_a_corrected_prompt_edits_that_item_again_once_and_only_it(sandbox, airf
     third = xcoms(catalog_chunks.test(run_conf=conf), "batch").values()
     assert sum(r["skipped"] for r in third) == 4 and sandbox.ledger()["charges"] == 5
 
+    decide(tmp_path, "a", "rejected", prompt="invert, grayscale")  # a second correction, then a change of mind:
+    decide(tmp_path, "a", "approved")  # the first correction stands again, so the stored edit is what is asked for
+    fourth = xcoms(catalog_chunks.test(run_conf=conf), "batch").values()
+    assert sum(r["skipped"] for r in fourth) == 4 and sum(r["restored"] for r in fourth) == 0
+    assert sandbox.ledger()["charges"] == 5 and read_manifest(tmp_path)["a"]["review"]["decision"] == "approved"
+
     changed = [{**item, "prompt": "invert"} if item["key"] == "d" else item for item in ITEMS]
     changed[0] = {**changed[0], "prompt": "grayscale, sharper"}  # the DAG's own new prompt wins over a correction
-    fourth = xcoms(catalog_chunks.test(run_conf={**conf, "items": changed}), "batch").values()
-    assert sum(r["edited"] for r in fourth) == 2 and sandbox.ledger()["charges"] == 7
+    fifth = xcoms(catalog_chunks.test(run_conf={**conf, "items": changed}), "batch").values()
+    assert sum(r["edited"] for r in fifth) == 2 and sandbox.ledger()["charges"] == 7
     assert read_manifest(tmp_path)["a"]["prompt"] == "grayscale, sharper"
 
 
@@ -111,6 +116,15 @@ def test_decisions_live_apart_from_the_edits_log_and_stand_only_for_their_edit(t
     assert open_manifest(tmp_path).decisions.correction("k")["prompt"] == "p2"
     third = decide(tmp_path, "k", "rejected", prompt="p3", by="d")  # a second correction still replaces p
     assert third["replaces"] == "p" and open_manifest(tmp_path).decisions.correction("k")["prompt"] == "p3"
+    decisions = open_manifest(tmp_path).decisions
+    assert decisions.applies("k", "p")["prompt"] == "p3"
+    assert decisions.applies("k", "p2")["prompt"] == "p3"  # a DAG that took the first correction in as its own
+    assert decisions.applies("k", "p-new") is None  # the DAG's own new prompt wins
+
+    decide(tmp_path, "k", "approved", by="e")  # a change of mind on f2: the second correction is withdrawn...
+    decisions = open_manifest(tmp_path).decisions
+    assert decisions.correction("k")["prompt"] == "p2"  # ...and the first, on f1 (still rejected), stands again
+    assert decisions.applies("k", "p")["prompt"] == "p2"  # so the next run asks for f2 again: stored, skipped
 
 
 def test_a_run_folds_many_decision_files_into_one_snapshot_and_keeps_every_standing_one(tmp_path):
@@ -150,6 +164,9 @@ def test_damaged_decision_lines_are_left_out_and_a_tie_is_settled_for_the_reject
     reader = open_manifest(tmp_path).decisions
     assert reader.on("f1", "k")["decision"] == "rejected"  # "seq": "x" reads as 0, the rest are left out
     assert len(reader.problems) == 4 and reader.correction("k") is None
+    reader.decide({"key": "k", "fingerprint": "f1", "decision": "rejected", "by": "y"})
+    reader.compact()
+    assert sorted(p.name.split("-")[0] for p in folder.iterdir()) == ["hand.jsonl", "snapshot"]  # kept to inspect
     with pytest.raises(ValueError, match="not a decision"):
         reader.decide({"key": "k", "fingerprint": "f1", "decision": "maybe"})
 
@@ -176,16 +193,3 @@ def test_the_gate_passes_only_what_was_reviewed(tmp_path):
     assert publishable(tmp_path, REJECT_RUN, chunks, reviewed=reviewed)["approved"] == []
     decide(tmp_path, "a", "approved", fingerprint="a1")  # a change of mind
     assert "a" in [i["key"] for i in publishable(tmp_path, PUBLISH_APPROVED)["approved"]]
-
-
-@pytest.mark.skipif(AIRFLOW_V_3_3_PLUS, reason="Airflow 3.3 parks the gate until an answer or the scheduler's timeout "
-                    "sweep (dag.test has none): test_browser.py answers it through a real API server")
-def test_a_gate_nobody_answers_rejects_the_run_after_its_timeout(sandbox, airflow_db, tmp_path):
-    from tests.dags.batch_dags import review_gate
-
-    dr = review_gate.test(run_conf={"out": str(tmp_path), "items": ITEMS, "size": 2})
-    assert states(dr)["gate"] == [("success", 1)]
-    (answer,) = xcoms(dr, "gate").values()
-    assert answer["decision"] == "Reject run" and answer["approved"] == [] and not answer["not_stored"]
-    (reviewed,) = xcoms(dr, "gate", "reviewed_edits").values()
-    assert sorted(reviewed) == list("abcd") and sandbox.ledger()["charges"] == 4

@@ -217,6 +217,11 @@ def test_decisions_are_posted_with_the_users_token_checked_and_land_in_the_manif
         again.close()
         assert post(key="b", fingerprint="fp-b", decision="rejected", prompt="").status_code == 409
         assert "review" not in read_manifest(tmp_path)["b"]  # the approval of fp-b does not stand for fp-b2
+        from airflow_provider_cutout.state.decisions import Decisions
+
+        Decisions(ObjectStoragePath(f"{tmp_path}/")).decide(  # another API server process decides
+            {"key": "b", "fingerprint": "fp-b2", "decision": "rejected", "by": "olga", "note": "elsewhere"})
+        assert "elsewhere" in client.get("/view", params=ids).text
         other = SimpleNamespace(get_id=lambda: "8", get_name=lambda: "mallory")
         assert review_app.csrf_token(other, review_app.task_instance_ids(**ids)) != token  # bound to the user
     finally:

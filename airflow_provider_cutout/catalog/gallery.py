@@ -179,7 +179,7 @@ def _review_rows(review: dict[str, Any]) -> str:
     if review.get("note"):
         rows += f"<dt>note</dt><dd>{escape(review['note'])}</dd>"
     if isinstance(review.get("prompt"), str):
-        rows += f"<dt>corrected prompt</dt><dd>{escape(review['prompt'])} (the next run edits it again)</dd>"
+        rows += f"<dt>corrected prompt</dt><dd>{escape(review['prompt'])}</dd>"
     return rows
 
 

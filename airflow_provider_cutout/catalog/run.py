@@ -159,6 +159,7 @@ class BatchRun:
         self.chunk = owner.map_index >= 0
         self.keys = {item.key for item in planned} | {r.key for r in self.rejected if r.key is not None}
         self.manifest = Manifest(folder, writer=owner.token, keys=self.keys if self.chunk else None)
+        self.folds = owner.map_index <= 0  # one task of a mapped run folds the reviewers' decision files
         self.seconds_sending = 0.0
         self.started = 0.0  # when the run's first job started (monotonic)
         self.gallery: Any = None
@@ -188,11 +189,12 @@ class BatchRun:
                     self.settle_held()
                     self.store_followers()
                     self._report_progress()  # the run's last progress line, also when nothing was to do
-                    self.manifest.close()  # every record written while the heartbeat still says "alive"
+                    # every record written while the heartbeat still says "alive"
+                    self.manifest.close(fold_decisions=self.folds)
                 finally:
                     self.claims.close()
             finally:
-                self.manifest.close()
+                self.manifest.close(fold_decisions=self.folds)
                 self.write_gallery()
         except CutoutError as err:
             fail_or_retry(err, self.log)
@@ -240,14 +242,18 @@ class BatchRun:
         self._log_plan()
 
     def _apply_corrections(self) -> None:
-        """A prompt a reviewer corrected replaces the item's own while the item still asks for the prompt it
-        replaced (``state.decisions``): the item is edited again once with it (a new fingerprint), then skipped
-        like any other."""
-        corrected = []
+        """A prompt a reviewer corrected replaces the item's while the item still asks for the prompt it replaced
+        (``state.decisions``): the item is edited again once with it (a new fingerprint), then skipped like any
+        other. A DAG whose prompt for the item changed since wins."""
+        corrected, overruled = [], []
+        decisions = self.manifest.decisions
         for item in self.planned:
-            fix = self.manifest.decisions.correction(item.key)
             request = item.request
-            if fix is None or fix["replaces"] != request.prompt or fix["prompt"] == request.prompt:
+            fix = decisions.applies(item.key, request.prompt)
+            if fix is None:
+                standing = decisions.correction(item.key)
+                if standing is not None and standing["prompt"] != request.prompt:
+                    overruled.append(item.key)
                 continue
             try:
                 item.request = ImageEditRequest.build(fix["prompt"], list(request.image_urls), request.model,
@@ -261,6 +267,9 @@ class BatchRun:
         if corrected:
             self.log.info("Cutout batch: %d items use a reviewer's corrected prompt: %s", len(corrected),
                           first_of(corrected, 20, ", "))
+        if overruled:
+            self.log.info("Cutout batch: %d items keep the DAG's prompt over a reviewer's correction (the DAG's prompt "
+                          "changed since): %s", len(overruled), first_of(overruled, 20, ", "))
 
     def _newest_stored(self) -> dict[str, float]:
         """When each stored file was last written, from the manifest: a key edited again (a new photo, a new
@@ -715,7 +724,7 @@ class BatchRun:
         run = {"edited": progress.edited, "skipped": progress.skipped, "failed": progress.failed,
                "in_doubt": progress.in_doubt, "credits_spent": progress.credits}
         try:
-            self.manifest.refresh()
+            self.manifest.refresh(decisions=True)
             entries = self.manifest.catalog()
             if self.chunk:
                 entries = [entry for entry in entries if entry.get("key") in self.keys]

@@ -97,7 +97,8 @@ class CutoutReviewGateOperator(HITLOperator):
         if not self.output_dir:  # a resumed task is a new instance: what execute found is gone
             self.output_dir = next((s.get("output_dir") for s in self._summaries(context)), None)
         choice = (answer["chosen_options"] or [REJECT_RUN])[0]
-        reviewed = context["ti"].xcom_pull(task_ids=self.task_id, key="reviewed_edits") or {}
+        ti = context["ti"]
+        reviewed = ti.xcom_pull(task_ids=self.task_id, key="reviewed_edits", map_indexes=ti.map_index) or {}
         result = publishable(self.output_dir, choice, self.items, reviewed=reviewed)
         result["responded_by"] = answer.get("responded_by_user")
         self.log.info("Cutout review gate: %s: %d items to publish, %d rejected, %d not stored, %d edited again "

@@ -5,8 +5,8 @@ the task rendered (its rendered template fields, which API users cannot edit; av
 also when it failed). ``GET /image``: one stored result of that catalog, streamed from the folder, so the
 browser needs no signed URL and no ``file://`` link.
 
-``POST /decide``: a reviewer's decision on one stored item (approve or reject, a note, a corrected prompt),
-written to the folder's manifest log (``Manifest.decide``), then back to the page it came from.
+``POST /decide``: a reviewer's decision on one stored item's current edit (approve or reject, a note, a corrected
+prompt), written to the folder's decisions log (``state.decisions``), then back to the page it came from.
 
 Access follows Airflow's auth manager: whoever may read the DAG's task instances may look; whoever may edit
 them may decide. A decision also carries a token bound to the user and the task instance (an HMAC under the API
@@ -131,7 +131,7 @@ class _Catalogs:
                 folder = ObjectStoragePath(output_dir.rstrip("/") + "/")
                 slot.manifest = Manifest(folder)
                 slot.catalog = _catalog(folder, slot.manifest)
-            elif time.monotonic() - slot.read_at > max_age and slot.manifest.refresh():
+            elif time.monotonic() - slot.read_at > max_age and slot.manifest.refresh(decisions=True):
                 slot.catalog = _catalog(slot.catalog.folder, slot.manifest)
             if time.monotonic() - slot.read_at > max_age:
                 slot.read_at = time.monotonic()
@@ -246,7 +246,7 @@ async def decide(ids: Ids, user: GetUserDep, request: Request) -> Response:
     catalog = await run_in_threadpool(CATALOGS.get, output_dir)
     decision = _decision(catalog, form, user.get_name())
     await run_in_threadpool(catalog.manifest.decisions.decide, decision)
-    CATALOGS.forget(output_dir)  # the next look shows it
+    await run_in_threadpool(CATALOGS.forget, output_dir)  # the next look shows it
     back = {"status": form.get("status", "all"), "q": form.get("q", ""), "page": form.get("page", "1")}
     return RedirectResponse(view_href("view", {**ids.params(), **back})(), status_code=303)
 
@@ -275,7 +275,7 @@ def _decision(catalog: Catalog, form: dict[str, str], by: str) -> dict[str, Any]
         own = entry.get("own_prompt") or entry.get("prompt")  # a correction replaces the item's own prompt
         if not isinstance(own, str):
             raise HTTPException(409, f"item {key[:200]!r} has no prompt recorded to correct")
-        decision.update(prompt=prompt, replaces=own)
+        decision.update(prompt=prompt, replaces=own, edited=str(entry.get("prompt") or own))
     return decision
 
 
@@ -288,11 +288,19 @@ def csrf_token(user: Any, ids: TaskInstanceIds) -> str:
 
 @functools.cache
 def _secret() -> bytes:
-    """A key for form tokens, derived from the key the API server signs its own tokens with (the same in every
-    worker process when ``[api_auth] jwt_secret`` is set, as it must be for Airflow's tokens too)."""
-    from airflow.api_fastapi.auth.tokens import get_signing_key
+    """A key for form tokens, the same in every API server process: derived from the secret the API server
+    signs its own tokens with (``[api_auth] jwt_secret``, else the private key at ``jwt_private_key_path``)."""
+    from airflow.configuration import conf
 
-    return hashlib.sha256(b"cutout-review\x1f" + get_signing_key("api_auth", "jwt_secret").encode()).digest()
+    secret = (conf.get("api_auth", "jwt_secret", fallback="") or "").encode()
+    if not secret and conf.get("api_auth", "jwt_private_key_path", fallback=""):
+        with open(conf.get("api_auth", "jwt_private_key_path"), "rb") as key:
+            secret = key.read()
+    if not secret:  # Airflow makes one up per process then (and warns): so do its tokens
+        from airflow.api_fastapi.auth.tokens import get_signing_key
+
+        secret = get_signing_key("api_auth", "jwt_secret").encode()
+    return hashlib.sha256(b"cutout-review\x1f" + secret).digest()
 
 
 def _may_decide(user: Any, ids: TaskInstanceIds) -> bool:

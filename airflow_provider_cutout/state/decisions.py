@@ -6,11 +6,13 @@ into one snapshot (``compact``). Apart from the edits' log, so no reader of edit
 decision for an edit's record, and no compaction of that log can drop one.
 
 A decision is made on one edit of an item (its ``fingerprint``) and stands for that edit only: an item edited
-again awaits a new review. A rejection may carry a corrected prompt; it replaces the item's own prompt (the one
-recorded as ``replaces``) while the newest decision on the edit it was made on is still a rejection, so the next
-run edits that item again, once; approving that edit withdraws it. Decisions of one item are ordered by ``seq``
-(one above the highest its writer read), then a rejection before an approval (two reviewers at once: the safe
-one stands), and only then by the clock.
+again awaits a new review. A rejection may carry a corrected prompt; it stands while the newest decision on the
+edit it was made on is still a rejection (approving that edit withdraws it, and an earlier correction that still
+stands takes its place), and replaces the item's prompt while the item asks for the prompt it replaced
+(``replaces``, the item's own) or for the prompt of the edit it was made on (``edited``: a DAG that took a
+correction in as its own prompt). So the next run edits that item again, once. Decisions of one item are
+ordered by ``seq`` (one above the highest its writer read), then a rejection before an approval (two reviewers
+at once: the safe one stands), and only then by the clock.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def problem_of(decision: Any) -> str | None:
         return "no item key"
     if not isinstance(decision.get("fingerprint"), str):
         return "no fingerprint of the edit decided on"
-    if "prompt" in decision and not (isinstance(decision["prompt"], str) and isinstance(decision.get("replaces"), str)):
+    if "prompt" in decision and not (isinstance(decision["prompt"], str) and isinstance(decision.get("replaces"), str)
+                                     and isinstance(decision.get("edited", ""), str)):
         return "a corrected prompt without the prompt it replaces"
     return None
 
@@ -66,9 +69,10 @@ class Decisions:
         self.path = folder / STATE_DIR / "decisions"
         self._clock = clock
         self._edits: dict[tuple[str, Any], dict[str, Any]] = {}  # (fingerprint, key) -> newest decision
-        self._corrections: dict[Any, dict[str, Any]] = {}  # key -> newest decision with a corrected prompt
+        self._corrections: dict[Any, dict[str, dict[str, Any]]] = {}  # key -> fingerprint -> newest correction
         self._seq: dict[Any, float] = {}  # key -> highest seq read
         self._read: set[str] = set()
+        self._broken: set[str] = set()  # files with lines left out: kept for inspection, never folded away
         self.problems: list[str] = []
         self._lock = threading.RLock()
 
@@ -78,17 +82,22 @@ class Decisions:
             return self._edits.get((fingerprint, key))
 
     def correction(self, key: Any) -> dict[str, Any] | None:
-        """The corrected prompt that stands for an item: its newest, while the edit it was made on is rejected."""
+        """The corrected prompt that stands for an item: the newest made on an edit that is still rejected."""
         with self._lock:
-            fix = self._corrections.get(key)
-            if fix is None:
-                return None
-            latest = self._edits.get((fix["fingerprint"], key))
-            return fix if latest is not None and latest.get("decision") == REJECTED else None
+            standing = [fix for fp, fix in self._corrections.get(key, {}).items()
+                        if (self._edits.get((fp, key)) or {}).get("decision") == REJECTED]
+        return max(standing, key=order) if standing else None
 
-    def files(self) -> int:
-        """How many files the log had when last read."""
-        return len(self._read)
+    def applies(self, key: Any, prompt: str) -> dict[str, Any] | None:
+        """The standing correction of an item that asks for ``prompt``, if it replaces that prompt."""
+        fix = self.correction(key)
+        if fix is None or fix["prompt"] == prompt or prompt not in (fix["replaces"], fix.get("edited")):
+            return None
+        return fix
+
+    def loose(self) -> int:
+        """How many decision files (not snapshots) the log had when last read: what folding them would save."""
+        return sum(not name.startswith("snapshot-") for name in self._read)
 
     def refresh(self) -> int:
         """Read the decision files written since the last call; return how many there were."""
@@ -114,6 +123,7 @@ class Decisions:
                 decision = None
             problem = problem_of(decision) if decision is not None else "not valid JSON"
             if problem is not None:
+                self._broken.add(name)
                 self.problems.append(f"{name} line {number}: {problem}")
                 log.warning("Cutout decisions: %s line %d is left out (%s); inspect it in %s", name, number, problem,
                             self.path)
@@ -126,17 +136,19 @@ class Decisions:
         known = self._edits.get(edit)
         if known is None or order(decision) >= order(known):
             self._edits[edit] = decision
-        fix = self._corrections.get(key)
-        if "prompt" in decision and (fix is None or order(decision) >= order(fix)):
-            self._corrections[key] = decision
+        if "prompt" in decision:
+            fixes = self._corrections.setdefault(key, {})
+            fix = fixes.get(decision["fingerprint"])
+            if fix is None or order(decision) >= order(fix):
+                fixes[decision["fingerprint"]] = decision
         self._seq[key] = max(self._seq.get(key, 0.0), _number(decision.get("seq")))
 
     def decide(self, decision: dict[str, Any]) -> dict[str, Any]:
         """Write a decision as a file of its own, now; return it as written.
 
         :param decision: ``key``, ``fingerprint`` (the edit decided on), ``decision`` (``approved`` or
-            ``rejected``), ``by``, ``note``, and ``prompt`` with ``replaces`` (the item's own prompt) when the
-            reviewer corrected it.
+            ``rejected``), ``by``, ``note``, and ``prompt`` with ``replaces`` (the item's own prompt) and ``edited``
+            (the prompt of the edit decided on) when the reviewer corrected it.
         """
         problem = problem_of(decision)
         if problem is not None:
@@ -152,16 +164,17 @@ class Decisions:
         return entry
 
     def standing(self) -> list[dict[str, Any]]:
-        """What a snapshot keeps: the newest decision on each edit, and each item's newest corrected prompt."""
+        """What a snapshot keeps: the newest decision on each edit, and the newest correction made on each."""
         with self._lock:
-            found = {id(d): d for d in [*self._edits.values(), *self._corrections.values()]}
+            fixes = [fix for by_edit in self._corrections.values() for fix in by_edit.values()]
+            found = {id(d): d for d in [*self._edits.values(), *fixes]}
         return list(found.values())
 
     def compact(self) -> None:
         """Fold the files read so far into one snapshot, then delete them (a decision written meanwhile is a file
-        not read yet: it stays)."""
+        not read yet: it stays; so does a file with lines left out)."""
         with self._lock:
-            folded = set(self._read)
+            folded = self._read - self._broken
             name = f"snapshot-{time.time_ns()}-{uuid.uuid4().hex[:8]}.jsonl"
             lines = "".join(json.dumps(d, separators=(",", ":")) + "\n" for d in self.standing())
             write_whole(self.path / name, lines.encode())

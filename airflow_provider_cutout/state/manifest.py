@@ -231,7 +231,7 @@ class Manifest:
         self._closed = False
         for legacy in _legacy_files(folder):
             self._merge(_legacy_entries(legacy))
-        self.refresh()
+        self.refresh(decisions=True)
         self._thread: threading.Thread | None = None
         if writer is not None:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -280,12 +280,11 @@ class Manifest:
                             found[url] = (when, version)
         return {url: version for url, (_, version) in found.items()}
 
-    def refresh(self) -> int:
-        """Read the log files written since the last call (and reviewers' new decisions); return how many log
-        files there were."""
+    def refresh(self, *, decisions: bool = False) -> int:
+        """Read the log files written since the last call (with ``decisions``, reviewers' new decisions too);
+        return how many files there were."""
         with self._reading:
-            self.decisions.refresh()
-            return self._refresh()
+            return (self.decisions.refresh() if decisions else 0) + self._refresh()
 
     def _refresh(self) -> int:
         for _ in range(10):
@@ -421,9 +420,10 @@ class Manifest:
                 self._cond.wait()
             self._check()
 
-    def close(self, *, compact: bool = True) -> None:
+    def close(self, *, compact: bool = True, fold_decisions: bool = True) -> None:
         """Write what is pending, stop the writer, roll this run's segments into one file and, when the
-        log has grown enough beside its snapshot, compact it."""
+        log has grown enough beside its snapshot, compact it; with ``fold_decisions``, fold the reviewers'
+        decision files into one when there are many (one writer of a mapped run does)."""
         if self._thread is None:
             return
         with self._cond:
@@ -434,8 +434,11 @@ class Manifest:
         self._check()
         if len(self._own) > 1:
             self._rollup()
-        if self.decisions.files() > DECISION_FILES:  # many small files: one snapshot for the next readers
-            self.decisions.compact()
+        if fold_decisions and self.decisions.loose() > DECISION_FILES:  # one snapshot for the next readers
+            try:
+                self.decisions.compact()
+            except OSError as err:  # only slower for the next readers: never fails a run
+                log.warning("Cutout decisions: could not fold the files of %s (%s)", self.decisions.path, err)
         if compact and self._seq:
             sizes = [size for name, size in list_files(self.path).items()
                      if name.endswith(".jsonl") and name not in self._broken]

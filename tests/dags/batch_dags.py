@@ -9,7 +9,6 @@ from airflow.sdk import DAG, task
 
 from airflow_provider_cutout.hooks.cutout import CutoutHook
 from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator, chunk_items
-from airflow_provider_cutout.operators.review_gate import CutoutReviewGateOperator
 
 START = datetime.datetime(2026, 1, 1)
 PARAMS = {"n": 10, "out": "/tmp/unused", "changed": "", "invalid": False, "max_credits": None, "max_failures": 0,
@@ -168,19 +167,3 @@ def review_items(params=None) -> list[dict]:
 with DAG("t_batch_review", schedule=None, start_date=START, params={"n": 6, "out": "/tmp/unused"}) as review:
     CutoutBatchImageEditOperator(task_id="batch", items=review_items(), output_dir="{{ params.out }}/",
                                  prompt="grayscale", max_failures=0.5, max_concurrency=2)
-
-
-with DAG("t_batch_review_gate", schedule=None, start_date=START,
-         params={"out": "/tmp/unused", "items": [], "size": 2}) as review_gate:
-    @task
-    def gate_chunks(params=None) -> list[list[dict]]:
-        base = CutoutHook().base_url
-        items = [{**item, "image_urls": [base + url for url in item["image_urls"]]} for item in params["items"]]
-        return chunk_items(items, int(params["size"]))
-
-    chunks = gate_chunks()
-    gated = CutoutBatchImageEditOperator.partial(
-        task_id="batch", output_dir="{{ params.out }}/", prompt="grayscale", max_concurrency=4,
-    ).expand(items=chunks)
-    gated >> CutoutReviewGateOperator(task_id="gate", batch_task_id="batch", items=chunks,
-                                      response_timeout=datetime.timedelta(seconds=2))
