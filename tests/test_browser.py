@@ -307,6 +307,8 @@ def test_gallery_of_a_real_batch_run_shows_every_item_failed_first(sandbox, airf
         assert driver.execute_script("return getComputedStyle(arguments[0], '::after').content", source) == (
             '"source not reachable: 127.0.0.1:9"')
     driver.save_screenshot(str(ARTIFACTS / "gallery-sources-gone.png"))
+    errors = [entry for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
+    assert errors and all("http://127.0.0.1:9/" in entry["message"] for entry in errors), errors  # only those
 
 
 def test_the_review_view_on_a_task_instance_page_shows_its_catalog_and_runs_no_script(
