@@ -240,7 +240,7 @@ async def decide(ids: Ids, user: GetUserDep, request: Request) -> Response:
     form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True).items()}
     if not hmac.compare_digest(form.get("csrf", ""), csrf_token(user, ids)):
         raise HTTPException(403, "the form's token is not this user's for this task instance: reload the view")
-    output_dir, _ = _output_dir(ids)
+    output_dir, _ = await run_in_threadpool(_output_dir, ids)  # the metadata DB: off the event loop
     if output_dir is None:
         raise HTTPException(404, "this task instance is not a Cutout batch task")
     catalog = await run_in_threadpool(CATALOGS.get, output_dir)
