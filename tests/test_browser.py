@@ -396,7 +396,8 @@ def test_the_review_view_on_a_task_instance_page_shows_its_catalog_and_runs_no_s
 def test_a_reviewer_rejects_two_items_approves_the_gate_and_only_the_others_are_published(
         api_server, browser, sandbox, tmp_path):
     """example_cutout_review end to end: a real batch run; in the review view (Chromium, the UI's own session)
-    a reviewer rejects two items, one with a corrected prompt, and answers the gate "Publish all but rejected";
+    a reviewer rejects two items, one with a corrected prompt, and answers the gate "Publish all but rejected" on
+    its page in Airflow's UI;
     the publish task copies exactly the other results. The next run edits only the corrected item: one charge."""
     from selenium.webdriver.common.by import By
 
@@ -441,7 +442,15 @@ def test_a_reviewer_rejects_two_items_approves_the_gate_and_only_the_others_are_
         decided = read_manifest(tmp_path / "review")
         assert {k for k, e in decided.items() if (e.get("review") or {}).get("decision") == "rejected"} == set(rejected)
 
-        api_server.answer("example_cutout_review", "review", "Publish all but rejected")
+        browser.get(f"{api_server.url}/dags/example_cutout_review/runs/{quote(run_id, safe='')}/tasks/review/"
+                    "required_actions")
+        publish_button = wait_for(browser, lambda d: next(iter(d.find_elements(
+            By.XPATH, "//button[normalize-space()='Publish all but rejected']")), None), timeout=60)
+        link = browser.find_element(By.LINK_TEXT, "Cutout review view").get_attribute("href")
+        assert link == view  # the gate's body links to the batch task's review view
+        assert "Review 12 Cutout items: 12 edited this run, 0 failed, 48 credits" in body_text(browser)
+        browser.save_screenshot(str(ARTIFACTS / "review-gate.png"))  # docs/images/review-gate.png
+        publish_button.click()  # the reviewer answers the gate in Airflow's UI
         run = api_server.finish(proc)
     finally:
         if proc.poll() is None:
