@@ -74,9 +74,15 @@ def select(items: Sequence[dict[str, Any]], query: ReviewQuery, since: float = 0
     return [e for e in items if keep(e, since) and (not needle or needle in str(e.get("key", "")).casefold())]
 
 
+def count(items: Sequence[dict[str, Any]], since: float = 0.0) -> dict[str, int]:
+    """How many items each filter keeps."""
+    return {name: len(select(items, ReviewQuery(name), since)) for name in FILTERS}
+
+
 def render_review(items: Sequence[dict[str, Any]], *, query: ReviewQuery, title: str, href: Callable[..., str],
                   image_url: Callable[[str], str], hidden: dict[str, str], since: float = 0.0,
-                  per_page: int = PER_PAGE, decide: Decide | None = None) -> str:
+                  per_page: int = PER_PAGE, decide: Decide | None = None,
+                  counts: dict[str, int] | None = None) -> str:
     """The view's page.
 
     :param items: the newest entry of each item key, those that need a look first (``gallery.gallery_items``).
@@ -87,8 +93,9 @@ def render_review(items: Sequence[dict[str, Any]], *, query: ReviewQuery, title:
     :param since: when the task instance started (the ``this_run`` filter); ``0``: unknown.
     :param decide: where a stored item's decision form posts to, and its token; ``None``: no forms (a reader
         who may not decide).
+    :param counts: ``count(items, since)``, when the caller keeps it.
     """
-    counts = {name: len(select(items, ReviewQuery(name), since)) for name in FILTERS}
+    counts = counts if counts is not None else count(items, since)
     chosen = select(items, query, since)
     pages = max(1, -(-len(chosen) // per_page))
     page = min(query.page, pages)

@@ -40,7 +40,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 
 from airflow_provider_cutout.api.models import check_prompt
 from airflow_provider_cutout.catalog.gallery import escape, gallery_items
-from airflow_provider_cutout.catalog.review import CSP, Decide, ReviewQuery, render_review, view_href
+from airflow_provider_cutout.catalog.review import CSP, Decide, ReviewQuery, count, render_review, view_href
 from airflow_provider_cutout.state.decisions import APPROVED, REJECTED
 from airflow_provider_cutout.state.io import is_local
 from airflow_provider_cutout.state.manifest import STORED, Manifest
@@ -84,6 +84,15 @@ class Catalog:
     real: str = ""  # a local folder's real path when its manifest was read: a link re-pointed later is refused
     manifest: Any = None  # the manifest read (its decisions log is where decisions are written)
     _by_key: dict[Any, dict[str, Any]] | None = None
+    _counts: dict[float, dict[str, int]] = field(default_factory=dict)  # by task start: each filter's count
+
+    def counts(self, since: float) -> dict[str, int]:
+        """How many items each filter keeps (a catalog is rebuilt whenever it changes: counted once per start)."""
+        if since not in self._counts:
+            if len(self._counts) >= 8:
+                self._counts.clear()
+            self._counts[since] = count(self.items, since)
+        return self._counts[since]
 
     def current(self, key: Any) -> dict[str, Any] | None:
         """The newest entry of an item key."""
@@ -226,7 +235,7 @@ def view(ids: Ids, user: GetUserDep, status: str | None = None, q: str | None = 
     decide = Decide(view_href("decide", ids.params())(), csrf_token(user, ids)) if _may_decide(user, ids) else None
     return _page(render_review(catalog.items, query=query, title=str(catalog.folder), since=started,
                                href=view_href("view", params), image_url=lambda name: image(name=name),
-                               hidden=ids.params(), decide=decide))
+                               hidden=ids.params(), decide=decide, counts=catalog.counts(started)))
 
 
 @app.post("/decide", dependencies=[EditAccess])
