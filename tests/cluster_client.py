@@ -78,6 +78,18 @@ class Cluster:
         requests.post(f"{self.sandbox}/__sandbox__/reset", json={"balance": 1_000_000, "latency": latency},
                       timeout=10).raise_for_status()
 
+    def waiting_gate(self, dag_id: str, exclude: tuple[str, ...] = (), timeout: float = 300) -> str:
+        """The run of ``dag_id`` whose human-in-the-loop task waits for an answer (other than ``exclude``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.call("GET", f"/dags/{dag_id}/dagRuns/~/hitlDetails")["hitl_details"]
+            waiting = [d["task_instance"]["dag_run_id"] for d in found if not d.get("response_received")]
+            waiting = [run for run in waiting if run not in exclude]
+            if waiting:
+                return str(waiting[0])
+            time.sleep(1)
+        raise TimeoutError(f"no task of {dag_id} asked for an answer within {timeout}s; logs in {self.folder}")
+
     def kill_worker(self, name: str) -> None:
         """SIGKILL a Celery worker and every process of its session (its pool and running tasks)."""
         subprocess.run(["pkill", "-KILL", "-s", self.env[f"PGID_{name}"]], check=False)
@@ -91,7 +103,8 @@ def running_cluster(folder: Path, workers: int = 2, **settings: str) -> Iterator
     dags.mkdir()
     for name in ("cutout_cluster_catalog.py", "cutout_cluster_review.py"):
         (dags / name).symlink_to(REPO / "tests" / "cluster_dags" / name)
-    for example in ("example_cutout_catalog_refresh.py", "example_cutout_publish.py", "catalog"):
+    for example in ("example_cutout_catalog_refresh.py", "example_cutout_publish.py", "example_cutout_review.py",
+                    "catalog"):
         (dags / example).symlink_to(REPO / "example_dags" / example)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update({

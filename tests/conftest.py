@@ -32,6 +32,7 @@ os.environ.update(
 import requests  # noqa: E402
 
 from airflow_provider_cutout.sandbox import SandboxConfig, run_sandbox  # noqa: E402
+from tests.chromium import browser  # noqa: E402,F401  (the fixture, for test_browser and test_cluster)
 
 #: A made-up key; tests search for it in every output to prove it never leaks.
 FAKE_KEY = "sk-test-NEVER-LEAK-7f3a9c2e"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,11 +25,11 @@ import pytest
 import requests
 
 from airflow_provider_cutout.sandbox import SandboxConfig, run_sandbox
+from tests.chromium import ARTIFACTS, body_text, wait_for
 from tests.conftest import REPO, states, xcoms
 from tests.run_dag import MARK
 
 pytestmark = pytest.mark.browser
-ARTIFACTS = REPO / ".artifacts" / "browser"
 RIGHT_KEY = "sk-browser-right-key"
 WRONG_KEY = "sk-browser-wrong-key"
 
@@ -147,41 +146,6 @@ def api_server(tmp_path_factory) -> Iterator[UI]:
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
     with serving(env) as ui:
         yield ui
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver_path, "install Debian's chromium and chromium-driver (scripts/test.sh does)"
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console messages, read by the tests
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    driver.implicitly_wait(0)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def wait_for(driver, condition, timeout: float = 20.0):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout).until(condition)
-
-
-def body_text(driver) -> str:
-    from selenium.webdriver.common.by import By
-
-    return driver.find_element(By.TAG_NAME, "body").text
 
 
 def test_connection_form_save_and_test_button(api_server, browser):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import pytest
 
@@ -94,6 +96,58 @@ def test_a_review_gate_nobody_answers_rejects_the_run_after_its_timeout(cluster,
     assert answer["decision"] == "Reject run" and answer["approved"] == [] and answer["not_stored"] == []
     assert cluster.call("GET", f"{base}/publish/xcomEntries/return_value", params={"deserialize": True})["value"] == []
     assert cluster.ledger()["charges"] == before + 4 and len(read_manifest(tmp_path)) == 4
+
+
+@pytest.mark.browser
+def test_a_reviewer_decides_and_answers_the_gate_under_the_scheduler(cluster, browser):
+    """example_cutout_review under the scheduler and the Celery workers, reviewed in Chromium: two items rejected
+    in the view (one with a corrected prompt), the gate answered on its page in Airflow's UI; the publish task
+    copies exactly the others; the next scheduled-by-hand run edits only the corrected item (one charge)."""
+    from selenium.webdriver.common.by import By
+
+    from tests.chromium import body_text, wait_for
+
+    cluster.reset(latency=0.0)
+    dag = "example_cutout_review"
+    cluster.call("PATCH", f"/dags/{dag}", json={"is_paused": False})  # its scheduled run starts
+    run = cluster.waiting_gate(dag)
+    folder = Path(cluster.env["OUTPUT_DIR"]) / "review"
+    keys = sorted(read_manifest(folder))
+    assert len(keys) == 12 and cluster.ledger()["charges"] == 12 and set(cluster.charges().values()) == {1}
+
+    ui = cluster.env["API_URL"]
+    browser.get(f"{ui}/dags/{dag}")  # the UI's session, as a person has it
+    wait_for(browser, lambda d: dag in d.page_source, timeout=60)
+    view = f"{ui}/cutout-review/view?" + urlencode(
+        {"dag_id": dag, "run_id": run, "task_id": "refresh_catalog", "map_index": "-1"})
+    rejected = {"mug-cutout": "invert", "lamp-white": None}
+    for key, prompt in rejected.items():
+        browser.get(view)
+        card = wait_for(browser, lambda d, k=key: d.find_element(By.CSS_SELECTOR, f"section[data-key='{k}']"))
+        card.find_element(By.NAME, "note").send_keys("the product itself changed")
+        if prompt:
+            card.find_element(By.NAME, "prompt").send_keys(prompt)
+        card.find_element(By.CSS_SELECTOR, "button[value='rejected']").click()
+        wait_for(browser, lambda d, k=key: d.find_element(
+            By.CSS_SELECTOR, f"section[data-key='{k}'][data-review='rejected']"))
+    browser.get(f"{ui}/dags/{dag}/runs/{quote(run, safe='')}/tasks/review/required_actions")
+    wait_for(browser, lambda d: next(iter(d.find_elements(
+        By.XPATH, "//button[normalize-space()='Publish all but rejected']")), None), timeout=60).click()
+    assert cluster.wait(run, dag_id=dag) == "success", body_text(browser)[-500:]
+    base = f"/dags/{dag}/dagRuns/{run}/taskInstances"
+    published = cluster.call("GET", f"{base}/publish/xcomEntries/return_value", params={"deserialize": True})["value"]
+    assert sorted(published) == sorted(set(keys) - set(rejected))
+    assert cluster.ledger()["charges"] == 12  # reviewing, answering and publishing cost nothing
+
+    second = cluster.call("POST", f"/dags/{dag}/dagRuns", json={"logical_date": None})["dag_run_id"]
+    assert cluster.waiting_gate(dag, exclude=(run,)) == second
+    cluster.call("PATCH", f"/dags/{dag}/dagRuns/{second}/taskInstances/review/-1/hitlDetails",
+                 json={"chosen_options": ["Reject run"]})
+    assert cluster.wait(second, dag_id=dag) == "success"
+    assert cluster.ledger()["charges"] == 13  # only the item with a corrected prompt was edited again
+    after = read_manifest(folder)
+    assert after["mug-cutout"]["prompt"] == "invert" and after["lamp-white"]["review"]["decision"] == "rejected"
+    cluster.call("PATCH", f"/dags/{dag}", json={"is_paused": True})
 
 
 def test_a_worker_killed_mid_run_leaves_nothing_paid_twice(cluster, tmp_path):
