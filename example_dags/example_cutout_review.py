@@ -5,6 +5,9 @@ Airflow's "Required actions" for a reviewer, who looks at the edits in the batch
 rejects what is wrong (with a corrected prompt, the next run edits that item again) and chooses what to
 publish. The publish task copies only the approved results into ``published/``. Without an answer within
 ``response_timeout`` the gate rejects the run: nothing is published.
+
+Run it under a scheduler, or with ``airflow dags test`` on Airflow 3.3 while an API server on the same metadata
+DB is up (the gate waits for its answer there); Airflow 3.1's ``dags test`` cannot run a human-in-the-loop task.
 """
 
 from __future__ import annotations
