@@ -342,9 +342,9 @@ def bench_review() -> dict[str, Any]:
         "value": f"{worst:.3f}",
         "target": "<= 1", "passed": worst <= 1 and max(deciding) <= 1,
         "detail": f"{n:,} manifest entries (1 in 97 failed) and 500 decisions; the catalog cached as the plugin keeps "
-                  "it, each page a refresh of the logs, the filter, the counts of every filter (counted once per catalog, as "
-                  "the app keeps them) and 60 cards with their "
-                  "decision forms (all, failed, a key search, page 1,500, changed this run, rejected, not decided; "
+                  "it, each page a refresh of the logs, the filter, the counts of every filter (counted once per "
+                  "catalog, as the app keeps them) and 60 cards with their decision forms (all, failed, a key "
+                  "search, page 1,500, changed this run, rejected, not decided; "
                   f"median {statistics.median(pages):.3f} s); the first look, which reads the whole log, took "
                   f"{first:.1f} s; a decision (written, the catalog rebuilt) {max(deciding):.2f} s at most",
     }
