@@ -53,7 +53,7 @@ from airflow_provider_cutout.state.io import (
     list_names,
     store_image,
 )
-from airflow_provider_cutout.state.manifest import EDITED, FAILED, IN_DOUBT, STORED, Manifest, precedence
+from airflow_provider_cutout.state.manifest import EDITED, FAILED, IN_DOUBT, STORED, Manifest, file_name, precedence
 from airflow_provider_cutout.state.versions import adopt_unversioned
 from airflow_provider_cutout.texts import first_of
 
@@ -214,7 +214,7 @@ class BatchRun:
         newest = self._newest_stored()
         entries = [(item, self._entry_for(item)) for item in self.planned]
         if self.chunk and not is_local(self.folder):  # a few files of a large bucket folder: looked up, not listed
-            names = existing(self.folder, {_file_name(e) for _, e in entries if e and e.get("stored_path")},
+            names = existing(self.folder, {file_name(e) for _, e in entries if e and e.get("stored_path")},
                              self.config.max_concurrency)
         else:  # a local listing is cheap and exact about names; the sweep of leftovers uses it too
             names = self.listed = list_names(self.folder)
@@ -276,7 +276,7 @@ class BatchRun:
         prompt) overwrites its file, so only the newest entry stored at a path is sure to be what it holds."""
         newest: dict[str, float] = {}
         for entry in self.manifest.entries.values():
-            name, when = _file_name(entry), _written_at(entry)
+            name, when = file_name(entry), _written_at(entry)
             if name and entry.get("status") == STORED and when > newest.get(name, -1.0):
                 newest[name] = when
         return newest
@@ -285,11 +285,11 @@ class BatchRun:
         """Whether an entry's stored file (known to be in the folder) holds its edit: it does when the entry is
         the newest written there; an older one (a photo changed, then changed back) only when the file's digest
         is the one it recorded. Otherwise the item counts as missing its file, and is restored."""
-        if entry is None or entry.get("status") != STORED or _written_at(entry) >= newest.get(_file_name(entry), 0.0):
+        if entry is None or entry.get("status") != STORED or _written_at(entry) >= newest.get(file_name(entry), 0.0):
             return True
         if not entry.get("sha256"):
             return False
-        path = self.folder / _file_name(entry)  # the folder as it is now (it may have moved since)
+        path = self.folder / file_name(entry)  # the folder as it is now (it may have moved since)
         try:
             return bool(file_sha256(str(path)) == entry["sha256"])
         except FileNotFoundError:
@@ -825,11 +825,6 @@ class BatchRun:
         if item.own_prompt is not None:  # a reviewer's correction: what it replaced, for the next correction
             entry["own_prompt"] = item.own_prompt
         return entry
-
-
-def _file_name(entry: dict[str, Any]) -> str:
-    """The name of an entry's stored file in its folder (however its path was spelled)."""
-    return str(entry.get("stored_path") or "").rstrip("/").rsplit("/", 1)[-1]
 
 
 def _written_at(entry: dict[str, Any]) -> float:

@@ -43,7 +43,7 @@ from airflow_provider_cutout.catalog.gallery import escape, gallery_items
 from airflow_provider_cutout.catalog.review import CSP, Decide, ReviewQuery, count, render_review, view_href
 from airflow_provider_cutout.state.decisions import APPROVED, REJECTED
 from airflow_provider_cutout.state.io import is_local
-from airflow_provider_cutout.state.manifest import STORED, Manifest
+from airflow_provider_cutout.state.manifest import STORED, Manifest, file_name
 
 CACHED_CATALOGS = 4  # a catalog of 100,000 items holds about 150 MB in the API server while cached
 IMAGE_REFRESH_S = 30.0  # an image request reads new log files at most this often (a page of 60 is 60 requests)
@@ -149,13 +149,9 @@ class _Catalogs:
 
 def _catalog(folder: Any, manifest: Manifest) -> Catalog:
     items = gallery_items(manifest.catalog())
-    stored = {_name(e) for e in items if e.get("status") == STORED}
+    stored = {file_name(e) for e in items if e.get("status") == STORED}
     real = os.path.realpath(folder.path) if is_local(folder) else ""
     return Catalog(folder, items, {name for name in stored if _plain(name)}, real, manifest)
-
-
-def _name(entry: dict[str, Any]) -> str:
-    return str(entry.get("stored_path") or "").rstrip("/").rsplit("/", 1)[-1]
 
 
 def _plain(name: str) -> bool:

@@ -75,6 +75,11 @@ def newest(entries: Iterable[dict[str, Any]], by: str = "key", into: dict[Any, d
     return found
 
 
+def file_name(entry: dict[str, Any]) -> str:
+    """The name of an entry's stored file in its folder (however its path was spelled), ``""`` for none."""
+    return str(entry.get("stored_path") or "").rstrip("/").rsplit("/", 1)[-1]
+
+
 def precedence(entry: dict[str, Any]) -> tuple[int, int, float]:
     """The order of the records of one item's edit, trusting no clock across hosts: ``seq`` first (each
     record is numbered one above the record its writer read), then a stored result before a paid one,
