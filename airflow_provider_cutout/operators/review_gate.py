@@ -67,7 +67,7 @@ class CutoutReviewGateOperator(HITLOperator):
         if not summaries:
             raise InvalidInputError(f"batch_task_id={self.batch_task_id!r} left no summary in this DAG run: "
                                     "name the CutoutBatchImageEditOperator task that runs before this gate")
-        self.output_dir = self.output_dir or summaries[0].get("output_dir")
+        folder = self._folder(summaries)
         total = {name: sum(int(s.get(name) or 0) for s in summaries)
                  for name in ("total", "edited", "skipped", "failed", "in_doubt", "credits_spent")}
         if not self._custom_subject:
@@ -81,10 +81,14 @@ class CutoutReviewGateOperator(HITLOperator):
                          "next run). Then choose what to publish. "
                          f"This run: {total['edited']:,} edited, {total['skipped']:,} unchanged, "
                          f"{total['failed']:,} failed, {total['in_doubt']:,} in doubt; output folder "
-                         f"`{self.output_dir}`.")
-        reviewed = {e["key"]: e.get("fingerprint") for e in _catalog(self.output_dir, self.items).values()}
+                         f"`{folder}`.")
+        reviewed = {key: entry.get("fingerprint") for key, entry in _scope(folder, self.items) if entry is not None}
         context["ti"].xcom_push(key="reviewed_edits", value=reviewed)
         return super().execute(context)
+
+    def _folder(self, summaries: list[dict[str, Any]]) -> Any:
+        """The output folder: ``output_dir``, else the one the batch's summary names."""
+        return self.output_dir or next((s.get("output_dir") for s in summaries), None)
 
     def _summaries(self, context: Context) -> list[dict[str, Any]]:
         found = context["ti"].xcom_pull(task_ids=self.batch_task_id)
@@ -94,12 +98,10 @@ class CutoutReviewGateOperator(HITLOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         answer = super().execute_complete(context, event)
-        if not self.output_dir:  # a resumed task is a new instance: what execute found is gone
-            self.output_dir = next((s.get("output_dir") for s in self._summaries(context)), None)
         choice = (answer["chosen_options"] or [REJECT_RUN])[0]
         ti = context["ti"]
         reviewed = ti.xcom_pull(task_ids=self.task_id, key="reviewed_edits", map_indexes=ti.map_index) or {}
-        result = publishable(self.output_dir, choice, self.items, reviewed=reviewed)
+        result = publishable(self._folder(self._summaries(context)), choice, self.items, reviewed=reviewed)
         result["responded_by"] = answer.get("responded_by_user")
         self.log.info("Cutout review gate: %s: %d items to publish, %d rejected, %d not stored, %d edited again "
                       "since the gate asked (held back)", choice, len(result["approved"]), len(result["rejected"]),
@@ -115,10 +117,8 @@ def publishable(output_dir: Any, choice: str, items: Any = None, *,
         manifest holds. An item without an entry counts as not stored.
     :param reviewed: the edit (fingerprint) of each key when the gate asked: a key edited again since is held back.
     """
-    catalog = _catalog(output_dir, items)
     approved, rejected, not_stored, changed = [], [], [], []
-    for key in _keys(items) if items is not None else list(catalog):
-        entry = catalog.get(key)
+    for key, entry in _scope(output_dir, items):
         decision = ((entry or {}).get("review") or {}).get("decision")
         if entry is None or entry.get("status") != STORED:
             not_stored.append(key)
@@ -133,13 +133,12 @@ def publishable(output_dir: Any, choice: str, items: Any = None, *,
             "changed": changed}
 
 
-def _catalog(output_dir: Any, items: Any) -> dict[Any, dict[str, Any]]:
+def _scope(output_dir: Any, items: Any) -> list[tuple[Any, dict[str, Any] | None]]:
+    """Each item key to decide for, with its newest manifest entry (``None`` when it has none)."""
     from airflow_provider_cutout.manifest import read_manifest
 
     catalog = read_manifest(output_dir)
-    if items is None:
-        return catalog
-    return {key: catalog[key] for key in _keys(items) if key in catalog}
+    return [(key, catalog.get(key)) for key in (list(catalog) if items is None else _keys(items))]
 
 
 def _keys(items: Any) -> list[Any]:
