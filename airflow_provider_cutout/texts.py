@@ -1,12 +1,26 @@
-"""How values and lists of problems appear in the provider's messages: one way, everywhere."""
+"""How values and lists of problems appear in the provider's messages, and how a damaged field of a record
+reads: one way, everywhere."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
+
+
+def number(value: Any) -> float:
+    """A field of a manifest entry or a decision read as a number: a damaged one (a string, nothing, an
+    infinity) counts 0, it does not fail a reader or a page."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return 0.0
+    try:
+        found = float(value)
+    except OverflowError:
+        return 0.0
+    return found if math.isfinite(found) else 0.0
 
 
 def shorten(value: object, limit: int = 80) -> str:

@@ -8,7 +8,6 @@ page (the folder can be copied or served as it is), sources by their own URLs.
 from __future__ import annotations
 
 import html
-import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -18,6 +17,7 @@ from airflow_provider_cutout.api.urls import is_object_store_uri
 from airflow_provider_cutout.state.decisions import APPROVED, REJECTED
 from airflow_provider_cutout.state.io import is_local, write_whole
 from airflow_provider_cutout.state.manifest import EDITED, FAILED, IN_DOUBT, STORED, newest
+from airflow_provider_cutout.texts import number
 
 GALLERY_NAME = "cutout-gallery.html"
 DEFAULT_LIMIT = 2000
@@ -110,18 +110,6 @@ def _sane(entry: dict[str, Any]) -> dict[str, Any]:
 def credits_recorded(items: Iterable[dict[str, Any]]) -> int:
     """The credits the newest entries of these items record (failed edits cost nothing)."""
     return sum(int(number(e.get("credits"))) for e in items if e.get("status") != FAILED)
-
-
-def number(value: Any) -> float:
-    """A manifest field read as a number: a damaged entry (a string, nothing, an infinity) counts 0, it does not
-    fail a page."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return 0.0
-    try:
-        found = float(value)
-    except OverflowError:
-        return 0.0
-    return found if math.isfinite(found) else 0.0
 
 
 def card(entry: dict[str, Any], result_src: Callable[[str], str], source_src: Callable[[str], str | None],

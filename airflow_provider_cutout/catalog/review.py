@@ -20,11 +20,11 @@ from airflow_provider_cutout.catalog.gallery import (
     card,
     credits_recorded,
     escape,
-    number,
     review_of,
 )
 from airflow_provider_cutout.state.decisions import APPROVED, REJECTED
 from airflow_provider_cutout.state.manifest import EDITED, FAILED, IN_DOUBT, STORED
+from airflow_provider_cutout.texts import number
 
 PER_PAGE = 60
 #: The filters of the view: a name in the query string, its label, and which items it keeps.

@@ -119,7 +119,8 @@ class _Catalogs:
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
 
     def forget(self, output_dir: str) -> None:
-        """Read this folder's catalog again on its next look (a decision changed it)."""
+        """Rebuild this folder's catalog from its manifest as read, now (a decision this process wrote changed it;
+        its reader has taken that file in already, so a refresh would not see it as new)."""
         with self._lock:
             slot = self._slots.get(output_dir)
         if slot is not None:

@@ -25,7 +25,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from airflow_provider_cutout.state.io import STATE_DIR, list_files, write_whole
+from airflow_provider_cutout.state.io import STATE_DIR, json_lines, list_files, write_whole
+from airflow_provider_cutout.texts import number
 
 APPROVED, REJECTED = "approved", "rejected"
 #: A run folds the decision files into one snapshot when there are more than this many.
@@ -33,13 +34,9 @@ DECISION_FILES = 64
 log = logging.getLogger(__name__)
 
 
-def _number(value: Any) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
-
-
 def order(decision: dict[str, Any]) -> tuple[float, int, float]:
     """Which of two decisions on one item is newer: ``seq``, then a rejection, then the clock."""
-    return _number(decision.get("seq")), int(decision.get("decision") == REJECTED), _number(decision.get("updated_at"))
+    return number(decision.get("seq")), int(decision.get("decision") == REJECTED), number(decision.get("updated_at"))
 
 
 def problem_of(decision: Any) -> str | None:
@@ -113,21 +110,14 @@ class Decisions:
             raise OSError(f"the decisions log {self.path} keeps changing under this reader; try again")
 
     def _read_file(self, name: str) -> None:
-        text = (self.path / name).read_bytes().decode("utf-8", errors="replace")
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                decision = json.loads(line)
-            except ValueError:
-                decision = None
-            problem = problem_of(decision) if decision is not None else "not valid JSON"
-            if problem is not None:
-                self._broken.add(name)
-                self.problems.append(f"{name} line {number}: {problem}")
-                log.warning("Cutout decisions: %s line %d is left out (%s); inspect it in %s", name, number, problem,
-                            self.path)
-                continue
+        decisions, problems = json_lines(name, (self.path / name).read_bytes().decode("utf-8", errors="replace"),
+                                         problem_of)
+        for problem in problems:
+            log.warning("Cutout decisions: %s: left out; inspect it in %s", problem, self.path)
+        if problems:
+            self._broken.add(name)
+            self.problems.extend(problems)
+        for decision in decisions:
             self._merge(decision)
         self._read.add(name)
 
@@ -141,7 +131,7 @@ class Decisions:
             fix = fixes.get(decision["fingerprint"])
             if fix is None or order(decision) >= order(fix):
                 fixes[decision["fingerprint"]] = decision
-        self._seq[key] = max(self._seq.get(key, 0.0), _number(decision.get("seq")))
+        self._seq[key] = max(self._seq.get(key, 0.0), number(decision.get("seq")))
 
     def decide(self, decision: dict[str, Any]) -> dict[str, Any]:
         """Write a decision as a file of its own, now; return it as written.

@@ -9,6 +9,7 @@ half-written file under the final name.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -165,6 +166,26 @@ def existing(folder: Any, names: Iterable[str], concurrency: int) -> set[str]:
     with ThreadPoolExecutor(max_workers=min(concurrency, len(wanted))) as pool:
         found = pool.map(lambda name: file_exists(folder / name), wanted)
         return {name for name, there in zip(wanted, found, strict=True) if there}
+
+
+def json_lines(name: str, text: str, problem_of: Callable[[Any], str | None]) -> tuple[list[Any], list[str]]:
+    """The records of a JSON Lines file, and where and why each line that is none is not (``problem_of`` says
+    what is wrong with a parsed line, ``None`` when nothing is); blank lines are skipped."""
+    records, problems = [], []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            problems.append(f"{name} line {line_no}: not valid JSON ({err})")
+            continue
+        problem = problem_of(record)
+        if problem is None:
+            records.append(record)
+        else:
+            problems.append(f"{name} line {line_no}: {problem}")
+    return records, problems
 
 
 def list_files(folder: Any) -> dict[str, int]:

@@ -32,7 +32,16 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from airflow_provider_cutout.state.decisions import DECISION_FILES, Decisions, reviewed
-from airflow_provider_cutout.state.io import STATE_DIR, is_local, list_files, list_names, read_ranges, write_whole
+from airflow_provider_cutout.state.io import (
+    STATE_DIR,
+    is_local,
+    json_lines,
+    list_files,
+    list_names,
+    read_ranges,
+    write_whole,
+)
+from airflow_provider_cutout.texts import number
 
 STORED, EDITED, FAILED, IN_DOUBT = "stored", "edited", "failed", "in_doubt"
 LEGACY_GLOB = "cutout-manifest*.json"
@@ -87,12 +96,6 @@ def precedence(entry: dict[str, Any]) -> tuple[int, int, float]:
     return int(entry.get("seq") or 0), _RANK.get(entry.get("status", ""), 0), float(entry.get("updated_at") or 0)
 
 
-def _when(entry: dict[str, Any]) -> float:
-    """An entry's ``updated_at``, 0 when damaged (not a number): one bad line does not fail a reader."""
-    value = entry.get("updated_at")
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
-
-
 def _log_lost(entry: dict[str, Any], err: BaseException) -> None:
     """A record the store would not take, in the task log: a paid result is never lost unseen."""
     if entry.get("image_url") or entry.get("status") in (STORED, EDITED, IN_DOUBT):
@@ -110,20 +113,13 @@ def _group(entries: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
 
 def parse_segment(name: str, text: str) -> tuple[list[dict[str, Any]], list[str]]:
     """The entries of one log file and a description of each line that is not a valid entry."""
-    entries, problems = [], []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError as err:
-            problems.append(f"{name} line {number}: not valid JSON ({err})")
-            continue
-        if isinstance(entry, dict) and isinstance(entry.get("fingerprint"), str) and _plain_key(entry.get("key")):
-            entries.append(entry)
-        else:
-            problems.append(f"{name} line {number}: not a manifest entry")
-    return entries, problems
+    return json_lines(name, text, _not_an_entry)
+
+
+def _not_an_entry(entry: Any) -> str | None:
+    if isinstance(entry, dict) and isinstance(entry.get("fingerprint"), str) and _plain_key(entry.get("key")):
+        return None
+    return "not a manifest entry"
 
 
 def _plain_key(key: Any) -> bool:
@@ -266,7 +262,7 @@ class Manifest:
         """The newest entry of each item key, with ``review`` (who decided what, when, why) where a reviewer's
         decision stands for its edit: what ``read_manifest``, the galleries and the review gate show."""
         found = []
-        for entry in newest(self.entries.values(), order=_when).values():
+        for entry in newest(self.entries.values(), order=lambda e: number(e.get("updated_at"))).values():
             decision = self.decisions.on(entry.get("fingerprint"), entry.get("key"))
             found.append(entry if decision is None else {**entry, "review": reviewed(decision)})
         return found
