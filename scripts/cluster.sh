@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-AIRFLOW_VERSION=3.3.2
+source scripts/install.sh
 WORKERS=${CUTOUT_CLUSTER_WORKERS:-2}
 DIR=${CUTOUT_CLUSTER_DIR:-$(mktemp -d -t cutout-cluster-XXXXXX)}
 mkdir -p "$DIR"
@@ -72,11 +72,8 @@ start() {  # start NAME COMMAND...: run in its own process group, log to $DIR/NA
 if [ -n "${CUTOUT_CLUSTER_PYTHON:-}" ]; then
   BIN=$(dirname "$CUTOUT_CLUSTER_PYTHON")
 else
-  [ -x .venv/bin/python ] || python3 -m venv .venv
-  echo "== installing apache-airflow==$AIRFLOW_VERSION and the provider with its cluster extra into .venv"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check "apache-airflow==$AIRFLOW_VERSION" \
-    -e ".[sandbox,cluster]"
-  rm -rf airflow_provider_cutout.egg-info  # one copy of the provider's metadata (see scripts/test.sh)
+  echo "== installing apache-airflow==$NEWEST_AIRFLOW and the provider with its cluster extra into .venv"
+  install_env .venv "$NEWEST_AIRFLOW" sandbox,cluster
   BIN=$ROOT/.venv/bin
 fi
 

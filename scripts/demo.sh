@@ -6,15 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-AIRFLOW_VERSION=3.3.2
+source scripts/install.sh
 
 if [ -n "${CUTOUT_DEMO_PYTHON:-}" ]; then
   BIN=$(dirname "$CUTOUT_DEMO_PYTHON")
 else
-  [ -x .venv/bin/python ] || python3 -m venv .venv
-  echo "== installing apache-airflow==$AIRFLOW_VERSION and the provider into .venv (about a minute the first time)"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check "apache-airflow==$AIRFLOW_VERSION" -e ".[sandbox]"
-  rm -rf airflow_provider_cutout.egg-info  # one copy of the provider's metadata (see scripts/test.sh)
+  echo "== installing apache-airflow==$NEWEST_AIRFLOW and the provider into .venv (about a minute the first time)"
+  install_env .venv "$NEWEST_AIRFLOW" sandbox
   BIN=$ROOT/.venv/bin
 fi
 

@@ -3,8 +3,10 @@
 # with twine. Installs build and twine into .venv like make test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/install.sh
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check "build>=1.2" "twine>=5"
+# shellcheck disable=SC2046  # pins prints arguments
+.venv/bin/python -m pip install --quiet --disable-pip-version-check $(pins "$NEWEST_AIRFLOW") "build>=1.2" "twine>=5"
 rm -rf dist
 .venv/bin/python -m build --outdir dist .
 rm -rf airflow_provider_cutout.egg-info  # one copy of the provider's metadata (see scripts/test.sh)

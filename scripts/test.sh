@@ -1,21 +1,14 @@
 #!/usr/bin/env bash
 # The full test suite, from scratch: for the newest supported Airflow and for the oldest, create a
-# virtual environment, install the provider with its dev extras, then run ruff, mypy and pytest.
+# virtual environment, install the provider with its dev extras (pinned by constraints/airflow-<version>.txt;
+# with CUTOUT_UNPINNED=1, the newest releases instead), then run ruff, mypy and pytest.
 # Usage: scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-NEWEST_AIRFLOW=3.3.2   # newest 3.3.x
-FLOOR_AIRFLOW=3.1.8    # the lowest Airflow pyproject.toml admits
-
-venv() {  # venv DIR AIRFLOW_VERSION EXTRAS: create or update DIR with that Airflow and the provider
-  [ -x "$1/bin/python" ] || python3 -m venv "$1"
-  "$1/bin/python" -m pip install --quiet --disable-pip-version-check "apache-airflow==$2" -e ".[$3]"
-  # pip also leaves the provider's metadata in the source tree. With the tree on sys.path (the tests' DAG runs),
-  # Airflow would see the provider twice, and its task runner stops loading plugins at the second copy of one
-  # (OpenLineage's listener comes after ours): keep only the installed copy.
-  rm -rf airflow_provider_cutout.egg-info
-}
+source scripts/install.sh  # NEWEST_AIRFLOW, FLOOR_AIRFLOW, install_env (pinned by constraints/)
+# The canary (make test-latest: CUTOUT_UNPINNED=1) keeps its environments apart from the pinned ones.
+SUFFIX=$([ "${CUTOUT_UNPINNED:-0}" = 1 ] && echo -latest || true)
 
 # Debian packages: chromium for the browser tests, PostgreSQL and Redis for the cluster tests.
 missing=()
@@ -31,14 +24,16 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 echo "== Airflow $NEWEST_AIRFLOW: install, lint, types, tests"
-venv .venv "$NEWEST_AIRFLOW" dev,cluster
-.venv/bin/ruff check airflow_provider_cutout tests example_dags scripts
-.venv/bin/mypy
-.venv/bin/lint-imports
-.venv/bin/python -m pytest "$@"
+NEWEST=.venv$SUFFIX
+install_env "$NEWEST" "$NEWEST_AIRFLOW" dev,cluster
+"$NEWEST/bin/ruff" check airflow_provider_cutout tests example_dags scripts
+"$NEWEST/bin/mypy"
+"$NEWEST/bin/lint-imports"
+"$NEWEST/bin/python" -m pytest "$@"
 
 echo "== Airflow $FLOOR_AIRFLOW: install, tests (the browser, e2e and cluster tests run on the newest Airflow only)"
-venv .venv-floor "$FLOOR_AIRFLOW" dev
+FLOOR=.venv-floor$SUFFIX
+install_env "$FLOOR" "$FLOOR_AIRFLOW" dev
 # Two workers, a test file each: most of this suite's time is Airflow 3.1's start-up of each DAG run,
 # which overlaps well (each worker has its own Airflow home, metadata DB and sandbox).
-.venv-floor/bin/python -m pytest -m "not browser and not e2e" -n 2 --dist loadfile "$@"
+"$FLOOR/bin/python" -m pytest -m "not browser and not e2e" -n 2 --dist loadfile "$@"

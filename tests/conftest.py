@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,14 @@ from tests.chromium import browser  # noqa: E402,F401  (the fixture, for test_br
 FAKE_KEY = "sk-test-NEVER-LEAK-7f3a9c2e"
 
 
+def install_script(command: str) -> str:
+    """What a shell command prints after ``source scripts/install.sh`` (the tested Airflow versions and the
+    constraints an install of one uses), so a test that installs does so as ``make test`` does."""
+    done = subprocess.run(["bash", "-c", f"source scripts/install.sh && {command}"], cwd=REPO, capture_output=True,
+                          text=True, check=True)
+    return done.stdout.strip()
+
+
 class Sandbox:
     """A running sandbox with helpers to script faults and read the ledger."""
 
@@ -50,7 +59,8 @@ class Sandbox:
         return f"{self.url}/samples/{name}.{ext}" + (f"?{query}" if query else "")
 
     def reset(self, balance: int = 1000) -> None:
-        requests.post(f"{self.url}/__sandbox__/reset", json={"balance": balance}, timeout=5).raise_for_status()
+        # The sandbox waits for the calls in flight first, so none of them lands in the next test's ledger.
+        requests.post(f"{self.url}/__sandbox__/reset", json={"balance": balance}, timeout=90).raise_for_status()
         self.server.state.config.latency = 0.0
         self.server.state.config.result_ttl = None
         self.server.state.config.charge_hung_up = False
@@ -61,6 +71,15 @@ class Sandbox:
 
     def ledger(self) -> dict[str, Any]:
         return requests.get(f"{self.url}/__sandbox__/ledger", timeout=5).json()
+
+    def settled_ledger(self, within: float = 30) -> dict[str, Any]:
+        """The ledger once no API call is in flight (a slow answer is charged before it is sent)."""
+        deadline = time.monotonic() + within
+        while True:
+            ledger = self.ledger()
+            if all(c["outcome"] != "in_flight" for c in ledger["calls"]) or time.monotonic() > deadline:
+                return ledger
+            time.sleep(0.05)
 
     def conn_json(self, key: str = FAKE_KEY, **extra: Any) -> str:
         import json
@@ -116,6 +135,12 @@ def states(dag_run: Any) -> dict[str, list[tuple[Any, int]]]:
 def charges_per_edit(sandbox: Any) -> list[int]:
     """The sandbox's charges per request fingerprint (what was sent), sorted."""
     return sorted(v["charges"] for v in sandbox.ledger()["by_fingerprint"].values() if v["charges"])
+
+
+def calls_and_charges(sandbox: Any) -> list[tuple[int, int]]:
+    """(calls, charges) per request fingerprint, sorted: how often each edit was sent, and how often paid
+    (read once no call is in flight)."""
+    return sorted((v["calls"], v["charges"]) for v in sandbox.settled_ledger()["by_fingerprint"].values())
 
 
 def manifest_entries(folder: Any) -> dict[str, dict[str, Any]]:

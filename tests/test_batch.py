@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from airflow_provider_cutout import exceptions as exc
 from airflow_provider_cutout.catalog.plan import file_stem
 from airflow_provider_cutout.manifest import read_manifest
 from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator, chunk_items
-from tests.conftest import charges_per_edit, manifest_entries, states, xcoms
+from tests.conftest import calls_and_charges, charges_per_edit, manifest_entries, states, xcoms
 from tests.dags.batch_dags import batch, budget, catalog_chunks, slow, templated
 
 
@@ -161,8 +162,10 @@ def test_failures_within_max_failures_fraction_pass(sandbox, airflow_db, tmp_pat
     assert result["failed"] == 2 and result["edited"] == 3 and result["credits_spent"] == 12
     entries = manifest_entries(tmp_path).values()
     assert sorted(e["status"] for e in entries) == ["failed", "failed", "stored", "stored", "stored"]
+    assert calls_and_charges(sandbox) == [(1, 0)] * 2 + [(1, 1)] * 3  # a failed edit is free and not resent
     again = summary(tolerant.test(run_conf={"n": 5, "out": str(tmp_path), "changed": "", "invalid": False}))
     assert again["edited"] == 2 and again["skipped"] == 3  # only the failed items are edited again
+    assert calls_and_charges(sandbox) == [(1, 1)] * 3 + [(2, 1)] * 2  # each of the 5 paid once
 
 
 def test_rate_limiter_spaces_starts():
@@ -188,11 +191,20 @@ def test_rate_limiter_spaces_starts():
 
 
 def test_templated_values_wait_for_run_time():
-    # Jinja inside items, or in the operator's defaults, is validated when rendered, not at parse time
-    CutoutBatchImageEditOperator(task_id="b", output_dir="/tmp/x/", prompt="blur",
-                                 items=[{"key": "a", "image_urls": "{{ var.value.cdn }}/a.png"}])
-    CutoutBatchImageEditOperator(task_id="c", output_dir="/tmp/x/", prompt="blur", model="{{ params.model }}",
-                                 items=[{"key": "a", "image_urls": "https://x/a.png"}])
+    # Jinja inside items, or in the operator's defaults, is validated when rendered, not at parse time; the
+    # same fields with a bad literal value are refused at parse time, naming the field
+    templated = CutoutBatchImageEditOperator(task_id="b", output_dir="/tmp/x/", prompt="blur",
+                                             items=[{"key": "a", "image_urls": "{{ var.value.cdn }}/a.png"}])
+    assert templated.items == [{"key": "a", "image_urls": "{{ var.value.cdn }}/a.png"}]
+    model = CutoutBatchImageEditOperator(task_id="c", output_dir="/tmp/x/", prompt="blur", model="{{ params.model }}",
+                                         items=[{"key": "a", "image_urls": "https://x/a.png"}])
+    assert model.model == "{{ params.model }}"
+    with pytest.raises(exc.InvalidInputError, match="model='gpt-image-l' is not supported"):
+        CutoutBatchImageEditOperator(task_id="d", output_dir="/tmp/x/", prompt="blur", model="gpt-image-l",
+                                     items=[{"key": "a", "image_urls": "https://x/a.png"}])
+    with pytest.raises(exc.InvalidInputError, match="image_urls"):
+        CutoutBatchImageEditOperator(task_id="e", output_dir="/tmp/x/", prompt="blur",
+                                     items=[{"key": "a", "image_urls": "ftp://x/a.png"}])
 
 
 def test_an_item_held_by_a_live_run_is_waited_for_then_named_then_in_doubt(sandbox, airflow_db, tmp_path, capfd):

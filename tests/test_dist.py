@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_cutout import __version__
-from tests.conftest import REPO
+from tests.conftest import REPO, install_script
 
 pytestmark = pytest.mark.e2e
-NEWEST_AIRFLOW = "3.3.2"
+NEWEST_AIRFLOW = install_script("echo $NEWEST_AIRFLOW")
+PINS = install_script(f"pins {NEWEST_AIRFLOW}").split()  # the constraints make test installs with
 
 
 def run(*args: str | Path, **kwargs) -> str:
@@ -67,7 +68,7 @@ def test_the_wheel_installs_alone_registers_and_its_sandbox_extra_answers(dist, 
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", venv)
     python, pip = venv / "bin" / "python", [venv / "bin" / "python", "-m", "pip", "install", "--quiet",
-                                            "--disable-pip-version-check"]
+                                            "--disable-pip-version-check", *PINS]
     run(*pip, wheel, f"apache-airflow=={NEWEST_AIRFLOW}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env["AIRFLOW_HOME"] = str(tmp_path / "home")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from tests.conftest import states, xcoms
+from tests.conftest import calls_and_charges, states, xcoms
 from tests.dags.examples import example_cutout_image_edit
 
 
@@ -103,3 +103,4 @@ def test_example_minimal(sandbox, airflow_db, tmp_path):
     result = xcoms(dr, "white_background", "cutout_result")[-1]
     image = Image.open(result["stored_path"])
     assert image.width == image.height and result["credits"] == 4
+    assert calls_and_charges(sandbox) == [(1, 1)]  # one edit, sent once, paid once

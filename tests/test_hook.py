@@ -232,10 +232,29 @@ def test_refused_connection_retried_and_bounded(monkeypatch, sandbox, capfd):
     assert len(retry_lines(capfd)) == 2
 
 
-def test_balance_get_retried_after_read_timeout(sandbox, monkeypatch):
-    sandbox.fault("slow", delay=0.0, path="balance")  # slow on GET is harmless: a GET may be resent
-    sandbox.fault("rate_limit", path="balance")
-    assert use_conn(monkeypatch, sandbox).get_credit_balance().total == 1000
+def test_balance_get_retried_after_read_timeout(sandbox, monkeypatch, capfd):
+    sandbox.fault("slow", delay=1.0, path="balance")  # a GET may be resent: its first answer comes too late
+    hook = use_conn(monkeypatch, sandbox, read_timeout=0.3)
+    started = time.monotonic()
+    assert hook.get_credit_balance().total == 1000
+    assert time.monotonic() - started < 1.0  # the second request answered; the first was not waited for
+    time.sleep(1.0)  # the slow handler finishes
+    assert [(c["path"], c["outcome"]) for c in sandbox.ledger()["calls"]] == [("balance", "ok")] * 2
+    assert len(retry_lines(capfd)) == 1
+
+
+def test_result_download_retried_after_read_timeout(sandbox, monkeypatch, tmp_path, capfd):
+    import io
+
+    hook = use_conn(monkeypatch, sandbox, read_timeout=0.3)
+    result = edit(hook, sandbox)
+    sandbox.fault("slow", delay=1.0, path="results")
+    sink = io.BytesIO()
+    size, extension = hook.get_conn().download(result.image_url, sink)
+    assert extension == ".png" and size == len(sink.getvalue()) > 0
+    results = [c["outcome"] for c in sandbox.ledger()["calls"] if c["path"] == "results"]
+    assert results == ["fault:slow"] and len(retry_lines(capfd)) == 1  # timed out once, read on the retry
+    assert sandbox.ledger()["charges"] == 1
 
 
 def test_host_without_scheme_and_separate_port(monkeypatch):

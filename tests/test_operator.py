@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -105,9 +106,18 @@ def test_static_values_validated_at_construction(kwargs, fragment):
 
 
 def test_templated_values_wait_for_run_time():
+    # a template passes the parse-time checks and is kept to be rendered; the same field with a bad literal
+    # value is refused at parse time, naming the field
     op = CutoutImageEditOperator(task_id="t", prompt="{{ params.p }}", image_urls="{{ params.u }}",
                                  model="{{ params.m }}", aspect_ratio="{{ params.r }}")
-    assert op.template_fields == ("prompt", "image_urls", "model", "aspect_ratio", "output_path")
+    assert (op.prompt, op.image_urls, op.model, op.aspect_ratio) == (
+        "{{ params.p }}", "{{ params.u }}", "{{ params.m }}", "{{ params.r }}")
+    for field, bad, named in (("model", "gpt-image-l", "model='gpt-image-l' is not supported"),
+                              ("aspect_ratio", "7:5", "aspect_ratio='7:5'"),
+                              ("image_urls", "ftp://x/a.png", "image_urls")):
+        args = {"prompt": "blur", "image_urls": "https://x/a.png", "model": "gpt-image-1", field: bad}
+        with pytest.raises(InvalidInputError, match=re.escape(named)):
+            CutoutImageEditOperator(task_id=f"bad_{field}", **args)
 
 
 def test_bad_static_value_is_a_dag_import_error(tmp_path, airflow_db):

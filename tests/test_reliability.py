@@ -14,7 +14,7 @@ from airflow_provider_cutout import exceptions as exc
 from airflow_provider_cutout.hooks.cutout import CutoutHook
 from airflow_provider_cutout.models import ASPECT_RATIOS, MODELS
 from airflow_provider_cutout.operators._common import is_dynamic
-from tests.conftest import FAKE_KEY, manifest_entries, states
+from tests.conftest import FAKE_KEY, calls_and_charges, manifest_entries, states
 from tests.fault_matrix import CASES, DOC, FAIL1, OK1, OK2, Case, render
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05}
@@ -41,17 +41,18 @@ def test_matrix_hook(sandbox, monkeypatch, case):
     except exc.CutoutError as err:
         assert FAKE_KEY not in str(err)
         outcome = type(err).__name__ + (f" after {err.attempts} attempts" if err.attempts > 1 else "")
-    wait_for_slow_edits(case)
-    ledger = sandbox.ledger()
-    assert (outcome, ledger["edit_calls"], ledger["credits_charged"]) == case.hook
-    assert all(v["charges"] <= 1 for v in ledger["by_fingerprint"].values())
+    assert (outcome, *the_edit(sandbox)) == case.hook
 
 
-def wait_for_slow_edits(case: Case) -> None:
-    import time
-
-    delay = max((f.get("delay", 0) for f in case.faults if f["kind"] == "slow"), default=0)
-    time.sleep(delay)  # a slow answer is charged before it is sent; let the sandbox finish
+def the_edit(sandbox) -> tuple[int, int]:
+    """Calls and credits of the one edit each case makes, from the ledger per request fingerprint: every edit
+    call is that request (the same fingerprint), and it is charged at most once."""
+    ledger = sandbox.settled_ledger()
+    if not ledger["edit_calls"]:
+        return 0, 0
+    (counts,) = ledger["by_fingerprint"].values()
+    assert counts["calls"] == ledger["edit_calls"] and counts["charges"] <= 1, ledger["by_fingerprint"]
+    return counts["calls"], counts["credits"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -60,11 +61,9 @@ def test_matrix_operator(sandbox, airflow_db, monkeypatch, tmp_path, case):
 
     arrange(sandbox, monkeypatch, case)
     dr = single.test(run_conf={"out": str(tmp_path)})
-    wait_for_slow_edits(case)
     ((state, tries),) = states(dr)["edit"]
     outcome = {("success", 1): OK1, ("success", 2): OK2, ("failed", 1): FAIL1}[(str(state), tries)]
-    ledger = sandbox.ledger()
-    assert (outcome, ledger["edit_calls"], ledger["credits_charged"]) == case.operator
+    assert (outcome, *the_edit(sandbox)) == case.operator
     assert not list(tmp_path.glob(".*.part"))  # nothing half-written left behind
     assert len(list(tmp_path.glob("*.png"))) == (1 if state == "success" else 0)
 
@@ -75,7 +74,6 @@ def test_matrix_batch(sandbox, airflow_db, monkeypatch, tmp_path, case):
 
     arrange(sandbox, monkeypatch, case)
     dr = batch.test(run_conf={"out": str(tmp_path)})
-    wait_for_slow_edits(case)
     ((state, tries),) = states(dr)["edit"]
     outcome = {("success", 1): OK1, ("success", 2): OK2, ("failed", 1): FAIL1}[(str(state), tries)]
     (entry,) = manifest_entries(tmp_path).values()
@@ -83,8 +81,7 @@ def test_matrix_batch(sandbox, airflow_db, monkeypatch, tmp_path, case):
         outcome += ", item in doubt"
     elif "InsufficientCreditsError" in (entry.get("error") or ""):
         outcome += ", batch stopped"
-    ledger = sandbox.ledger()
-    assert (outcome, ledger["edit_calls"], ledger["credits_charged"]) == case.batch
+    assert (outcome, *the_edit(sandbox)) == case.batch
     assert not list(tmp_path.glob(".*.part"))
 
 
@@ -93,17 +90,18 @@ def test_in_doubt_item_is_resent_only_with_consent(sandbox, airflow_db, monkeypa
 
     arrange(sandbox, monkeypatch, next(c for c in CASES if c.name == "malformed JSON"))
     batch.test(run_conf={"out": str(tmp_path)})
+    assert calls_and_charges(sandbox) == [(1, 1)]  # charged, its answer unreadable: in doubt
     again = batch.test(run_conf={"out": str(tmp_path), "resend": "false"})  # the text a run's conf gives
-    assert states(again)["edit"] == [("failed", 1)] and sandbox.ledger()["edit_calls"] == 1  # not resent
+    assert states(again)["edit"] == [("failed", 1)] and calls_and_charges(sandbox) == [(1, 1)]  # not resent
     capfd.readouterr()
     typo = batch.test(run_conf={"out": str(tmp_path), "resend": "yes"})
-    assert states(typo)["edit"] == [("failed", 1)] and sandbox.ledger()["edit_calls"] == 1  # refused, not read as true
+    assert states(typo)["edit"] == [("failed", 1)] and calls_and_charges(sandbox) == [(1, 1)]  # refused, not true
     assert "resend_in_doubt='yes': must be True, False" in "".join(capfd.readouterr())
     other = batch.test(run_conf={"out": str(tmp_path), "resend": ["another-key"]})  # consent for other keys only
-    assert states(other)["edit"] == [("failed", 1)] and sandbox.ledger()["edit_calls"] == 1
+    assert states(other)["edit"] == [("failed", 1)] and calls_and_charges(sandbox) == [(1, 1)]
     consented = batch.test(run_conf={"out": str(tmp_path), "resend": ["only"]})  # its key: rendered as a list's text
     assert states(consented)["edit"] == [("success", 1)]
-    assert sandbox.ledger()["charges"] == 2
+    assert calls_and_charges(sandbox) == [(2, 2)]  # the same request, sent once more: the price of consent
 
 
 def test_reliability_doc_holds_the_matrix():

@@ -208,12 +208,40 @@ def test_charged_faults_are_charged_and_others_not(sandbox):
 
 
 def test_drop_and_truncated_body(sandbox):
-    sandbox.fault("drop")
+    sandbox.fault("drop")  # before the work: no answer, nothing charged
     with pytest.raises(requests.ConnectionError):
         post_edit(sandbox)
-    sandbox.fault("truncated_body")
+    (dropped,) = sandbox.ledger()["calls"]
+    assert (dropped["outcome"], dropped["credits"]) == ("fault:drop", 0)
+    sandbox.fault("truncated_body")  # after the work: charged, and half an answer
     with pytest.raises(requests.RequestException):
         post_edit(sandbox).json()
+    ledger = sandbox.ledger()
+    assert [(c["outcome"], c["credits"]) for c in ledger["calls"]] == [("fault:drop", 0), ("charged", 4)]
+    assert ledger["charges"] == 1 and ledger["balance"] == 996
+
+
+def test_an_edit_is_counted_when_it_arrives_and_reset_waits_for_it(sandbox):
+    """A count read while an edit runs sees it (in flight, not charged yet); a reset waits for it to finish, so
+    its charge never lands in the next ledger."""
+    import threading
+
+    sandbox.server.state.config.latency = 1.0
+    answer: list[requests.Response] = []
+    sender = threading.Thread(target=lambda: answer.append(post_edit(sandbox)))
+    sender.start()
+    deadline = time.monotonic() + 5
+    while sandbox.ledger()["edit_calls"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    ledger = sandbox.ledger()
+    (call,) = ledger["calls"]
+    assert (ledger["edit_calls"], ledger["charges"], call["outcome"]) == (1, 0, "in_flight")
+    assert ledger["by_fingerprint"][call["fingerprint"]] == {"calls": 1, "charges": 0, "credits": 0}
+    sandbox.reset()
+    sender.join(timeout=10)
+    assert answer[0].json()["code"] == 0  # the edit was done and charged, before the reset
+    assert sandbox.ledger() == {"balance": 1000, "edit_calls": 0, "charges": 0, "credits_charged": 0, "calls": [],
+                                "by_fingerprint": {}, "source_reads": {}, "source_log": {}}
 
 
 def test_faults_on_other_paths_and_bad_fault_spec(sandbox):

@@ -12,7 +12,7 @@ import pytest
 from airflow_provider_cutout import exceptions as exc
 from airflow_provider_cutout.api.sources import SourceInfo, source_problems
 from airflow_provider_cutout.hooks.cutout import CutoutHook
-from tests.conftest import charges_per_edit, states
+from tests.conftest import calls_and_charges, charges_per_edit, states
 
 
 def test_a_source_is_read_by_a_ranged_get_with_its_version(sandbox):
@@ -176,16 +176,17 @@ def test_a_rerun_asks_each_source_whether_it_changed_and_reads_only_the_changed(
 
     run = {**conf(tmp_path, 6), "validators": validators}
     assert summary_of(conditional.test(run_conf=run))["edited"] == 6
-    first = sandbox.ledger()["source_reads"]  # each source read once (versions, checks); in CI, once one more
-    assert set(first) == {"206"} and 6 <= first["206"] <= 7
+    first = sandbox.ledger()
+    assert first["source_reads"] == {"206": 6}, first["source_log"]  # each source read once (versions, checks)
     change_photo(sandbox, "chair.png", 43, 30)  # item-3's source
     again = summary_of(conditional.test(run_conf=run))
     assert (again["edited"], again["skipped"]) == (1, 5)
-    reads = sandbox.ledger()["source_reads"]
-    reads["206"] -= first["206"]
-    assert {k: v for k, v in reads.items() if k != "206"} == {k: v for k, v in rerun_reads.items() if k != "206"}
-    # the changed photo is read; CI has twice counted one read more than the catalog's (cause not found)
-    assert rerun_reads["206"] <= reads["206"] <= rerun_reads["206"] + 1
+    # Exactly. CI twice counted one read more here (not reproduced since): a slow source's handler in the sandbox
+    # counted its read late, after the next test's reset, and can no longer (a reset waits for requests in
+    # flight); a stray read now fails this test with the URLs read.
+    ledger = sandbox.ledger()
+    reads = {**ledger["source_reads"], "206": ledger["source_reads"]["206"] - 6}
+    assert {k: v for k, v in reads.items() if v} == rerun_reads, ledger["source_log"]
     assert charges_per_edit(sandbox) == [1] * 5 + [2]
     third = summary_of(conditional.test(run_conf=run))
     assert third["skipped"] == 6 and sandbox.ledger()["charges"] == 7
@@ -224,6 +225,8 @@ def test_a_photo_replaced_by_an_older_file_is_seen_on_a_server_without_etags(san
     change_photo(sandbox, "sneaker.png", 41, 30, version=1)
     back = summary_of(conditional.test(run_conf=run))
     assert (back["skipped"], back["restored"]) == (2, 1) and stored.read_bytes() == original
+    # The restore is free: item-1's request (one URL for both versions) paid twice, once per version, not thrice.
+    assert calls_and_charges(sandbox) == [(1, 1), (1, 1), (2, 2)]
 
 
 def test_items_stored_before_versions_are_adopted_once_then_changes_count(sandbox, airflow_db, tmp_path):

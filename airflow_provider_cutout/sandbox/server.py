@@ -138,6 +138,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: SandboxServer
+    call: dict[str, Any] | None = None  # the API call this request is, in the ledger since it arrived
 
     def log_message(self, format: str, *args: Any) -> None:
         """Log requests only with ``--verbose``."""
@@ -205,6 +206,23 @@ class SandboxHandler(BaseHTTPRequestHandler):
     def _route(self, method: str) -> None:
         parts = urlsplit(self.path)
         path = unquote(parts.path)
+        api = {("POST", "/api/v1/image/edit"): "edit", ("GET", "/api/v1/mySubscription"): "balance"}.get((method, path))
+        if path.startswith("/__sandbox__/"):  # scripting and inspection are not traffic: a reset waits for traffic
+            self._answer(method, path, parts.query)
+            return
+        self.call = self.state.arrive(api)
+        try:
+            self._answer(method, path, parts.query)
+        finally:
+            self.state.depart(self.call)
+            self.call = None
+
+    def _record(self, path: str, outcome: str, **details: Any) -> None:
+        """The outcome of this request's API call (or a new ledger line for another path)."""
+        call = self.call if self.call is not None and self.call["path"] == path else None
+        self.state.record(path, outcome, call, **details)
+
+    def _answer(self, method: str, path: str, query: str) -> None:
         try:
             body = self._read_body() if method == "POST" else b""
             if method == "POST" and path == "/api/v1/image/edit":
@@ -214,7 +232,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
             elif method == "GET" and path.startswith("/results/"):
                 self._result(path.removeprefix("/results/"))
             elif method == "GET" and path.startswith("/samples/"):
-                self._sample(path.removeprefix("/samples/"), parse_qs(parts.query))
+                self._sample(path.removeprefix("/samples/"), parse_qs(query))
             elif method == "GET" and path.startswith("/images/"):
                 self._local_image(path.removeprefix("/images/"))
             elif method == "GET" and path.startswith("/pages/"):
@@ -236,7 +254,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         """Answer a scripted fault that happens before any work; ``True`` when answered."""
         if fault is None or fault.after_work:
             return False
-        self.state.record(path, f"fault:{fault.kind}", fingerprint=fp, credits=0)
+        self._record(path, f"fault:{fault.kind}", fingerprint=fp, credits=0)
         if fault.kind == "rate_limit":
             headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
             body = {"code": 429, "data": None, "msg": fault.msg or "Too many requests", "time": int(time.time() * 1000)}
@@ -287,14 +305,16 @@ class SandboxHandler(BaseHTTPRequestHandler):
     def _edit(self, raw: bytes) -> None:
         fault = self.state.take_fault("edit")
         if not self._authorized():
-            self.state.record("edit", "unauthorized", credits=0)
+            self._record("edit", "unauthorized", credits=0)
             raise EnvelopeError(401, 401, "Invalid API key")
         try:
             payload = json.loads(raw or b"null")
         except ValueError:
-            self.state.record("edit", "rejected", credits=0, reason="body is not JSON")
+            self._record("edit", "rejected", credits=0, reason="body is not JSON")
             raise EnvelopeError(400, 400, "Request body is not valid JSON") from None
         fp = fingerprint(payload) if isinstance(payload, dict) else None
+        if self.call is not None:
+            self.state.record("edit", "in_flight", self.call, fingerprint=fp)
         if self._fault_before(fault, "edit", fp):
             return
         started = time.monotonic()
@@ -303,7 +323,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
             price = MODELS[model].credits
             png, ops = self._work(prompt, model, ratio, urls)
         except EnvelopeError as err:
-            self.state.record("edit", "rejected", fingerprint=fp, credits=0, reason=err.msg)
+            self._record("edit", "rejected", fingerprint=fp, credits=0, reason=err.msg)
             raise
         delay = self.state.config.latency_for(model) - (time.monotonic() - started)
         if delay > 0:
@@ -326,16 +346,16 @@ class SandboxHandler(BaseHTTPRequestHandler):
         hung up (cancelled and free, or with ``charge_hung_up`` charged and never answered)."""
         hung_up = self._client_gone()
         if hung_up and not self.state.config.charge_hung_up:  # like a server that cancels the work (499)
-            self.state.record("edit", "cancelled", fingerprint=fp, credits=0, reason="client closed the connection")
+            self._record("edit", "cancelled", fingerprint=fp, credits=0, reason="client closed the connection")
             self.close_connection = True
             return None
         if not self.state.charge(price):
-            self.state.record("edit", "rejected", fingerprint=fp, credits=0, reason="Insufficient balance")
+            self._record("edit", "rejected", fingerprint=fp, credits=0, reason="Insufficient balance")
             raise EnvelopeError(200, 1001, "Insufficient balance")
         result_id = self.state.new_id()
         self.state.store_result(result_id, png)
         request_id = uuid.uuid4().hex
-        self.state.record("edit", "charged", fingerprint=fp, credits=price, model=model, id=result_id,
+        self._record("edit", "charged", fingerprint=fp, credits=price, model=model, id=result_id,
                           request_id=request_id, operations=ops, hung_up=hung_up)
         if hung_up:  # charged, but nobody is there to read the answer
             self.close_connection = True
@@ -376,14 +396,22 @@ class SandboxHandler(BaseHTTPRequestHandler):
         else:
             self._send(200, body, "application/json", {"X-Request-Id": request_id})
 
+    def _slow_read(self, fault: Fault | None, path: str) -> None:
+        """A ``slow`` fault on a read (the balance, a result): wait ``delay`` seconds, then answer as usual."""
+        if fault is not None and fault.kind == "slow":
+            if path != "balance":
+                self._record(path, "fault:slow", credits=0)
+            time.sleep(fault.delay)
+
     def _balance(self) -> None:
         fault = self.state.take_fault("balance")
         if not self._authorized():
-            self.state.record("balance", "unauthorized")
+            self._record("balance", "unauthorized")
             raise EnvelopeError(401, 401, "Invalid API key")
         if self._fault_before(fault, "balance", None):
             return
-        self.state.record("balance", "ok")
+        self._slow_read(fault, "balance")
+        self._record("balance", "ok")
         data = {"monthBalance": 0, "imageBalance": self.state.balance, "videoBalance": 0,
                 "monthStartDate": None, "monthExpireDate": None}
         self._envelope(200, 0, "", data)
@@ -394,6 +422,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         fault = self.state.take_fault("results")
         if self._fault_before(fault, "results", None):
             return
+        self._slow_read(fault, "results")
         data = self.state.get_result(name.removesuffix(".png"))
         if data is None:
             self._send(404, b"Not Found", "text/plain")
@@ -416,11 +445,11 @@ class SandboxHandler(BaseHTTPRequestHandler):
                       if "modified" in kept else ""}
         validators = {header: value for header, value in validators.items() if value}
         if self.command == "HEAD":
-            self.state.count_source_read("HEAD")
+            self.state.count_source_read("HEAD", self.path)
             self._send(200, data, content_type, validators)  # the body's length, no body
             return
         if self._not_modified(validators):
-            self.state.count_source_read("304")
+            self.state.count_source_read("304", self.path)
             self._send(304, b"", content_type, validators)
             return
         self._send_ranged(data, content_type, ranges="norange" not in query, headers=validators)
@@ -449,10 +478,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
             start = int(wanted.group(1))
             end = min(int(wanted.group(2) or len(data) - 1), len(data) - 1)
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-            self.state.count_source_read("206")
+            self.state.count_source_read("206", self.path)
             self._send(206, data[start : end + 1], content_type, headers)
         else:
-            self.state.count_source_read("200")
+            self.state.count_source_read("200", self.path)
             self._send(200, data, content_type, headers)
 
     def _page(self, name: str) -> None:

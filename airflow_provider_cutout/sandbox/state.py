@@ -1,6 +1,9 @@
 """The sandbox's memory: configuration, credit ledger, scripted faults and stored results.
 
-All of it sits behind one lock so that concurrent requests see a consistent balance.
+All of it sits behind one lock so that concurrent requests see a consistent balance. An API call is in
+the ledger from the moment it arrives (outcome ``in_flight``) and gets its outcome and charge when it
+finishes, so a count read right after a run sees a resend still in flight; ``reset`` waits for every
+request in flight (a slow source read too), so a late charge or read never lands in the next ledger.
 """
 
 from __future__ import annotations
@@ -111,14 +114,20 @@ class SandboxState:
     results: dict[str, tuple[bytes, float]] = field(default_factory=dict)
     photo_versions: dict[str, int] = field(default_factory=dict)  # "mug.png?w=40&h=30" -> version (1 by default)
     source_reads: dict[str, int] = field(default_factory=dict)  # answers to sample reads: "200", "206", "304", "HEAD"
+    source_log: dict[str, int] = field(default_factory=dict)  # the same per URL: "206 /samples/mug.png?w=40&h=30"
     next_id: int = 789_000_000_000_001
+    in_flight: int = 0  # API calls that arrived and have not finished
 
     def __post_init__(self) -> None:
         self.balance = self.config.balance
+        self.idle = threading.Condition(self.lock)
 
     def reset(self, balance: int | None = None, latency: float | None = None) -> None:
-        """A new balance (and, if given, a new edit latency); no calls, faults or results."""
-        with self.lock:
+        """A new balance (and, if given, a new edit latency); no calls, faults or results. Waits (up to a
+        minute) for the requests in flight to finish first; one still running after that cannot reach the new
+        ledger (its entry is no longer in it) but may still take from the new balance."""
+        with self.idle:
+            self.idle.wait_for(lambda: self.in_flight == 0, timeout=60)
             self.balance = self.config.balance if balance is None else balance
             if latency is not None:
                 self.config.latency = float(latency)
@@ -127,6 +136,7 @@ class SandboxState:
             self.results.clear()
             self.photo_versions.clear()
             self.source_reads.clear()
+            self.source_log.clear()
 
     def add_faults(self, specs: list[dict[str, Any]]) -> list[Fault]:
         """Queue scripted faults (see ``FAULT_KINDS``)."""
@@ -146,15 +156,40 @@ class SandboxState:
                     return fault
         return None
 
-    def record(self, path: str, outcome: str, **details: Any) -> None:
-        """Add a call to the ledger."""
+    def record(self, path: str, outcome: str, call: dict[str, Any] | None = None, **details: Any) -> None:
+        """Add a call to the ledger, or give ``call`` (from ``arrive``) its outcome."""
         with self.lock:
-            self.calls.append({"seq": len(self.calls) + 1, "path": path, "outcome": outcome, **details})
+            if call is not None:
+                call.update(outcome=outcome, **details)
+            else:
+                self.calls.append({"seq": len(self.calls) + 1, "path": path, "outcome": outcome, **details})
 
-    def count_source_read(self, answer: str) -> None:
-        """Count an answer to a sample read by its status, or ``HEAD`` (the request log of the source checks)."""
+    def arrive(self, path: str | None) -> dict[str, Any] | None:
+        """A request that has just arrived, in flight until ``depart``; an API call (``path`` ``edit`` or
+        ``balance``) is in the ledger at once, and returned to be given its outcome."""
+        with self.lock:
+            self.in_flight += 1
+            if path is None:
+                return None
+            call: dict[str, Any] = {"seq": len(self.calls) + 1, "path": path, "outcome": "in_flight", "credits": 0}
+            self.calls.append(call)
+            return call
+
+    def depart(self, call: dict[str, Any] | None) -> None:
+        """A request is answered (an API call never given an outcome is ``interrupted``)."""
+        with self.idle:
+            if call is not None and call["outcome"] == "in_flight":
+                call["outcome"] = "interrupted"
+            self.in_flight -= 1
+            self.idle.notify_all()
+
+    def count_source_read(self, answer: str, target: str) -> None:
+        """Count an answer to a sample read by its status, or ``HEAD`` (the request log of the source checks),
+        in all and for its URL's path and query ``target``."""
         with self.lock:
             self.source_reads[answer] = self.source_reads.get(answer, 0) + 1
+            line = f"{answer} {target}"
+            self.source_log[line] = self.source_log.get(line, 0) + 1
 
     def charge(self, credits: int) -> bool:
         """Take ``credits`` from the balance; ``False`` when it is short."""
@@ -193,6 +228,7 @@ class SandboxState:
             calls = [dict(c) for c in self.calls]
             balance = self.balance
             reads = dict(sorted(self.source_reads.items()))
+            log = dict(sorted(self.source_log.items()))
         per_fp: dict[str, dict[str, int]] = {}
         for call in calls:
             fp = call.get("fingerprint")
@@ -212,4 +248,5 @@ class SandboxState:
             "calls": calls,
             "by_fingerprint": per_fp,
             "source_reads": reads,
+            "source_log": log,
         }
