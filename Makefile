@@ -1,8 +1,14 @@
 # The project's commands; each installs what it needs into a local virtual environment.
-.PHONY: test demo bench dist cluster
+.PHONY: test test-latest constraints demo bench dist cluster
 
-test:  ## lint, type-check and run the whole test suite on the newest and the oldest supported Airflow
+test:  ## lint, type-check and run the whole test suite on the newest and the oldest supported Airflow (pinned by constraints/)
 	bash scripts/test.sh
+
+test-latest:  ## the canary: make test on the newest releases of every dependency (in .venv-latest, .venv-floor-latest)
+	CUTOUT_UNPINNED=1 bash scripts/test.sh
+
+constraints:  ## regenerate constraints/airflow-<version>.txt from the newest releases; then run make test before committing
+	bash scripts/constraints.sh
 
 demo:  ## start the sandbox, run the example catalog refresh end to end, print where the results are
 	bash scripts/demo.sh

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import REPO, install_script
 
 PAGE = Path("docs") / "local-development.md"  # read in the clone: the page as a new user gets it
 INSTALL_MARK = "<!-- local-development test: this block installs;"
@@ -36,6 +36,9 @@ def page_script(clone: Path) -> str:
         if mark.startswith(INSTALL_MARK):
             installs += 1
             assert "pip install" in body and "activate" in body, body
+            newest = install_script("echo $NEWEST_AIRFLOW")  # installed as make test installs it: pinned
+            assert f'"apache-airflow=={newest}"' in body and f"--constraint constraints/airflow-{newest}.txt" in body
+            assert (clone / "constraints" / f"airflow-{newest}.txt").is_file()
             bin_dir = os.path.dirname(sys.executable)
             body = f'export PATH={shlex.quote(bin_dir)}:"$PATH"\nexport PYTHONPATH={shlex.quote(str(clone))}\n'
         parts.append(body)
