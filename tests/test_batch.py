@@ -169,7 +169,7 @@ def test_failures_within_max_failures_fraction_pass(sandbox, airflow_db, tmp_pat
 
 
 def test_rate_limiter_spaces_starts():
-    from airflow_provider_cutout.catalog.run import RateLimiter
+    from airflow_provider_cutout.catalog.sending import RateLimiter
 
     now, waits = [100.0], []
 

@@ -52,6 +52,17 @@ form.decide input[type=text]{flex:1 1 160px}form.decide textarea{flex:1 1 100%;h
 """
 
 
+def _nav(query: ReviewQuery, href: Callable[..., str], hidden: dict[str, str], counts: dict[str, int]) -> str:
+    """The filters with their counts, and the key search (which keeps the task instance's parameters)."""
+    filters = "".join(
+        f"<a href='{escape(href(status=name, page=1))}'{' class=on' if name == query.status else ''}>"
+        f"{escape(label)}: {counts[name]:,}</a>" for name, (label, _) in FILTERS.items())
+    fields = "".join(f"<input type='hidden' name='{escape(k)}' value='{escape(v)}'>" for k, v in hidden.items())
+    return (filters + f"<form method='get' action=''>{fields}<input type='hidden' name='status' "
+            f"value='{escape(query.status)}'><input type='search' name='q' value='{escape(query.search)}' "
+            "placeholder='item key contains'><button>Search</button></form>")
+
+
 @dataclass(frozen=True)
 class ReviewQuery:
     """What the reviewer asked for: a filter of ``FILTERS``, a search in item keys, and a page (from 1)."""
@@ -100,13 +111,6 @@ def render_review(items: Sequence[dict[str, Any]], *, query: ReviewQuery, title:
     pages = max(1, -(-len(chosen) // per_page))
     page = min(query.page, pages)
     shown = chosen[(page - 1) * per_page: page * per_page]
-    filters = "".join(
-        f"<a href='{escape(href(status=name, page=1))}'{' class=on' if name == query.status else ''}>"
-        f"{escape(label)}: {counts[name]:,}</a>" for name, (label, _) in FILTERS.items())
-    fields = "".join(f"<input type='hidden' name='{escape(k)}' value='{escape(v)}'>" for k, v in hidden.items())
-    search = (f"<form method='get' action=''>{fields}<input type='hidden' name='status' value='{escape(query.status)}'>"
-              f"<input type='search' name='q' value='{escape(query.search)}' placeholder='item key contains'>"
-              "<button>Search</button></form>")
     back = {"status": query.status, "q": query.search, "page": str(page)}
     cards = "\n".join(card(e, image_url, lambda url: None, no_source="source not loaded here",
                            footer=decide.form(e, back) if decide is not None and e.get("status") == STORED else "")
@@ -120,7 +124,7 @@ def render_review(items: Sequence[dict[str, Any]], *, query: ReviewQuery, title:
         f"<span>approved: <b>{counts['approved']:,}</b></span><span>rejected: <b>{counts['rejected']:,}</b></span>"
         f"<span>credits recorded: <b>{credits_recorded(items):,}</b></span></p>"
         f"<p class='note'>{CREDITS_NOTE}</p>"
-        f"<nav>{filters}{search}</nav>{_pages(href, page, pages, len(chosen))}"
+        f"<nav>{_nav(query, href, hidden, counts)}</nav>{_pages(href, page, pages, len(chosen))}"
         f"<main>\n{cards}\n</main>{empty}{_pages(href, page, pages, len(chosen))}</body></html>\n"
     )
 

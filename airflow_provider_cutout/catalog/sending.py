@@ -1,0 +1,226 @@
+"""The second step of a batch run: claim each item to edit, send it, record it as soon as it is charged,
+store its image; fetch again what was paid for and not stored; restore results whose files are gone. Every
+record goes through ``catalog.lifecycle``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_cutout.catalog import lifecycle
+from airflow_provider_cutout.catalog.entries import Entries, base_entry, stored_file_exists
+from airflow_provider_cutout.catalog.plan import PlannedEdit, file_stem
+from airflow_provider_cutout.exceptions import (
+    AuthenticationError,
+    CatalogStateError,
+    CutoutError,
+    InsufficientCreditsError,
+)
+from airflow_provider_cutout.observability import metrics
+from airflow_provider_cutout.state.claims import Claims, Owner
+from airflow_provider_cutout.state.io import Digesting, copy_into, is_local, list_names, store_image
+from airflow_provider_cutout.state.manifest import EDITED, STORED, precedence
+
+if TYPE_CHECKING:
+    from airflow_provider_cutout.catalog.config import BatchConfig
+    from airflow_provider_cutout.catalog.progress import Progress
+    from airflow_provider_cutout.hooks.cutout import CutoutHook
+
+#: Errors after which every further call would fail the same way (or cost money for nothing).
+STOP_BATCH = (AuthenticationError, InsufficientCreditsError, CatalogStateError)
+Entry = dict[str, Any]
+
+
+class RateLimiter:
+    """At most ``per_second`` starts per second across threads (``None``: no limit).
+
+    :param clock: the monotonic clock; :param sleep: how to wait (tests count the waits through both).
+    """
+
+    def __init__(self, per_second: float | None, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._interval = 1.0 / per_second if per_second else 0.0
+        self._clock, self._sleep = clock, sleep
+        self._next = clock()
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        """Block until the next start is allowed."""
+        if not self._interval:
+            return
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next)
+            self._next = start + self._interval
+        if start > now:
+            self._sleep(start - now)
+
+
+class Sender:
+    """Claim, send, record, store and restore the items of one run (called from the run's threads).
+
+    :param config: the run's arguments.
+    :param hook: sends the edits; its client downloads the results.
+    :param folder: the output folder (an ``ObjectStoragePath``).
+    :param claims: the run's claims.
+    :param entries: what the manifest says of an item.
+    :param progress: the run's shared counters and stop signals.
+    """
+
+    def __init__(self, config: BatchConfig, hook: CutoutHook, folder: Any, claims: Claims, entries: Entries,
+                 progress: Progress) -> None:
+        self.hook, self.client, self.claims, self.entries, self.progress = hook, hook.client, claims, entries, progress
+        self.folder, self.out = folder, str(folder).rstrip("/") + "/"
+        self.manifest, self.owner = entries.manifest, claims.owner
+        self.limiter = RateLimiter(config.requests_per_second)
+
+    def sweep_leftovers(self, stems: set[str], listed: Any, *, chunk: bool) -> None:
+        """Delete what runs no longer alive left: temporary files of these items, heartbeat files."""
+        self.claims.forget_dead_owners()
+        if chunk and not is_local(self.folder):
+            return  # no listing of a whole bucket folder per chunk; an unmapped run, or a local folder, sweeps
+        for name in listed if listed is not None else list_names(self.folder):
+            if not (name.startswith(".") and name.endswith(".part")):
+                continue
+            stem, _, token = name[1:-5].rpartition(".")
+            if stem in stems and not self.claims.is_alive(Owner(token=token)):
+                (self.folder / name).unlink(missing_ok=True)
+
+    def edit(self, item: PlannedEdit) -> None:
+        """Claim an item and, when this run now holds it, send it."""
+        if self.progress.stop.is_set():
+            return
+        try:
+            holder = self.claims.claim(item.fingerprint)
+        except CutoutError as err:
+            self.progress.stop_with(err)
+            return
+        if holder is None:
+            self.send(item)
+        else:
+            self.progress.hold(item, holder)
+
+    def send(self, item: PlannedEdit, *, restoring: bool = False, taken: bool = False) -> None:
+        """Send a claimed edit, record it as soon as it is charged, then store its image (``restoring``: a
+        delivered result whose file and URL are gone; ``taken``: the claim was taken over from a dead owner,
+        whose own send may have been charged, so it is never released)."""
+        self.limiter.wait()
+        if self.progress.stop.is_set():
+            if not taken:
+                self.claims.release(item.fingerprint)
+            return
+        entry = {**base_entry(item), "taken_over": True} if taken else base_entry(item)
+        if restoring:  # a kill from here on leaves it in doubt, not "stored" with its file gone
+            lifecycle.record(self.manifest, "resending", entry,
+                             error="sent again to restore a lost result; no answer recorded yet")
+        try:
+            result = metrics.measured_edit(self.hook.send_edit, item.request)
+        except CutoutError as err:
+            self.fail(item, entry, err)
+            return
+        entry.update(image_url=result.image_url, id=result.id, request_id=result.request_id, credits=result.credits,
+                     duration=result.duration)
+        entry = lifecycle.record(self.manifest, "charged", entry)  # charged: never lose it
+        with self.progress.lock:
+            self.progress.credits += result.credits
+        if self.store(item, entry):
+            self.progress.count("restored" if restoring else "edited", item.key)
+
+    def recover(self, item: PlannedEdit, entry: Entry) -> None:
+        """Fetch a planned paid-for edit again, unless another run claimed it: that run may be storing it
+        right now (its stored record not yet in the log this run read), so it is settled like any held item."""
+        holder = self.claims.holder(item.fingerprint)
+        if holder is not None and holder.token != self.owner.token:
+            self.progress.hold(item, holder)
+        else:
+            self.refetch(item, entry)
+
+    def refetch(self, item: PlannedEdit, entry: Entry) -> None:
+        """Store an edit that was paid for (by this key, or by another key of the same edit) but not stored."""
+        if self.store(item, entry):
+            self.progress.count("shared" if entry.get("shared_with") else "recovered", item.key)
+
+    def store(self, item: PlannedEdit, entry: Entry) -> bool:
+        """Copy the result into the output folder (from another key's stored file of the same edit when there
+        is one, else from the result URL) and record it as stored; record why when it cannot be."""
+        err = self._store(item, entry)
+        if err is not None:
+            self.fail(item, entry, err)
+        return err is None
+
+    def _store(self, item: PlannedEdit, entry: Entry) -> CutoutError | None:
+        """``store`` without recording a failure: the error, or ``None`` once stored and recorded."""
+        url, copy_of, digest = entry["image_url"], entry.get("copy_of"), Digesting()
+
+        def fetch(sink: Any) -> str:
+            if not copy_of:
+                return self.client.download(url, digest.into(sink))[1]
+            extension = copy_into(copy_of, digest.into(sink))
+            if digest.hexdigest() != entry.get("sha256"):  # that key's file holds another edit by now
+                raise OSError(f"{copy_of} no longer holds the result of this edit")
+            return extension
+
+        try:
+            path = store_image(fetch, self.out, file_stem(item.key), tag=self.owner.token)
+        except OSError:
+            if not copy_of:
+                raise
+            return self._store(item, {**entry, "copy_of": None})  # that file is gone or changed: fetch the URL
+        except CutoutError as err:
+            return err
+        kept = {k: v for k, v in entry.items() if k not in ("copy_of", "adopted_by")}
+        lifecycle.record(self.manifest, "stored", kept, stored_path=path, sha256=digest.hexdigest(), error=None,
+                         written_at=time.time())
+        return None
+
+    def restore(self, item: PlannedEdit, entry: Entry) -> None:
+        """A result delivered before whose file is gone: copied from another key's file of the same edit, or
+        fetched from its result URL (free); when both are gone, edited again under this run's claim (paid,
+        planned), recorded in doubt before it is sent. Never counted done without its file."""
+        holder = self.claims.holder(item.fingerprint)
+        if holder is not None and holder.token != self.owner.token and self.claims.is_alive(holder):
+            self.progress.hold(item, holder)  # another run may be restoring it right now
+            return
+        for source in (self.entries.shared(item, None), entry):
+            if source is not None and source.get("image_url") and self._store(item, source) is None:
+                self.progress.count("restored", item.key)
+                return
+        winner = self.claims.claim(item.fingerprint) if holder is None else self.claims.take_over(
+            item.fingerprint, holder)
+        if winner is not None:
+            self.progress.hold(item, winner)
+            return
+        self.manifest.refresh()  # another run may have acted on it since this run planned
+        fresh = self.entries.entry_for(item)
+        if fresh is not None and precedence(fresh) > precedence(entry):
+            self._after_others(item, fresh)
+            return
+        self.send(item, restoring=True)
+
+    def _after_others(self, item: PlannedEdit, entry: Entry) -> None:
+        """A restore that another run overtook: its stored file, or its paid result (free), else in doubt."""
+        if entry.get("status") == STORED and stored_file_exists(entry):
+            with self.progress.lock:
+                self.progress.by_other_runs += 1
+        elif entry.get("status") in (STORED, EDITED) and entry.get("image_url"):
+            self.refetch(item, entry)
+        else:
+            self.progress.doubt(item.key)
+
+    def fail(self, item: PlannedEdit, entry: Entry, err: CutoutError) -> None:
+        """Record a failed item (``lifecycle.fail``: paid for and fetched again later, in doubt, or free, its
+        claim released); stop the batch on an error every further call would meet."""
+        text = f"{item.key}: {type(err).__name__}: {err}"
+        status = lifecycle.fail(self.manifest, entry, err, text)
+        if status == lifecycle.FAILED:
+            self.claims.release(item.fingerprint)  # a later run may try again
+        with self.progress.lock:
+            if status == lifecycle.IN_DOUBT:
+                self.progress.doubtful.append(item.key)
+            else:
+                self.progress.add("failed", item.key)
+            self.progress.errors.append(text)
+        if isinstance(err, STOP_BATCH):
+            self.progress.stop_with(err)
