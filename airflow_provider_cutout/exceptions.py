@@ -78,6 +78,11 @@ class ClaimedElsewhereError(CutoutError):
     retryable = True
 
 
+class StoppedError(CutoutError):
+    """The task was told to stop (``on_kill``: SIGTERM, ``execution_timeout``, marked failed) while a call
+    waited to be retried: nothing more was sent. ``maybe_charged`` when an earlier attempt may have been."""
+
+
 class ResultDownloadError(CutoutError):
     """The edited image could not be fetched or stored (expired URL, not an image, too large)."""
 

@@ -409,6 +409,22 @@ def test_sigterm_stops_spending(sandbox, airflow_db, tmp_path):
     assert set(charges_per_edit(sandbox)) == {1}
 
 
+def test_a_stop_during_a_retry_after_wait_sends_nothing_afterwards(sandbox, airflow_db, tmp_path, capfd):
+    """Money case 7: a 429 asks for 6 s, execution_timeout stops the task after 4: the waiting thread wakes at
+    the stop and sends nothing (before, it slept on and its POST was charged 2 s after the task stopped)."""
+    from tests.dags.batch_dags import timed
+
+    sandbox.fault("rate_limit", retry_after=6)
+    assert states(timed.test(run_conf={"n": 1, "out": str(tmp_path), "changed": "", "invalid": False}))["batch"] == [
+        ("failed", 1)]
+    time.sleep(7)  # past the 6 s the 429 asked for (it came before the run ended)
+    assert calls_and_charges(sandbox) == [(1, 0)]  # the 429 only: nothing sent after the stop
+    assert "told to stop" in "".join(capfd.readouterr())
+    assert summary(batch.test(run_conf={"n": 1, "out": str(tmp_path), "changed": "", "invalid": False}))[
+        "edited"] == 1  # the item was released: the next run edits it, once
+    assert calls_and_charges(sandbox) == [(2, 1)]
+
+
 def test_a_shared_result_is_never_copied_from_a_file_that_holds_another_edit_now(sandbox, airflow_db, tmp_path):
     def run(*items):
         return catalog_chunks.test(run_conf={"out": str(tmp_path), "items": list(items), "size": 10})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import textwrap
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from PIL import Image
 
 from airflow_provider_cutout.exceptions import InvalidInputError
 from airflow_provider_cutout.operators.image_edit import CutoutImageEditOperator
-from tests.conftest import charges_per_edit, states, xcoms
+from tests.conftest import calls_and_charges, charges_per_edit, states, xcoms
 from tests.dags.operator_dags import chain, expand_kwargs, single
 
 
@@ -234,3 +235,23 @@ def test_a_retry_after_a_timeout_mid_edit_does_not_pay_again(sandbox, airflow_db
     ledger = sandbox.ledger()
     assert ledger["edit_calls"] == 1 and charges_per_edit(sandbox) == [1]
     assert "may have been charged" in "".join(capfd.readouterr())
+
+
+@pytest.mark.e2e  # a process of its own, signalled
+def test_sigterm_during_a_retry_after_wait_sends_nothing_afterwards(sandbox, airflow_db):
+    """Money case 7, the single edit: SIGTERM (on_kill) while the edit waits out a 429's Retry-After ends the wait;
+    the POST is never sent (before, on_kill set a flag the sleeping thread never read, and the POST was charged)."""
+    from tests.run_dag import finish, spawn
+
+    sandbox.fault("rate_limit", retry_after=6)
+    proc = spawn("tests.dags.operator_dags:stoppable_single", {})
+    deadline = time.monotonic() + 120
+    while not sandbox.ledger()["calls"] and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    limited = time.monotonic()  # the 429 was answered: the task waits 6 s to retry
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    run = finish(proc)
+    assert run["state"] == "failed" and "StoppedError" in run["output"], run.get("log")
+    time.sleep(max(0.0, limited + 7 - time.monotonic()))
+    assert calls_and_charges(sandbox) == [(1, 0)]  # the 429 only

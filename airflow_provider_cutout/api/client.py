@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -28,7 +27,8 @@ class CutoutClient:
     :param api_key: the key sent in the ``APIKEY`` header (never logged or put in errors).
     :param settings: timeouts, retries and pool size.
     :param logger: where retries are reported; the module logger by default.
-    :param sleep: the function that waits between attempts (tests count the waits through it).
+    :param sleep: the function that waits between attempts (tests count the waits through it); by default a wait
+        that ``stop`` ends.
     :param on_retry: called with the error's class name before each retry (the operators count retries).
     """
 
@@ -38,7 +38,7 @@ class CutoutClient:
         settings: ClientSettings | None = None,
         *,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         on_retry: Callable[[str], None] | None = None,
     ) -> None:
         if not api_key or not api_key.strip():
@@ -71,6 +71,11 @@ class CutoutClient:
     def close(self) -> None:
         """Close the pooled connections."""
         self.transport.close()
+
+    def stop(self) -> None:
+        """Send nothing more (the task was told to stop): a call waiting to be retried raises ``StoppedError``
+        at once, and no request starts after this; one in flight finishes. Safe from any thread."""
+        self.transport.stop()
 
     def edit_image(self, request: ImageEditRequest, *, source_urls: list[str] | None = None) -> ImageEditResult:
         """Send one edit and return its result; raises ``FailedEditError`` when ``status`` is 0.

@@ -38,6 +38,7 @@ from airflow_provider_cutout.exceptions import (
     CutoutTimeoutError,
     ResultDownloadError,
     ServerError,
+    StoppedError,
 )
 
 #: Answers the client retries itself: for a GET, which charges nothing; for a POST, only those that say the
@@ -244,13 +245,16 @@ class Transport:
     :param api_key: sent in the ``APIKEY`` header of API calls only (never to result or source URLs).
     :param settings: timeouts, retries and pool size.
     :param logger: where retries are reported.
-    :param sleep: the function that waits between attempts (tests count the waits through it).
+    :param sleep: the function that waits between attempts (tests count the waits through it); ``None``: a wait
+        that ``stop`` ends at once.
     :param on_retry: called with the error's class name before each retry.
     """
 
     def __init__(self, api_key: str, settings: ClientSettings, logger: logging.Logger | logging.LoggerAdapter[Any],
-                 sleep: Callable[[float], None], on_retry: Callable[[str], None] | None) -> None:
-        self._api_key, self.settings, self.log, self._sleep = api_key, settings, logger, sleep
+                 sleep: Callable[[float], None] | None, on_retry: Callable[[str], None] | None) -> None:
+        self._api_key, self.settings, self.log = api_key, settings, logger
+        self.stopped = threading.Event()  # set by stop(): no attempt starts after it, waits end at once
+        self._sleep = sleep or self._pause
         self.on_retry = on_retry
         hide_queries_in_urllib3_logs()
         self.session = requests.Session()
@@ -305,8 +309,28 @@ class Transport:
         )
         for round_ in retrying:
             with round_:
+                self._check_stopped(method, url, round_.retry_state)
                 return attempt(method, url, attempts=round_.retry_state.attempt_number, **kwargs)
         raise AssertionError("tenacity ended without an outcome")  # reraise=True: never reached
+
+    def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` between attempts, or until ``stop``."""
+        self.stopped.wait(seconds)
+
+    def stop(self) -> None:
+        """Send nothing more: a call waiting to be retried wakes and raises ``StoppedError``, and no attempt of any
+        call starts after this (the task was told to stop). An attempt in flight finishes."""
+        self.stopped.set()
+
+    def _check_stopped(self, method: str, url: str, state: tenacity.RetryCallState) -> None:
+        """Before an attempt: ``StoppedError`` once stopped, maybe charged when an earlier attempt may have been."""
+        if not self.stopped.is_set():
+            return
+        earlier = state.outcome.exception() if state.outcome else None
+        raise StoppedError(f"{method} {path_of(url)} was not sent{' again' if earlier else ''}: the task was told to "
+                           f"stop{f' while it waited to retry ({earlier})' if earlier else ''}",
+                           retryable=False, attempts=max(1, state.attempt_number - 1),
+                           maybe_charged=bool(getattr(earlier, "maybe_charged", False)))
 
     def call_api(self, method: str, url: str, *, attempts: int, json: Any = None) -> Answer:
         """One API request with the key, read whole; a retryable status is raised as its error."""

@@ -116,4 +116,5 @@ class BatchRun:
         if not self.progress.killed.is_set():
             self.log.warning("Cutout batch: told to stop; no new edit starts, the edits in flight are recorded")
         self.progress.killed.set()
-        self.progress.stop.set()
+        self.progress.stop.set()  # wakes the threads that wait in the rate limiter
+        self.hook.stop()  # and those that wait to retry: nothing is sent after this

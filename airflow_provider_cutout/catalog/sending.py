@@ -17,6 +17,7 @@ from airflow_provider_cutout.exceptions import (
     CatalogStateError,
     CutoutError,
     InsufficientCreditsError,
+    StoppedError,
 )
 from airflow_provider_cutout.observability import metrics
 from airflow_provider_cutout.state.claims import Claims, Owner
@@ -74,7 +75,7 @@ class Sender:
         self.hook, self.client, self.claims, self.entries, self.progress = hook, hook.client, claims, entries, progress
         self.folder, self.out = folder, str(folder).rstrip("/") + "/"
         self.manifest, self.owner = entries.manifest, claims.owner
-        self.limiter = RateLimiter(config.requests_per_second)
+        self.limiter = RateLimiter(config.requests_per_second, sleep=progress.pause)  # a stop ends the wait
 
     def sweep_leftovers(self, stems: set[str], listed: Any, *, chunk: bool) -> None:
         """Delete what runs no longer alive left: temporary files of these items, heartbeat files."""
@@ -117,6 +118,13 @@ class Sender:
                              error="sent again to restore a lost result; no answer recorded yet")
         try:
             result = metrics.measured_edit(self.hook.send_edit, item.request)
+        except StoppedError as err:
+            if not (err.maybe_charged or restoring):  # told to stop while it waited to retry: nothing was charged
+                if not taken:
+                    self.claims.release(item.fingerprint)
+                return
+            self.fail(item, entry, err)  # maybe charged: in doubt; a restore that sent nothing: failed, free
+            return
         except CutoutError as err:
             self.fail(item, entry, err)
             return

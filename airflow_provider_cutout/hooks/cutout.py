@@ -78,6 +78,7 @@ class CutoutHook(BaseHook):
         self.cutout_conn_id = cutout_conn_id
         self._inspected: dict[str, SourceInfo] = {}  # source URL -> what its check found, for this hook's life
         self._filesystems: dict[tuple[str, str | None], Any] = {}  # (protocol, conn id) -> the store's filesystem
+        self._stopped = False  # stop(): every client of this hook sends nothing more
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -131,11 +132,21 @@ class CutoutHook(BaseHook):
             if value not in (None, "")
         }
         settings = ClientSettings.from_extras(self.base_url, extras)
-        return CutoutClient(api_key, settings, logger=self.log)  # type: ignore[arg-type]
+        client = CutoutClient(api_key, settings, logger=self.log)  # type: ignore[arg-type]
+        if self._stopped:
+            client.stop()
+        return client
 
     def get_conn(self) -> CutoutClient:
         """Return the pooled client (Airflow's usual hook entry point)."""
         return self.client
+
+    def stop(self) -> None:
+        """Send nothing more (``on_kill``): a call waiting to be retried wakes and sends nothing, and no request
+        of this hook's client starts after this. Safe from any thread."""
+        self._stopped = True
+        if "client" in self.__dict__:
+            self.client.stop()
 
     def close(self) -> None:
         """Close the client's pooled connections, if a client was built."""

@@ -130,8 +130,11 @@ class CutoutImageEditOperator(BaseOperator):
     def on_kill(self) -> None:
         """SIGTERM: the edit is not sent if it has not been yet; one in flight finishes and is stored. Under
         ``execution_timeout`` the timeout interrupts an edit in flight: its claim (or the task state store)
-        keeps it in doubt for the retry, which does not send it again."""
+        keeps it in doubt for the retry, which does not send it again. A retry's wait (a 429's ``Retry-After``, a
+        backoff) ends at once, and nothing is sent after it."""
         self._killed = True
+        if "hook" in self.__dict__:
+            self.hook.stop()
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """Lineage (openlineage provider): the source images in, the stored copy out, model, credits and

@@ -113,3 +113,6 @@ with DAG("t_single_timed", schedule=None, start_date=START,
          default_args={"retries": 1, "retry_delay": datetime.timedelta(seconds=0)}) as timed_single:
     CutoutImageEditOperator(task_id="edit", prompt="grayscale", image_urls=sample_urls(["chair"]), model="gpt-image-1",
                             execution_timeout=datetime.timedelta(seconds=2))
+
+with DAG("t_single_stoppable", schedule=None, start_date=START, default_args={"retries": 0}) as stoppable_single:
+    CutoutImageEditOperator(task_id="edit", prompt="grayscale", image_urls=sample_urls(["watch"]), model="gpt-image-1")
