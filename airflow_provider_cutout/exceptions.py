@@ -84,7 +84,13 @@ class StoppedError(CutoutError):
 
 
 class ResultDownloadError(CutoutError):
-    """The edited image could not be fetched or stored (expired URL, not an image, too large)."""
+    """The edited image could not be fetched or stored (expired URL, not an image, too large). ``gone``: the
+    result URL answered that the result is no longer there (403, 404 or 410), the one answer after which a
+    lost result is edited again."""
+
+    def __init__(self, message: str, *, gone: bool = False, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.gone = gone
 
 
 class CutoutConnectionError(CutoutError):

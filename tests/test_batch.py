@@ -364,6 +364,22 @@ def test_a_deleted_result_is_restored_and_never_counted_done_without_its_file(sa
     assert summary(batch.test(run_conf=conf))["skipped"] == 6 and sandbox.ledger()["charges"] == 8
 
 
+def test_a_transient_error_on_a_live_result_url_never_makes_a_restore_pay(sandbox, airflow_db, tmp_path, capfd):
+    """Money case 5: a deleted result's URL answers one 500 (a CDN's bad second) while it is restored. Only a
+    definite "gone" (403, 404, 410) lets a restore pay: the try fails with the paid result kept, and Airflow's
+    retry fetches it, free (before, any error counted as expired: paid again)."""
+    conf = {"n": 2, "out": str(tmp_path), "changed": "", "invalid": False}
+    assert summary(batch.test(run_conf=conf))["edited"] == 2
+    lost = Path(read_manifest(tmp_path)["item-1"]["stored_path"])
+    lost.unlink()
+    sandbox.fault("http_error", status=500, path="results")
+    run = batch.test(run_conf=conf)
+    assert calls_and_charges(sandbox) == [(1, 1), (1, 1)]  # nothing paid again
+    assert states(run)["batch"] == [("success", 2)]  # the first try failed the item, the retry fetched it
+    assert "item-1: ResultDownloadError: result URL" in "".join(capfd.readouterr())
+    assert summary(run)["recovered"] == 1 and lost.exists()
+
+
 def charged_fingerprints_all_recorded(sandbox, folder) -> None:
     """Every edit the sandbox charged is in the manifest with its result (stored, or paid and to fetch)."""
     from tests.test_catalog_runs import sent_fingerprint

@@ -41,9 +41,10 @@ def download(transport: Transport, url: str, sink: IO[bytes], limit: int) -> tup
 def _check(response: requests.Response, url: str, limit: int) -> None:
     """Refuse a result answer that is no image to store: expired, an error, or over the size cap."""
     shown = url[:200]
-    if response.status_code in (404, 410):
+    if response.status_code in (403, 404, 410):  # a signed URL past its expiry answers 403
         raise ResultDownloadError(f"result URL {shown!r} answered HTTP {response.status_code}: it has expired or "
-                                  "never existed; result URLs are temporary, store results with output_path")
+                                  "never existed; result URLs are temporary, store results with output_path",
+                                  gone=True)
     if response.status_code != 200:
         raise ResultDownloadError(f"result URL {shown!r} answered HTTP {response.status_code}",
                                   retryable=response.status_code >= 500)

@@ -17,6 +17,7 @@ from airflow_provider_cutout.exceptions import (
     CatalogStateError,
     CutoutError,
     InsufficientCreditsError,
+    ResultDownloadError,
     StoppedError,
 )
 from airflow_provider_cutout.observability import metrics
@@ -185,16 +186,26 @@ class Sender:
 
     def restore(self, item: PlannedEdit, entry: Entry) -> None:
         """A result delivered before whose file is gone: copied from another key's file of the same edit, or
-        fetched from its result URL (free); when both are gone, edited again under this run's claim (paid,
-        planned), recorded in doubt before it is sent. Never counted done without its file."""
+        fetched from its result URL (free); when both are gone (the URL answers 403, 404 or 410), edited again
+        under this run's claim (paid, planned), recorded in doubt before it is sent. Any other error fetching it
+        fails the item for now, its paid result kept for the next run. Never counted done without its file."""
         holder = self.claims.holder(item.fingerprint)
         if holder is not None and holder.token != self.owner.token and self.claims.is_alive(holder):
             self.progress.hold(item, holder)  # another run may be restoring it right now
             return
+        kept: tuple[Entry, CutoutError] | None = None  # a result that may still be there (a 5xx, a timeout)
         for source in (self.entries.shared(item, None), entry):
-            if source is not None and source.get("image_url") and self._store(item, source) is None:
+            if source is None or not source.get("image_url"):
+                continue
+            err = self._store(item, source)
+            if err is None:
                 self.progress.count("restored", item.key)
                 return
+            if not (isinstance(err, ResultDownloadError) and err.gone):
+                kept = kept or (source, err)
+        if kept is not None:
+            self.fail(item, *kept)  # paid, not stored: the next run fetches it again, nothing paid
+            return
         winner = self.claims.claim(item.fingerprint) if holder is None else self.claims.take_over(
             item.fingerprint, holder)
         if winner is not None:
