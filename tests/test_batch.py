@@ -338,6 +338,16 @@ def test_keys_that_read_alike_as_file_names_never_share_a_file(sandbox, airflow_
     assert charges_per_edit(sandbox) == [1, 1]
 
 
+def test_keys_that_differ_only_in_case_are_refused_before_anything_is_paid(sandbox, airflow_db, tmp_path, capfd):
+    """Money case 12: SKU-1 and sku-1 would be one file on a case-insensitive store (macOS, SMB, casefolded
+    ext4), one item showing the other's result while the run says success; refused, naming both, nothing sent."""
+    items = [{"key": "SKU-1", "image_urls": [PHOTO]}, {"key": "sku-1", "image_urls": [OTHER]}]
+    dr = catalog_chunks.test(run_conf={"out": str(tmp_path), "items": items, "size": 10})
+    assert states(dr)["batch"] == [("failed", 1)] and sandbox.ledger()["calls"] == []
+    assert "item 'sku-1': its file name 'sku-1' differs only in case from that of item 'SKU-1'" in "".join(
+        capfd.readouterr())
+
+
 def test_a_deleted_result_is_restored_and_never_counted_done_without_its_file(sandbox, airflow_db, tmp_path):
     conf = {"n": 6, "out": str(tmp_path), "changed": "", "invalid": False}
     assert summary(batch.test(run_conf=conf))["edited"] == 6

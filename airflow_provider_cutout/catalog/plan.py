@@ -93,7 +93,7 @@ def check_items(items: Any, defaults: Defaults, *, base_url: str) -> tuple[list[
         raise InvalidInputError(f"items must be a list of dicts, got {type(items).__name__}")
     planned: list[PlannedEdit] = []
     rejected: list[Rejected] = []
-    stems: dict[str, str] = {}  # file stem -> key
+    stems: dict[str, str] = {}  # file stem, case folded -> key
     for index, item in enumerate(items):
         try:
             planned.append(_plan_item(index, item, defaults, base_url, stems))
@@ -129,11 +129,16 @@ def _plan_item(index: int, item: Any, defaults: Defaults, base_url: str, stems: 
     if unknown:
         raise ValueError(f"{where}: unknown fields {sorted(unknown)}; use {', '.join(ITEM_FIELDS)}")
     stem = file_stem(key)
-    if stems.get(stem) == key:
+    seen = stems.get(stem.casefold())  # one file on a case-insensitive store (macOS, SMB, casefolded ext4)
+    if seen == key:
         raise ValueError(f"{where}: the key is listed twice; keys must be unique (each names its own file)")
-    if stem in stems:  # two keys whose 64-bit hashes meet: never seen, refused before anything is paid
-        raise ValueError(f"{where}: its file name {stem!r} is also that of item {stems[stem]!r}; rename one")
-    stems[stem] = key
+    if seen is not None and file_stem(seen) == stem:  # two keys whose 64-bit hashes meet: never seen
+        raise ValueError(f"{where}: its file name {stem!r} is also that of item {seen!r}; rename one")
+    if seen is not None:
+        raise ValueError(f"{where}: its file name {stem!r} differs only in case from that of item {seen!r}: on a "
+                         "case-insensitive store (macOS, Windows and SMB shares, casefolded file systems) both "
+                         "would be one file; make the keys differ in more than case")
+    stems[stem.casefold()] = key
     try:
         request = ImageEditRequest.build(
             item.get("prompt", defaults.prompt), item.get("image_urls"), item.get("model", defaults.model),
