@@ -168,6 +168,13 @@ class CutoutImageEditOperator(BaseOperator):
 
     def _send(self, hook: CutoutHook, request: ImageEditRequest, context: Context, intent: Any) -> dict[str, Any]:
         earlier = intent.begin()
+        if earlier is not None and self.output_path and not earlier.get("stored_path"):
+            self.log.info("Cutout edit charged by an earlier try (id=%s) and not stored: storing it now from its "
+                          "result URL; nothing sent, nothing spent", earlier.get("id"))
+            payload = dict(earlier)
+            payload["stored_path"] = self._store(hook, payload["image_url"], str(payload["id"]), request.fingerprint,
+                                                 payload)
+            return payload
         if earlier is not None:
             self.log.info("Cutout edit already sent by an earlier try of this task (id=%s): nothing sent, nothing "
                           "spent", earlier.get("id"))

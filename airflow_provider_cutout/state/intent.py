@@ -16,7 +16,12 @@ from typing import Any
 from airflow_provider_cutout.exceptions import CatalogStateError, ClaimedElsewhereError, CutoutError
 from airflow_provider_cutout.state.claims import Claims, Owner
 from airflow_provider_cutout.state.io import is_folder
-from airflow_provider_cutout.state.records import find_stored_edit, forget_stored_edit, read_record
+from airflow_provider_cutout.state.records import (
+    find_stored_edit,
+    forget_stored_edit,
+    read_record,
+    remember_charged_edit,
+)
 
 STATE_KEY = "cutout_edit"
 IN_DOUBT = ("may have been charged; it is not sent again by itself: check the account's usage, then set "
@@ -38,6 +43,7 @@ class SendIntent:
         self.store = None if output_path else context.get("task_state_store")
         self.claims: Claims | None = None
         self.taken = False  # the claim was taken over: an earlier owner's send may have been charged
+        self.charged: dict[str, Any] | None = None  # an earlier try's charged result, not stored: fetch it, free
         self.opened = False
         if output_path:
             from airflow.sdk import ObjectStoragePath
@@ -58,6 +64,8 @@ class SendIntent:
                                         "point output_path at a folder (ending in /) or a file in one") from None
             self.opened = True
             self._claim()
+            if self.charged is not None:
+                return self.charged
             return None if self.force else find_stored_edit(self.output_path, self.fingerprint)  # stored meanwhile
         if self.store is None:
             return None
@@ -79,7 +87,14 @@ class SendIntent:
         if self.claims.is_alive(holder):
             raise ClaimedElsewhereError(f"the same edit to {self.output_path} is being sent by {holder.describe()}; "
                                         "a retry returns its stored result")
-        delivered = read_record(self.output_path, self.fingerprint) is not None  # its file went away since
+        record = read_record(self.output_path, self.fingerprint, charged=not self.force)
+        delivered = record is not None and bool(record.get("stored_path"))  # its file went away since
+        if record is not None and not delivered:  # charged, its result URL recorded, never stored
+            if self.claims.take_over(self.name, holder) is not None:
+                raise ClaimedElsewhereError(f"another task took over the same edit to {self.output_path}; a retry "
+                                            "returns its stored result")
+            self.charged = record
+            return
         if not (delivered or self.force):
             raise CutoutError(f"{holder.describe()} claimed this edit to {self.output_path} and ended without "
                               f"recording a result: it {IN_DOUBT}", maybe_charged=True)
@@ -91,9 +106,15 @@ class SendIntent:
             forget_stored_edit(self.output_path, self.fingerprint)
 
     def sent(self, payload: dict[str, Any]) -> None:
-        """The edit was charged and its result is known: a later try returns it without paying."""
+        """The edit was charged and its result is known: a later try returns it (or, with ``output_path``, fetches
+        and stores it) without paying."""
         if self.store is not None:
             self.store.set(STATE_KEY, {"fingerprint": self.fingerprint, "result": payload})
+        elif self.claims is not None:
+            try:
+                remember_charged_edit(self.output_path, self.fingerprint, payload)
+            except OSError:  # the claim stays: a later try finds the edit in doubt, never paid again unseen
+                pass
 
     def failed(self, err: CutoutError) -> None:
         """The edit failed; when it charged nothing, a later try may send it again."""

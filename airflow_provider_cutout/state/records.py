@@ -18,13 +18,16 @@ def _record_path(output_path: Any, fingerprint: str) -> Any:
     return target.parent / STATE_DIR / "edits" / f"{target.name}.json"
 
 
-def read_record(output_path: Any, fingerprint: str) -> dict[str, Any] | None:
-    """The record of this very edit at ``output_path``, whether or not its file is still there."""
+def read_record(output_path: Any, fingerprint: str, *, charged: bool = False) -> dict[str, Any] | None:
+    """The record of this very edit at ``output_path``, whether or not its file is still there; with ``charged``,
+    also one of an edit charged and not stored yet (its result URL, no ``stored_path``)."""
     try:
         record = json.loads(_record_path(output_path, fingerprint).read_bytes())
     except (OSError, ValueError):  # none yet, or a path that cannot hold one: storing will say why
         return None
-    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint or not record.get("stored_path"):
+    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
+        return None
+    if not (record.get("stored_path") or (charged and record.get("image_url"))):
         return None
     return {k: v for k, v in record.items() if k != "fingerprint"}
 
@@ -42,6 +45,12 @@ def remember_stored_edit(output_path: Any, fingerprint: str, payload: dict[str, 
     path = _record_path(output_path, fingerprint)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_whole(path, json.dumps({**payload, "fingerprint": fingerprint}).encode())
+
+
+def remember_charged_edit(output_path: Any, fingerprint: str, payload: dict[str, Any]) -> None:
+    """Record an edit charged and not stored yet (its result URL), before it is stored: a try that fails to store
+    it (a full disk) leaves the next try its result to fetch, free, instead of an edit in doubt."""
+    remember_stored_edit(output_path, fingerprint, {**payload, "stored_path": None})
 
 
 def forget_stored_edit(output_path: Any, fingerprint: str) -> None:
