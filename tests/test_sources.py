@@ -4,6 +4,7 @@ through the hook, the single-edit operator and the batch; every rejection leaves
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -12,7 +13,7 @@ import pytest
 from airflow_provider_cutout import exceptions as exc
 from airflow_provider_cutout.api.sources import SourceInfo, source_problems
 from airflow_provider_cutout.hooks.cutout import CutoutHook
-from tests.conftest import calls_and_charges, charges_per_edit, states
+from tests.conftest import calls_and_charges, charges_per_edit, states, xcoms
 
 
 def test_a_source_is_read_by_a_ranged_get_with_its_version(sandbox):
@@ -387,6 +388,39 @@ def test_a_moved_output_folder_keeps_its_items_and_its_checks(sandbox, airflow_d
     back = summary_of(batch.test(run_conf=conf(new, 3)))
     assert (back["skipped"], back["restored"]) == (2, 1) and (new / stored.name).read_bytes() == original
     assert charges_per_edit(sandbox) == [1, 1, 2]
+
+
+def test_downstream_tasks_get_the_paths_of_a_moved_folder(sandbox, airflow_db, tmp_path):
+    """After a folder moved, read_manifest (and the review gate's publishable, which reads it) names each stored
+    file where it is now, not where the run that stored it wrote it."""
+    from airflow_provider_cutout.manifest import read_manifest
+    from airflow_provider_cutout.operators.review_gate import PUBLISH_ALL_BUT_REJECTED, publishable
+    from tests.dags.batch_dags import batch
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    assert summary_of(batch.test(run_conf=conf(old, 2)))["edited"] == 2
+    old.rename(new)
+    paths = [entry["stored_path"] for entry in read_manifest(new).values()]
+    assert sorted(paths) == sorted(str(path) for path in new.glob("item-*.png")) and all(map(os.path.exists, paths))
+    published = publishable(new, PUBLISH_ALL_BUT_REJECTED)["approved"]
+    assert sorted(item["path"] for item in published) == sorted(paths)
+    assert charges_per_edit(sandbox) == [1, 1]
+
+
+def test_a_single_edit_in_a_moved_folder_is_found_there_not_paid_again(sandbox, airflow_db, tmp_path, capfd):
+    """Money case 8: a single edit's output folder moved (or mounted elsewhere): its record names the old place;
+    the file is looked for where the folder is now, and returned, nothing paid (before, the edit was taken for a
+    lost result and paid again)."""
+    from tests.dags.operator_dags import stored_edit
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    first = xcoms(stored_edit.test(run_conf={"out": str(old)}), "edit", "cutout_result")[-1]
+    old.rename(new)
+    moved = stored_edit.test(run_conf={"out": str(new)})
+    assert calls_and_charges(sandbox) == [(1, 1)]  # never paid again
+    result = xcoms(moved, "edit", "cutout_result")[-1]
+    assert result["id"] == first["id"] and result["stored_path"].startswith(str(new) + "/")
+    assert os.path.exists(result["stored_path"]) and "already stored" in "".join(capfd.readouterr())
 
 
 @pytest.fixture

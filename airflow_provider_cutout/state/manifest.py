@@ -536,11 +536,14 @@ class Manifest:
 
 
 def read_manifest(output_dir: Any) -> dict[str, dict[str, Any]]:
-    """Entries of a batch's output folder by item key (the newest per key), for downstream tasks.
+    """Entries of a batch's output folder by item key (the newest per key), for downstream tasks; each
+    ``stored_path`` in the folder as ``output_dir`` names it now.
 
     :param output_dir: the batch operator's ``output_dir`` (a path, URI or ``ObjectStoragePath``).
     """
     from airflow.sdk import ObjectStoragePath
 
-    catalog = Manifest(ObjectStoragePath(str(output_dir).rstrip("/") + "/")).catalog()
-    return {entry["key"]: entry for entry in catalog}
+    folder = ObjectStoragePath(str(output_dir).rstrip("/") + "/")
+    # Each stored file where the folder is now (a folder moved or mounted elsewhere since keeps its files).
+    return {entry["key"]: {**entry, "stored_path": str(folder / file_name(entry))} if file_name(entry) else entry
+            for entry in Manifest(folder).catalog()}

@@ -33,11 +33,17 @@ def read_record(output_path: Any, fingerprint: str, *, charged: bool = False) ->
 
 
 def find_stored_edit(output_path: Any, fingerprint: str) -> dict[str, Any] | None:
-    """The result an earlier run stored at ``output_path`` for this very edit, if its file is still there."""
+    """The result an earlier run stored at ``output_path`` for this very edit, if its file is still there. The
+    file is looked for where ``output_path`` is now (a folder moved or mounted elsewhere since keeps its
+    results), and the record's ``stored_path`` says where it is now."""
     from airflow.sdk import ObjectStoragePath
 
     record = read_record(output_path, fingerprint)
-    return record if record is not None and ObjectStoragePath(str(record["stored_path"])).exists() else None
+    if record is None:
+        return None
+    target = ObjectStoragePath(str(output_path))
+    here = target / str(record["stored_path"]).rstrip("/").rsplit("/", 1)[-1] if is_folder(output_path) else target
+    return {**record, "stored_path": str(here)} if here.exists() else None
 
 
 def remember_stored_edit(output_path: Any, fingerprint: str, payload: dict[str, Any]) -> None:
