@@ -211,6 +211,28 @@ def test_a_photo_changed_back_gets_its_own_edit_back_not_the_newer_one(sandbox, 
     assert again["skipped"] == 3 and sandbox.ledger()["charges"] == 4
 
 
+@pytest.mark.e2e  # a process of its own, killed
+def test_a_photo_changed_back_after_a_kill_between_rename_and_record_gets_its_own_edit(sandbox, airflow_db, tmp_path):
+    """Money case 1: the run for the photo's second version is killed right after its result replaced the file and
+    before its "stored" record; the photo is changed back. The first version's stored entry is not trusted over
+    the file's digest: its own edit is restored (free), never the other version's kept as done."""
+    from tests.dags.batch_dags import batch
+    from tests.run_dag import spawn
+
+    assert summary_of(batch.test(run_conf=conf(tmp_path, 2)))["edited"] == 2
+    (stored,) = tmp_path.glob("item-1.*")
+    original = stored.read_bytes()
+    change_photo(sandbox, "sneaker.png", 41, 30)  # item-1's source, version 2
+    killed = spawn("tests.dags.batch_dags:batch", conf(tmp_path, 2), CUTOUT_CRASH_AT="stored_file_renamed")
+    assert killed.wait(timeout=300) == -9 and stored.read_bytes() != original  # the other edit is in the file
+    change_photo(sandbox, "sneaker.png", 41, 30, version=1)  # and back
+    back = summary_of(batch.test(run_conf=conf(tmp_path, 2)))
+    assert stored.read_bytes() == original  # its own edit, not the other version's
+    assert (back["skipped"], back["restored"], back["edited"]) == (1, 1, 0)
+    assert calls_and_charges(sandbox) == [(1, 1), (2, 2)]  # item-1 paid once per version, nothing more
+    assert summary_of(batch.test(run_conf=conf(tmp_path, 2)))["skipped"] == 2
+
+
 def test_a_photo_replaced_by_an_older_file_is_seen_on_a_server_without_etags(sandbox, airflow_db, tmp_path):
     """Version 1 of a photo has an older Last-Modified than version 2: changed back, If-Modified-Since would
     call it unchanged (not modified since version 2's date); the HEAD sees another version, so item-1 gets its

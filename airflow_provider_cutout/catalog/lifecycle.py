@@ -56,7 +56,7 @@ TRANSITIONS = {t.name: t for t in (
                "the API answered with a result: it was charged, so the record is written before anything else"),
     Transition("stored", "sent or planned (store)", STORED, False, ("stored_path", "sha256", "written_at"),
                "the file was renamed into the folder and its digest computed; a lost record leaves 'edited', "
-               "fetched again for free"),
+               "fetched again for free, and the key's other stored entries trusted by digest only"),
     Transition("paid_not_stored", "sent (send, store)", EDITED, True, ("image_url", "error"),
                "charged, and storing failed with an error worth retrying: a later run fetches it again"),
     Transition("in_doubt", "sent (send, store)", IN_DOUBT, True, ("error",),

@@ -20,7 +20,7 @@ from airflow_provider_cutout.catalog.plan import (
     classify,
 )
 from airflow_provider_cutout.state.io import existing, file_sha256, is_local, list_names
-from airflow_provider_cutout.state.manifest import STORED, file_name
+from airflow_provider_cutout.state.manifest import EDITED, STORED, file_name
 from airflow_provider_cutout.texts import first_of
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def make_plan(config: BatchConfig, hook: CutoutHook, folder: Any, entries: Entri
         for item, request in zip(planned, requests, strict=True):
             item.request = request
     manifest.include(item.fingerprint for item in planned)  # the items that share their edits
-    holds = Holds(folder, _newest_stored(manifest.entries.values()))  # before any entry is adopted
+    holds = Holds(folder, _newest_stored(manifest.entries.values()), _charged_unstored(manifest.entries.values()))
     found = [(item, entries.entry_for(item)) for item in planned]
     listed = None
     if chunk and not is_local(folder):  # a few files of a large bucket folder: looked up, not listed
@@ -164,18 +164,32 @@ def _newest_stored(entries: Any) -> dict[str, float]:
     return newest
 
 
+def _charged_unstored(entries: Any) -> dict[str, set[str]]:
+    """By key, the edits (fingerprints) charged and never recorded stored: each may have overwritten the key's
+    file before its run died (a "stored" record is written after the rename, and not waited for)."""
+    unstored: dict[str, set[str]] = {}
+    for entry in entries:
+        if entry.get("status") == EDITED and entry.get("key") is not None:
+            unstored.setdefault(str(entry["key"]), set()).add(str(entry.get("fingerprint")))
+    return unstored
+
+
 @dataclass(frozen=True)
 class Holds:
     """Whether an entry's stored file (known to be in the folder) holds its edit: it does when the entry is
-    the newest written there; an older one (a photo changed, then changed back) only when the file's digest
-    is the one it recorded. Otherwise the item counts as missing its file, and is restored."""
+    the newest written there and no other edit of its key was charged without a "stored" record (a run killed
+    between its rename and its record); otherwise (a photo changed, then changed back; such a kill) only when
+    the file's digest is the one it recorded. Else the item counts as missing its file, and is restored."""
 
     folder: Any
     newest: dict[str, float]
+    unstored: dict[str, set[str]]  # key -> fingerprints charged, never recorded stored
 
     def __call__(self, entry: Entry | None) -> bool:
-        if entry is None or entry.get("status") != STORED or written_at(entry) >= self.newest.get(
-                file_name(entry), 0.0):
+        if entry is None or entry.get("status") != STORED:
+            return True
+        overwritten = self.unstored.get(str(entry.get("key")), set()) - {entry.get("fingerprint")}
+        if not overwritten and written_at(entry) >= self.newest.get(file_name(entry), 0.0):
             return True
         if not entry.get("sha256"):
             return False

@@ -22,6 +22,7 @@ from airflow_provider_cutout.exceptions import (
 )
 from airflow_provider_cutout.observability import metrics
 from airflow_provider_cutout.state.claims import Claims, Owner
+from airflow_provider_cutout.state.crash import crash_point
 from airflow_provider_cutout.state.io import Digesting, copy_into, is_local, list_names, store_image
 from airflow_provider_cutout.state.manifest import EDITED, STORED, precedence
 
@@ -179,6 +180,7 @@ class Sender:
             return self._store(item, {**entry, "copy_of": None})  # that file is gone or changed: fetch the URL
         except CutoutError as err:
             return err
+        crash_point("stored_file_renamed")  # the file is in place, its "stored" record not yet written
         kept = {k: v for k, v in entry.items() if k not in ("copy_of", "adopted_by")}
         lifecycle.record(self.manifest, "stored", kept, stored_path=path, sha256=digest.hexdigest(), error=None,
                          written_at=time.time())
