@@ -22,7 +22,7 @@ for version in "${versions[@]}"; do
     echo "# A full freeze of a green environment for Airflow $version on Python $("$work/$version/bin/python" -c \
       'import platform; print(platform.python_version())'), made by \`make constraints\` on $(date -u +%Y-%m-%d)."
     echo "# Every command that installs uses it (scripts/install.sh). Do not edit by hand: regenerate, then make test."
-    "$work/$version/bin/python" -m pip freeze --exclude-editable --all | grep -v -E '^(pip|setuptools|wheel)=='
+    "$work/$version/bin/python" -m pip freeze --exclude-editable --all | grep -v -E '^(pip|wheel)=='
   } > "$out"
   echo "   wrote $out ($(grep -c '==' "$out") pins)"
 done
