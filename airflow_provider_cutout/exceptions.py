@@ -26,6 +26,7 @@ __all__ = [
     "RateLimitError",
     "ResultDownloadError",
     "ServerError",
+    "StoppedError",
     "fail_or_retry",
 ]
 

@@ -437,3 +437,45 @@ def test_a_file_lookup_that_fails_is_not_taken_for_a_missing_file(tmp_path):
     (tmp_path / "Item-8.png").write_bytes(b"png")  # a local folder is listed: names are exact about case
     assert existing(folder(tmp_path), ["Item-8.png", "item-8.png"], 4) == {"Item-8.png"}
     assert file_exists(folder(tmp_path) / "Item-8.png") and not file_exists(folder(tmp_path) / "Item-8.png" / "x")
+
+
+@pytest.mark.parametrize("other", ["edited", "in_doubt"])
+def test_a_stored_file_another_charged_edit_of_its_key_may_have_overwritten_is_judged_by_its_digest(tmp_path, other):
+    """Money case 1 and its follow-up: another edit of the key was charged and never recorded stored (its run was
+    killed after the rename; or a later run's fetch of it ended in doubt): the older stored entry holds its file
+    only when the file's digest is its own, whatever the entries' clocks say."""
+    import hashlib
+
+    from airflow_provider_cutout.catalog.planning import Holds, _charged_unstored
+
+    (tmp_path / "k.png").write_bytes(b"the other edit")
+    mine = {"key": "k", "fingerprint": "f1", "status": "stored", "stored_path": f"{tmp_path}/k.png",
+            "sha256": hashlib.sha256(b"my edit").hexdigest(), "written_at": 2e9}  # newest by its clock
+    theirs = {"key": "k", "fingerprint": "f2", "status": other, "image_url": "https://cdn/2.png"}
+    holds = Holds(folder(tmp_path), {"k.png": 2e9}, _charged_unstored([mine, theirs]))
+    assert not holds(mine)  # restored, never kept as done
+    (tmp_path / "k.png").write_bytes(b"my edit")
+    assert holds(mine)
+    legacy = {**mine, "sha256": None}  # from before digests were kept: nothing to check, trusted as before
+    assert Holds(folder(tmp_path), {"k.png": 2e9}, _charged_unstored([legacy, theirs]))(legacy)
+
+
+def test_a_charged_record_never_replaces_the_record_of_the_edit_stored_at_a_file_path(tmp_path):
+    """The single edit at a file output_path keeps one stored record per target: the charged record of a new edit
+    is a file of its own, so a failed store of the new edit leaves the old one's record (and a revert is free)."""
+    from airflow_provider_cutout.state.records import (
+        find_stored_edit,
+        forget_charged_edit,
+        read_record,
+        remember_charged_edit,
+        remember_stored_edit,
+    )
+
+    target = f"{tmp_path}/hero.png"
+    (tmp_path / "hero.png").write_bytes(b"F")
+    remember_stored_edit(target, "F", {"id": 1, "image_url": "https://cdn/f.png", "stored_path": target})
+    remember_charged_edit(target, "G", {"id": 2, "image_url": "https://cdn/g.png"})
+    assert find_stored_edit(target, "F")["id"] == 1  # F's record stands
+    assert read_record(target, "G") is None and read_record(target, "G", charged=True)["id"] == 2
+    forget_charged_edit(target, "G")
+    assert read_record(target, "G", charged=True) is None

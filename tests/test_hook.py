@@ -316,3 +316,33 @@ def test_a_missing_or_wrong_type_connection_says_how_to_define_it(sandbox, monke
     monkeypatch.setenv("AIRFLOW_CONN_CUTOUT_HTTP", '{"conn_type": "http", "host": "https://example.com"}')
     with pytest.raises(exc.MissingConnectionError, match="has type 'http', not 'cutout'"):
         CutoutHook("cutout_http").base_url  # noqa: B018
+
+
+def test_a_stop_ends_a_retry_wait_sends_nothing_and_says_whether_an_earlier_attempt_may_have_been_charged(
+        sandbox, monkeypatch):
+    """With retry_on_read_timeout (consent to resend), the first POST timed out after it was charged; a stop
+    during the backoff ends the wait at once, nothing more is sent, and the error says it may have been charged
+    (so a batch records the item in doubt, not free). Reads still go out after a stop: they cost nothing."""
+    import threading
+
+    sandbox.fault("slow", delay=1.0)
+    hook = use_conn(monkeypatch, sandbox, read_timeout=0.3, retry_on_read_timeout=True, backoff_base=30,
+                    backoff_max=30)
+    caught: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            edit(hook, sandbox)
+        except BaseException as err:
+            caught.append(err)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    time.sleep(1.0)  # the first POST timed out; the retry waits ~15-30 s
+    hook.stop()
+    sender.join(timeout=5)
+    assert not sender.is_alive(), "the stop did not end the wait"
+    (err,) = caught
+    assert isinstance(err, exc.StoppedError) and err.maybe_charged and not err.retryable
+    assert sandbox.settled_ledger()["edit_calls"] == 1  # the first POST only
+    assert hook.get_credit_balance().total == 996  # a read after the stop: still answered

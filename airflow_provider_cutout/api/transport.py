@@ -9,7 +9,6 @@ API has no idempotency key and every accepted POST may be charged.
 
 from __future__ import annotations
 
-import functools
 import http.client
 import logging
 import os
@@ -302,14 +301,21 @@ class Transport:
         """Run ``attempt`` until it succeeds or fails for good: bounded retries with backoff and jitter,
         ``Retry-After`` honoured up to its cap, a log line before each wait."""
         url = path_or_url if "://" in path_or_url else self.settings.base_url + path_or_url
+        failed: list[BaseException] = []  # the attempts' errors (tenacity forgets one when the next starts)
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            failed.append(state.outcome.exception() if state.outcome else None)  # type: ignore[arg-type]
+            self._log_retry(method, path_of(url), state)
+
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.settings.max_retries + 1),
             wait=self._wait, retry=tenacity.retry_if_exception(retry_here), reraise=True, sleep=self._sleep,
-            before_sleep=functools.partial(self._log_retry, method, path_of(url)),
+            before_sleep=before_sleep,
         )
         for round_ in retrying:
             with round_:
-                self._check_stopped(method, url, round_.retry_state)
+                if method != "GET":  # a read costs nothing: a result in flight is still fetched after a stop
+                    self._check_stopped(method, url, failed)
                 return attempt(method, url, attempts=round_.retry_state.attempt_number, **kwargs)
         raise AssertionError("tenacity ended without an outcome")  # reraise=True: never reached
 
@@ -318,19 +324,20 @@ class Transport:
         self.stopped.wait(seconds)
 
     def stop(self) -> None:
-        """Send nothing more: a call waiting to be retried wakes and raises ``StoppedError``, and no attempt of any
-        call starts after this (the task was told to stop). An attempt in flight finishes."""
+        """Send nothing more: an edit waiting to be retried wakes and raises ``StoppedError``, and no edit's attempt
+        starts after this (the task was told to stop). An attempt in flight finishes; reads (a result's download,
+        the balance) go on, since they cost nothing."""
         self.stopped.set()
 
-    def _check_stopped(self, method: str, url: str, state: tenacity.RetryCallState) -> None:
+    def _check_stopped(self, method: str, url: str, failed: list[BaseException]) -> None:
         """Before an attempt: ``StoppedError`` once stopped, maybe charged when an earlier attempt may have been."""
         if not self.stopped.is_set():
             return
-        earlier = state.outcome.exception() if state.outcome else None
+        earlier = failed[-1] if failed else None
         raise StoppedError(f"{method} {path_of(url)} was not sent{' again' if earlier else ''}: the task was told to "
                            f"stop{f' while it waited to retry ({earlier})' if earlier else ''}",
-                           retryable=False, attempts=max(1, state.attempt_number - 1),
-                           maybe_charged=bool(getattr(earlier, "maybe_charged", False)))
+                           retryable=False, attempts=max(1, len(failed)),
+                           maybe_charged=any(getattr(err, "maybe_charged", False) for err in failed))
 
     def call_api(self, method: str, url: str, *, attempts: int, json: Any = None) -> Answer:
         """One API request with the key, read whole; a retryable status is raised as its error."""

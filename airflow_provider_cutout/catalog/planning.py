@@ -20,7 +20,7 @@ from airflow_provider_cutout.catalog.plan import (
     classify,
 )
 from airflow_provider_cutout.state.io import existing, file_sha256, is_local, list_names
-from airflow_provider_cutout.state.manifest import EDITED, STORED, file_name
+from airflow_provider_cutout.state.manifest import EDITED, IN_DOUBT, STORED, file_name
 from airflow_provider_cutout.texts import first_of
 
 if TYPE_CHECKING:
@@ -165,11 +165,12 @@ def _newest_stored(entries: Any) -> dict[str, float]:
 
 
 def _charged_unstored(entries: Any) -> dict[str, set[str]]:
-    """By key, the edits (fingerprints) charged and never recorded stored: each may have overwritten the key's
-    file before its run died (a "stored" record is written after the rename, and not waited for)."""
+    """By key, the edits (fingerprints) charged and never recorded stored (``edited``, or in doubt after a result
+    URL was known): each may have overwritten the key's file before its run died (a "stored" record is written
+    after the rename, and not waited for)."""
     unstored: dict[str, set[str]] = {}
     for entry in entries:
-        if entry.get("status") == EDITED and entry.get("key") is not None:
+        if entry.get("status") in (EDITED, IN_DOUBT) and entry.get("image_url") and entry.get("key") is not None:
             unstored.setdefault(str(entry["key"]), set()).add(str(entry.get("fingerprint")))
     return unstored
 
@@ -188,9 +189,9 @@ class Holds:
     def __call__(self, entry: Entry | None) -> bool:
         if entry is None or entry.get("status") != STORED:
             return True
-        overwritten = self.unstored.get(str(entry.get("key")), set()) - {entry.get("fingerprint")}
-        if not overwritten and written_at(entry) >= self.newest.get(file_name(entry), 0.0):
-            return True
+        overwritten = bool(self.unstored.get(str(entry.get("key")), set()) - {entry.get("fingerprint")})
+        if not (overwritten and entry.get("sha256")) and written_at(entry) >= self.newest.get(file_name(entry), 0.0):
+            return True  # (an entry from before digests were kept has nothing to be checked against)
         if not entry.get("sha256"):
             return False
         path = self.folder / file_name(entry)  # the folder as it is now (it may have moved since)

@@ -206,7 +206,7 @@ class CutoutImageEditOperator(BaseOperator):
     def _store(self, hook: CutoutHook, url: str, edit_id: str, fingerprint: str, payload: dict[str, Any]) -> str:
         """Copy a charged result to ``output_path`` and remember which edit it is."""
         from airflow_provider_cutout.state.io import store_image
-        from airflow_provider_cutout.state.records import remember_stored_edit
+        from airflow_provider_cutout.state.records import forget_charged_edit, remember_stored_edit
 
         try:
             path = store_image(lambda sink: hook.client.download(url, sink, max_bytes=self.max_result_bytes)[1],
@@ -221,7 +221,9 @@ class CutoutImageEditOperator(BaseOperator):
         self.log.info("Stored the edited image at %s", path)
         try:
             remember_stored_edit(self.output_path, fingerprint, {**payload, "stored_path": path})
+            forget_charged_edit(self.output_path, fingerprint)
         except OSError as err:
-            self.log.warning("Could not record the stored edit beside %s (%s): a re-run of this task will edit "
-                             "and pay again", path, err)
+            self.log.warning("Could not record the stored edit beside %s (%s): a re-run of this task fetches it again "
+                             "from its result URL while that lives, else fails saying it may have been charged",
+                             path, err)
         return path

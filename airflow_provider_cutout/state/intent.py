@@ -113,7 +113,7 @@ class SendIntent:
         elif self.claims is not None:
             try:
                 remember_charged_edit(self.output_path, self.fingerprint, payload)
-            except OSError:  # the claim stays: a later try finds the edit in doubt, never paid again unseen
+            except Exception:  # any store's error: the claim stays, a later try finds the edit in doubt, unpaid
                 pass
 
     def failed(self, err: CutoutError) -> None:

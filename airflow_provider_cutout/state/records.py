@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from airflow_provider_cutout.state.io import STATE_DIR, is_folder, write_whole
+from airflow_provider_cutout.state.io import STATE_DIR, file_exists, is_folder, write_whole
 
 
 def _record_path(output_path: Any, fingerprint: str) -> Any:
@@ -18,17 +18,29 @@ def _record_path(output_path: Any, fingerprint: str) -> Any:
     return target.parent / STATE_DIR / "edits" / f"{target.name}.json"
 
 
-def read_record(output_path: Any, fingerprint: str, *, charged: bool = False) -> dict[str, Any] | None:
-    """The record of this very edit at ``output_path``, whether or not its file is still there; with ``charged``,
-    also one of an edit charged and not stored yet (its result URL, no ``stored_path``)."""
+def _charged_path(output_path: Any, fingerprint: str) -> Any:
+    """Where an edit charged and not stored yet is recorded: a file of its own, so it never replaces the record
+    of the edit stored at a file ``output_path`` before (which keeps one record per target)."""
+    record = _record_path(output_path, fingerprint)
+    return record.parent / "charged" / (record.name if is_folder(output_path) else f"{record.stem}.{fingerprint}.json")
+
+
+def _read(path: Any, fingerprint: str) -> dict[str, Any] | None:
     try:
-        record = json.loads(_record_path(output_path, fingerprint).read_bytes())
+        record = json.loads(path.read_bytes())
     except (OSError, ValueError):  # none yet, or a path that cannot hold one: storing will say why
         return None
-    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
-        return None
-    if not (record.get("stored_path") or (charged and record.get("image_url"))):
-        return None
+    return record if isinstance(record, dict) and record.get("fingerprint") == fingerprint else None
+
+
+def read_record(output_path: Any, fingerprint: str, *, charged: bool = False) -> dict[str, Any] | None:
+    """The record of this very edit at ``output_path``, whether or not its file is still there; with ``charged``,
+    else the record of this edit charged and not stored yet (its result URL, ``stored_path`` ``None``)."""
+    record = _read(_record_path(output_path, fingerprint), fingerprint)
+    if not (record and record.get("stored_path")):
+        record = _read(_charged_path(output_path, fingerprint), fingerprint) if charged else None
+        if not (record and record.get("image_url")):
+            return None
     return {k: v for k, v in record.items() if k != "fingerprint"}
 
 
@@ -43,7 +55,7 @@ def find_stored_edit(output_path: Any, fingerprint: str) -> dict[str, Any] | Non
         return None
     target = ObjectStoragePath(str(output_path))
     here = target / str(record["stored_path"]).rstrip("/").rsplit("/", 1)[-1] if is_folder(output_path) else target
-    return {**record, "stored_path": str(here)} if here.exists() else None
+    return {**record, "stored_path": str(here)} if file_exists(here) else None  # a failed lookup raises
 
 
 def remember_stored_edit(output_path: Any, fingerprint: str, payload: dict[str, Any]) -> None:
@@ -56,7 +68,14 @@ def remember_stored_edit(output_path: Any, fingerprint: str, payload: dict[str, 
 def remember_charged_edit(output_path: Any, fingerprint: str, payload: dict[str, Any]) -> None:
     """Record an edit charged and not stored yet (its result URL), before it is stored: a try that fails to store
     it (a full disk) leaves the next try its result to fetch, free, instead of an edit in doubt."""
-    remember_stored_edit(output_path, fingerprint, {**payload, "stored_path": None})
+    path = _charged_path(output_path, fingerprint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_whole(path, json.dumps({**payload, "stored_path": None, "fingerprint": fingerprint}).encode())
+
+
+def forget_charged_edit(output_path: Any, fingerprint: str) -> None:
+    """The charged edit is stored and recorded as such: its charged record goes."""
+    _charged_path(output_path, fingerprint).unlink(missing_ok=True)
 
 
 def forget_stored_edit(output_path: Any, fingerprint: str) -> None:
