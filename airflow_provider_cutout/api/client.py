@@ -73,8 +73,8 @@ class CutoutClient:
         self.transport.close()
 
     def stop(self) -> None:
-        """Send nothing more (the task was told to stop): a call waiting to be retried raises ``StoppedError``
-        at once, and no request starts after this; one in flight finishes. Safe from any thread."""
+        """Send nothing more (the task was told to stop): an edit waiting to be retried raises ``StoppedError`` at
+        once, and no edit starts after this; one in flight finishes, and reads go on. Safe from any thread."""
         self.transport.stop()
 
     def edit_image(self, request: ImageEditRequest, *, source_urls: list[str] | None = None) -> ImageEditResult:

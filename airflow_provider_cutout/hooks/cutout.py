@@ -142,8 +142,8 @@ class CutoutHook(BaseHook):
         return self.client
 
     def stop(self) -> None:
-        """Send nothing more (``on_kill``): a call waiting to be retried wakes and sends nothing, and no request
-        of this hook's client starts after this. Safe from any thread."""
+        """Send nothing more (``on_kill``): an edit waiting to be retried wakes and is not sent, and no edit of this
+        hook's client starts after this; reads (result downloads, the balance) go on. Safe from any thread."""
         self._stopped = True
         if "client" in self.__dict__:
             self.client.stop()
