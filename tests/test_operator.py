@@ -220,20 +220,19 @@ def test_a_single_edit_killed_after_its_charge_is_never_paid_again_unseen(sandbo
 
 def test_a_result_the_store_refused_after_the_charge_is_fetched_by_the_next_run_not_paid_again(sandbox, airflow_db,
                                                                                                 tmp_path, capfd):
-    """Money case 9: storing the charged result fails (here a directory where the file goes; a full disk alike).
-    Its result URL was recorded before storing, so the next run fetches and stores it, free (before: "may have
-    been charged, set force=True", and force paid again)."""
+    """Money case 9: storing the charged result fails (here its download answers one 500; a full disk takes the
+    same path). Its result URL was recorded before storing, so the next run fetches and stores it, free (before:
+    "may have been charged, set force=True", and force paid again)."""
     from tests.dags.operator_dags import stored_edit
 
-    blocker = tmp_path / "result.png"
-    blocker.mkdir()  # the rename into place fails, after the charge
+    sandbox.fault("http_error", status=500, path="results")  # the store fails, after the charge
     conf = {"out": str(tmp_path), "file": "result.png"}
     assert states(stored_edit.test(run_conf=conf))["edit"] == [("failed", 1)]
     assert "the edit itself succeeded and was charged" in "".join(capfd.readouterr())
-    blocker.rmdir()  # space again
+    assert not (tmp_path / "result.png").exists()
     again = stored_edit.test(run_conf=conf)
     assert calls_and_charges(sandbox) == [(1, 1)]  # never paid again
-    assert states(again)["edit"] == [("success", 1)] and Image.open(blocker).size[0] > 0
+    assert states(again)["edit"] == [("success", 1)] and Image.open(tmp_path / "result.png").size[0] > 0
     assert "charged by an earlier try" in "".join(capfd.readouterr())
     assert xcoms(again, "edit", "cutout_result")[-1]["stored_path"].endswith("/result.png")
     assert states(stored_edit.test(run_conf=conf))["edit"] == [("success", 1)]  # stored: free
