@@ -6,6 +6,7 @@ for a whole one."""
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import struct
 import threading
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
+from airflow_provider_cutout.api.sources import Recorded
 from airflow_provider_cutout.hooks.cutout import CutoutHook
 
 Handler = Callable[[socket.socket, bytes, int], bool | None]
@@ -104,7 +106,8 @@ def test_an_unchanged_source_whose_304_says_chunked_is_unchanged_at_once(serve, 
             conn.sendall(answer("200 OK", png(64, 48), ETag='"v1"', Content_Type="image/png"))
 
     server, started = serve(handler), time.monotonic()
-    infos = [hook.client.inspect_source(f"http://127.0.0.1:{server.port}/{name}.png", '"v1"') for name in "ab"]
+    known = Recorded.of('"v1"', None)
+    infos = [hook.client.inspect_source(f"http://127.0.0.1:{server.port}/{name}.png", known) for name in "ab"]
     assert [(i.status, i.unchanged, i.error) for i in infos] == [(304, True, "")] * 2
     assert time.monotonic() - started < 2  # not after the 3 s source_timeout
 
@@ -130,11 +133,11 @@ def test_an_answer_left_on_an_idle_connection_is_not_taken_for_the_next_source(s
     first = hook.client.inspect_source(f"http://127.0.0.1:{server.port}/a.png")
     time.sleep(1.3)  # idle long enough to be checked before it is used: the 408 is seen, the connection dropped
     second = hook.client.inspect_source(f"http://127.0.0.1:{server.port}/b.png")
-    assert (first.status, first.version, second.status, second.version) == (206, '"/a.png"', 206, '"/b.png"')
+    assert (first.status, first.validator, second.status, second.validator) == (206, '"/a.png"', 206, '"/b.png"')
     assert server.requests == ["GET /a.png HTTP/1.1", "GET /b.png HTTP/1.1"]
     time.sleep(0.4)  # too short to be checked: the 408 comes as the answer, and the request goes on a new connection
     third = hook.client.inspect_source(f"http://127.0.0.1:{server.port}/c.png")
-    assert (third.status, third.version) == (206, '"/c.png"')
+    assert (third.status, third.validator) == (206, '"/c.png"')
     assert server.requests[2:] in (["GET /c.png HTTP/1.1"], ["GET /c.png HTTP/1.1"] * 2)
 
 
@@ -221,12 +224,12 @@ def test_a_server_that_answers_a_request_twice_never_hands_the_second_answer_to_
 
     server = serve(handler)
     base = f"http://127.0.0.1:{server.port}"
-    first = hook.client.inspect_source(f"{base}/a.png", '"/a.png"')
+    first = hook.client.inspect_source(f"{base}/a.png", Recorded.of('"/a.png"', None))
     time.sleep(0.1)  # the second answer has arrived
-    infos = [hook.client.inspect_source(f"{base}/{name}.png", known) for name, known in
-             (("b", '"/b.png"'), ("c", ""), ("d", '"/d.png"'))]
+    infos = [hook.client.inspect_source(f"{base}/{name}.png", Recorded.of(known, None) if known else None)
+             for name, known in (("b", '"/b.png"'), ("c", ""), ("d", '"/d.png"'))]
     assert first.unchanged and first.version == '"/a.png"'
-    assert [(i.status, i.version) for i in infos] == [(304, '"/b.png"'), (206, '"/c.png"'), (304, '"/d.png"')]
+    assert [(i.status, i.validator) for i in infos] == [(304, '"/b.png"'), (206, '"/c.png"'), (304, '"/d.png"')]
 
 
 def test_a_304_that_names_another_version_is_not_taken_for_unchanged(serve, hook):
@@ -238,6 +241,7 @@ def test_a_304_that_names_another_version_is_not_taken_for_unchanged(serve, hook
             conn.sendall(answer("200 OK", png(64, 48), ETag='"v2"', Content_Type="image/png"))
 
     server = serve(handler)
-    info = hook.client.inspect_source(f"http://127.0.0.1:{server.port}/a.png", '"v1"')
-    assert (info.unchanged, info.status, info.version, info.width) == (False, 200, '"v2"', 64)
+    info = hook.client.inspect_source(f"http://127.0.0.1:{server.port}/a.png", Recorded.of('"v1"', None))
+    assert (info.unchanged, info.status, info.validator, info.width) == (False, 200, '"v2"', 64)
+    assert info.version == "sha256:" + hashlib.sha256(png(64, 48)).hexdigest()
     assert server.requests == ["GET /a.png HTTP/1.1"] * 2

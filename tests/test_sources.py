@@ -4,23 +4,28 @@ through the hook, the single-edit operator and the batch; every rejection leaves
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
 
 import pytest
+import requests
 
 from airflow_provider_cutout import exceptions as exc
-from airflow_provider_cutout.api.sources import SourceInfo, source_problems
+from airflow_provider_cutout.api import inspection
+from airflow_provider_cutout.api.sources import Recorded, SourceInfo, source_problems
 from airflow_provider_cutout.hooks.cutout import CutoutHook
 from tests.conftest import calls_and_charges, charges_per_edit, states, xcoms
 
 
-def test_a_source_is_read_by_a_ranged_get_with_its_version(sandbox):
+def test_a_source_is_read_whole_and_its_version_is_the_digest_of_its_bytes(sandbox):
     hook = CutoutHook()
-    info = hook.client.inspect_source(sandbox.sample("mug", "png", w=1280, h=960))
-    assert (info.status, info.format, info.width, info.height) == (206, "png", 1280, 960)
-    assert info.size and info.size > 1000 and info.version.startswith('"')  # the ETag
+    url = sandbox.sample("mug", "png", w=1280, h=960)
+    info = hook.client.inspect_source(url)
+    assert (info.status, info.format, info.width, info.height) == (200, "png", 1280, 960)
+    assert info.version == "sha256:" + hashlib.sha256(requests.get(url, timeout=5).content).hexdigest()
+    assert info.size and info.size > 1000 and info.validator.startswith('"')  # the ETag: asked next time
     again = hook.client.inspect_source(sandbox.sample("mug", "png", w=1280, h=960))
     other = hook.client.inspect_source(sandbox.sample("mug", "png", w=1280, h=961))
     assert again.version == info.version != other.version
@@ -42,19 +47,20 @@ def test_a_kept_connection_the_server_closed_is_asked_again_on_a_new_one(sandbox
     assert sum(len(kept) for kept in pool._idle.values()) == 1  # kept: the answer did not say it was closing
     time.sleep(0.1)  # the server has closed it
     second = hook.client.inspect_source(sandbox.sample("lamp", "png", w=64, h=48))
-    assert (first.status, second.status, second.error) == (206, 206, "")
-    assert sandbox.ledger()["source_reads"] == {"206": 2}  # the request on the closed connection never arrived
+    assert (first.status, second.status, second.error) == (200, 200, "")
+    assert sandbox.ledger()["source_reads"] == {"200": 2}  # the request on the closed connection never arrived
 
 
-def test_a_connection_left_with_unread_bytes_is_not_kept(sandbox):
-    """A server that ignores Range sends the whole photo: the check reads what it needs and closes that
-    connection (a kept one would hand the rest of the photo to the next source as its answer)."""
+def test_a_connection_left_with_unread_bytes_is_not_kept(sandbox, monkeypatch):
+    """A source larger than what a check reads (``SOURCE_READ_BYTES``): the check reads that much and closes
+    the connection (a kept one would hand the rest of the photo to the next source as its answer)."""
+    monkeypatch.setattr(inspection, "SOURCE_READ_BYTES", 128 * 1024)
     hook = CutoutHook()
-    big = hook.client.inspect_source(sandbox.sample("chair", "jpg", w=6000, h=4000, norange=1))
+    big = hook.client.inspect_source(sandbox.sample("chair", "jpg", w=6000, h=4000))
     assert big.status == 200 and big.size and big.size > 128 * 1024
     assert sum(len(kept) for kept in hook.client.transport._sources._idle.values()) == 0
     after = hook.client.inspect_source(sandbox.sample("mug", "png", w=64, h=48))
-    assert (after.status, after.format, after.width) == (206, "png", 64)
+    assert (after.status, after.format, after.width) == (200, "png", 64)
 
 
 @pytest.mark.parametrize("url, model, fragment", [
@@ -126,13 +132,17 @@ def test_rules_name_field_value_rule_and_fix():
 # -- versions: a photo replaced under the same URL is a new edit --------------------------------
 
 def conf(out, n: int) -> dict:
-    return {"n": n, "out": str(out), "changed": "", "invalid": False, "validators": ""}
+    return {"n": n, "out": str(out), "changed": "", "invalid": False, "validators": "", "big": False}
 
 
 def change_photo(sandbox, name: str, w: int, h: int, version: int = 2) -> None:
-    import requests
-
     requests.post(f"{sandbox.url}/__sandbox__/photos", json={"name": name, "w": w, "h": h, "version": version},
+                  timeout=5).raise_for_status()
+
+
+def reserve_photo(sandbox, name: str, w: int, h: int) -> None:
+    """The same bytes under a new ETag and Last-Modified: another node of a CDN, a byte-identical re-upload."""
+    requests.post(f"{sandbox.url}/__sandbox__/photos", json={"name": name, "w": w, "h": h, "reserve": True},
                   timeout=5).raise_for_status()
 
 
@@ -163,9 +173,9 @@ def test_a_rerun_after_two_photos_changed_edits_exactly_those_two(sandbox, airfl
 
 
 @pytest.mark.parametrize(("validators", "rerun_reads"), [
-    ("", {"206": 1, "304": 5}),  # ETag: If-None-Match, 304 with no body for the unchanged
-    ("modified", {"206": 1, "HEAD": 6}),  # Last-Modified only: a HEAD each, the changed one read
-    ("none", {"206": 6}),  # no validator: every source read, as before
+    ("", {"200": 1, "304": 5}),  # ETag: If-None-Match, 304 with no body for the unchanged
+    ("modified", {"200": 1, "HEAD": 6}),  # Last-Modified only: a HEAD each, the changed one read
+    ("none", {"200": 6}),  # no validator: every source read, as before
 ])
 def test_a_rerun_asks_each_source_whether_it_changed_and_reads_only_the_changed(sandbox, airflow_db, tmp_path,
                                                                                  validators, rerun_reads):
@@ -178,7 +188,7 @@ def test_a_rerun_asks_each_source_whether_it_changed_and_reads_only_the_changed(
     run = {**conf(tmp_path, 6), "validators": validators}
     assert summary_of(conditional.test(run_conf=run))["edited"] == 6
     first = sandbox.ledger()
-    assert first["source_reads"] == {"206": 6}, first["source_log"]  # each source read once (versions, checks)
+    assert first["source_reads"] == {"200": 6}, first["source_log"]  # each source read once (versions, checks)
     change_photo(sandbox, "chair.png", 43, 30)  # item-3's source
     again = summary_of(conditional.test(run_conf=run))
     assert (again["edited"], again["skipped"]) == (1, 5)
@@ -186,11 +196,60 @@ def test_a_rerun_asks_each_source_whether_it_changed_and_reads_only_the_changed(
     # counted its read late, after the next test's reset, and can no longer (a reset waits for requests in
     # flight); a stray read now fails this test with the URLs read.
     ledger = sandbox.ledger()
-    reads = {**ledger["source_reads"], "206": ledger["source_reads"]["206"] - 6}
+    reads = {**ledger["source_reads"], "200": ledger["source_reads"]["200"] - 6}
     assert {k: v for k, v in reads.items() if v} == rerun_reads, ledger["source_log"]
     assert charges_per_edit(sandbox) == [1] * 5 + [2]
     third = summary_of(conditional.test(run_conf=run))
     assert third["skipped"] == 6 and sandbox.ledger()["charges"] == 7
+
+
+@pytest.mark.parametrize("validators", ["", "modified"])
+def test_unchanged_bytes_under_new_validators_are_not_paid_again(sandbox, airflow_db, tmp_path, validators):
+    """Money case 3: a CDN pool whose nodes give the same bytes other ETags, a byte-identical re-upload, a
+    server whose Last-Modified moves: the source is read and hashed again, and its edit is still done. The
+    re-run after that asks the new validators (304s again)."""
+    from tests.dags.batch_dags import conditional
+
+    run = {**conf(tmp_path, 3), "validators": validators}
+    assert summary_of(conditional.test(run_conf=run))["edited"] == 3
+    for name, w in (("mug", 40), ("sneaker", 41), ("lamp", 42)):
+        reserve_photo(sandbox, f"{name}.png", w, 30)
+    again = summary_of(conditional.test(run_conf=run))
+    assert (again["skipped"], again["edited"]) == (3, 0) and calls_and_charges(sandbox) == [(1, 1)] * 3
+    reads = sandbox.ledger()["source_reads"]
+    assert reads["200"] == 6, reads  # read and hashed again: new validators
+    third = summary_of(conditional.test(run_conf=run))
+    assert third["skipped"] == 3 and sandbox.ledger()["source_reads"]["200"] == 6  # the new validators hold
+
+
+def test_an_item_in_doubt_stays_in_doubt_when_its_source_gets_new_validators(sandbox, airflow_db, tmp_path):
+    """Money case 2: a 504 after the edit was charged leaves the item in doubt; the next run is served the same
+    bytes under another ETag. The edit is the same edit: still in doubt, not sent (only resend_in_doubt would)."""
+    from tests.dags.batch_dags import conditional
+
+    sandbox.fault("http_error", status=504, after_edit=True)
+    first = conditional.test(run_conf=conf(tmp_path, 1))
+    assert states(first)["batch"] == [("failed", 1)] and calls_and_charges(sandbox) == [(1, 1)]
+    reserve_photo(sandbox, "mug.png", 40, 30)
+    again = conditional.test(run_conf=conf(tmp_path, 1))
+    assert states(again)["batch"] == [("failed", 1)]
+    assert calls_and_charges(sandbox) == [(1, 1)]  # before the fix: a fresh edit, (1, 1) twice and a green run
+
+
+def test_a_change_far_into_a_photo_without_validators_is_edited_again(sandbox, airflow_db, tmp_path):
+    """Money case 4: a server that gives no validators, and photos of more than 128 KiB replaced by ones that
+    differ only in their last bytes: the replaced photo is edited again, the other one is not."""
+    from tests.dags.batch_dags import conditional
+
+    run = {**conf(tmp_path, 2), "validators": "none", "big": True}
+    assert summary_of(conditional.test(run_conf=run))["edited"] == 2
+    first = requests.get(f"{sandbox.url}/samples/mug.png?w=1280&h=960&grain=1", timeout=5).content
+    change_photo(sandbox, "mug.png", 1280, 960)
+    second = requests.get(f"{sandbox.url}/samples/mug.png?w=1280&h=960&grain=1", timeout=5).content
+    assert len(first) > 128 * 1024 and first[: 128 * 1024] == second[: 128 * 1024] != second
+    again = summary_of(conditional.test(run_conf=run))
+    assert (again["edited"], again["skipped"]) == (1, 1)
+    assert sorted(calls_and_charges(sandbox)) == [(1, 1), (2, 2)]
 
 
 def test_a_photo_changed_back_gets_its_own_edit_back_not_the_newer_one(sandbox, airflow_db, tmp_path):
@@ -370,7 +429,7 @@ def test_a_signed_source_url_never_reaches_a_log_line(sandbox, caplog):
     with caplog.at_level(logging.DEBUG):
         direct = CutoutHook().client.inspect_source(signed)
         through_session = CutoutHook().client.inspect_source(signed + "&note=two words")
-    assert direct.status == through_session.status == 206
+    assert direct.status == through_session.status == 200
     lines = [r.getMessage() for r in caplog.records]
     assert any("/samples/mug.png" in line for line in lines if "urllib3" in line or "GET" in line)  # the session's
     assert not any("0123456789abcdef" in line or "AKIA" in line for line in lines)
@@ -513,7 +572,7 @@ def test_an_https_source_is_checked_against_the_trusted_certificates(https_sourc
     hook = CutoutHook()
     info = hook.client.inspect_source(url)
     assert (info.status, info.format, info.width, info.height, info.error) == (200, "png", 320, 240, "")
-    again = hook.client.inspect_source(url, info.version)
+    again = hook.client.inspect_source(url, Recorded(info.version, info.validator))
     assert again.unchanged and again.version == info.version
 
 

@@ -11,7 +11,7 @@ from airflow_provider_cutout.api import downloads, inspection
 from airflow_provider_cutout.api.envelope import CHARGED_NOTE, parse, parse_envelope
 from airflow_provider_cutout.api.models import CreditBalance, ImageEditRequest, ImageEditResult
 from airflow_provider_cutout.api.settings import ClientSettings
-from airflow_provider_cutout.api.sources import SourceInfo
+from airflow_provider_cutout.api.sources import Recorded, SourceInfo
 from airflow_provider_cutout.api.transport import Transport
 from airflow_provider_cutout.exceptions import FailedEditError, InvalidInputError, ServerError
 
@@ -125,12 +125,12 @@ class CutoutClient:
         """
         return downloads.download(self.transport, url, sink, max_bytes or self.settings.max_download_bytes)
 
-    def inspect_source(self, url: str, known: str = "") -> SourceInfo:
-        """Read a source image's headers and first bytes, without the API key and without spending anything.
+    def inspect_source(self, url: str, known: Recorded | None = None) -> SourceInfo:
+        """Read and hash a source image, without the API key and without spending anything.
 
         :param url: the source image's URL, as the API will fetch it.
-        :param known: the version recorded when it was read before: an unchanged source then answers 304,
-            without its bytes (``SourceInfo.unchanged``).
+        :param known: what was recorded when it was read before: an unchanged source then answers 304, without
+            its bytes (``SourceInfo.unchanged``).
         """
         return inspection.inspect(self.transport, url, known)
 

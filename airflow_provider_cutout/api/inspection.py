@@ -1,6 +1,7 @@
-"""Source inspection: one ranged GET per source image (no API key, nothing spent) read into a
-``SourceInfo``: status, format from the magic bytes, byte and pixel size, content version. Given the
-version recorded last time, an unchanged source answers without its bytes (a 304, or a HEAD)."""
+"""Source inspection: one GET per source image (no API key, nothing spent) read into a ``SourceInfo``:
+status, format from the magic bytes, byte and pixel size, content version (the digest of its bytes) and
+validator. Given what was recorded last time, an unchanged source answers without its bytes (a 304, or a
+HEAD); one whose validators changed is hashed again, and the same bytes keep their version."""
 
 from __future__ import annotations
 
@@ -13,44 +14,48 @@ import imagesize
 import requests
 
 from airflow_provider_cutout.api.downloads import image_extension
-from airflow_provider_cutout.api.sources import NOT_MODIFIED, SOURCE_FORMATS, SourceInfo
+from airflow_provider_cutout.api.sources import NOT_MODIFIED, SOURCE_FORMATS, Recorded, SourceInfo
 from airflow_provider_cutout.api.transport import CHUNK_BYTES, Transport, etag_matches
 
-SOURCE_HEAD_BYTES = 128 * 1024  # enough for a JPEG's size behind its EXIF and ICC segments
+SOURCE_HEAD_BYTES = 128 * 1024  # what versions of releases before 0.7 hashed (kept while such a source is unchanged)
+SOURCE_READ_BYTES = 64 * 1024 * 1024  # a source is hashed whole up to this (the models accept at most 10 MiB)
 
 
-def inspect(transport: Transport, url: str, known: str = "") -> SourceInfo:
-    """Read a source image's headers and first bytes (a ranged GET; a server that ignores ranges is read
-    up to ``SOURCE_HEAD_BYTES`` only), without the API key and without spending anything.
+def inspect(transport: Transport, url: str, known: Recorded | None = None) -> SourceInfo:
+    """Read a source image whole and hash it (no redirect is followed by the lean pool; a proxy's or a
+    redirect's answer is read through the session), without the API key and without spending anything.
 
     :param transport: the client's transport (its pools and proxies; no retries: a check is cheap to redo).
     :param url: the source image's URL, as the API will fetch it.
-    :param known: the version recorded when this source was read before (``SourceInfo.version``). An ETag
-        makes the GET conditional: an unchanged source answers 304 without its bytes. Last-Modified and size
-        are asked with a HEAD, and read only when they differ. Either way an unchanged source's info says
-        ``unchanged`` (only its version is known).
+    :param known: what was recorded when this source was read before. Its validator asks the server cheaply:
+        an ETag makes the GET conditional (an unchanged source answers 304 without its bytes); Last-Modified and
+        size are asked with a HEAD. Unchanged, the info says ``unchanged`` and holds the recorded version. A
+        source whose validators changed is read and hashed again: the same bytes keep the same version.
     """
+    known = known or Recorded("")
     timeout_s = transport.settings.source_timeout
     timeout = (min(transport.settings.connect_timeout, timeout_s), timeout_s)
-    if _validator(known) == "modified":  # Last-Modified and size: asked by a HEAD, not by If-Modified-Since
-        if _same_by_head(transport, url, known, timeout):
-            return SourceInfo(url, NOT_MODIFIED, version=known, unchanged=True)
-        known = ""
-    headers = {"Range": f"bytes=0-{SOURCE_HEAD_BYTES - 1}", "Accept": "image/jpeg, image/png",
-               **conditional_headers(known)}
+    if _validator(known.validator) == "modified":  # Last-Modified and size: asked by a HEAD, not If-Modified-Since
+        if _same_by_head(transport, url, known.validator, timeout):
+            return _unchanged(url, known)
+    headers = {"Accept": "image/jpeg, image/png", **conditional_headers(known.validator)}
     try:
-        answer = transport.read_source(url, headers, timeout, limit=SOURCE_HEAD_BYTES)
+        answer = transport.read_source(url, headers, timeout, limit=SOURCE_READ_BYTES)
     except (OSError, http.client.HTTPException) as err:
         return SourceInfo(url, 0, error=source_error(err, timeout_s))
     if answer is None or (300 <= answer.status < 400 and answer.status != NOT_MODIFIED):
         return _inspect_following(transport, url, headers, timeout, known)
-    if answer.status == NOT_MODIFIED and known and not etag_matches(answer.headers.get("ETag"), known):
-        return inspect(transport, url)  # "not modified", with another version: read it, trust neither
+    if answer.status == NOT_MODIFIED and not etag_matches(answer.headers.get("ETag"), known.validator):
+        return inspect(transport, url, Recorded(known.version))  # "not modified", another version: trust neither
     return _answer(url, answer.status, answer.headers, iter((answer.body,)), known)
 
 
+def _unchanged(url: str, known: Recorded) -> SourceInfo:
+    return SourceInfo(url, NOT_MODIFIED, version=known.version, validator=known.validator, unchanged=True)
+
+
 def _inspect_following(transport: Transport, url: str, headers: dict[str, str], timeout: tuple[float, float],
-                       known: str) -> SourceInfo:
+                       known: Recorded) -> SourceInfo:
     """``inspect`` through the session: a source behind a proxy, or one that redirects."""
     try:
         with transport.session.get(url, headers=headers, timeout=timeout, stream=True, allow_redirects=True,
@@ -99,12 +104,13 @@ def source_error(err: Exception, timeout: float) -> str:
     return type(err).__name__
 
 
-def _answer(url: str, status: int, headers: Mapping[str, str], chunks: Iterator[bytes], known: str) -> SourceInfo:
-    if status == NOT_MODIFIED and known:
-        return SourceInfo(url, status, version=known, unchanged=True)
+def _answer(url: str, status: int, headers: Mapping[str, str], chunks: Iterator[bytes], known: Recorded
+            ) -> SourceInfo:
+    if status == NOT_MODIFIED and known.validator:
+        return _unchanged(url, known)
     if not 200 <= status < 300:
         return SourceInfo(url, status)
-    return _source_info(url, status, headers, _read_head(chunks, SOURCE_HEAD_BYTES))
+    return _source_info(url, status, headers, _read_head(chunks, SOURCE_READ_BYTES), known)
 
 
 def _read_head(chunks: Iterator[bytes], limit: int) -> bytes:
@@ -118,8 +124,8 @@ def _read_head(chunks: Iterator[bytes], limit: int) -> bytes:
     return b"".join(kept)
 
 
-def _source_info(url: str, status: int, headers: Mapping[str, str], head: bytes) -> SourceInfo:
-    """Format, byte size, pixel size and content version from a source's answer and first bytes."""
+def _source_info(url: str, status: int, headers: Mapping[str, str], head: bytes, known: Recorded) -> SourceInfo:
+    """Format, byte size, pixel size, content version (the bytes' digest) and validator from a source's answer."""
     total = headers.get("Content-Range", "").rpartition("/")[2]
     length = headers.get("Content-Length") if status == 200 else None
     size = int(total) if total.isdigit() else int(length) if length and length.isdigit() else None
@@ -132,8 +138,21 @@ def _source_info(url: str, status: int, headers: Mapping[str, str], head: bytes)
             pass
         width, height = (width, height) if width and height and width > 0 and height > 0 else (None, None)
     etag, modified = headers.get("ETag"), headers.get("Last-Modified")
-    version = etag or (f"{modified}|{size}" if modified else "sha256:" + hashlib.sha256(head).hexdigest()[:32])
-    return SourceInfo(url, status, kind, size, width, height, version)
+    validator = etag or (f"{modified}|{size}" if modified and size is not None else "")
+    return SourceInfo(url, status, kind, size, width, height, content_version(head, size, known), validator)
+
+
+def content_version(body: bytes, size: int | None, known: Recorded) -> str:
+    """``sha256:`` and the digest of the bytes (and of the size a server said, when more than the bytes read):
+    what makes an edit's identity follow the photo, not its server's validators. A source recorded by a release
+    before 0.7 as a hash of its first 128 KiB keeps that version while those bytes are the whole file."""
+    if len(known.version) == 39 and known.version.startswith("sha256:") and len(body) <= SOURCE_HEAD_BYTES:
+        if "sha256:" + hashlib.sha256(body).hexdigest()[:32] == known.version:
+            return known.version
+    digest = hashlib.sha256(body)
+    if size is not None and size != len(body):  # read up to SOURCE_READ_BYTES only
+        digest.update(f"|{size}".encode())
+    return "sha256:" + digest.hexdigest()
 
 
 def _format(headers: Mapping[str, str], head: bytes) -> str:

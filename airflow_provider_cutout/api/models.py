@@ -101,8 +101,12 @@ class ImageEditRequest(BaseModel):
     image_urls: tuple[str, ...]
     model: str
     aspect_ratio: str = "original"
-    #: the content version of each source (from the source checks); part of the fingerprint, never sent
+    #: the content version of each source (the digest of its bytes, from the source checks); part of the
+    #: fingerprint, never sent
     source_versions: tuple[str, ...] = ()
+    #: what asks each source's server whether it changed (ETag, Last-Modified and size); recorded, never part of
+    #: the fingerprint (a server may change them while the bytes stay the same), never sent
+    source_validators: tuple[str, ...] = ()
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -217,10 +221,14 @@ class ImageEditRequest(BaseModel):
         with ``check_sources`` off)."""
         return self.model_copy(update={"source_versions": ()}).fingerprint
 
-    def with_versions(self, versions: dict[str, str]) -> ImageEditRequest:
-        """This request with its sources' versions (``url -> version``); unchanged when any is unknown."""
-        found = tuple(versions.get(url, "") for url in self.image_urls)
-        return self.model_copy(update={"source_versions": found}) if all(found) else self
+    def with_versions(self, versions: dict[str, tuple[str, str]]) -> ImageEditRequest:
+        """This request with its sources' versions and validators (``url -> (version, validator)``); unchanged
+        when any version is unknown."""
+        found = [versions.get(url, ("", "")) for url in self.image_urls]
+        if not all(version for version, _ in found):
+            return self
+        return self.model_copy(update={"source_versions": tuple(v for v, _ in found),
+                                       "source_validators": tuple(v for _, v in found)})
 
 
 class _Response(BaseModel):

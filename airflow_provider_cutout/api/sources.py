@@ -5,6 +5,7 @@ no HTTP here, so the hook (imported when DAGs are parsed) does not load the HTTP
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from airflow_provider_cutout.api.models import MODELS
 from airflow_provider_cutout.exceptions import InvalidInputError
@@ -26,7 +27,10 @@ class SourceInfo:
     :param size: bytes, from ``Content-Range`` / ``Content-Length`` (``None``: not said).
     :param width: pixels, from the image header (``None``: not found in the bytes read).
     :param height: pixels, likewise.
-    :param version: the content version: the ETag, else Last-Modified and size, else a hash of the bytes read.
+    :param version: the content version: ``sha256:`` and the digest of the whole file, whatever its server's
+        validators say (a version recorded by an older release is kept while its source is unchanged).
+    :param validator: what asks the server cheaply whether it changed: the ETag, else Last-Modified and size,
+        else ``""`` (read it again).
     :param error: why no answer came (a timeout, a refused connection), else ``""``.
     :param unchanged: the source has not changed since ``version`` was recorded (a 304, or its listing said
         so): nothing else about it was read this time.
@@ -39,6 +43,7 @@ class SourceInfo:
     width: int | None = None
     height: int | None = None
     version: str = ""
+    validator: str = ""
     error: str = ""
     unchanged: bool = False
 
@@ -46,6 +51,21 @@ class SourceInfo:
     def versioned(self) -> bool:
         """Whether ``version`` is the source's content version now (read, or confirmed unchanged)."""
         return self.unchanged or 200 <= self.status < 300
+
+
+class Recorded(NamedTuple):
+    """What was recorded of a source when it was read before: its content ``version`` (in the fingerprint) and
+    the ``validator`` that asks its server whether it changed (the ETag, or Last-Modified and size)."""
+
+    version: str
+    validator: str = ""
+
+    @classmethod
+    def of(cls, version: str, validator: str | None) -> Recorded:
+        """From an entry; one written before validators were recorded holds its validator as its version."""
+        if validator is None and not version.startswith("sha256:"):
+            return cls(version, version)
+        return cls(version, validator or "")
 
 
 def sources_failed(problems: list[str]) -> InvalidInputError:

@@ -62,7 +62,7 @@ class Entries:
 
         request = item.request
         return adopt_unversioned(item.fingerprint, request.unversioned_fingerprint, request.source_versions, stored,
-                                 adopted)
+                                 adopted, request.source_validators)
 
 
 def base_entry(item: PlannedEdit) -> Entry:
@@ -70,7 +70,7 @@ def base_entry(item: PlannedEdit) -> Entry:
     req = item.request
     entry = {"key": item.key, "fingerprint": item.fingerprint, "prompt": req.prompt, "model": req.model,
              "aspect_ratio": req.aspect_ratio, "image_urls": list(req.image_urls),
-             "source_versions": list(req.source_versions)}
+             "source_versions": list(req.source_versions), "source_validators": list(req.source_validators)}
     if item.own_prompt is not None:  # a reviewer's correction: what it replaced, for the next correction
         entry["own_prompt"] = item.own_prompt
     return entry

@@ -49,6 +49,9 @@ TRANSITIONS = {t.name: t for t in (
                "the item failed its checks before anything was sent; nothing was paid"),
     Transition("adopted", "planned (plan)", STORED, False, (),
                "a stored entry from before source versions counted, taken once as unchanged (state.versions)"),
+    Transition("revalidated", "planned (plan)", STORED, False, ("source_validators",),
+               "a stored item whose sources gave the same bytes under new validators: the next run asks with "
+               "these (a lost record costs one more read of the sources, nothing else)"),
     Transition("resending", "claimed (send, restore)", IN_DOUBT, True, ("error",),
                "this run holds the claim; the result's file and URL are gone, so it is sent again: a kill from "
                "here leaves it in doubt, never 'stored' without its file"),

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cutout.api.models import ImageEditRequest
+from airflow_provider_cutout.api.sources import Recorded
+from airflow_provider_cutout.catalog import lifecycle
 from airflow_provider_cutout.catalog.entries import Entries, written_at
 from airflow_provider_cutout.catalog.plan import (
     IN_DOUBT_ACTION,
@@ -20,7 +22,7 @@ from airflow_provider_cutout.catalog.plan import (
     classify,
 )
 from airflow_provider_cutout.state.io import existing, file_sha256, is_local, list_names
-from airflow_provider_cutout.state.manifest import EDITED, IN_DOUBT, STORED, file_name
+from airflow_provider_cutout.state.manifest import EDITED, IN_DOUBT, STORED, Manifest, file_name
 from airflow_provider_cutout.texts import first_of
 
 if TYPE_CHECKING:
@@ -79,7 +81,8 @@ def make_plan(config: BatchConfig, hook: CutoutHook, folder: Any, entries: Entri
     apply_corrections(planned, manifest.decisions, hook.base_url, log)
     if hook.checks_sources(config.check_sources):
         requests = hook.with_versions([item.request for item in planned], concurrency=config.max_concurrency,
-                                      known=manifest.source_versions())
+                                      known={url: Recorded.of(*recorded)
+                                             for url, recorded in manifest.source_versions().items()})
         for item, request in zip(planned, requests, strict=True):
             item.request = request
     manifest.include(item.fingerprint for item in planned)  # the items that share their edits
@@ -91,7 +94,18 @@ def make_plan(config: BatchConfig, hook: CutoutHook, folder: Any, entries: Entri
                          config.max_concurrency)
     else:  # a local listing is cheap and exact about names; the sweep of leftovers uses it too
         names = listed = list_names(folder)
-    return _sorted(config, found, names, holds, rejected, listed)
+    plan = _sorted(config, found, names, holds, rejected, listed)
+    _revalidate(manifest, found, set(plan.skipped))
+    return plan
+
+
+def _revalidate(manifest: Manifest, found: list[tuple[PlannedEdit, Entry | None]], skipped: set[str]) -> None:
+    """Skipped items whose sources gave the same bytes under new validators (another CDN node, a re-upload):
+    recorded with the new validators, so the next run asks with those (a 304) instead of reading the bytes."""
+    for item, entry in found:
+        validators = list(item.request.source_validators)
+        if entry and item.key in skipped and any(validators) and entry.get("source_validators") != validators:
+            lifecycle.record(manifest, "revalidated", entry, source_validators=validators)
 
 
 def _sorted(config: BatchConfig, found: list[tuple[PlannedEdit, Entry | None]], names: Any, holds: Holds,

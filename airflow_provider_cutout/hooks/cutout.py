@@ -14,7 +14,7 @@ from airflow.sdk import BaseHook
 
 from airflow_provider_cutout.api.models import CreditBalance, ImageEditRequest, ImageEditResult
 from airflow_provider_cutout.api.settings import ClientSettings
-from airflow_provider_cutout.api.sources import NOT_MODIFIED, SourceInfo, source_problems, sources_failed
+from airflow_provider_cutout.api.sources import NOT_MODIFIED, Recorded, SourceInfo, source_problems, sources_failed
 from airflow_provider_cutout.api.urls import is_object_store_uri, normalise_base_url
 from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError, MissingConnectionError
 from airflow_provider_cutout.get_provider_info import UI_FIELD_BEHAVIOUR
@@ -226,29 +226,30 @@ class CutoutHook(BaseHook):
         return self.client.settings.check_sources if asked is None else bool(asked)
 
     def inspect_sources(self, urls: Iterable[str], *, concurrency: int = 8,
-                        known: Mapping[str, str] | None = None) -> dict[str, SourceInfo]:
-        """Read each source's headers and first bytes (``concurrency`` at a time; each URL once per hook).
+                        known: Mapping[str, Recorded] | None = None) -> dict[str, SourceInfo]:
+        """Read and hash each source (``concurrency`` at a time; each URL once per hook).
 
-        :param known: the version recorded of a URL when it was read before. Such a source is only asked
-            whether it changed: an object-store source by one listing of its folder, any other by a conditional
-            GET; unchanged, its info says ``unchanged`` and holds only the version. Without ``known``, every
-            source is read (what the checks of an edit about to be paid for need).
+        :param known: what was recorded of a URL when it was read before. Such a source is only asked whether
+            it changed: an object-store source by one listing of its folder, any other by a conditional GET (its
+            validator); unchanged, its info says ``unchanged`` and holds only the version. Without ``known``,
+            every source is read (what the checks of an edit about to be paid for need).
         """
         urls, known = list(dict.fromkeys(urls)), known or {}
         todo = [url for url in urls if url not in self._inspected or (self._inspected[url].unchanged and not known)]
-        listed = listed_etags([url for url in todo if known.get(url) and is_object_store_uri(url)],
+        listed = listed_etags([url for url in todo if url in known and is_object_store_uri(url)],
                               concurrency=concurrency)
-        unchanged = {url for url, etag in listed.items() if etag == known[url]}
+        unchanged = {url for url, etag in listed.items() if known[url].validator and etag == known[url].validator}
         for url in unchanged:
-            self._inspected[url] = SourceInfo(url, NOT_MODIFIED, version=known[url], unchanged=True)
+            self._inspected[url] = SourceInfo(url, NOT_MODIFIED, version=known[url].version,
+                                              validator=known[url].validator, unchanged=True)
         todo = [url for url in todo if url not in unchanged]
-        for info in map_in_threads(lambda url: self._inspect(url, known.get(url, "")), todo,
+        for info in map_in_threads(lambda url: self._inspect(url, known.get(url)), todo,
                                    min(concurrency, len(todo)), "cutout-source"):
             self._inspected[info.url] = info
         return {url: self._inspected[url] for url in urls}
 
     def with_versions(self, requests: list[ImageEditRequest], *, concurrency: int = 8,
-                      known: Mapping[str, str] | None = None) -> list[ImageEditRequest]:
+                      known: Mapping[str, Recorded] | None = None) -> list[ImageEditRequest]:
         """The requests with their sources' content versions (read by the source checks), so a photo
         replaced under the same URL makes a new edit; a request with a source that could not be read keeps
         its unversioned fingerprint.
@@ -257,10 +258,10 @@ class CutoutHook(BaseHook):
         """
         infos = self.inspect_sources((url for r in requests for url in r.image_urls), concurrency=concurrency,
                                      known=known)
-        versions = {url: info.version for url, info in infos.items() if info.versioned}
+        versions = {url: (info.version, info.validator) for url, info in infos.items() if info.versioned}
         return [request.with_versions(versions) for request in requests]
 
-    def _inspect(self, url: str, known: str = "") -> SourceInfo:
+    def _inspect(self, url: str, known: Recorded | None = None) -> SourceInfo:
         fetch = self.fetchable([url])[url]
         info = self.client.inspect_source(fetch, known)
         return info if fetch == url else replace(info, url=url)  # its texts never hold the fetched URL

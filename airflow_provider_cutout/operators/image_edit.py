@@ -123,8 +123,8 @@ class CutoutImageEditOperator(BaseOperator):
 
         stored = find_stored_edit(self.output_path, request.fingerprint) or adopt_unversioned(
             request.fingerprint, request.unversioned_fingerprint, request.source_versions,
-            lambda fp: find_stored_edit(self.output_path, fp), put)
-        hidden = ("fingerprint", "source_versions")  # the result as the earlier run pushed it
+            lambda fp: find_stored_edit(self.output_path, fp), put, request.source_validators)
+        hidden = ("fingerprint", "source_versions", "source_validators")  # the result as the earlier run pushed it
         return None if stored is None else {k: v for k, v in stored.items() if k not in hidden}
 
     def on_kill(self) -> None:

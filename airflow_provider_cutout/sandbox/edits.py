@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import random
 import re
 from collections.abc import Callable
 from functools import lru_cache
@@ -179,9 +180,12 @@ def photo_key(name: str, query: dict[str, list[str]]) -> str:
 
 
 @lru_cache(maxsize=64)
-def sample_image(name: str, width: int = 1280, height: int = 960, fmt: str = "png", version: int = 1) -> bytes:
+def sample_image(name: str, width: int = 1280, height: int = 960, fmt: str = "png", version: int = 1,
+                 grain: bool = False) -> bytes:
     """A synthetic product photo: a plain backdrop and a coloured object (deterministic); a ``version``
-    above 1 adds a mark in a corner, as a photo replaced under the same URL."""
+    above 1 adds a mark in a corner, as a photo replaced under the same URL. With ``grain``, the top rows are
+    noise (a PNG of more than 128 KiB) and the mark is in the bottom corner: a replacement changes only bytes
+    far into the file."""
     background, colour = sample_colours(name)
     if name not in SAMPLE_COLOURS:  # a generated photo: its shape from its name too
         name = _SHAPES[hashlib.sha256(name.encode()).digest()[6] % len(_SHAPES)]
@@ -195,8 +199,13 @@ def sample_image(name: str, width: int = 1280, height: int = 960, fmt: str = "pn
     else:
         draw.polygon([(cx - r, cy + r), (cx + r, cy + r), (cx, cy - r)], fill=colour)
     draw.rectangle((cx - r // 4, cy - r // 8, cx + r // 4, cy + r // 8), fill=(250, 250, 250))
+    if grain:
+        rows = min(height // 4, 1 + 160 * 1024 // (3 * width))
+        img.paste(Image.frombytes("RGB", (width, rows), random.Random(name).randbytes(3 * width * rows)), (0, 0))
     if version > 1:
-        draw.rectangle((0, 0, max(1, width // 8), max(1, height // 8)), fill=((version * 67) % 256, 40, 90))
+        corner = (width - max(1, width // 8), height - max(1, height // 8)) if grain else (0, 0)
+        draw.rectangle((*corner, corner[0] + max(1, width // 8), corner[1] + max(1, height // 8)),
+                       fill=((version * 67) % 256, 40, 90))
     out = io.BytesIO()
     img.save(out, format="JPEG" if fmt in ("jpg", "jpeg") else "PNG", quality=90)
     return out.getvalue()

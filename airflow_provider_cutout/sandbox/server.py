@@ -321,14 +321,14 @@ class SandboxHandler(BaseHTTPRequestHandler):
         try:
             prompt, model, ratio, urls = check_payload(payload)
             price = MODELS[model].credits
-            png, ops = self._work(prompt, model, ratio, urls)
+            png, ops, sources = self._work(prompt, model, ratio, urls)
         except EnvelopeError as err:
             self._record("edit", "rejected", fingerprint=fp, credits=0, reason=err.msg)
             raise
         delay = self.state.config.latency_for(model) - (time.monotonic() - started)
         if delay > 0:
             time.sleep(delay)
-        charged = self._charge(fp, model, price, ops, png)
+        charged = self._charge(fp, model, price, ops, png, sources)
         if charged is None:
             return
         result_id, request_id = charged
@@ -341,7 +341,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
         }
         self._after_edit(fault, data, request_id)
 
-    def _charge(self, fp: str | None, model: str, price: int, ops: list[str], png: bytes) -> tuple[str, str] | None:
+    def _charge(self, fp: str | None, model: str, price: int, ops: list[str], png: bytes, sources: list[str]
+                ) -> tuple[str, str] | None:
         """Charge a finished edit and keep its result: its id and request id, or ``None`` when its client
         hung up (cancelled and free, or with ``charge_hung_up`` charged and never answered)."""
         hung_up = self._client_gone()
@@ -356,20 +357,23 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self.state.store_result(result_id, png)
         request_id = uuid.uuid4().hex
         self._record("edit", "charged", fingerprint=fp, credits=price, model=model, id=result_id,
-                          request_id=request_id, operations=ops, hung_up=hung_up)
+                     request_id=request_id, operations=ops, hung_up=hung_up, sources_sha256=sources,
+                     result_sha256=hashlib.sha256(png).hexdigest())
         if hung_up:  # charged, but nobody is there to read the answer
             self.close_connection = True
             return None
         return result_id, request_id
 
-    def _work(self, prompt: str, model: str, ratio: str, urls: list[str]) -> tuple[bytes, list[str]]:
-        """The edit itself, after the checks the service makes first (balance, then each source)."""
+    def _work(self, prompt: str, model: str, ratio: str, urls: list[str]) -> tuple[bytes, list[str], list[str]]:
+        """The edit itself, after the checks the service makes first (balance, then each source); with the
+        sha256 of each source's bytes as fetched (the ledger's record of what was edited)."""
         if self.state.balance < MODELS[model].credits:
             raise EnvelopeError(200, 1001, "Insufficient balance")
         if self.state.config.latency_only:
-            return _tiny_png(), ["none"]
-        sources = [check_source(self._fetch(url, i), i, model) for i, url in enumerate(urls)]
-        return edits.edit(sources, prompt, ratio)
+            return _tiny_png(), ["none"], []
+        fetched = [self._fetch(url, i) for i, url in enumerate(urls)]
+        sources = [check_source(data, i, model) for i, data in enumerate(fetched)]
+        return (*edits.edit(sources, prompt, ratio), [hashlib.sha256(data).hexdigest() for data in fetched])
 
     def _after_edit(self, fault: Fault | None, data: dict[str, Any], request_id: str) -> None:
         """Answer a charged edit, mangled by a fault that strikes after the work was done."""
@@ -440,8 +444,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
         time.sleep(min(float(query.get("delay", ["0"])[0] or 0), 60.0))
         kept = query.get("validators", ["etag,modified"])[0].split(",")
         version = self.state.photo_versions.get(edits.photo_key(name, query), 1)
-        validators = {"ETag": f'"{hashlib.sha256(data).hexdigest()[:16]}"' if "etag" in kept else "",
-                      "Last-Modified": formatdate(PHOTOS_MODIFIED + version * 86_400, usegmt=True)
+        served = self.state.photo_served.get(edits.photo_key(name, query), 0)  # re-served: new validators
+        tag = hashlib.sha256(data + (f"|{served}".encode() if served else b"")).hexdigest()[:16]
+        validators = {"ETag": f'"{tag}"' if "etag" in kept else "",
+                      "Last-Modified": formatdate(PHOTOS_MODIFIED + version * 86_400 + served * 3_600, usegmt=True)
                       if "modified" in kept else ""}
         validators = {header: value for header, value in validators.items() if value}
         if self.command == "HEAD":
@@ -504,7 +510,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
         if not (1 <= w <= 8000 and 1 <= h <= 8000):
             raise EnvelopeError(400, 400, "w and h must be between 1 and 8000")
         version = self.state.photo_versions.get(edits.photo_key(name, query), 1)
-        return edits.sample_image(stem, w, h, ext, version), "image/jpeg" if ext == "jpg" else "image/png"
+        grain = query.get("grain", ["0"])[0] not in ("", "0")
+        return edits.sample_image(stem, w, h, ext, version, grain), "image/jpeg" if ext == "jpg" else "image/png"
 
     def _local_image(self, name: str) -> None:
         self._send(200, *self._local_image_bytes(name))
@@ -571,15 +578,20 @@ class SandboxHandler(BaseHTTPRequestHandler):
             size = {"w": [str(int(body.get("w", 1280)))], "h": [str(int(body.get("h", 960)))]}
             version = body.get("version")
             version = None if version is None else int(version)
+            reserved = bool(body.get("reserve", False))
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise EnvelopeError(400, 400, f"Bad sandbox request: {type(err).__name__} {err}; send "
                                 '{"name": "sku-0007.png"}, optionally with "w", "h" (which URL variant) and '
-                                '"version" (default: the next one)') from None
+                                '"version" (default: the next one), or "reserve": true (the same bytes under new '
+                                'validators)') from None
         if not edits.is_sample_file(name):
             raise EnvelopeError(400, 400, f"name={name!r} is not a sample's file name: give it as in the URL, with "
                                 "its extension, such as 'sku-0007.png' or 'mug.jpg'")
         key = edits.photo_key(name, size)
         with self.state.lock:
+            if reserved:  # the same bytes, served with a new ETag and Last-Modified (another CDN node, a re-upload)
+                self.state.photo_served[key] = self.state.photo_served.get(key, 0) + 1
+                return key, self.state.photo_versions.get(key, 1)
             current = self.state.photo_versions.get(key, 1)
             self.state.photo_versions[key] = current + 1 if version is None else version
             return key, self.state.photo_versions[key]

@@ -113,6 +113,7 @@ class SandboxState:
     faults: list[Fault] = field(default_factory=list)
     results: dict[str, tuple[bytes, float]] = field(default_factory=dict)
     photo_versions: dict[str, int] = field(default_factory=dict)  # "mug.png?w=40&h=30" -> version (1 by default)
+    photo_served: dict[str, int] = field(default_factory=dict)  # how often re-served with new validators
     source_reads: dict[str, int] = field(default_factory=dict)  # answers to sample reads: "200", "206", "304", "HEAD"
     source_log: dict[str, int] = field(default_factory=dict)  # the same per URL: "206 /samples/mug.png?w=40&h=30"
     next_id: int = 789_000_000_000_001
@@ -135,6 +136,7 @@ class SandboxState:
             self.faults.clear()
             self.results.clear()
             self.photo_versions.clear()
+            self.photo_served.clear()
             self.source_reads.clear()
             self.source_log.clear()
 

@@ -267,19 +267,23 @@ class Manifest:
             found.append(entry if decision is None else {**entry, "review": reviewed(decision)})
         return found
 
-    def source_versions(self) -> dict[str, str]:
-        """The version last recorded of each source URL (from the newest entry naming it): what a re-run asks a
-        source, or its folder's listing, whether it still holds. Any version recorded is safe to ask with: a
-        source confirms one only when it is current."""
-        found: dict[str, tuple[float, str]] = {}
+    def source_versions(self) -> dict[str, tuple[str, str | None]]:
+        """The version and validator last recorded of each source URL (from the newest entry naming it; the
+        validator ``None`` in entries from before validators were recorded): what a re-run asks a source, or its
+        folder's listing, whether it still holds. Any validator recorded is safe to ask with: a source confirms
+        one only when it is current."""
+        found: dict[str, tuple[float, tuple[str, str | None]]] = {}
         with self._cond:
             for keys in self.edits.values():
                 for entry in keys.values():
                     when, urls = float(entry.get("updated_at") or 0), entry.get("image_urls") or ()
-                    for url, version in zip(urls, entry.get("source_versions") or (), strict=False):
+                    versions = entry.get("source_versions") or ()
+                    validators = entry.get("source_validators")
+                    for i, (url, version) in enumerate(zip(urls, versions, strict=False)):
+                        validator = None if validators is None else (validators[i] if i < len(validators) else "")
                         if version and (url not in found or when >= found[url][0]):
-                            found[url] = (when, version)
-        return {url: version for url, (_, version) in found.items()}
+                            found[url] = (when, (version, validator))
+        return {url: recorded for url, (_, recorded) in found.items()}
 
     def refresh(self, *, decisions: bool = False) -> int:
         """Read the log files written since the last call (with ``decisions``, reviewers' new decisions too);

@@ -11,7 +11,8 @@ Entry = dict[str, Any]
 
 
 def adopt_unversioned(fingerprint: str, unversioned: str, versions: Sequence[str],
-                      get: Callable[[str], Entry | None], put: Callable[[str, Entry], None]) -> Entry | None:
+                      get: Callable[[str], Entry | None], put: Callable[[str, Entry], None],
+                      validators: Sequence[str] = ()) -> Entry | None:
     """The stored entry of ``unversioned`` recorded anew under ``fingerprint``, or ``None``.
 
     :param fingerprint: the edit's fingerprint with its sources' versions.
@@ -19,13 +20,14 @@ def adopt_unversioned(fingerprint: str, unversioned: str, versions: Sequence[str
     :param versions: the sources' versions (none: nothing to adopt).
     :param get: the stored entry of a fingerprint, if any.
     :param put: records an entry under a fingerprint.
+    :param validators: what asks the sources' servers whether they changed (recorded with the versions).
     """
     old = get(unversioned) if versions else None
     if old is None or old.get("adopted_by"):
         return None  # adopted once already: a new version now is a changed photo
     written = old.get("written_at") or old.get("updated_at")  # recorded anew, the file is not written again
     adopted = {**{k: v for k, v in old.items() if k != "adopted_by"}, "fingerprint": fingerprint,
-               "source_versions": list(versions), "written_at": written}
+               "source_versions": list(versions), "source_validators": list(validators), "written_at": written}
     put(fingerprint, adopted)
     put(unversioned, {**old, "adopted_by": fingerprint, "written_at": written})
     return adopted

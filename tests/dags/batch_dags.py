@@ -12,7 +12,7 @@ from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator
 
 START = datetime.datetime(2026, 1, 1)
 PARAMS = {"n": 10, "out": "/tmp/unused", "changed": "", "invalid": False, "max_credits": None, "max_failures": 0,
-          "validators": ""}
+          "validators": "", "big": False}
 
 
 @task
@@ -24,7 +24,9 @@ def make_items(params=None) -> list[dict]:
         {
             "key": f"item-{i}",
             "prompt": "invert" if params["changed"] == f"item-{i}" else "grayscale",
-            "image_urls": [f"{base}/samples/{names[i % 6]}.png?w={40 + i % 40}&h={30 + i // 40}{server}"],
+            "image_urls": [f"{base}/samples/{names[i % 6]}.png?w={40 + i % 40}&h={30 + i // 40}{server}"
+                           if not params.get("big") else  # more than 128 KiB, a replacement changes its last bytes
+                           f"{base}/samples/{names[i % 6]}.png?w={1280 + i}&h=960&grain=1{server}"],
         }
         for i in range(int(params["n"]))
     ]
