@@ -134,6 +134,10 @@ def test_chunk_items_and_file_stem():
     items = [{"key": str(i)} for i in range(10)]
     chunks = chunk_items(items, 4)
     assert [len(c) for c in chunks] == [4, 4, 2] and [i for c in chunks for i in c] == items
+    with pytest.raises(exc.InvalidInputError, match=r"item .a. in chunk 1 and item 'A' in chunk 0"):
+        chunk_items([{"key": "A"}, {"key": "b"}, {"key": "a"}], 2)  # one file on a case-insensitive store
+    with pytest.raises(exc.InvalidInputError, match=r"item .b. in chunk 1 and item 'b' in chunk 0"):
+        chunk_items([{"key": "b", "prompt": "grayscale"}, {"key": "c"}, {"key": "b", "prompt": "invert"}], 2)
     assert file_stem("red-sneaker_1.v2") == "red-sneaker_1.v2"  # a safe key is its own file name
     assert re.fullmatch(r"shoes_red_sneaker_1~[0-9a-f]{16}", file_stem("shoes/red sneaker #1"))
     keys = ["A/1", "A_1", "A 1", "a/1", ".A_1", "A_1.", "", "...", "item", "é", "e", "x" * 300, "x" * 301]

@@ -252,6 +252,58 @@ def test_a_change_far_into_a_photo_without_validators_is_edited_again(sandbox, a
     assert sorted(calls_and_charges(sandbox)) == [(1, 1), (2, 2)]
 
 
+def test_a_restore_whose_source_is_down_keeps_the_paid_result_for_the_next_run(sandbox, airflow_db, tmp_path):
+    """Money case 6: a stored file deleted, and the photo's server down when the next run checks the source
+    before restoring (a failed item, tolerated by max_failures). The record with the result URL is not replaced
+    by the failure: the run after restores the file from it, free."""
+    from tests.dags.batch_dags import templated
+
+    run = {**conf(tmp_path, 2), "max_credits": None, "max_failures": 1}
+    assert summary_of(templated.test(run_conf=run))["edited"] == 2
+    (stored,) = tmp_path.glob("item-0.*")
+    stored.unlink()
+    # The run asks both sources whether they changed (304s), then checks item-0's before restoring it: a 503.
+    sandbox.fault("http_error", status=503, path="samples", skip=2)
+    down = summary_of(templated.test(run_conf=run))
+    assert (down["failed"], down["skipped"]) == (1, 1)
+    assert sandbox.ledger()["calls"][-1]["outcome"] == "fault:http_error"  # the photo's server did answer 503
+    back = summary_of(templated.test(run_conf=run))
+    assert (back["restored"], back["skipped"]) == (1, 1) and stored.exists()
+    assert calls_and_charges(sandbox) == [(1, 1)] * 2  # before the fix: edited again, (2, 2)
+
+
+def test_two_catalogs_writing_one_key_do_not_fight_over_its_file(sandbox, airflow_db, tmp_path, capfd):
+    """Money case 10: two DAGs write one folder, and list one key with different prompts. The second one's edit
+    overwrites the first one's file; the first one's next run refuses to take it back (each would restore or pay
+    for its edit over the other's on every run), names the other DAG, and sends nothing."""
+    from tests.dags.batch_dags import batch, serial
+
+    assert summary_of(batch.test(run_conf=conf(tmp_path, 1)))["edited"] == 1
+    (stored,) = tmp_path.glob("item-0.*")
+    assert summary_of(serial.test(run_conf={**conf(tmp_path, 1), "changed": "item-0"}))["edited"] == 1
+    theirs = stored.read_bytes()
+    capfd.readouterr()
+    again = batch.test(run_conf=conf(tmp_path, 1))
+    assert states(again)["batch"][-1][0] == "failed" and stored.read_bytes() == theirs
+    assert "overwritten by t_batch_serial.batch" in "".join(capfd.readouterr())
+    assert summary_of(serial.test(run_conf={**conf(tmp_path, 1), "changed": "item-0"}))["skipped"] == 1
+    assert calls_and_charges(sandbox) == [(1, 1)] * 2  # before the fix: restored over it, and back, every run
+
+
+def test_a_key_listed_in_two_chunks_with_different_edits_is_refused_before_paying(sandbox, airflow_db, tmp_path,
+                                                                                   capfd):
+    """Money case 11: chunks made by hand list item-0 twice with different prompts. The chunk that meets it
+    second sends nothing and names the other chunk; the first chunk's edit stays in the file. (Chunks that run
+    at the same moment can both pay: ``chunk_items`` refuses such a catalog before mapping.)"""
+    from tests.dags.batch_dags import key_in_two_chunks
+
+    capfd.readouterr()
+    dr = key_in_two_chunks.test(run_conf=conf(tmp_path, 3))
+    assert sorted(s for s, _ in states(dr)["batch"]) == ["failed", "success"]  # in whichever order they ran
+    assert re.search(r"item 'item-0' is also listed in map_index [01] of this run", "".join(capfd.readouterr()))
+    assert calls_and_charges(sandbox) == [(1, 1)] * 2  # the first chunk's two; before the fix: all four
+
+
 def test_a_photo_changed_back_gets_its_own_edit_back_not_the_newer_one(sandbox, airflow_db, tmp_path):
     """Both versions' entries name the same file, which holds the newer edit: the older one is not taken as
     stored, but restored from its result URL (free while it lives)."""

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cutout.api.sources import sources_failed
 from airflow_provider_cutout.catalog import lifecycle
-from airflow_provider_cutout.catalog.entries import base_entry
+from airflow_provider_cutout.catalog.entries import base_entry, written_at
 from airflow_provider_cutout.exceptions import InsufficientCreditsError, InvalidInputError
+from airflow_provider_cutout.state.manifest import STORED
 from airflow_provider_cutout.texts import first_of
 
 if TYPE_CHECKING:
@@ -53,9 +54,27 @@ class Checks:
         self.reject([(names[name].key, "; ".join(found), names[name]) for name, found in failing.items()])
         return plan.without({names[name].key for name in failing})
 
-    def reject(self, failed: list[tuple[str | None, str, PlannedEdit | None]], *, invalid: bool = False) -> None:
+    def conflicts(self, plan: Plan, origin: dict[str, Any]) -> Plan:
+        """The items this run would pay for (or restore) whose key another edit writes: listed in another chunk
+        of this run, or whose file another catalog (DAG and task) overwrote with its own edit since this one
+        stored it. Each run would otherwise pay for its edit over the other's, again and again. The plan
+        without them (failed items of this run, left to ``max_failures``), or an error before anything is sent."""
+        if not origin:
+            return plan
+        found = conflicts(self.manifest.entries.values(), plan, origin)
+        if found and not self.config.tolerates(len(found) + len(plan.rejected), plan.to_attempt):
+            raise InvalidInputError(f"{len(found)} item{'' if len(found) == 1 else 's'} of this run would write "
+                                    f"a file that another edit of the same key writes; nothing was sent:\n  "
+                                    f"{first_of(list(found.values()))}")
+        self.reject([(key, problem, None) for key, problem in found.items()], record=False)
+        return plan.without(set(found))
+
+    def reject(self, failed: list[tuple[str | None, str, PlannedEdit | None]], *, invalid: bool = False,
+               record: bool = True) -> None:
         """Record items that failed their checks before anything was paid for as failed items of this run (left
-        to ``max_failures``), named in the log and, with a key, in the manifest and the gallery."""
+        to ``max_failures``), named in the log and, with a key and ``record``, in the manifest and the gallery.
+        A record that says the item was paid for (stored, its result URL known, in doubt) is never replaced by a
+        failure: a restore whose source is down keeps its result for the next run."""
         if not failed:
             return
         one = len(failed) == 1
@@ -66,7 +85,8 @@ class Checks:
                          "they are", self.config.max_failures, first_of([problem for _, problem, _ in failed]))
         for key, problem, item in failed:
             base = base_entry(item) if item else {"key": key, "fingerprint": "invalid"}
-            if key is not None:
+            current = self.manifest.get(item.fingerprint, key) if item else None
+            if key is not None and record and not lifecycle.paid(current):
                 lifecycle.record(self.manifest, "rejected", base, error=problem)
             with self.progress.lock:
                 self.progress.add("failed", key or problem.split(": ", 1)[0])
@@ -85,3 +105,34 @@ class Checks:
                 raise InsufficientCreditsError(
                     f"the planned cost is {cost} credits but the account has {balance.total:g}; top up or "
                     "edit fewer items. Nothing was sent.")
+
+
+def conflicts(entries: Any, plan: Plan, origin: dict[str, Any]) -> dict[str, str]:
+    """By key, why an item this run would pay for or restore conflicts with another edit of its key (see
+    ``Checks.conflicts``)."""
+    by_key: dict[Any, list[dict[str, Any]]] = {}
+    for entry in entries:
+        by_key.setdefault(entry.get("key"), []).append(entry)
+    found = {}
+    restoring = {item.key: entry for item, entry in plan.to_restore}
+    for item in plan.editing:
+        others = [e for e in by_key.get(item.key, ()) if e.get("fingerprint") != item.fingerprint]
+        chunk = next((e for e in others if e.get("run") == origin["run"] and e.get("catalog") == origin["catalog"]
+                      and e.get("chunk") != origin["chunk"] and lifecycle.paid(e)), None)
+        if chunk is not None:
+            found[item.key] = (f"item {item.key!r} is also listed in map_index {chunk.get('chunk')} of this run, "
+                               "with another edit: both would be paid for and write one file; list each key once "
+                               "(chunk_items refuses this before the chunks are mapped)")
+            continue
+        mine = restoring.get(item.key)
+        if mine is None or mine.get("catalog") != origin["catalog"]:
+            continue
+        newer = [e for e in others if e.get("status") == STORED and e.get("catalog") not in (None, origin["catalog"])
+                 and written_at(e) > written_at(mine)]
+        if newer:
+            other = max(newer, key=written_at)
+            found[item.key] = (f"item {item.key!r}: its file was overwritten by {other['catalog']} (DAG.task) with "
+                               "another edit of the same key; two catalogs writing one key in one folder would "
+                               "each restore or pay for their edit over the other's on every run. Give each catalog "
+                               "its own output_dir or its own keys")
+    return found

@@ -88,6 +88,14 @@ def record(manifest: Manifest, name: str, entry: Entry, **fields: Any) -> Entry:
     return written
 
 
+def paid(entry: Entry | None) -> bool:
+    """Whether a record says its edit was paid for, or may have been: stored, a result URL known, or in doubt.
+    A failure before anything was sent never replaces such a record (it would lose the result, or the doubt)."""
+    if not entry:
+        return False
+    return entry.get("status") in (STORED, IN_DOUBT) or bool(entry.get("image_url"))
+
+
 def failure(entry: Entry, err: CutoutError) -> str:
     """The transition of an item whose send or store failed with ``err``: paid for and worth retrying
     (fetched again later), in doubt, or failed and free."""
@@ -108,4 +116,4 @@ def fail(manifest: Manifest, entry: Entry, err: CutoutError, text: str) -> str:
     return str(record(manifest, name, entry, **fields)["status"])
 
 
-__all__ = ["EDITED", "FAILED", "IN_DOUBT", "STORED", "TRANSITIONS", "Transition", "fail", "failure", "record"]
+__all__ = ["EDITED", "FAILED", "IN_DOUBT", "STORED", "TRANSITIONS", "Transition", "fail", "failure", "paid", "record"]

@@ -32,7 +32,21 @@ def chunk_items(items: Sequence[dict[str, Any]], size: int) -> list[list[dict[st
     if size < 1:
         raise InvalidInputError(f"size={size!r} must be at least 1")
     items = list(items)
-    return [items[i : i + size] for i in range(0, len(items), size)]
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    seen: dict[str, tuple[str, int]] = {}  # a key's file stem, case-folded -> (key, its chunk)
+    twice = []
+    for index, chunk in enumerate(chunks):
+        for item in chunk:
+            key = item.get("key") if isinstance(item, dict) else None
+            if not isinstance(key, str):
+                continue  # the batch names it
+            other = seen.setdefault(file_stem(key).casefold(), (key, index))
+            if other[1] != index:
+                twice.append(f"item {key!r} in chunk {index} and item {other[0]!r} in chunk {other[1]}")
+    if twice:
+        raise InvalidInputError(f"{len(twice)} keys would write one file from two chunks (each chunk would pay "
+                                f"for its own edit); list each key once:\n  {first_of(twice)}")
+    return chunks
 
 
 def file_stem(key: str) -> str:

@@ -49,7 +49,8 @@ class BatchRun:
         self.planned, self.rejected = planned, list(rejected)
         self.chunk = owner.map_index >= 0  # a mapped task reads only its items' records (indexed files)
         keys = {item.key for item in planned} | {r.key for r in self.rejected if r.key is not None}
-        self.manifest = Manifest(folder, writer=owner.token, keys=keys if self.chunk else None)
+        self.manifest = Manifest(folder, writer=owner.token, keys=keys if self.chunk else None, origin=owner.origin)
+        self.origin = owner.origin
         self.folds = owner.map_index <= 0  # one task of a mapped run folds the reviewers' decision files
         self.progress = Progress(total=len(planned) + len(self.rejected))
         self.claims = Claims(folder, owner, config.heartbeat_timeout)
@@ -97,7 +98,7 @@ class BatchRun:
         checks = Checks(self.config, self.hook, self.manifest, self.progress, self.log)
         checks.reject([(r.key, r.problem, None) for r in self.rejected], invalid=True)
         self.reporter.plan(plan, len(self.planned))
-        plan = self.plan = checks.sources(plan)
+        plan = self.plan = checks.sources(checks.conflicts(plan, self.origin))
         checks.budget(plan)
         return plan
 

@@ -439,6 +439,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
         is unchanged, ``Range`` honoured (unless ``norange=1``), an optional ``delay=S`` before answering, and
         ``close=1`` closing the connection after the answer without saying so (a server whose keep-alive timeout
         passed)."""
+        if self._fault_before(self.state.take_fault("samples"), "samples", None):
+            return  # the photo's server is down, say
         data, content_type = self._sample_bytes(name, query)
         self.close_connection = self.close_connection or query.get("close", ["0"])[0] not in ("", "0")
         time.sleep(min(float(query.get("delay", ["0"])[0] or 0), 60.0))

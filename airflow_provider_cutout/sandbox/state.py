@@ -31,15 +31,16 @@ FAULT_KINDS = {
     "huge_body": "HTTP 200 with a body of `size` bytes (default 64 MiB) that is not JSON",
     "redirect": "HTTP 302 to `location` (default: the same URL, a redirect loop)",
 }
-FAULT_PATHS = ("edit", "balance", "results", "any")
+FAULT_PATHS = ("edit", "balance", "results", "samples", "any")
 
 
 @dataclass
 class Fault:
-    """One scripted fault, applied to the next ``count`` requests on ``path``."""
+    """One scripted fault, applied to the next ``count`` requests on ``path`` after the first ``skip``."""
 
     kind: str
     count: int = 1
+    skip: int = 0
     path: str = "edit"
     status: int | None = None
     retry_after: float | None = None
@@ -148,10 +149,14 @@ class SandboxState:
         return faults
 
     def take_fault(self, path: str) -> Fault | None:
-        """The next scripted fault for ``path``, counting it down."""
+        """The next scripted fault for ``path``, counting it down (``any`` strikes the API and result URLs, not
+        the photos: a source server is another server)."""
         with self.lock:
             for fault in self.faults:
-                if fault.path in (path, "any"):
+                if fault.path == path or (fault.path == "any" and path != "samples"):
+                    if fault.skip > 0:  # this request passes
+                        fault.skip -= 1
+                        return None
                     fault.count -= 1
                     if fault.count == 0:
                         self.faults.remove(fault)

@@ -60,6 +60,14 @@ class Owner:
             boot_id=_read_text("/proc/sys/kernel/random/boot_id"), pid_ns=_pid_namespace(),
         )
 
+    @property
+    def origin(self) -> dict[str, Any]:
+        """What the manifest's records of this run carry: its catalog (``dag_id.task_id``), run and chunk (empty
+        outside a task instance)."""
+        if self.dag_id is None:
+            return {}
+        return {"catalog": f"{self.dag_id}.{self.task_id}", "run": self.run_id, "chunk": self.map_index}
+
     def describe(self) -> str:
         """A line that tells a user which run holds an item."""
         return (f"dag_id={self.dag_id} run_id={self.run_id} task_id={self.task_id} map_index={self.map_index} "

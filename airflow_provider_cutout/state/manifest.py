@@ -202,6 +202,8 @@ class Manifest:
     :param writer: a name unique to this run's writer; ``None`` opens it read-only.
     :param clock: the wall clock stamped on records (``updated_at``; never what orders one edit's records).
     :param sleep: how to wait between write attempts (tests count the waits through it).
+    :param origin: fields every record of this writer carries: the catalog (``dag_id.task_id``), run and chunk
+        that wrote it (``Owner.origin``), so a run can tell another catalog's edit of a key from its own.
     :param keys: the item keys this reader needs (``None``: all). Indexed files are then read only where they
         hold these keys (and the edits added by ``include``); every other file is read whole. What is read is
         always every record of each key and edit in scope, so ``get`` and ``siblings`` answer for them as an
@@ -209,8 +211,10 @@ class Manifest:
     """
 
     def __init__(self, folder: Any, writer: str | None = None, *, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep, keys: Iterable[Any] | None = None) -> None:
+                 sleep: Callable[[float], None] = time.sleep, keys: Iterable[Any] | None = None,
+                 origin: dict[str, Any] | None = None) -> None:
         self.path = folder / STATE_DIR / "manifest"
+        self._origin = dict(origin or {})  # which catalog, run and chunk wrote a record (see Owner.origin)
         self._clock, self._sleep = clock, sleep
         self.edits: dict[str, dict[Any, dict[str, Any]]] = {}  # fingerprint -> item key -> newest entry
         self.decisions = Decisions(folder, clock=clock)  # reviewers' decisions, a log of their own
@@ -415,7 +419,7 @@ class Manifest:
             self._check()
             keys = self.edits.setdefault(entry["fingerprint"], {})
             seen = keys.get(entry.get("key"))
-            entry = {**entry, "seq": int((seen or {}).get("seq") or 0) + 1, "updated_at": self._clock()}
+            entry = {**entry, **self._origin, "seq": int((seen or {}).get("seq") or 0) + 1, "updated_at": self._clock()}
             keys[entry.get("key")] = entry
             self._pending.append(entry)
             self._version += 1

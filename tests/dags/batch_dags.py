@@ -71,6 +71,15 @@ with DAG("t_batch_shared_chunks", schedule=None, start_date=START, params=PARAMS
     CutoutBatchImageEditOperator.partial(
         task_id="batch", output_dir="{{ params.out }}/", prompt="grayscale", max_concurrency=4,
     ).expand(items=chunks_sharing_item_0(make_items()))
+
+with DAG("t_batch_key_in_two_chunks", schedule=None, start_date=START, params=PARAMS) as key_in_two_chunks:
+    @task
+    def chunks_listing_item_0_twice(items: list[dict]) -> list[list[dict]]:  # by hand, not with chunk_items
+        return [items[:2], [{**items[0], "prompt": "invert"}, *items[2:]]]
+
+    CutoutBatchImageEditOperator.partial(
+        task_id="batch", output_dir="{{ params.out }}/", prompt="grayscale", max_concurrency=4,
+    ).expand(items=chunks_listing_item_0_twice(make_items()))
 impatient = batch_dag("t_batch_impatient", claim_wait_timeout=1.0)
 timed = batch_dag("t_batch_timed", max_concurrency=4, retries=0, execution_timeout=datetime.timedelta(seconds=4))
 stoppable = batch_dag("t_batch_stoppable", max_concurrency=4, retries=0)
