@@ -19,6 +19,7 @@ from tests.conftest import REPO
 EXPECTED = {
     "rejected": ("failed", False),
     "adopted": ("stored", False),
+    "revalidated": ("stored", False),
     "resending": ("in_doubt", True),
     "charged": ("edited", True),
     "stored": ("stored", False),
@@ -30,7 +31,7 @@ EXPECTED = {
     "follower_failed": ("failed", False),
 }
 FULL = {"error": "why", "image_url": "https://r/1.png", "credits": 4, "stored_path": "/x/a.png", "sha256": "ab" * 32,
-        "written_at": 1.0}
+        "written_at": 1.0, "source_validators": ['"v2"']}
 
 
 class Recording(Manifest):

@@ -130,9 +130,11 @@ class Sender:
         except CutoutError as err:
             self.fail(item, entry, err)
             return
+        crash_point("edit_answered")  # charged, its result URL known here only
         entry.update(image_url=result.image_url, id=result.id, request_id=result.request_id, credits=result.credits,
                      duration=result.duration)
         entry = lifecycle.record(self.manifest, "charged", entry)  # charged: never lose it
+        crash_point("charged_recorded")  # the result URL is in the manifest, its file not yet stored
         with self.progress.lock:
             self.progress.credits += result.credits
         if self.store(item, entry):

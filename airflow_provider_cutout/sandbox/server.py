@@ -553,6 +553,11 @@ class SandboxHandler(BaseHTTPRequestHandler):
             self._json(200, {"ok": True})
         elif method == "GET" and name == "faults":
             self._json(200, {"faults": [vars(f) for f in self.state.faults]})
+        elif method == "POST" and name == "expire":  # every result URL given so far answers 404 from now on
+            with self.state.lock:
+                expired = len(self.state.results)
+                self.state.results.clear()
+            self._json(200, {"expired": expired})
         elif method == "POST" and name == "photos":  # {"name": "mug.png", "w": 40, "h": 30, "version": 2}
             key, version = self._replace_photo(raw)
             self._json(200, {"photo": key, "version": version})

@@ -8,7 +8,7 @@ import os
 import signal
 
 #: The points a run passes (docs/architecture.md lists where each one is).
-POINTS = ("stored_file_renamed",)
+POINTS = ("edit_answered", "charged_recorded", "stored_file_renamed")
 _ARMED = os.environ.get("CUTOUT_CRASH_AT", "")
 
 

@@ -1,0 +1,257 @@
+"""A model of the catalog that a machine attacks: Hypothesis drives the real batch operator (``dag.test()`` in
+this process, or a process of its own killed at a crash point) against the sandbox on loopback, with photos
+changed, changed back and re-served under new validators, stored files deleted, result URLs expired, faults
+(a 504 after the charge, a 500 on a result URL, the photos' server down), a second catalog on the same folder,
+chunks made by hand, and consent to resend. After every step it checks, from the sandbox's ledger and the
+folder only:
+
+- **No edit paid twice without a reason**: an edit is what the sandbox edited (the request's fingerprint and
+  the digests of the source bytes it fetched). It may be charged again only when the run had consent
+  (``resend_in_doubt``), or when its result was lost by the world since its last charge (its key's file
+  deleted, its photo or prompt changed away) *and* its result URL expired since.
+- **A run that says success holds the results**: every key of the catalog has a file whose digest is the result
+  of the key's current edit (its prompt now, its photo's bytes now).
+
+``make test`` runs a fixed set of examples and a few new ones (``CUTOUT_MODEL_PROFILE=quick``, the default);
+``make fuzz`` runs the long profile (``long``: 30 minutes or more). An example it finds is kept below as a
+regression test: the steps Hypothesis printed, replayed in order."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+
+from airflow_provider_cutout.api.models import ImageEditRequest
+from airflow_provider_cutout.sandbox.edits import sample_image
+from airflow_provider_cutout.state.crash import POINTS
+from tests.conftest import states, xcoms
+from tests.run_dag import spawn
+
+KEYS = ("k0", "k1")
+VALIDATORS = {"k0": "etag,modified", "k1": "none"}  # a CDN's photo, and a server that gives no validators
+PROMPTS = ("grayscale", "invert")
+W, H = 400, 600  # with grain: more than 128 KiB, a replacement changes only the last bytes
+
+
+class CatalogModel(RuleBasedStateMachine):
+    """The world (photos, files, result URLs, faults) and two catalogs over one folder, driven by rules."""
+
+    sandbox: Any = None  # set by the test that runs it
+    root: Path = Path(tempfile.gettempdir())
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sandbox.reset()
+        self.out = Path(tempfile.mkdtemp(prefix="model-", dir=self.root))
+        self.version = dict.fromkeys(KEYS, 1)
+        self.prompt = dict.fromkeys(KEYS, PROMPTS[0])  # catalog A's; catalog B lists k0 with the other prompt
+        self.step = 0
+        self.charge_steps: list[int] = []  # the step of each charge, in the ledger's order
+        self.expired: list[int] = []  # the steps at which result URLs expired
+        self.losses: dict[str, list[int]] = {k: [] for k in KEYS}  # steps at which a key's result was lost
+        self.consented: set[int] = set()  # the steps of runs with resend_in_doubt=True
+
+    # -- the world -------------------------------------------------------------------------------
+
+    def url(self, key: str) -> str:
+        return f"{self.sandbox.url}/samples/m{key}.png?w={W}&h={H}&grain=1&validators={VALIDATORS[key]}"
+
+    def photo_sha(self, key: str) -> str:
+        return hashlib.sha256(sample_image(f"m{key}", W, H, "png", self.version[key], True)).hexdigest()
+
+    def items(self, prompts: dict[str, str]) -> list[dict[str, Any]]:
+        return [{"key": k, "prompt": p, "image_urls": [self.url(k)]} for k, p in prompts.items()]
+
+    def admin(self, name: str, body: dict[str, Any]) -> None:
+        requests.post(f"{self.sandbox.url}/__sandbox__/{name}", json=body, timeout=10).raise_for_status()
+
+    def set_photo(self, key: str, version: int) -> None:
+        self.version[key] = version
+        self.losses[key].append(self.step)
+        self.admin("photos", {"name": f"m{key}.png", "w": W, "h": H, "version": version})
+
+    def tick(self) -> None:
+        self.step += 1
+
+    # -- runs --------------------------------------------------------------------------------------
+
+    def run(self, dag: Any, prompts: dict[str, str], *, resend: bool = False) -> tuple[bool, dict[str, Any]]:
+        """One in-process run; whether it succeeded with every item done, and its summary."""
+        self.tick()
+        if resend:
+            self.consented.add(self.step)
+        run = dag.test(run_conf={"items": self.items(prompts), "out": str(self.out), "resend": resend})
+        self.settle()
+        summary = xcoms(run, "batch").get(-1) or {}
+        done = states(run)["batch"][0][0] == "success" and not summary.get("failed") and not summary.get("in_doubt")
+        return done, summary
+
+    def settle(self) -> None:
+        ledger = self.sandbox.settled_ledger()
+        charged = [c for c in ledger["calls"] if c["path"] == "edit" and c.get("credits")]
+        self.charge_steps += [self.step] * (len(charged) - len(self.charge_steps))
+
+    def assert_holds(self, prompts: dict[str, str]) -> None:
+        """Every key's file is the result of its current edit (a run said success)."""
+        results: dict[tuple[str, str], set[str]] = {}
+        for call in self.sandbox.ledger()["calls"]:
+            if call["path"] == "edit" and call.get("credits"):
+                for source in call.get("sources_sha256", []):
+                    results.setdefault((call["fingerprint"], source), set()).add(call["result_sha256"])
+        for key, prompt in prompts.items():
+            fp = ImageEditRequest.build(prompt, [self.url(key)], "gpt-image-1").fingerprint
+            files = [p for p in self.out.glob(f"{key}.*") if p.is_file()]
+            assert files, f"the run said success, and {key} has no file"
+            digest = hashlib.sha256(files[0].read_bytes()).hexdigest()
+            expected = results.get((fp, self.photo_sha(key)), set())
+            assert digest in expected, (f"the run said success, and {key}'s file is not the result of its current "
+                                        f"edit ({prompt!r}, photo version {self.version[key]})")
+
+    @initialize()
+    def first_run(self) -> None:
+        done, _ = self.run(model_dags().model_a, self.prompt)
+        assert done
+
+    @rule(resend=st.sampled_from([False, False, False, True]))
+    def run_a(self, resend: bool) -> None:
+        done, _ = self.run(model_dags().model_a, self.prompt, resend=resend)
+        if done:
+            self.assert_holds(self.prompt)
+
+    @rule(point=st.sampled_from(POINTS))
+    def run_a_killed(self, point: str) -> None:
+        """A run of catalog A whose process dies (SIGKILL) at a crash point, if it gets there."""
+        self.tick()
+        proc = spawn("tests.dags.model_dags:model_a", {"items": self.items(self.prompt), "out": str(self.out),
+                                                      "resend": False}, CUTOUT_CRASH_AT=point)
+        proc.communicate(timeout=300)
+        self.settle()
+
+    @rule()
+    def run_b(self) -> None:
+        """A second catalog (another DAG) on the same folder, with its own prompt for k0."""
+        prompts = {"k0": PROMPTS[1] if self.prompt["k0"] == PROMPTS[0] else PROMPTS[0]}
+        done, _ = self.run(model_dags().model_b, prompts)
+        if done:
+            self.assert_holds(prompts)
+
+    @rule()
+    def run_chunks_listing_k0_twice(self) -> None:
+        """A mapped run whose chunks (made by hand) list k0 twice, with two prompts."""
+        self.tick()
+        other = {"k0": PROMPTS[1] if self.prompt["k0"] == PROMPTS[0] else PROMPTS[0]}
+        chunks = [self.items(self.prompt), self.items(other)]
+        run = model_dags().model_chunks.test(run_conf={"chunks": chunks, "out": str(self.out)})
+        self.settle()
+        assert not all(s == "success" for s, _ in states(run)["batch"]), (
+            "both chunks said success, and k0's file can hold only one of its two edits")
+
+    @rule(key=st.sampled_from(KEYS))
+    def change_photo(self, key: str) -> None:
+        self.tick()
+        self.set_photo(key, self.version[key] + 1)
+
+    @precondition(lambda self: any(v > 1 for v in self.version.values()))
+    @rule(data=st.data())
+    def change_photo_back(self, data: st.DataObject) -> None:
+        key = data.draw(st.sampled_from([k for k in KEYS if self.version[k] > 1]))
+        self.tick()
+        self.set_photo(key, self.version[key] - 1)
+
+    @rule(key=st.sampled_from(KEYS))
+    def reserve_photo(self, key: str) -> None:
+        """The same bytes under new validators (another node of a CDN pool, a byte-identical re-upload)."""
+        self.tick()
+        self.admin("photos", {"name": f"m{key}.png", "w": W, "h": H, "reserve": True})
+
+    @rule(key=st.sampled_from(KEYS))
+    def change_prompt(self, key: str) -> None:
+        self.tick()
+        self.prompt[key] = PROMPTS[1] if self.prompt[key] == PROMPTS[0] else PROMPTS[0]
+        self.losses[key].append(self.step)
+
+    @rule(key=st.sampled_from(KEYS))
+    def delete_file(self, key: str) -> None:
+        self.tick()
+        for path in self.out.glob(f"{key}.*"):
+            path.unlink()
+        self.losses[key].append(self.step)
+
+    @rule()
+    def expire_result_urls(self) -> None:
+        self.tick()
+        self.expired.append(self.step)
+        self.admin("expire", {})
+
+    @rule()
+    def gateway_504_after_the_next_charge(self) -> None:
+        self.tick()
+        self.sandbox.fault("http_error", status=504, after_edit=True)
+
+    @rule()
+    def result_url_500_once(self) -> None:
+        self.tick()
+        self.sandbox.fault("http_error", status=500, path="results")
+
+    @rule()
+    def photo_server_down_once(self) -> None:
+        self.tick()
+        self.sandbox.fault("http_error", status=503, path="samples")
+
+    # -- invariants --------------------------------------------------------------------------------
+
+    @invariant()
+    def no_edit_paid_twice_without_a_reason(self) -> None:
+        calls = [c for c in self.sandbox.ledger()["calls"] if c["path"] == "edit" and c.get("credits")]
+        last: dict[tuple[str, tuple[str, ...]], int] = {}
+        for call, step in zip(calls, self.charge_steps, strict=False):
+            edit = (call["fingerprint"], tuple(call.get("sources_sha256", ())))
+            if edit in last and step not in self.consented:
+                key = self.key_of(call)
+                before = last[edit]
+                lost = any(before < s < step for s in self.losses.get(key, []))
+                expired = any(before < s < step for s in self.expired)
+                assert lost and expired, (f"an edit of {key} paid at step {before} was paid again at step {step} "
+                                          f"(lost since: {lost}; result URLs expired since: {expired})")
+            last[edit] = step
+
+    def key_of(self, call: dict[str, Any]) -> str:
+        """The key whose URL the call's fingerprint names (each key has its own photo)."""
+        for key in KEYS:
+            for prompt in PROMPTS:
+                if ImageEditRequest.build(prompt, [self.url(key)], "gpt-image-1").fingerprint == call["fingerprint"]:
+                    return key
+        return "?"
+
+
+def model_dags() -> Any:
+    from tests.dags import model_dags as dags
+
+    return dags
+
+
+PROFILES = {
+    # make test: a fixed set (derandomized: the same examples every run) and a few new ones
+    "quick": [settings(max_examples=6, stateful_step_count=8, derandomize=True),
+              settings(max_examples=3, stateful_step_count=8)],
+    # make fuzz: 30 minutes or more
+    "long": [settings(max_examples=400, stateful_step_count=14)],
+}
+
+
+@pytest.mark.parametrize("profile", range(len(PROFILES[os.environ.get("CUTOUT_MODEL_PROFILE", "quick")])))
+def test_the_catalog_model(sandbox, airflow_db, tmp_path, profile):
+    CatalogModel.sandbox, CatalogModel.root = sandbox, tmp_path
+    chosen = PROFILES[os.environ.get("CUTOUT_MODEL_PROFILE", "quick")][profile]
+    run_state_machine_as_test(CatalogModel, settings=settings(
+        chosen, deadline=None, database=None, print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large]))
