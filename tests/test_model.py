@@ -28,7 +28,14 @@ import pytest
 import requests
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from airflow_provider_cutout.api.models import ImageEditRequest
 from airflow_provider_cutout.sandbox.edits import sample_image
@@ -108,7 +115,7 @@ class CatalogModel(RuleBasedStateMachine):
                 for source in call.get("sources_sha256", []):
                     results.setdefault((call["fingerprint"], source), set()).add(call["result_sha256"])
         for key, prompt in prompts.items():
-            fp = ImageEditRequest.build(prompt, [self.url(key)], "gpt-image-1").fingerprint
+            fp = ImageEditRequest.build(prompt, [self.url(key)], "gpt-image-1", base_url=self.sandbox.url).fingerprint
             files = [p for p in self.out.glob(f"{key}.*") if p.is_file()]
             assert files, f"the run said success, and {key} has no file"
             digest = hashlib.sha256(files[0].read_bytes()).hexdigest()
@@ -228,7 +235,8 @@ class CatalogModel(RuleBasedStateMachine):
         """The key whose URL the call's fingerprint names (each key has its own photo)."""
         for key in KEYS:
             for prompt in PROMPTS:
-                if ImageEditRequest.build(prompt, [self.url(key)], "gpt-image-1").fingerprint == call["fingerprint"]:
+                request = ImageEditRequest.build(prompt, [self.url(key)], "gpt-image-1", base_url=self.sandbox.url)
+                if request.fingerprint == call["fingerprint"]:
                     return key
         return "?"
 

@@ -11,6 +11,7 @@ from airflow_provider_cutout.api.sources import sources_failed
 from airflow_provider_cutout.catalog import lifecycle
 from airflow_provider_cutout.catalog.entries import base_entry, written_at
 from airflow_provider_cutout.exceptions import InsufficientCreditsError, InvalidInputError
+from airflow_provider_cutout.state.chunk_keys import other_chunks, run_folder
 from airflow_provider_cutout.state.manifest import STORED
 from airflow_provider_cutout.texts import first_of
 
@@ -54,7 +55,7 @@ class Checks:
         self.reject([(names[name].key, "; ".join(found), names[name]) for name, found in failing.items()])
         return plan.without({names[name].key for name in failing})
 
-    def conflicts(self, plan: Plan, origin: dict[str, Any]) -> Plan:
+    def conflicts(self, plan: Plan, origin: dict[str, Any], folder: Any, planned: list[PlannedEdit]) -> Plan:
         """The items this run would pay for (or restore) whose key another edit writes: listed in another chunk
         of this run, or whose file another catalog (DAG and task) overwrote with its own edit since this one
         stored it. Each run would otherwise pay for its edit over the other's, again and again. The plan
@@ -62,6 +63,11 @@ class Checks:
         if not origin:
             return plan
         found = conflicts(self.manifest.entries.values(), plan, origin)
+        if origin["chunk"] >= 0:  # a key another chunk lists, whether or not that chunk wrote a record of it
+            keys = {item.key: item.fingerprint for item in planned}
+            editing = {item.key for item in plan.editing}
+            theirs = other_chunks(run_folder(folder, origin["catalog"], str(origin["run"])), origin["chunk"], keys)
+            found.update({key: chunk_conflict(key, chunk) for key, chunk in theirs.items() if key in editing})
         if found and not self.config.tolerates(len(found) + len(plan.rejected), plan.to_attempt):
             raise InvalidInputError(f"{len(found)} item{'' if len(found) == 1 else 's'} of this run would write "
                                     f"a file that another edit of the same key writes; nothing was sent:\n  "
@@ -107,6 +113,13 @@ class Checks:
                     "edit fewer items. Nothing was sent.")
 
 
+def chunk_conflict(key: str, chunk: Any) -> str:
+    """Why an item is refused: another chunk of this run lists its key with another edit."""
+    return (f"item {key!r} is also listed in map_index {chunk} of this run, with another edit: both would be "
+            "paid for and write one file; list each key once (chunk_items refuses this before the chunks are "
+            "mapped)")
+
+
 def conflicts(entries: Any, plan: Plan, origin: dict[str, Any]) -> dict[str, str]:
     """By key, why an item this run would pay for or restore conflicts with another edit of its key (see
     ``Checks.conflicts``)."""
@@ -120,9 +133,7 @@ def conflicts(entries: Any, plan: Plan, origin: dict[str, Any]) -> dict[str, str
         chunk = next((e for e in others if e.get("run") == origin["run"] and e.get("catalog") == origin["catalog"]
                       and e.get("chunk") != origin["chunk"] and lifecycle.paid(e)), None)
         if chunk is not None:
-            found[item.key] = (f"item {item.key!r} is also listed in map_index {chunk.get('chunk')} of this run, "
-                               "with another edit: both would be paid for and write one file; list each key once "
-                               "(chunk_items refuses this before the chunks are mapped)")
+            found[item.key] = chunk_conflict(item.key, chunk.get("chunk"))
             continue
         mine = restoring.get(item.key)
         if mine is None or mine.get("catalog") != origin["catalog"]:

@@ -98,7 +98,7 @@ class BatchRun:
         checks = Checks(self.config, self.hook, self.manifest, self.progress, self.log)
         checks.reject([(r.key, r.problem, None) for r in self.rejected], invalid=True)
         self.reporter.plan(plan, len(self.planned))
-        plan = self.plan = checks.sources(checks.conflicts(plan, self.origin))
+        plan = self.plan = checks.sources(checks.conflicts(plan, self.origin, self.folder, self.planned))
         checks.budget(plan)
         return plan
 
