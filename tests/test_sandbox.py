@@ -241,7 +241,7 @@ def test_an_edit_is_counted_when_it_arrives_and_reset_waits_for_it(sandbox):
     sender.join(timeout=10)
     assert answer[0].json()["code"] == 0  # the edit was done and charged, before the reset
     assert sandbox.ledger() == {"balance": 1000, "edit_calls": 0, "charges": 0, "credits_charged": 0, "calls": [],
-                                "by_fingerprint": {}, "source_reads": {}, "source_log": {}}
+                                "by_fingerprint": {}, "source_reads": {}, "source_bytes": {}, "source_log": {}}
 
 
 def test_faults_on_other_paths_and_bad_fault_spec(sandbox):

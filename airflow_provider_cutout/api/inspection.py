@@ -17,7 +17,7 @@ from airflow_provider_cutout.api.downloads import image_extension
 from airflow_provider_cutout.api.sources import NOT_MODIFIED, SOURCE_FORMATS, Recorded, SourceInfo
 from airflow_provider_cutout.api.transport import CHUNK_BYTES, Transport, etag_matches
 
-SOURCE_HEAD_BYTES = 128 * 1024  # what versions of releases before 0.7 hashed (kept while such a source is unchanged)
+SOURCE_HEAD_BYTES = 128 * 1024  # what earlier releases hashed for a version (kept while such a source is unchanged)
 SOURCE_READ_BYTES = 64 * 1024 * 1024  # a source is hashed whole up to this (the models accept at most 10 MiB)
 
 
@@ -144,8 +144,8 @@ def _source_info(url: str, status: int, headers: Mapping[str, str], head: bytes,
 
 def content_version(body: bytes, size: int | None, known: Recorded) -> str:
     """``sha256:`` and the digest of the bytes (and of the size a server said, when more than the bytes read):
-    what makes an edit's identity follow the photo, not its server's validators. A source recorded by a release
-    before 0.7 as a hash of its first 128 KiB keeps that version while those bytes are the whole file."""
+    what makes an edit's identity follow the photo, not its server's validators. A source recorded by an earlier
+    release as a hash of its first 128 KiB keeps that version while those bytes are the whole file."""
     if len(known.version) == 39 and known.version.startswith("sha256:") and len(body) <= SOURCE_HEAD_BYTES:
         if "sha256:" + hashlib.sha256(body).hexdigest()[:32] == known.version:
             return known.version

@@ -486,10 +486,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
             start = int(wanted.group(1))
             end = min(int(wanted.group(2) or len(data) - 1), len(data) - 1)
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-            self.state.count_source_read("206", self.path)
+            self.state.count_source_read("206", self.path, end + 1 - start)
             self._send(206, data[start : end + 1], content_type, headers)
         else:
-            self.state.count_source_read("200", self.path)
+            self.state.count_source_read("200", self.path, len(data))
             self._send(200, data, content_type, headers)
 
     def _page(self, name: str) -> None:

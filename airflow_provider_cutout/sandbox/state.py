@@ -115,6 +115,7 @@ class SandboxState:
     results: dict[str, tuple[bytes, float]] = field(default_factory=dict)
     photo_versions: dict[str, int] = field(default_factory=dict)  # "mug.png?w=40&h=30" -> version (1 by default)
     photo_served: dict[str, int] = field(default_factory=dict)  # how often re-served with new validators
+    source_bytes: dict[str, int] = field(default_factory=dict)  # body bytes of the sample reads, by status
     source_reads: dict[str, int] = field(default_factory=dict)  # answers to sample reads: "200", "206", "304", "HEAD"
     source_log: dict[str, int] = field(default_factory=dict)  # the same per URL: "206 /samples/mug.png?w=40&h=30"
     next_id: int = 789_000_000_000_001
@@ -139,6 +140,7 @@ class SandboxState:
             self.photo_versions.clear()
             self.photo_served.clear()
             self.source_reads.clear()
+            self.source_bytes.clear()
             self.source_log.clear()
 
     def add_faults(self, specs: list[dict[str, Any]]) -> list[Fault]:
@@ -190,11 +192,12 @@ class SandboxState:
             self.in_flight -= 1
             self.idle.notify_all()
 
-    def count_source_read(self, answer: str, target: str) -> None:
+    def count_source_read(self, answer: str, target: str, size: int = 0) -> None:
         """Count an answer to a sample read by its status, or ``HEAD`` (the request log of the source checks),
-        in all and for its URL's path and query ``target``."""
+        in all and for its URL's path and query ``target``, and the ``size`` of the body it carried."""
         with self.lock:
             self.source_reads[answer] = self.source_reads.get(answer, 0) + 1
+            self.source_bytes[answer] = self.source_bytes.get(answer, 0) + size
             line = f"{answer} {target}"
             self.source_log[line] = self.source_log.get(line, 0) + 1
 
@@ -235,6 +238,7 @@ class SandboxState:
             calls = [dict(c) for c in self.calls]
             balance = self.balance
             reads = dict(sorted(self.source_reads.items()))
+            read_bytes = dict(sorted(self.source_bytes.items()))
             log = dict(sorted(self.source_log.items()))
         per_fp: dict[str, dict[str, int]] = {}
         for call in calls:
@@ -255,5 +259,6 @@ class SandboxState:
             "calls": calls,
             "by_fingerprint": per_fp,
             "source_reads": reads,
+            "source_bytes": read_bytes,
             "source_log": log,
         }
