@@ -21,15 +21,17 @@ REPO = Path(__file__).resolve().parents[1]
 MARK = "CUTOUT-TEST-RUN "  # the line with the run's outcome (listeners may print after it)
 
 
-def spawn(dag: str, conf: dict[str, Any], prefix: tuple[str, ...] = (), **env: str) -> subprocess.Popen[str]:
+def spawn(dag: str, conf: dict[str, Any], prefix: tuple[str, ...] = (), *, cwd: Path = REPO,
+          **env: str) -> subprocess.Popen[str]:
     """A DAG run in its own process with its own copy of the migrated metadata DB (two processes
     serializing DAGs into one sqlite file at once collide; Postgres is the deployment issue's), and
-    this test's connections and ``env``; ``prefix`` runs it under a command (``unshare --pid ...``)."""
+    this test's connections and ``env``; ``prefix`` runs it under a command (``unshare --pid ...``); ``cwd`` (first on
+    its ``sys.path``) may hold another release's package."""
     home = Path(tempfile.mkdtemp(prefix="cutout-run-home-"))
     shutil.copy(Path(os.environ["AIRFLOW_HOME"]) / "airflow.db", home / "airflow.db")
     env = {**os.environ, "PYTHONPATH": str(REPO), "AIRFLOW_HOME": str(home),
            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db", **env}
-    proc = subprocess.Popen([*prefix, sys.executable, "-m", "tests.run_dag", dag, json.dumps(conf)], cwd=REPO, env=env,
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "tests.run_dag", dag, json.dumps(conf)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.home = home  # type: ignore[attr-defined]  # its metadata DB, for tests that scan it
     return proc
@@ -61,7 +63,10 @@ def main() -> None:
                                                   key="return_value"))
         summaries = [XComModel.deserialize_value(row) for row in rows]
     states = sorted(str(ti.state) for ti in run.get_task_instances() if ti.task_id == "batch")
-    print(MARK + json.dumps({"run_id": run.run_id, "state": str(run.state), "batch": states, "summaries": summaries}))
+    import airflow_provider_cutout
+
+    print(MARK + json.dumps({"run_id": run.run_id, "state": str(run.state), "batch": states, "summaries": summaries,
+                             "package": airflow_provider_cutout.__file__}))
 
 
 if __name__ == "__main__":

@@ -479,3 +479,18 @@ def test_a_charged_record_never_replaces_the_record_of_the_edit_stored_at_a_file
     assert read_record(target, "G") is None and read_record(target, "G", charged=True)["id"] == 2
     forget_charged_edit(target, "G")
     assert read_record(target, "G", charged=True) is None
+
+
+def test_chunks_of_a_cleared_run_compare_keys_with_that_clear_only(tmp_path):
+    """A run cleared and chunked otherwise since: the key lists of its earlier clear do not refuse anything."""
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_cutout.state.chunk_keys import other_chunks, run_folder
+
+    folder = ObjectStoragePath(f"{tmp_path}/")
+    first = run_folder(folder, "d.batch", "manual_1", 0)
+    assert other_chunks(first, 0, {"k": "f1"}) == {}
+    assert other_chunks(first, 1, {"k": "f2", "j": "f3"}) == {"k": 0}  # the same clear: k is listed twice
+    again = run_folder(folder, "d.batch", "manual_1", 1)
+    assert again != first and other_chunks(again, 1, {"k": "f2"}) == {}  # cleared: k moved to chunk 1 alone
+    assert other_chunks(again, 1, {"k": "f2"}) == {}  # a retry of a chunk reads its own list as its own

@@ -46,6 +46,13 @@ from tests.run_dag import spawn
 KEYS = ("k0", "k1")
 VALIDATORS = {"k0": "etag,modified", "k1": "none"}  # a CDN's photo, and a server that gives no validators
 PROMPTS = ("grayscale", "invert")
+#: rules to leave out (comma-separated names), to look for the next case once one is found (a model run on the
+#: code before the fixes stops at its first failure; see docs/reliability.md)
+SKIPPED = set(filter(None, os.environ.get("CUTOUT_MODEL_SKIP", "").split(",")))
+
+
+def enabled(name: str) -> Any:
+    return precondition(lambda self: name not in SKIPPED)
 W, H = 400, 600  # with grain: more than 128 KiB, a replacement changes only the last bytes
 
 
@@ -134,6 +141,7 @@ class CatalogModel(RuleBasedStateMachine):
         if done:
             self.assert_holds(self.prompt)
 
+    @enabled("run_a_killed")
     @rule(point=st.sampled_from(POINTS))
     def run_a_killed(self, point: str) -> None:
         """A run of catalog A whose process dies (SIGKILL) at a crash point, if it gets there."""
@@ -143,6 +151,7 @@ class CatalogModel(RuleBasedStateMachine):
         proc.communicate(timeout=300)
         self.settle()
 
+    @enabled("run_b")
     @rule()
     def run_b(self) -> None:
         """A second catalog (another DAG) on the same folder, with its own prompt for k0."""
@@ -151,6 +160,7 @@ class CatalogModel(RuleBasedStateMachine):
         if done:
             self.assert_holds(prompts)
 
+    @enabled("run_chunks_listing_k0_twice")
     @rule()
     def run_chunks_listing_k0_twice(self) -> None:
         """A mapped run whose chunks (made by hand) list k0 twice, with two prompts."""
@@ -162,30 +172,34 @@ class CatalogModel(RuleBasedStateMachine):
         assert not all(s == "success" for s, _ in states(run)["batch"]), (
             "both chunks said success, and k0's file can hold only one of its two edits")
 
+    @enabled("change_photo")
     @rule(key=st.sampled_from(KEYS))
     def change_photo(self, key: str) -> None:
         self.tick()
         self.set_photo(key, self.version[key] + 1)
 
     @precondition(lambda self: any(v > 1 for v in self.version.values()))
-    @rule(data=st.data())
-    def change_photo_back(self, data: st.DataObject) -> None:
-        key = data.draw(st.sampled_from([k for k in KEYS if self.version[k] > 1]))
+    @rule(key=st.sampled_from(KEYS))
+    def change_photo_back(self, key: str) -> None:
         self.tick()
-        self.set_photo(key, self.version[key] - 1)
+        if self.version[key] > 1:
+            self.set_photo(key, self.version[key] - 1)
 
+    @enabled("reserve_photo")
     @rule(key=st.sampled_from(KEYS))
     def reserve_photo(self, key: str) -> None:
         """The same bytes under new validators (another node of a CDN pool, a byte-identical re-upload)."""
         self.tick()
         self.admin("photos", {"name": f"m{key}.png", "w": W, "h": H, "reserve": True})
 
+    @enabled("change_prompt")
     @rule(key=st.sampled_from(KEYS))
     def change_prompt(self, key: str) -> None:
         self.tick()
         self.prompt[key] = PROMPTS[1] if self.prompt[key] == PROMPTS[0] else PROMPTS[0]
         self.losses[key].append(self.step)
 
+    @enabled("delete_file")
     @rule(key=st.sampled_from(KEYS))
     def delete_file(self, key: str) -> None:
         self.tick()
@@ -193,22 +207,26 @@ class CatalogModel(RuleBasedStateMachine):
             path.unlink()
         self.losses[key].append(self.step)
 
+    @enabled("expire_result_urls")
     @rule()
     def expire_result_urls(self) -> None:
         self.tick()
         self.expired.append(self.step)
         self.admin("expire", {})
 
+    @enabled("gateway_504_after_the_next_charge")
     @rule()
     def gateway_504_after_the_next_charge(self) -> None:
         self.tick()
         self.sandbox.fault("http_error", status=504, after_edit=True)
 
+    @enabled("result_url_500_once")
     @rule()
     def result_url_500_once(self) -> None:
         self.tick()
         self.sandbox.fault("http_error", status=500, path="results")
 
+    @enabled("photo_server_down_once")
     @rule()
     def photo_server_down_once(self) -> None:
         self.tick()
@@ -263,3 +281,27 @@ def test_the_catalog_model(sandbox, airflow_db, tmp_path, profile):
     run_state_machine_as_test(CatalogModel, settings=settings(
         chosen, deadline=None, database=None, print_blob=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large]))
+
+
+def replay(sandbox: Any, tmp_path: Path, steps: list[tuple[str, dict[str, Any]]]) -> None:
+    """A found example, step by step, with the invariant checked after each (as Hypothesis runs it)."""
+    CatalogModel.sandbox, CatalogModel.root = sandbox, tmp_path
+    state = CatalogModel()
+    state.first_run()
+    state.no_edit_paid_twice_without_a_reason()
+    for name, kwargs in steps:
+        getattr(state, name)(**kwargs)
+        state.no_edit_paid_twice_without_a_reason()
+    state.teardown()
+
+
+# Examples the model found on the code before the fixes of money safety round 2 (b193f77 with its crash points),
+# each shrunk by Hypothesis; kept as they were printed. Each fails there, and passes now.
+FOUND = {
+    "a key in two chunks (case 11)": [("delete_file", {"key": "k0"}), ("run_chunks_listing_k0_twice", {})],
+}
+
+
+@pytest.mark.parametrize("name", sorted(FOUND))
+def test_an_example_the_model_found(sandbox, airflow_db, tmp_path, name):
+    replay(sandbox, tmp_path, FOUND[name])

@@ -18,7 +18,7 @@ from airflow_provider_cutout.api.sources import NOT_MODIFIED, SOURCE_FORMATS, Re
 from airflow_provider_cutout.api.transport import CHUNK_BYTES, Transport, etag_matches
 
 SOURCE_HEAD_BYTES = 128 * 1024  # what earlier releases hashed for a version (kept while such a source is unchanged)
-SOURCE_READ_BYTES = 64 * 1024 * 1024  # a source is hashed whole up to this (the models accept at most 10 MiB)
+SOURCE_READ_BYTES = 16 * 1024 * 1024  # a source is hashed whole up to this (the models accept at most 10 MiB)
 
 
 def inspect(transport: Transport, url: str, known: Recorded | None = None) -> SourceInfo:
@@ -45,7 +45,8 @@ def inspect(transport: Transport, url: str, known: Recorded | None = None) -> So
         return SourceInfo(url, 0, error=source_error(err, timeout_s))
     if answer is None or (300 <= answer.status < 400 and answer.status != NOT_MODIFIED):
         return _inspect_following(transport, url, headers, timeout, known)
-    if answer.status == NOT_MODIFIED and not etag_matches(answer.headers.get("ETag"), known.validator):
+    if answer.status == NOT_MODIFIED and known.validator and not etag_matches(answer.headers.get("ETag"),
+                                                                              known.validator):
         return inspect(transport, url, Recorded(known.version))  # "not modified", another version: trust neither
     return _answer(url, answer.status, answer.headers, iter((answer.body,)), known)
 
@@ -110,7 +111,7 @@ def _answer(url: str, status: int, headers: Mapping[str, str], chunks: Iterator[
         return _unchanged(url, known)
     if not 200 <= status < 300:
         return SourceInfo(url, status)
-    return _source_info(url, status, headers, _read_head(chunks, SOURCE_READ_BYTES), known)
+    return _source_info(url, status, headers, _read_head(chunks, SOURCE_READ_BYTES))
 
 
 def _read_head(chunks: Iterator[bytes], limit: int) -> bytes:
@@ -124,7 +125,7 @@ def _read_head(chunks: Iterator[bytes], limit: int) -> bytes:
     return b"".join(kept)
 
 
-def _source_info(url: str, status: int, headers: Mapping[str, str], head: bytes, known: Recorded) -> SourceInfo:
+def _source_info(url: str, status: int, headers: Mapping[str, str], head: bytes) -> SourceInfo:
     """Format, byte size, pixel size, content version (the bytes' digest) and validator from a source's answer."""
     total = headers.get("Content-Range", "").rpartition("/")[2]
     length = headers.get("Content-Length") if status == 200 else None
@@ -139,18 +140,16 @@ def _source_info(url: str, status: int, headers: Mapping[str, str], head: bytes,
         width, height = (width, height) if width and height and width > 0 and height > 0 else (None, None)
     etag, modified = headers.get("ETag"), headers.get("Last-Modified")
     validator = etag or (f"{modified}|{size}" if modified and size is not None else "")
-    return SourceInfo(url, status, kind, size, width, height, content_version(head, size, known), validator)
+    legacy = etag or (f"{modified}|{size}" if modified else
+                      "sha256:" + hashlib.sha256(head[:SOURCE_HEAD_BYTES]).hexdigest()[:32])
+    return SourceInfo(url, status, kind, size, width, height, content_version(head, size), validator, legacy=legacy)
 
 
-def content_version(body: bytes, size: int | None, known: Recorded) -> str:
-    """``sha256:`` and the digest of the bytes (and of the size a server said, when more than the bytes read):
-    what makes an edit's identity follow the photo, not its server's validators. A source recorded by an earlier
-    release as a hash of its first 128 KiB keeps that version while those bytes are the whole file."""
-    if len(known.version) == 39 and known.version.startswith("sha256:") and len(body) <= SOURCE_HEAD_BYTES:
-        if "sha256:" + hashlib.sha256(body).hexdigest()[:32] == known.version:
-            return known.version
+def content_version(body: bytes, size: int | None) -> str:
+    """``sha256:`` and the digest of the bytes (and of the size a server said, when the read stopped at
+    ``SOURCE_READ_BYTES``): what makes an edit's identity follow the photo, not its server's validators."""
     digest = hashlib.sha256(body)
-    if size is not None and size != len(body):  # read up to SOURCE_READ_BYTES only
+    if len(body) >= SOURCE_READ_BYTES and size is not None and size != len(body):
         digest.update(f"|{size}".encode())
     return "sha256:" + digest.hexdigest()
 

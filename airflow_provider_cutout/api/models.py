@@ -107,6 +107,9 @@ class ImageEditRequest(BaseModel):
     #: what asks each source's server whether it changed (ETag, Last-Modified and size); recorded, never part of
     #: the fingerprint (a server may change them while the bytes stay the same), never sent
     source_validators: tuple[str, ...] = ()
+    #: each source's version as releases before sources were hashed whole gave it (ETag, Last-Modified and size,
+    #: or a hash of the first 128 KiB): what finds the edits they recorded; never part of the fingerprint
+    legacy_versions: tuple[str, ...] = ()
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -221,14 +224,23 @@ class ImageEditRequest(BaseModel):
         with ``check_sources`` off)."""
         return self.model_copy(update={"source_versions": ()}).fingerprint
 
-    def with_versions(self, versions: dict[str, tuple[str, str]]) -> ImageEditRequest:
-        """This request with its sources' versions and validators (``url -> (version, validator)``); unchanged
-        when any version is unknown."""
-        found = [versions.get(url, ("", "")) for url in self.image_urls]
-        if not all(version for version, _ in found):
+    def with_versions(self, versions: dict[str, tuple[str, str, str]]) -> ImageEditRequest:
+        """This request with its sources' versions, validators and legacy versions (``url -> (version,
+        validator, legacy)``); unchanged when any version is unknown."""
+        found = [versions.get(url, ("", "", "")) for url in self.image_urls]
+        if not all(version for version, _, _ in found):
             return self
-        return self.model_copy(update={"source_versions": tuple(v for v, _ in found),
-                                       "source_validators": tuple(v for _, v in found)})
+        return self.model_copy(update={"source_versions": tuple(f[0] for f in found),
+                                       "source_validators": tuple(f[1] for f in found),
+                                       "legacy_versions": tuple(f[2] for f in found)})
+
+    def legacy_request(self) -> ImageEditRequest | None:
+        """This edit under its sources' legacy versions (how releases before sources were hashed whole keyed
+        it), when they are known and differ; else ``None``."""
+        legacy = self.legacy_versions
+        if not (legacy and all(legacy)) or legacy == self.source_versions:
+            return None
+        return self.model_copy(update={"source_versions": legacy})
 
 
 class _Response(BaseModel):

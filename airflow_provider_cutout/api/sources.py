@@ -31,6 +31,8 @@ class SourceInfo:
         validators say (a version recorded by an older release is kept while its source is unchanged).
     :param validator: what asks the server cheaply whether it changed: the ETag, else Last-Modified and size,
         else ``""`` (read it again).
+    :param legacy: the version releases before sources were hashed whole gave this answer (the ETag, else
+        Last-Modified and size, else a hash of the first 128 KiB): what finds the edits they recorded.
     :param error: why no answer came (a timeout, a refused connection), else ``""``.
     :param unchanged: the source has not changed since ``version`` was recorded (a 304, or its listing said
         so): nothing else about it was read this time.
@@ -46,6 +48,7 @@ class SourceInfo:
     validator: str = ""
     error: str = ""
     unchanged: bool = False
+    legacy: str = ""
 
     @property
     def versioned(self) -> bool:

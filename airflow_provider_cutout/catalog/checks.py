@@ -12,7 +12,8 @@ from airflow_provider_cutout.catalog import lifecycle
 from airflow_provider_cutout.catalog.entries import base_entry, written_at
 from airflow_provider_cutout.exceptions import InsufficientCreditsError, InvalidInputError
 from airflow_provider_cutout.state.chunk_keys import other_chunks, run_folder
-from airflow_provider_cutout.state.manifest import STORED
+from airflow_provider_cutout.state.io import file_sha256
+from airflow_provider_cutout.state.manifest import STORED, file_name
 from airflow_provider_cutout.texts import first_of
 
 if TYPE_CHECKING:
@@ -62,11 +63,12 @@ class Checks:
         without them (failed items of this run, left to ``max_failures``), or an error before anything is sent."""
         if not origin:
             return plan
-        found = conflicts(self.manifest.entries.values(), plan, origin)
-        if origin["chunk"] >= 0:  # a key another chunk lists, whether or not that chunk wrote a record of it
+        found = conflicts(self.manifest.entries.values(), plan, origin, folder)
+        if origin["chunk"] >= 0:  # a key another chunk of this run lists, whether or not it wrote a record of it
             keys = {item.key: item.fingerprint for item in planned}
             editing = {item.key for item in plan.editing}
-            theirs = other_chunks(run_folder(folder, origin["catalog"], str(origin["run"])), origin["chunk"], keys)
+            runs = run_folder(folder, origin["catalog"], str(origin["run"]), origin["clear"])
+            theirs = other_chunks(runs, origin["chunk"], keys)
             found.update({key: chunk_conflict(key, chunk) for key, chunk in theirs.items() if key in editing})
         if found and not self.config.tolerates(len(found) + len(plan.rejected), plan.to_attempt):
             raise InvalidInputError(f"{len(found)} item{'' if len(found) == 1 else 's'} of this run would write "
@@ -120,30 +122,28 @@ def chunk_conflict(key: str, chunk: Any) -> str:
             "mapped)")
 
 
-def conflicts(entries: Any, plan: Plan, origin: dict[str, Any]) -> dict[str, str]:
-    """By key, why an item this run would pay for or restore conflicts with another edit of its key (see
-    ``Checks.conflicts``)."""
-    by_key: dict[Any, list[dict[str, Any]]] = {}
+def conflicts(entries: Any, plan: Plan, origin: dict[str, Any], folder: Any) -> dict[str, str]:
+    """By key, why a restore this run would make writes over another catalog's edit of its key: the item's file
+    holds (by its digest) an edit another catalog (DAG and task) stored there after this catalog's own."""
+    restoring = {item.key: entry for item, entry in plan.to_restore if entry.get("catalog") == origin["catalog"]}
+    newest: dict[Any, dict[str, Any]] = {}
     for entry in entries:
-        by_key.setdefault(entry.get("key"), []).append(entry)
+        mine = restoring.get(entry.get("key"))
+        if (mine is not None and entry.get("status") == STORED and entry.get("sha256")
+                and entry.get("catalog") not in (None, origin["catalog"]) and written_at(entry) > written_at(mine)
+                and written_at(entry) > written_at(newest.get(entry["key"], {}))):
+            newest[entry["key"]] = entry
     found = {}
-    restoring = {item.key: entry for item, entry in plan.to_restore}
-    for item in plan.editing:
-        others = [e for e in by_key.get(item.key, ()) if e.get("fingerprint") != item.fingerprint]
-        chunk = next((e for e in others if e.get("run") == origin["run"] and e.get("catalog") == origin["catalog"]
-                      and e.get("chunk") != origin["chunk"] and lifecycle.paid(e)), None)
-        if chunk is not None:
-            found[item.key] = chunk_conflict(item.key, chunk.get("chunk"))
-            continue
-        mine = restoring.get(item.key)
-        if mine is None or mine.get("catalog") != origin["catalog"]:
-            continue
-        newer = [e for e in others if e.get("status") == STORED and e.get("catalog") not in (None, origin["catalog"])
-                 and written_at(e) > written_at(mine)]
-        if newer:
-            other = max(newer, key=written_at)
-            found[item.key] = (f"item {item.key!r}: its file was overwritten by {other['catalog']} (DAG.task) with "
-                               "another edit of the same key; two catalogs writing one key in one folder would "
-                               "each restore or pay for their edit over the other's on every run. Give each catalog "
-                               "its own output_dir or its own keys")
+    for key, other in newest.items():
+        path = folder / file_name(other)
+        try:
+            holds = file_sha256(str(path)) == other["sha256"]
+        except FileNotFoundError:
+            holds = False
+        if holds:
+            found[key] = (f"item {key!r}: its file {file_name(other)} holds another edit of the key, which "
+                          f"{other['catalog']} (DAG.task) stored after this catalog's; two catalogs writing one key "
+                          "in one folder would each restore or pay for their edit over the other's on every run. "
+                          "Give each catalog its own output_dir or keys; if the other no longer writes this key, "
+                          "delete the file and the next run restores this catalog's edit")
     return found

@@ -52,7 +52,8 @@ class Entries:
                 "copy_of": source.get("stored_path") if source else None}
 
     def _adopt(self, item: PlannedEdit) -> Entry | None:
-        """An item stored before source versions counted is taken as unchanged once (``state.versions``)."""
+        """An item stored before source versions counted, or under its sources' legacy versions (before sources
+        were hashed whole), is taken as unchanged once (``state.versions``) and recorded under its fingerprint."""
         def stored(fp: str) -> Entry | None:
             entry = self.manifest.get(fp, item.key)
             return entry if entry is not None and entry.get("status") == STORED else None
@@ -60,9 +61,14 @@ class Entries:
         def adopted(fp: str, entry: Entry) -> None:
             lifecycle.record(self.manifest, "adopted", entry)
 
-        request = item.request
-        return adopt_unversioned(item.fingerprint, request.unversioned_fingerprint, request.source_versions, stored,
-                                 adopted, request.source_validators)
+        request, legacy = item.request, item.request.legacy_request()
+        earlier = [request.unversioned_fingerprint] + ([legacy.fingerprint] if legacy else [])
+        for fingerprint in earlier:
+            found = adopt_unversioned(item.fingerprint, fingerprint, request.source_versions, stored, adopted,
+                                      request.source_validators)
+            if found is not None:
+                return found
+        return None
 
 
 def base_entry(item: PlannedEdit) -> Entry:

@@ -84,7 +84,7 @@ def make_plan(config: BatchConfig, hook: CutoutHook, folder: Any, entries: Entri
                                       known={url: Recorded.of(*recorded)
                                              for url, recorded in manifest.source_versions().items()})
         for item, request in zip(planned, requests, strict=True):
-            item.request = request
+            item.request = _earlier_versions(manifest, item.key, request)
     manifest.include(item.fingerprint for item in planned)  # the items that share their edits
     holds = Holds(folder, _newest_stored(manifest.entries.values()), _charged_unstored(manifest.entries.values()))
     found = [(item, entries.entry_for(item)) for item in planned]
@@ -99,13 +99,25 @@ def make_plan(config: BatchConfig, hook: CutoutHook, folder: Any, entries: Entri
     return plan
 
 
+def _earlier_versions(manifest: Manifest, key: str, request: ImageEditRequest) -> ImageEditRequest:
+    """An edit a release before sources were hashed whole recorded as paid and not stored (edited, in doubt):
+    kept under its legacy versions, so its result is fetched, or its doubt honoured, not paid again. (A stored
+    one is adopted under the new versions, ``Entries``.)"""
+    legacy = request.legacy_request()
+    if legacy is None or manifest.get(request.fingerprint, key) is not None:
+        return request
+    earlier = manifest.get(legacy.fingerprint, key)
+    return legacy if earlier is not None and earlier.get("status") in (EDITED, IN_DOUBT) else request
+
+
 def _revalidate(manifest: Manifest, found: list[tuple[PlannedEdit, Entry | None]], skipped: set[str]) -> None:
     """Skipped items whose sources gave the same bytes under new validators (another CDN node, a re-upload):
     recorded with the new validators, so the next run asks with those (a 304) instead of reading the bytes."""
     for item, entry in found:
         validators = list(item.request.source_validators)
         if entry and item.key in skipped and any(validators) and entry.get("source_validators") != validators:
-            lifecycle.record(manifest, "revalidated", entry, source_validators=validators)
+            lifecycle.record(manifest, "revalidated", entry, source_validators=validators,
+                             written_at=written_at(entry))  # recorded anew, the file was not written again
 
 
 def _sorted(config: BatchConfig, found: list[tuple[PlannedEdit, Entry | None]], names: Any, holds: Holds,

@@ -258,7 +258,7 @@ class CutoutHook(BaseHook):
         """
         infos = self.inspect_sources((url for r in requests for url in r.image_urls), concurrency=concurrency,
                                      known=known)
-        versions = {url: (info.version, info.validator) for url, info in infos.items() if info.versioned}
+        versions = {url: (info.version, info.validator, info.legacy) for url, info in infos.items() if info.versioned}
         return [request.with_versions(versions) for request in requests]
 
     def _inspect(self, url: str, known: Recorded | None = None) -> SourceInfo:

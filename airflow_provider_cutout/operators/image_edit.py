@@ -94,7 +94,7 @@ class CutoutImageEditOperator(BaseOperator):
             except CutoutError as err:
                 fail_or_retry(err, self.log)
             if hook.checks_sources(self.check_sources):
-                request = hook.with_versions([request])[0]  # a replaced photo is a new edit
+                request = self._earlier_versions(hook.with_versions([request])[0], context)  # a new photo: new edit
             stored = None if self.force or not self.output_path else self._stored(request)
             if stored is not None:
                 self.log.info("Cutout edit already stored at %s by an earlier run (id=%s): nothing sent, nothing "
@@ -109,6 +109,21 @@ class CutoutImageEditOperator(BaseOperator):
         finally:
             hook.close()
 
+    def _earlier_versions(self, request: ImageEditRequest, context: Context) -> ImageEditRequest:
+        """An edit a release before sources were hashed whole sent (claimed, or charged and not stored) under
+        its sources' legacy versions: kept under those, so its claim and result are honoured, not paid again
+        (a stored one is adopted, ``_stored``)."""
+        from airflow_provider_cutout.state.intent import earlier_intent
+        from airflow_provider_cutout.state.records import find_stored_edit
+
+        legacy = request.legacy_request()
+        if legacy is None or not self.output_path or self.force:
+            return request
+        if find_stored_edit(self.output_path, request.fingerprint) or find_stored_edit(self.output_path,
+                                                                                        legacy.fingerprint):
+            return request
+        return legacy if earlier_intent(self.output_path, legacy.fingerprint, context) else request
+
     def _stored(self, request: ImageEditRequest) -> dict[str, Any] | None:
         """This edit's result from an earlier run; one stored before source versions counted is adopted for
         the versions seen now (so a later change of the photo is edited again)."""
@@ -121,9 +136,13 @@ class CutoutImageEditOperator(BaseOperator):
             if fp == request.fingerprint or is_folder(self.output_path):
                 remember_stored_edit(self.output_path, fp, record)
 
-        stored = find_stored_edit(self.output_path, request.fingerprint) or adopt_unversioned(
-            request.fingerprint, request.unversioned_fingerprint, request.source_versions,
-            lambda fp: find_stored_edit(self.output_path, fp), put, request.source_validators)
+        def adopt(earlier: str) -> dict[str, Any] | None:
+            return adopt_unversioned(request.fingerprint, earlier, request.source_versions,
+                                     lambda fp: find_stored_edit(self.output_path, fp), put, request.source_validators)
+
+        legacy = request.legacy_request()
+        stored = (find_stored_edit(self.output_path, request.fingerprint) or adopt(request.unversioned_fingerprint)
+                  or (adopt(legacy.fingerprint) if legacy else None))
         hidden = ("fingerprint", "source_versions", "source_validators")  # the result as the earlier run pushed it
         return None if stored is None else {k: v for k, v in stored.items() if k not in hidden}
 

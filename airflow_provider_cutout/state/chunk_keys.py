@@ -2,7 +2,8 @@
 lists with another edit, before either pays (chunks made by hand can list a key twice; ``chunk_items`` refuses
 that before mapping). Each chunk writes its keys and their fingerprints, then reads the others': of two chunks
 that start at the same moment, at least the one that writes second sees the other (both may refuse, neither
-pays twice). One small file per chunk, in ``_cutout/runs/<run>/``; a chunk reads the others' whole."""
+pays twice). One small file per chunk, in ``_cutout/runs/<run>/`` (a new folder each time the run is cleared);
+a chunk reads the others' whole: with N chunks, N x (N - 1) small reads per run."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from typing import Any
 from airflow_provider_cutout.state.io import STATE_DIR, list_files, write_whole
 
 
-def run_folder(folder: Any, catalog: str, run: str) -> Any:
-    """Where the chunks of one run of one catalog list their keys."""
-    return folder / STATE_DIR / "runs" / hashlib.sha256(f"{catalog}\n{run}".encode()).hexdigest()[:24]
+def run_folder(folder: Any, catalog: str, run: str, clear: int) -> Any:
+    """Where the chunks of one run of one catalog list their keys, afresh each time the run is cleared (the
+    catalog may have been chunked otherwise since)."""
+    name = hashlib.sha256(f"{catalog}\n{run}\n{clear}".encode()).hexdigest()[:24]
+    return folder / STATE_DIR / "runs" / name
 
 
 def other_chunks(folder: Any, chunk: int, keys: Mapping[str, str]) -> dict[str, int]:

@@ -41,6 +41,7 @@ class Owner:
     pid: int = 0
     boot_id: str = ""  # the kernel's boot: containers on one machine share it, other machines do not
     pid_ns: str = ""  # the PID namespace: a PID means something only inside its own
+    clear_number: int = 0  # how often the DAG run was cleared: its chunks' key lists are per clear
 
     def shares_pids_with(self, other: Owner) -> bool:
         """Whether ``other``'s PID can be looked up from here: same host name, same boot, same PID namespace
@@ -53,11 +54,13 @@ class Owner:
         """This process, running the task instance of ``context``."""
         ti = context.get("ti") if context else None
         map_index = getattr(ti, "map_index", None)
+        dag_run = context.get("dag_run") if context else None
         return cls(
             token=uuid.uuid4().hex[:20], dag_id=getattr(ti, "dag_id", None), run_id=getattr(ti, "run_id", None),
             task_id=getattr(ti, "task_id", None), map_index=-1 if map_index is None else map_index,
             try_number=getattr(ti, "try_number", 0) or 0, host=socket.gethostname(), pid=os.getpid(),
             boot_id=_read_text("/proc/sys/kernel/random/boot_id"), pid_ns=_pid_namespace(),
+            clear_number=int(getattr(dag_run, "clear_number", 0) or 0),
         )
 
     @property
@@ -66,7 +69,8 @@ class Owner:
         outside a task instance)."""
         if self.dag_id is None:
             return {}
-        return {"catalog": f"{self.dag_id}.{self.task_id}", "run": self.run_id, "chunk": self.map_index}
+        return {"catalog": f"{self.dag_id}.{self.task_id}", "run": self.run_id, "chunk": self.map_index,
+                "clear": self.clear_number}
 
     def describe(self) -> str:
         """A line that tells a user which run holds an item."""

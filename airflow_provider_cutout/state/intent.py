@@ -28,6 +28,15 @@ IN_DOUBT = ("may have been charged; it is not sent again by itself: check the ac
             "force=True to edit (and pay) again")
 
 
+def earlier_intent(output_path: Any, fingerprint: str, context: Any) -> bool:
+    """Whether an earlier run left a claim of this edit in ``output_path``, or a record of its charged result."""
+    intent = SendIntent(output_path, fingerprint, context)
+    if intent.claims is None:
+        return False
+    return intent.claims.holder(intent.name) is not None or read_record(output_path, fingerprint,
+                                                                         charged=True) is not None
+
+
 class SendIntent:
     """Before one edit is sent: ``begin`` (an earlier try's result, or an error when it may have been charged),
     then ``sent`` or ``failed``, and ``close``.

@@ -27,7 +27,7 @@ def conf_chunks(params=None) -> list[list[dict]]:
 def catalog(dag_id: str) -> DAG:
     with DAG(dag_id, schedule=None, start_date=START, params=PARAMS, default_args=ARGS) as dag:
         CutoutBatchImageEditOperator(task_id="batch", items=conf_items(), output_dir="{{ params.out }}/",
-                                     prompt="grayscale", max_concurrency=2, max_failures=1, progress_interval=1.0,
+                                     prompt="grayscale", max_concurrency=1, max_failures=1, progress_interval=1.0,
                                      resend_in_doubt="{{ params.resend }}")
     return dag
 
@@ -37,5 +37,5 @@ model_b = catalog("t_model_b")
 
 with DAG("t_model_chunks", schedule=None, start_date=START, params=PARAMS, default_args=ARGS) as model_chunks:
     CutoutBatchImageEditOperator.partial(
-        task_id="batch", output_dir="{{ params.out }}/", prompt="grayscale", max_concurrency=2, progress_interval=1.0,
+        task_id="batch", output_dir="{{ params.out }}/", prompt="grayscale", max_concurrency=1, progress_interval=1.0,
     ).expand(items=conf_chunks())

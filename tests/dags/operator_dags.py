@@ -116,3 +116,9 @@ with DAG("t_single_timed", schedule=None, start_date=START,
 
 with DAG("t_single_stoppable", schedule=None, start_date=START, default_args={"retries": 0}) as stoppable_single:
     CutoutImageEditOperator(task_id="edit", prompt="grayscale", image_urls=sample_urls(["watch"]), model="gpt-image-1")
+
+
+with DAG("t_single_url_stored", schedule=None, start_date=START, params={"url": "", "out": "/tmp/unused"},
+         default_args={"retries": 0}) as url_stored:
+    CutoutImageEditOperator(task_id="edit", prompt="grayscale", image_urls="{{ params.url }}", model="gpt-image-1",
+                            output_path="{{ params.out }}/")
