@@ -298,7 +298,19 @@ def replay(sandbox: Any, tmp_path: Path, steps: list[tuple[str, dict[str, Any]]]
 # Examples the model found on the code before the fixes of money safety round 2 (b193f77 with its crash points),
 # each shrunk by Hypothesis; kept as they were printed. Each fails there, and passes now.
 FOUND = {
-    "a key in two chunks (case 11)": [("delete_file", {"key": "k0"}), ("run_chunks_listing_k0_twice", {})],
+    # seed 1, as printed
+    "case 11: a key in two chunks": [("delete_file", {"key": "k0"}), ("run_chunks_listing_k0_twice", {})],
+    # seed 2 (chunks left out), as printed
+    "case 10: two catalogs": [("expire_result_urls", {}), ("run_b", {}),
+                              ("run_a_killed", {"point": "charged_recorded"})],
+    # seed 2 (chunks left out): printed in 12 steps, the 2 that matter kept
+    "case 4: a change far into a photo without validators": [("change_photo", {"key": "k1"}),
+                                                             ("run_a", {"resend": False})],
+    # seed 3 (chunks and the second catalog left out): printed in 12 steps (a kill after the charge), kept with
+    # a 504 after the charge instead, which leaves the same doubt
+    "case 2: in doubt, then new validators": [("gateway_504_after_the_next_charge", {}),
+                                              ("change_prompt", {"key": "k0"}), ("run_a", {"resend": False}),
+                                              ("reserve_photo", {"key": "k0"}), ("run_a", {"resend": False})],
 }
 
 
