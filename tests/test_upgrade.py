@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import REPO, calls_and_charges, states, xcoms
 from tests.run_dag import finish, spawn
 
+pytestmark = pytest.mark.e2e  # newest Airflow only: the catalog's logic is the same on both
 OLD = "7e7fea0"  # the release before sources were hashed whole
 
 
