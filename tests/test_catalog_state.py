@@ -481,16 +481,17 @@ def test_a_charged_record_never_replaces_the_record_of_the_edit_stored_at_a_file
     assert read_record(target, "G", charged=True) is None
 
 
-def test_chunks_of_a_cleared_run_compare_keys_with_that_clear_only(tmp_path):
-    """A run cleared and chunked otherwise since: the key lists of its earlier clear do not refuse anything."""
+def test_chunks_compare_keys_with_each_other_chunks_newest_list(tmp_path):
+    """A chunk cleared alone still sees the lists of the chunks that were not run again; a chunk that runs again
+    in a later clear replaces its own list."""
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_cutout.state.chunk_keys import other_chunks, run_folder
 
-    folder = ObjectStoragePath(f"{tmp_path}/")
-    first = run_folder(folder, "d.batch", "manual_1", 0)
-    assert other_chunks(first, 0, {"k": "f1"}) == {}
-    assert other_chunks(first, 1, {"k": "f2", "j": "f3"}) == {"k": 0}  # the same clear: k is listed twice
-    again = run_folder(folder, "d.batch", "manual_1", 1)
-    assert again != first and other_chunks(again, 1, {"k": "f2"}) == {}  # cleared: k moved to chunk 1 alone
-    assert other_chunks(again, 1, {"k": "f2"}) == {}  # a retry of a chunk reads its own list as its own
+    runs = run_folder(ObjectStoragePath(f"{tmp_path}/"), "d.batch", "manual_1")
+    assert other_chunks(runs, 0, 0, {"k": "f1"}) == {}
+    assert other_chunks(runs, 1, 0, {"k": "f2", "j": "f3"}) == {"k": 0}  # k listed twice
+    assert other_chunks(runs, 1, 1, {"k": "f2"}) == {"k": 0}  # chunk 1 cleared alone: chunk 0's list still counts
+    assert other_chunks(runs, 0, 2, {"j": "f3"}) == {}  # chunk 0 in a later clear, chunked otherwise: k moved
+    assert other_chunks(runs, 1, 2, {"k": "f2"}) == {}  # and chunk 1 keeps k alone
+    assert other_chunks(runs, 1, 2, {"k": "f2"}) == {}  # a retry reads its own list as its own

@@ -51,6 +51,25 @@ def test_a_kept_connection_the_server_closed_is_asked_again_on_a_new_one(sandbox
     assert sandbox.ledger()["source_reads"] == {"200": 2}  # the request on the closed connection never arrived
 
 
+def test_an_edit_of_photos_some_unchanged_some_read_again_keeps_its_legacy_versions(sandbox):
+    """An upgrade: an edit of two photos recorded by the release before sources were hashed whole (one by its
+    ETag, one, without validators, by a hash of its first 128 KiB). The ETag'd one answers 304 and the other is
+    read whole: the edit under its legacy versions is the one that release recorded."""
+    from airflow_provider_cutout.api.models import ImageEditRequest
+
+    hook = CutoutHook()
+    logo, photo = (sandbox.sample("logo", "png", w=1280, h=960, grain=1, validators=v) for v in ("etag", "none"))
+    first = {url: hook.client.inspect_source(url) for url in (logo, photo)}
+    legacy = {logo: first[logo].validator, photo: first[photo].legacy}  # what that release recorded
+    assert legacy[photo].startswith("sha256:") and len(legacy[photo]) == 39
+    request = ImageEditRequest.build("grayscale", [logo, photo], "gpt-image-1", base_url=sandbox.url)
+    recorded = request.model_copy(update={"source_versions": (legacy[logo], legacy[photo])})
+    again = CutoutHook().with_versions([request], known={url: Recorded.of(v, None) for url, v in legacy.items()})[0]
+    assert again.source_versions[0] == legacy[logo]  # the 304 keeps it
+    assert again.source_versions[1] == first[photo].version != legacy[photo]  # read whole: its digest
+    assert again.legacy_request() is not None and again.legacy_request().fingerprint == recorded.fingerprint
+
+
 def test_a_connection_left_with_unread_bytes_is_not_kept(sandbox, monkeypatch):
     """A source larger than what a check reads (``SOURCE_READ_BYTES``): the check reads that much and closes
     the connection (a kept one would hand the rest of the photo to the next source as its answer)."""

@@ -75,3 +75,24 @@ def test_a_single_edit_the_old_release_left_in_doubt_is_not_paid_again(sandbox, 
     assert calls_and_charges(sandbox) == [(1, 1)]
     new = url_stored.test(run_conf=conf)
     assert states(new)["edit"] == [("failed", 1)] and calls_and_charges(sandbox) == [(1, 1)]
+
+
+def test_a_live_run_of_the_old_release_is_waited_for_not_paid_again(sandbox, airflow_db, tmp_path, old_release):
+    """A rolling upgrade: a run of the old release is sending an item (its claim under the legacy version) when a
+    run of this one starts. This one waits for that claim instead of paying under the new version."""
+    import time
+
+    from tests.dags.batch_dags import conditional
+    from tests.run_dag import spawn
+
+    conf = {"n": 1, "out": str(tmp_path), "changed": "", "invalid": False, "validators": "none", "big": True}
+    sandbox.fault("slow", delay=15)  # charged, answered 15 s later: the old run holds its claim meanwhile
+    old = spawn("tests.dags.batch_dags:conditional", conf, cwd=old_release, PYTHONPATH=f"{old_release}:{REPO}")
+    deadline = time.monotonic() + 120
+    while not any(c.get("outcome") == "charged" for c in sandbox.ledger()["calls"]):
+        assert time.monotonic() < deadline and old.poll() is None, "the old release's run never sent its edit"
+        time.sleep(0.1)
+    new = conditional.test(run_conf=conf)
+    assert finish(old)["state"] == "success"
+    assert calls_and_charges(sandbox) == [(1, 1)]  # before the fix: paid again under the new version
+    assert states(new)["batch"][-1][0] == "success"

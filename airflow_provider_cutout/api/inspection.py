@@ -52,7 +52,10 @@ def inspect(transport: Transport, url: str, known: Recorded | None = None) -> So
 
 
 def _unchanged(url: str, known: Recorded) -> SourceInfo:
-    return SourceInfo(url, NOT_MODIFIED, version=known.version, validator=known.validator, unchanged=True)
+    """A source unchanged since ``known`` was recorded: that version (which is its legacy version too, when an
+    earlier release recorded it)."""
+    return SourceInfo(url, NOT_MODIFIED, version=known.version, validator=known.validator, unchanged=True,
+                      legacy=known.version)
 
 
 def _inspect_following(transport: Transport, url: str, headers: dict[str, str], timeout: tuple[float, float],

@@ -67,8 +67,8 @@ class Checks:
         if origin["chunk"] >= 0:  # a key another chunk of this run lists, whether or not it wrote a record of it
             keys = {item.key: item.fingerprint for item in planned}
             editing = {item.key for item in plan.editing}
-            runs = run_folder(folder, origin["catalog"], str(origin["run"]), origin["clear"])
-            theirs = other_chunks(runs, origin["chunk"], keys)
+            runs = run_folder(folder, origin["catalog"], str(origin["run"]))
+            theirs = other_chunks(runs, origin["chunk"], origin["clear"], keys)
             found.update({key: chunk_conflict(key, chunk) for key, chunk in theirs.items() if key in editing})
         if found and not self.config.tolerates(len(found) + len(plan.rejected), plan.to_attempt):
             raise InvalidInputError(f"{len(found)} item{'' if len(found) == 1 else 's'} of this run would write "
@@ -140,6 +140,8 @@ def conflicts(entries: Any, plan: Plan, origin: dict[str, Any], folder: Any) -> 
             holds = file_sha256(str(path)) == other["sha256"]
         except FileNotFoundError:
             holds = False
+        except OSError:  # undecided: restoring over it might start the fight; refused for this run
+            holds = True
         if holds:
             found[key] = (f"item {key!r}: its file {file_name(other)} holds another edit of the key, which "
                           f"{other['catalog']} (DAG.task) stored after this catalog's; two catalogs writing one key "

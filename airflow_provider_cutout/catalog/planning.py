@@ -21,7 +21,7 @@ from airflow_provider_cutout.catalog.plan import (
     Rejected,
     classify,
 )
-from airflow_provider_cutout.state.io import existing, file_sha256, is_local, list_names
+from airflow_provider_cutout.state.io import STATE_DIR, existing, file_exists, file_sha256, is_local, list_names
 from airflow_provider_cutout.state.manifest import EDITED, IN_DOUBT, STORED, Manifest, file_name
 from airflow_provider_cutout.texts import first_of
 
@@ -84,7 +84,7 @@ def make_plan(config: BatchConfig, hook: CutoutHook, folder: Any, entries: Entri
                                       known={url: Recorded.of(*recorded)
                                              for url, recorded in manifest.source_versions().items()})
         for item, request in zip(planned, requests, strict=True):
-            item.request = _earlier_versions(manifest, item.key, request)
+            item.request = _earlier_versions(manifest, folder, item.key, request)
     manifest.include(item.fingerprint for item in planned)  # the items that share their edits
     holds = Holds(folder, _newest_stored(manifest.entries.values()), _charged_unstored(manifest.entries.values()))
     found = [(item, entries.entry_for(item)) for item in planned]
@@ -99,15 +99,20 @@ def make_plan(config: BatchConfig, hook: CutoutHook, folder: Any, entries: Entri
     return plan
 
 
-def _earlier_versions(manifest: Manifest, key: str, request: ImageEditRequest) -> ImageEditRequest:
-    """An edit a release before sources were hashed whole recorded as paid and not stored (edited, in doubt):
-    kept under its legacy versions, so its result is fetched, or its doubt honoured, not paid again. (A stored
-    one is adopted under the new versions, ``Entries``.)"""
+def _earlier_versions(manifest: Manifest, folder: Any, key: str, request: ImageEditRequest) -> ImageEditRequest:
+    """An edit a release before sources were hashed whole recorded as paid and not stored (edited, in doubt),
+    or claimed (a run of that release killed, or still running): kept under its legacy versions, so its result
+    is fetched, its doubt honoured or its claim waited for, not paid again. (A stored one is adopted under the
+    new versions, ``Entries``.)"""
     legacy = request.legacy_request()
-    if legacy is None or manifest.get(request.fingerprint, key) is not None:
+    if legacy is None or lifecycle.paid(manifest.get(request.fingerprint, key)):
         return request
     earlier = manifest.get(legacy.fingerprint, key)
-    return legacy if earlier is not None and earlier.get("status") in (EDITED, IN_DOUBT) else request
+    if earlier is not None and earlier.get("status") in (EDITED, IN_DOUBT):
+        return legacy
+    if earlier is None and file_exists(folder / STATE_DIR / "claims" / f"{legacy.fingerprint}.json"):
+        return legacy
+    return request
 
 
 def _revalidate(manifest: Manifest, found: list[tuple[PlannedEdit, Entry | None]], skipped: set[str]) -> None:

@@ -241,7 +241,8 @@ class CutoutHook(BaseHook):
         unchanged = {url for url, etag in listed.items() if known[url].validator and etag == known[url].validator}
         for url in unchanged:
             self._inspected[url] = SourceInfo(url, NOT_MODIFIED, version=known[url].version,
-                                              validator=known[url].validator, unchanged=True)
+                                              validator=known[url].validator, unchanged=True,
+                                              legacy=known[url].version)
         todo = [url for url in todo if url not in unchanged]
         for info in map_in_threads(lambda url: self._inspect(url, known.get(url)), todo,
                                    min(concurrency, len(todo)), "cutout-source"):

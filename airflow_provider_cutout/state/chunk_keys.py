@@ -2,41 +2,49 @@
 lists with another edit, before either pays (chunks made by hand can list a key twice; ``chunk_items`` refuses
 that before mapping). Each chunk writes its keys and their fingerprints, then reads the others': of two chunks
 that start at the same moment, at least the one that writes second sees the other (both may refuse, neither
-pays twice). One small file per chunk, in ``_cutout/runs/<run>/`` (a new folder each time the run is cleared);
-a chunk reads the others' whole: with N chunks, N x (N - 1) small reads per run."""
+pays twice).
+
+One small file per chunk and clear of the run, ``_cutout/runs/<run>/<map_index>.<clear>.json``; a chunk
+compares its keys with each other chunk's newest list. A chunk cleared alone (Airflow counts every clear of a
+run) still sees the lists of the chunks that were not; a run cleared and chunked otherwise may refuse a key
+until the chunk that listed it before has run again (a retry passes then). N chunks make N x (N - 1) small reads
+per run."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from airflow_provider_cutout.state.io import STATE_DIR, list_files, write_whole
 
-
-def run_folder(folder: Any, catalog: str, run: str, clear: int) -> Any:
-    """Where the chunks of one run of one catalog list their keys, afresh each time the run is cleared (the
-    catalog may have been chunked otherwise since)."""
-    name = hashlib.sha256(f"{catalog}\n{run}\n{clear}".encode()).hexdigest()[:24]
-    return folder / STATE_DIR / "runs" / name
+_NAME = re.compile(r"(\d+)\.(\d+)\.json")
 
 
-def other_chunks(folder: Any, chunk: int, keys: Mapping[str, str]) -> dict[str, int]:
-    """Write this chunk's ``keys`` (key -> fingerprint), then return the keys that another chunk of the run lists
-    with another fingerprint, with that chunk's map index."""
+def run_folder(folder: Any, catalog: str, run: str) -> Any:
+    """Where the chunks of one run of one catalog list their keys."""
+    return folder / STATE_DIR / "runs" / hashlib.sha256(f"{catalog}\n{run}".encode()).hexdigest()[:24]
+
+
+def other_chunks(folder: Any, chunk: int, clear: int, keys: Mapping[str, str]) -> dict[str, int]:
+    """Write this chunk's ``keys`` (key -> fingerprint) for this ``clear`` of the run, then return the keys that
+    another chunk's newest list gives another fingerprint, with that chunk's map index."""
     folder.mkdir(parents=True, exist_ok=True)
-    write_whole(folder / f"{chunk}.json", json.dumps(keys, separators=(",", ":")).encode())
+    write_whole(folder / f"{chunk}.{clear}.json", json.dumps(keys, separators=(",", ":")).encode())
+    newest: dict[int, tuple[int, str]] = {}  # map index -> (clear, file name)
+    for name in list_files(folder):
+        match = _NAME.fullmatch(name)
+        if match and int(match[1]) != chunk and int(match[2]) >= newest.get(int(match[1]), (-1, ""))[0]:
+            newest[int(match[1])] = (int(match[2]), name)
     found: dict[str, int] = {}
-    for name in sorted(list_files(folder)):
-        other = name.removesuffix(".json")
-        if not other.isdigit() or int(other) == chunk:
-            continue
+    for other, (_, name) in sorted(newest.items()):
         try:
             theirs = json.loads((folder / name).read_bytes())
         except (OSError, ValueError):  # a chunk being written, or a damaged file: its own check covers it
             continue
         for key, fingerprint in (theirs.items() if isinstance(theirs, dict) else ()):
             if key in keys and keys[key] != fingerprint:
-                found.setdefault(key, int(other))
+                found.setdefault(key, other)
     return found
