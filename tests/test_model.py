@@ -314,6 +314,10 @@ FOUND = {
                                               ("reserve_photo", {"key": "k0"}), ("run_a", {"resend": False})],
     # seed 4 (chunks, the second catalog and the 504 left out): printed in 11 steps, the 2 that matter kept
     "case 3: the same bytes under new validators": [("reserve_photo", {"key": "k0"}), ("run_a", {"resend": False})],
+    # make fuzz on the code after the fixes (seed 20261206), printed in 13 steps, the 3 that matter kept: a third
+    # catalog (the chunks) restored the first one's edit, its result URL expired, over the second one's file
+    "a third catalog restoring over another's file": [("run_b", {}), ("expire_result_urls", {}),
+                                                      ("run_chunks_listing_k0_twice", {})],
 }
 
 

@@ -304,7 +304,7 @@ def test_two_catalogs_writing_one_key_do_not_fight_over_its_file(sandbox, airflo
     capfd.readouterr()
     again = batch.test(run_conf=conf(tmp_path, 1))
     assert states(again)["batch"][-1][0] == "failed" and stored.read_bytes() == theirs
-    assert "which t_batch_serial.batch (DAG.task) stored after this catalog's" in "".join(capfd.readouterr())
+    assert "which t_batch_serial.batch (DAG.task) stored after this catalog's edit" in "".join(capfd.readouterr())
     assert summary_of(serial.test(run_conf={**conf(tmp_path, 1), "changed": "item-0"}))["skipped"] == 1
     assert calls_and_charges(sandbox) == [(1, 1)] * 2  # before the fix: restored over it, and back, every run
     stored.unlink()  # the way out the error names, once the other catalog no longer writes the key
@@ -518,8 +518,9 @@ def test_a_stored_file_is_judged_by_when_each_edit_wrote_it_not_by_records(sandb
     assert summary_of(unchecked.test(run_conf=conf(tmp_path, 3)))["edited"] == 3  # grayscale, unversioned
     (stored,) = tmp_path.glob("item-1.*")
     gray = stored.read_bytes()
-    assert summary_of(unchecked.test(run_conf={**conf(tmp_path, 3), "changed": "item-1"}))["edited"] == 1
-    assert stored.read_bytes() != gray  # invert overwrote it
+    # invert overwrites it (the same DAG as the restore below: another DAG's newer edit in the file is refused)
+    assert summary_of(batch.test(run_conf={**conf(tmp_path, 3), "changed": "item-1"}))["edited"] == 1
+    assert stored.read_bytes() != gray
     failed = templated.test(run_conf={**conf(tmp_path, 3), "max_credits": 1, "max_failures": 0})
     assert states(failed)["batch"][-1][0] == "failed"  # it adopted the gray entries, then stopped
     back = summary_of(batch.test(run_conf={**conf(tmp_path, 3), "out": f"file://{tmp_path}"}))

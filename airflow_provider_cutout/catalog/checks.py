@@ -124,8 +124,8 @@ def chunk_conflict(key: str, chunk: Any) -> str:
 
 def conflicts(entries: Any, plan: Plan, origin: dict[str, Any], folder: Any) -> dict[str, str]:
     """By key, why a restore this run would make writes over another catalog's edit of its key: the item's file
-    holds (by its digest) an edit another catalog (DAG and task) stored there after this catalog's own."""
-    restoring = {item.key: entry for item, entry in plan.to_restore if entry.get("catalog") == origin["catalog"]}
+    holds (by its digest) an edit another catalog (DAG and task) stored there after the one to restore was."""
+    restoring = {item.key: entry for item, entry in plan.to_restore}
     newest: dict[Any, dict[str, Any]] = {}
     for entry in entries:
         mine = restoring.get(entry.get("key"))
@@ -144,8 +144,8 @@ def conflicts(entries: Any, plan: Plan, origin: dict[str, Any], folder: Any) -> 
             holds = True
         if holds:
             found[key] = (f"item {key!r}: its file {file_name(other)} holds another edit of the key, which "
-                          f"{other['catalog']} (DAG.task) stored after this catalog's; two catalogs writing one key "
-                          "in one folder would each restore or pay for their edit over the other's on every run. "
+                          f"{other['catalog']} (DAG.task) stored after this catalog's edit; two catalogs writing one "
+                          "key in one folder would each restore or pay for their edit over the other's on every run. "
                           "Give each catalog its own output_dir or keys; if the other no longer writes this key, "
                           "delete the file and the next run restores this catalog's edit")
     return found
