@@ -33,8 +33,11 @@ def earlier_intent(output_path: Any, fingerprint: str, context: Any) -> bool:
     intent = SendIntent(output_path, fingerprint, context)
     if intent.claims is None:
         return False
-    return intent.claims.holder(intent.name) is not None or read_record(output_path, fingerprint,
-                                                                         charged=True) is not None
+    try:
+        return intent.claims.holder(intent.name) is not None or read_record(output_path, fingerprint,
+                                                                             charged=True) is not None
+    except (FileNotFoundError, NotADirectoryError):  # no folder there: nothing recorded (the send says why)
+        return False
 
 
 class SendIntent:
