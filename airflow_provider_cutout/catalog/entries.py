@@ -9,7 +9,7 @@ from airflow_provider_cutout.catalog import lifecycle
 from airflow_provider_cutout.catalog.plan import PlannedEdit
 from airflow_provider_cutout.state.io import file_exists
 from airflow_provider_cutout.state.manifest import EDITED, IN_DOUBT, STORED, Manifest
-from airflow_provider_cutout.state.versions import adopt_unversioned
+from airflow_provider_cutout.state.versions import adopt_earlier
 
 Entry = dict[str, Any]
 
@@ -64,8 +64,8 @@ class Entries:
         request, legacy = item.request, item.request.legacy_request()
         earlier = [request.unversioned_fingerprint] + ([legacy.fingerprint] if legacy else [])
         for fingerprint in earlier:
-            found = adopt_unversioned(item.fingerprint, fingerprint, request.source_versions, stored, adopted,
-                                      request.source_validators)
+            found = adopt_earlier(item.fingerprint, fingerprint, request.source_versions, stored, adopted,
+                                  request.source_validators)
             if found is not None:
                 return found
         return None

@@ -129,7 +129,7 @@ class CutoutImageEditOperator(BaseOperator):
         the versions seen now (so a later change of the photo is edited again)."""
         from airflow_provider_cutout.state.io import is_folder
         from airflow_provider_cutout.state.records import find_stored_edit, remember_stored_edit
-        from airflow_provider_cutout.state.versions import adopt_unversioned
+        from airflow_provider_cutout.state.versions import adopt_earlier
 
         def put(fp: str, record: dict[str, Any]) -> None:
             # A file path keeps one record, the adopted one: marking the old one there would overwrite it.
@@ -137,8 +137,8 @@ class CutoutImageEditOperator(BaseOperator):
                 remember_stored_edit(self.output_path, fp, record)
 
         def adopt(earlier: str) -> dict[str, Any] | None:
-            return adopt_unversioned(request.fingerprint, earlier, request.source_versions,
-                                     lambda fp: find_stored_edit(self.output_path, fp), put, request.source_validators)
+            return adopt_earlier(request.fingerprint, earlier, request.source_versions,
+                                 lambda fp: find_stored_edit(self.output_path, fp), put, request.source_validators)
 
         legacy = request.legacy_request()
         stored = (find_stored_edit(self.output_path, request.fingerprint) or adopt(request.unversioned_fingerprint)
