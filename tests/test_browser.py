@@ -135,7 +135,7 @@ def serving(env: dict[str, str]) -> Iterator[UI]:
 def api_server(tmp_path_factory) -> Iterator[UI]:
     """An API server with a throw-away sqlite home, in the simple auth manager's all-admins mode."""
     home = tmp_path_factory.mktemp("airflow-ui-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") or k == "AIRFLOW__API_AUTH__JWT_SECRET"}
     env.update({
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",

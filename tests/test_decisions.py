@@ -22,8 +22,8 @@ def open_manifest(folder):
 
 def decide(folder, key, decision, *, note="", prompt=None, by="rita", fingerprint=None):
     entry = read_manifest(folder)[key]
-    asked = {"key": key, "fingerprint": fingerprint or entry["fingerprint"], "decision": decision, "by": by,
-             "note": note}
+    asked = {"key": key, "fingerprint": fingerprint or entry["fingerprint"], "sha256": entry.get("sha256"),
+             "decision": decision, "by": by, "note": note}
     if prompt is not None:
         asked.update(prompt=prompt, replaces=entry.get("own_prompt") or entry["prompt"], edited=entry["prompt"])
     return open_manifest(folder).decisions.decide(asked)
@@ -151,6 +151,8 @@ def test_a_run_folds_many_decision_files_into_one_snapshot_and_keeps_every_stand
 def test_damaged_decision_lines_are_left_out_and_a_tie_is_settled_for_the_rejection(tmp_path):
     import json
 
+    from airflow_provider_cutout.state.signing import DECISION, sign
+
     stored(tmp_path, "k", "f1")
     folder = tmp_path / "_cutout" / "decisions"
     folder.mkdir(parents=True)
@@ -160,10 +162,14 @@ def test_damaged_decision_lines_are_left_out_and_a_tie_is_settled_for_the_reject
              {**good, "decision": None, "seq": 7}, {**good, "decision": "approved", "seq": "x", "updated_at": "soon"},
              {**good, "decision": "approved", "fingerprint": None, "seq": 9},
              {**good, "decision": "rejected", "prompt": 3, "replaces": "p", "seq": 9}]
+    lines = [sign(line, DECISION) for line in lines]  # written by the view, damaged since
+    lines.append({**good, "decision": "approved", "seq": 99})  # not signed: a forgery, however new its seq
+    lines.append({**lines[0], "seq": 98})  # signed once, changed since
     (folder / "hand.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\nnot json\n")
     reader = open_manifest(tmp_path).decisions
     assert reader.on("f1", "k")["decision"] == "rejected"  # "seq": "x" reads as 0, the rest are left out
-    assert len(reader.problems) == 4 and reader.correction("k") is None
+    assert len(reader.problems) == 6 and reader.correction("k") is None
+    assert sum("not signed by the review view" in problem for problem in reader.problems) == 2
     reader.decide({"key": "k", "fingerprint": "f1", "decision": "rejected", "by": "y"})
     reader.compact()
     assert sorted(p.name.split("-")[0] for p in folder.iterdir()) == ["hand.jsonl", "snapshot"]  # kept to inspect

@@ -118,6 +118,9 @@ def test_the_app_serves_only_plain_files_of_the_folder_it_read_and_errors_carry_
         (real / name).write_bytes(b"\x89PNG\r\n\x1a\n" + name.encode())
         writer.record({"key": name, "fingerprint": name, "status": "stored", "stored_path": f"{real}/{name}"})
     writer.close()
+    from airflow_provider_cutout.state.binding import bind
+
+    bind(ObjectStoragePath(f"{real}/"), "d", "batch")  # what the DAG's run records
     folder = tmp_path / "out"  # the task's output_dir is a link to the real folder
     folder.symlink_to(real)
     (tmp_path / "secret.png").write_bytes(b"secret")
@@ -175,6 +178,9 @@ def test_decisions_are_posted_with_the_users_token_checked_and_land_in_the_manif
                        "stored_path": f"{tmp_path}/{key}.png"})
     writer.record({"key": "c", "fingerprint": "fp-c", "status": "failed", "error": "boom"})
     writer.close()
+    from airflow_provider_cutout.state.binding import bind
+
+    bind(ObjectStoragePath(f"{tmp_path}/"), "d", "batch")
     user = SimpleNamespace(get_id=lambda: "7", get_name=lambda: "rita")
     monkeypatch.setattr(review_app, "CATALOGS", review_app._Catalogs(2))
     monkeypatch.setattr(review_app, "_output_dir", lambda ids: (str(tmp_path), 0.0))
@@ -186,14 +192,15 @@ def test_decisions_are_posted_with_the_users_token_checked_and_land_in_the_manif
         client = TestClient(review_app.app)
         ids = {"dag_id": "d", "run_id": "r", "task_id": "batch", "map_index": "-1"}
         page = client.get("/view", params=ids).text
-        token = review_app.csrf_token(user, review_app.task_instance_ids(**ids))
-        assert page.count("<form class='decide'") == 2 and f"value='{token}'" in page  # stored items only
-        form = {"key": "a", "fingerprint": "fp-a", "decision": "rejected", "note": "handle gone",
+        token = re.search(r"name='csrf' value='([0-9a-f]{64})'", page).group(1)
+        assert page.count("<form class='decide'") == 2 and page.count(f"value='{token}'") == 2  # stored items only
+        sha = {key: read_manifest(tmp_path)[key].get("sha256") or "" for key in ("a", "b")}
+        form = {"key": "a", "fingerprint": "fp-a", "sha256": sha["a"], "decision": "rejected", "note": "handle gone",
                 "prompt": "  invert  ", "csrf": token, "status": "all", "q": "", "page": "1"}
 
         def post(headers=None, **changes):
-            return client.post("/decide", params=ids, data={**form, **changes}, headers=headers or {},
-                               follow_redirects=False)
+            return client.post("/decide", params=ids, data={**form, **changes},
+                               headers={"Origin": "http://testserver", **(headers or {})}, follow_redirects=False)
 
         assert post(csrf="0" * 64).status_code == 403  # a form from elsewhere
         assert post(headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
@@ -207,7 +214,7 @@ def test_decisions_are_posted_with_the_users_token_checked_and_land_in_the_manif
         assert done.status_code == 303 and done.headers["location"].startswith("view?dag_id=d&run_id=r")
         review = read_manifest(tmp_path)["a"]["review"]
         assert review["decision"] == "rejected" and review["by"] == "rita" and review["prompt"] == "invert"
-        assert post(key="b", fingerprint="fp-b", decision="approved", prompt="").status_code == 303
+        assert post(key="b", fingerprint="fp-b", sha256=sha["b"], decision="approved", prompt="").status_code == 303
         page = client.get("/view", params={**ids, "status": "rejected"}).text
         assert "rejected: <b>1</b>" in page and "approved: <b>1</b>" in page and "data-key='a'" in page
         assert "data-key='b'" not in page and "handle gone" in page
@@ -215,14 +222,14 @@ def test_decisions_are_posted_with_the_users_token_checked_and_land_in_the_manif
         again.record({"key": "b", "fingerprint": "fp-b2", "status": "stored", "prompt": "grayscale",
                       "stored_path": f"{tmp_path}/b.png"})
         again.close()
-        assert post(key="b", fingerprint="fp-b", decision="rejected", prompt="").status_code == 409
+        assert post(key="b", fingerprint="fp-b", sha256=sha["b"], decision="rejected", prompt="").status_code == 409
         assert "review" not in read_manifest(tmp_path)["b"]  # the approval of fp-b does not stand for fp-b2
         from airflow_provider_cutout.state.decisions import Decisions
 
         Decisions(ObjectStoragePath(f"{tmp_path}/")).decide(  # another API server process decides
             {"key": "b", "fingerprint": "fp-b2", "decision": "rejected", "by": "olga", "note": "elsewhere"})
         assert "elsewhere" in client.get("/view", params=ids).text
-        other = SimpleNamespace(get_id=lambda: "8", get_name=lambda: "mallory")
-        assert review_app.csrf_token(other, review_app.task_instance_ids(**ids)) != token  # bound to the user
+        overrides[get_user] = lambda: SimpleNamespace(get_id=lambda: "8", get_name=lambda: "mallory")
+        assert post().status_code == 403  # the token is bound to the user
     finally:
         overrides.clear()

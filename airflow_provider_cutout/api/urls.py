@@ -56,6 +56,32 @@ def normalise_base_url(host: str | None, port: int | None = None) -> str:
 OBJECT_STORE_SCHEMES: tuple[str, ...] = ("s3", "gs", "gcs", "abfs", "abfss", "az")
 
 
+#: Where an output folder may be: a local path, or an object store with exclusive create.
+FOLDER_SCHEMES: tuple[str, ...] = ("", "file", "s3", "gs", "gcs", "abfs", "abfss")
+
+
+def folder_problem(folder: str, template: str | None = None) -> str | None:
+    """What makes ``folder`` (an ``output_dir`` as rendered) no folder to use or show, ``None`` when nothing does.
+
+    :param template: the ``output_dir`` as written in the DAG file, before rendering: a connection id in the
+        folder (``s3://conn_id@bucket/...``) must be written there, before any template, not chosen at run time
+        (run conf could otherwise read and write with any connection's credentials); ``None``: not checked.
+    """
+    parts = urlsplit(folder)
+    if parts.scheme not in FOLDER_SCHEMES or (not parts.scheme and not folder.startswith("/")):
+        return (f"output_dir={folder[:300]!r} is not an absolute local path or a folder on a supported object store "
+                f"({', '.join(s + '://' for s in FOLDER_SCHEMES if s)}): http(s), memory and other file systems "
+                "are not output folders")
+    if parts.scheme and "@" in parts.netloc and template is not None:
+        literal = template.split("{{", 1)[0].split("{%", 1)[0]
+        named = f"{parts.scheme}://{parts.netloc.split('@', 1)[0]}@"
+        if not literal.startswith(named):
+            return (f"output_dir names the connection {named[len(parts.scheme) + 3:-1]!r}, which the DAG file does "
+                    f"not write before any template in output_dir ({template[:200]!r}): a connection chosen at run "
+                    "time (run conf) is refused; write it in the DAG file")
+    return None
+
+
 def is_object_store_uri(url: str) -> bool:
     """Whether ``url`` names an object in a store the hook signs URLs for."""
     return urlsplit(url).scheme in OBJECT_STORE_SCHEMES

@@ -131,14 +131,16 @@ def render_review(items: Sequence[dict[str, Any]], *, query: ReviewQuery, title:
 
 @dataclass(frozen=True)
 class Decide:
-    """A stored item's decision form: approve or reject its edit, with a note and, on rejecting, a corrected
-    prompt. A plain POST (no script) to ``action``, carrying ``token`` against cross-site requests."""
+    """A stored item's decision form: approve or reject its edit (the image shown: its ``sha256``), with a note and,
+    on rejecting, a corrected prompt. A plain POST (no script) to ``action``, carrying ``token`` against cross-site
+    requests."""
 
     action: str
     token: str
 
     def form(self, entry: dict[str, Any], back: dict[str, str]) -> str:
-        fields = {"key": entry.get("key"), "fingerprint": entry.get("fingerprint"), "csrf": self.token, **back}
+        fields = {"key": entry.get("key"), "fingerprint": entry.get("fingerprint"), "sha256": entry.get("sha256") or "",
+                  "csrf": self.token, **back}
         hidden = "".join(f"<input type='hidden' name='{escape(k)}' value='{escape(v)}'>" for k, v in fields.items())
         return (f"<form class='decide' method='post' action='{escape(self.action)}'>{hidden}"
                 "<input type='text' name='note' maxlength='500' placeholder='note (optional)'>"

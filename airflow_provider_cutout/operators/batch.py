@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_cutout.api.urls import folder_problem
 from airflow_provider_cutout.catalog.config import BatchConfig
 from airflow_provider_cutout.catalog.plan import (
     Defaults,
@@ -19,7 +20,7 @@ from airflow_provider_cutout.catalog.plan import (
     file_stem,
     invalid_items_error,
 )
-from airflow_provider_cutout.exceptions import CutoutError, fail_or_retry
+from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError, fail_or_retry
 from airflow_provider_cutout.hooks.cutout import CutoutHook
 from airflow_provider_cutout.observability.links import CutoutGalleryLink, gallery_link
 from airflow_provider_cutout.operators._common import as_list, is_dynamic
@@ -111,6 +112,7 @@ class CutoutBatchImageEditOperator(BaseOperator):
         super().__init__(**kwargs)
         self.items = items
         self.output_dir = output_dir
+        self._output_dir_written = str(output_dir)  # as in the DAG file: what run conf cannot choose
         self.prompt = prompt
         self.model = model
         self.aspect_ratio = aspect_ratio
@@ -180,6 +182,9 @@ class CutoutBatchImageEditOperator(BaseOperator):
             try:
                 config = self.run_config()
                 planned, rejected = self.check_items(config, base_url=hook.base_url)
+                problem = folder_problem(str(self.output_dir), self._output_dir_written)
+                if problem is not None:
+                    raise InvalidInputError(f"{self._owner}: {problem}; nothing was sent")
             except CutoutError as err:
                 fail_or_retry(err, self.log)
             folder = ObjectStoragePath(str(self.output_dir).rstrip("/") + "/")

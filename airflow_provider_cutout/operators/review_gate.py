@@ -10,6 +10,7 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 
 from airflow_provider_cutout.exceptions import InvalidInputError
 from airflow_provider_cutout.observability.links import review_url
+from airflow_provider_cutout.state.binding import owner_of
 from airflow_provider_cutout.state.decisions import APPROVED, REJECTED
 from airflow_provider_cutout.state.manifest import STORED
 
@@ -67,7 +68,7 @@ class CutoutReviewGateOperator(HITLOperator):
         if not summaries:
             raise InvalidInputError(f"batch_task_id={self.batch_task_id!r} left no summary in this DAG run: "
                                     "name the CutoutBatchImageEditOperator task that runs before this gate")
-        folder = self._folder(summaries)
+        folder = self._folder(summaries, context)
         total = {name: sum(int(s.get(name) or 0) for s in summaries)
                  for name in ("total", "edited", "skipped", "failed", "in_doubt", "credits_spent")}
         if not self._custom_subject:
@@ -76,19 +77,31 @@ class CutoutReviewGateOperator(HITLOperator):
         if not self._custom_body:
             ti = context["ti"]
             link = review_url(ti.dag_id, ti.run_id, self.batch_task_id, 0 if len(summaries) > 1 else -1)
-            self.body = (f"Look at the edits in the [Cutout review view]({link}) of `{self.batch_task_id}`: approve "
-                         "or reject items there (a rejected item with a corrected prompt is edited again by the "
-                         "next run). Then choose what to publish. "
+            self.body = (f"Look at the edits in the [Cutout review view]({link}) of {markdown(self.batch_task_id)}: "
+                         "approve or reject items there (a rejected item with a corrected prompt is edited again by "
+                         "the next run). Then choose what to publish. "
                          f"This run: {total['edited']:,} edited, {total['skipped']:,} unchanged, "
                          f"{total['failed']:,} failed, {total['in_doubt']:,} in doubt; output folder "
-                         f"`{folder}`.")
-        reviewed = {key: entry.get("fingerprint") for key, entry in _scope(folder, self.items) if entry is not None}
+                         f"{markdown(str(folder))}.")
+        reviewed = {key: [entry.get("fingerprint"), entry.get("sha256")]
+                    for key, entry in _scope(folder, self.items) if entry is not None}
         context["ti"].xcom_push(key="reviewed_edits", value=reviewed)
         return super().execute(context)
 
-    def _folder(self, summaries: list[dict[str, Any]]) -> Any:
-        """The output folder: ``output_dir``, else the one the batch's summary names."""
-        return self.output_dir or next((s.get("output_dir") for s in summaries), None)
+    def _folder(self, summaries: list[dict[str, Any]], context: Context) -> Any:
+        """The output folder: ``output_dir``, else the one the batch's summary names; refused unless it belongs to
+        this DAG (``state.binding``: run conf may name any folder)."""
+        from airflow.sdk import ObjectStoragePath
+
+        folder = self.output_dir or next((s.get("output_dir") for s in summaries), None)
+        dag_id = context["ti"].dag_id
+        owner = owner_of(ObjectStoragePath(str(folder).rstrip("/") + "/")) if folder else None
+        if owner is None or owner["dag_id"] != dag_id:
+            raise InvalidInputError(
+                f"output_dir={str(folder)[:300]!r} is not a folder of DAG {dag_id!r} (it names "
+                f"{(owner or {}).get('dag_id')!r}): the gate publishes only what this DAG's batch wrote. Pass the "
+                "batch's own output_dir, or none.")
+        return folder
 
     def _summaries(self, context: Context) -> list[dict[str, Any]]:
         found = context["ti"].xcom_pull(task_ids=self.batch_task_id)
@@ -101,7 +114,8 @@ class CutoutReviewGateOperator(HITLOperator):
         choice = (answer["chosen_options"] or [REJECT_RUN])[0]
         ti = context["ti"]
         reviewed = ti.xcom_pull(task_ids=self.task_id, key="reviewed_edits", map_indexes=ti.map_index) or {}
-        result = publishable(self._folder(self._summaries(context)), choice, self.items, reviewed=reviewed)
+        result = publishable(self._folder(self._summaries(context), context), choice, self.items,
+                             reviewed=reviewed)
         result["responded_by"] = answer.get("responded_by_user")
         self.log.info("Cutout review gate: %s: %d items to publish, %d rejected, %d not stored, %d edited again "
                       "since the gate asked (held back)", choice, len(result["approved"]), len(result["rejected"]),
@@ -122,7 +136,7 @@ def publishable(output_dir: Any, choice: str, items: Any = None, *,
         decision = ((entry or {}).get("review") or {}).get("decision")
         if entry is None or entry.get("status") != STORED:
             not_stored.append(key)
-        elif reviewed is not None and reviewed.get(key) != entry.get("fingerprint"):
+        elif reviewed is not None and not _same_edit(reviewed.get(key), entry):
             changed.append(key)
         elif decision == REJECTED:
             rejected.append(key)
@@ -131,6 +145,24 @@ def publishable(output_dir: Any, choice: str, items: Any = None, *,
                              "sha256": entry.get("sha256")})
     return {"decision": choice, "approved": approved, "rejected": rejected, "not_stored": not_stored,
             "changed": changed}
+
+
+def _same_edit(asked: Any, entry: dict[str, Any]) -> bool:
+    """Whether ``entry`` is the edit and the image the gate asked about (``[fingerprint, sha256]``; a fingerprint
+    alone from a gate of an earlier release)."""
+    if isinstance(asked, list | tuple) and len(asked) == 2:
+        return [entry.get("fingerprint"), entry.get("sha256")] == list(asked)
+    return bool(asked == entry.get("fingerprint"))
+
+
+def markdown(text: str) -> str:
+    """``text`` as literal Markdown text (the gate's body is rendered as Markdown): every character that could
+    start markup is escaped, and line breaks are spaces."""
+    text = " ".join(text.split())
+    return "".join(f"\\{c}" if c in _MARKDOWN else c for c in text)
+
+
+_MARKDOWN = set("\\`*_{}[]()<>#+-.!|~&:\"'=")
 
 
 def _scope(output_dir: Any, items: Any) -> list[tuple[Any, dict[str, Any] | None]]:

@@ -30,20 +30,24 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
+import anyio
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from airflow_provider_cutout.api.models import check_prompt
+from airflow_provider_cutout.api.urls import folder_problem
 from airflow_provider_cutout.catalog.gallery import escape, gallery_items
 from airflow_provider_cutout.catalog.review import CSP, Decide, ReviewQuery, count, render_review, view_href
+from airflow_provider_cutout.exceptions import CutoutError
+from airflow_provider_cutout.state.binding import owner_of
 from airflow_provider_cutout.state.decisions import APPROVED, REJECTED
 from airflow_provider_cutout.state.io import is_local
 from airflow_provider_cutout.state.manifest import STORED, Manifest, file_name
+from airflow_provider_cutout.state.signing import FORM, NoSecretError, digest
 
 CACHED_CATALOGS = 4  # a catalog of 100,000 items holds about 150 MB in the API server while cached
 IMAGE_REFRESH_S = 30.0  # an image request reads new log files at most this often (a page of 60 is 60 requests)
@@ -58,6 +62,10 @@ app = FastAPI(title="Cutout review", docs_url=None, redoc_url=None, openapi_url=
 ReadAccess = Depends(requires_access_dag("GET", DagAccessEntity.TASK_INSTANCE))
 EditAccess = Depends(requires_access_dag("PUT", DagAccessEntity.TASK_INSTANCE))
 MAX_FORM_BYTES = 16 * 1024
+READ_TIMEOUT_S = 30.0  # a look that waits longer for its folder answers 503
+LOCK_WAIT_S = 10.0  # a look waits this long for another look at the same folder
+READERS = 8  # the view's own threads for reading folders (the API server's pool stays Airflow's)
+_TOKEN_COOKIE = "_token"  # the cookie of the Airflow UI's token
 MAX_NOTE_CHARS = 500
 
 
@@ -81,6 +89,7 @@ class Catalog:
     folder: Any
     items: list[dict[str, Any]]
     stored: set[str]
+    owner: str = ""  # the DAG the folder's signed record names (``state.binding``)
     real: str = ""  # a local folder's real path when its manifest was read: a link re-pointed later is refused
     manifest: Any = None  # the manifest read (its decisions log is where decisions are written)
     _by_key: dict[Any, dict[str, Any]] | None = None
@@ -94,10 +103,11 @@ class Catalog:
             self._counts[since] = count(self.items, since)
         return self._counts[since]
 
-    def current(self, key: Any) -> dict[str, Any] | None:
-        """The newest entry of an item key."""
+    def current(self, key: str) -> dict[str, Any] | None:
+        """The newest entry of an item key as a form sends it (text: ``7`` is the key ``7`` of a catalog whose keys
+        are numbers; a catalog cannot hold both, their files would share a name)."""
         if self._by_key is None:
-            self._by_key = {e.get("key"): e for e in self.items}
+            self._by_key = {str(e.get("key")): e for e in self.items}
         return self._by_key.get(key)
 
 
@@ -123,12 +133,17 @@ class _Catalogs:
         its reader has taken that file in already, so a refresh would not see it as new)."""
         with self._lock:
             slot = self._slots.get(output_dir)
-        if slot is not None:
-            with slot.lock:
-                slot.catalog = _catalog(slot.catalog.folder, slot.manifest) if slot.manifest and slot.catalog else None
+        if slot is not None and slot.lock.acquire(timeout=LOCK_WAIT_S):
+            try:
+                if slot.manifest and slot.catalog:
+                    slot.catalog = _catalog(slot.catalog.folder, slot.manifest, slot.catalog.owner)
+            finally:
+                slot.lock.release()
 
-    def get(self, output_dir: str, max_age: float = 0.0) -> Catalog:
-        """The catalog of ``output_dir``, refreshed when it was read more than ``max_age`` seconds ago."""
+    def get(self, output_dir: str, dag_id: str, max_age: float = 0.0) -> Catalog:
+        """The catalog of ``output_dir`` for a task instance of ``dag_id``, refreshed when it was read more than
+        ``max_age`` seconds ago. The folder's owner record is read first, each time: a folder that is not
+        ``dag_id``'s raises ``NotThisDags`` before its manifest is read."""
         from airflow.sdk import ObjectStoragePath
 
         with self._lock:
@@ -136,23 +151,44 @@ class _Catalogs:
             self._slots.move_to_end(output_dir)
             while len(self._slots) > self._size:
                 self._slots.popitem(last=False)
-        with slot.lock:
+        if not slot.lock.acquire(timeout=LOCK_WAIT_S):  # another look reads this folder (a slow store)
+            raise TimeoutError(f"the output folder is still being read by another look (over {LOCK_WAIT_S:.0f} s)")
+        try:
+            fresh = time.monotonic() - slot.read_at <= max_age and slot.catalog is not None
+            folder = slot.catalog.folder if slot.catalog else ObjectStoragePath(output_dir.rstrip("/") + "/")
+            owner = slot.catalog.owner if fresh and slot.catalog else _owner(folder)
+            if owner != dag_id:
+                raise NotThisDags(owner)
             if slot.manifest is None or slot.catalog is None:
-                folder = ObjectStoragePath(output_dir.rstrip("/") + "/")
                 slot.manifest = Manifest(folder)
-                slot.catalog = _catalog(folder, slot.manifest)
-            elif time.monotonic() - slot.read_at > max_age and slot.manifest.refresh(decisions=True):
-                slot.catalog = _catalog(slot.catalog.folder, slot.manifest)
-            if time.monotonic() - slot.read_at > max_age:
+                slot.catalog = _catalog(folder, slot.manifest, owner)
+            elif not fresh and (slot.manifest.refresh(decisions=True) or owner != slot.catalog.owner):
+                slot.catalog = _catalog(folder, slot.manifest, owner)
+            if not fresh:
                 slot.read_at = time.monotonic()
             return slot.catalog
+        finally:
+            slot.lock.release()
 
 
-def _catalog(folder: Any, manifest: Manifest) -> Catalog:
+class NotThisDags(Exception):
+    """The folder's owner record names another DAG, or there is none (``""``)."""
+
+    def __init__(self, owner: str) -> None:
+        super().__init__(owner)
+        self.owner = owner
+
+
+def _owner(folder: Any) -> str:
+    found = owner_of(folder)
+    return str(found["dag_id"]) if found else ""
+
+
+def _catalog(folder: Any, manifest: Manifest, owner: str) -> Catalog:
     items = gallery_items(manifest.catalog())
     stored = {file_name(e) for e in items if e.get("status") == STORED}
     real = os.path.realpath(folder.path) if is_local(folder) else ""
-    return Catalog(folder, items, {name for name in stored if _plain(name)}, real, manifest)
+    return Catalog(folder, items, {name for name in stored if _plain(name)}, owner, real, manifest)
 
 
 def _plain(name: str) -> bool:
@@ -204,32 +240,92 @@ def _output_dir(ids: TaskInstanceIds) -> tuple[str | None, float]:
     return (folder if isinstance(folder, str) else None), (started.timestamp() if started is not None else 0.0)
 
 
-_NOT_A_BATCH = ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Cutout review</title></head><body>"
-                "<p>No Cutout catalog here: this task instance is not a Cutout batch task, or it has not started."
-                "</p></body></html>")
+def _written(ids: TaskInstanceIds) -> str | None:
+    """The task's ``output_dir`` as its DAG file writes it (the newest serialized version of the DAG)."""
+    from airflow.models.serialized_dag import SerializedDagModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        dag = SerializedDagModel.get_dag(ids.dag_id, session=session)
+    task = dag.task_dict.get(ids.task_id) if dag is not None else None
+    found = getattr(task, "output_dir", None)
+    return found if isinstance(found, str) else None
+
+
+def _folder(ids: TaskInstanceIds) -> tuple[str, float]:
+    """The task instance's output folder, when the view may read it at all, and when the task started: an
+    ``HTTPException`` otherwise (before anything is read from a store)."""
+    output_dir, started = _output_dir(ids)
+    if output_dir is None:
+        raise HTTPException(404, "No Cutout catalog here: this task instance is not a Cutout batch task, or it has "
+                                 "not started.")
+    problem = folder_problem(output_dir)
+    if problem is None and "@" in urlsplit(output_dir).netloc:  # a connection: the DAG file's own only
+        problem = folder_problem(output_dir, _written(ids) or "")
+    if problem is not None:
+        raise HTTPException(403, f"The view does not read this folder: {problem}.")
+    return output_dir, started
+
+
+async def _in_thread(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` on one of the view's own threads (``READERS``: a folder that hangs cannot take the API
+    server's threads), given up after ``READ_TIMEOUT_S`` (503)."""
+    try:
+        with anyio.fail_after(READ_TIMEOUT_S):
+            return await anyio.to_thread.run_sync(function, *args, abandon_on_cancel=True, limiter=_readers())
+    except TimeoutError:
+        raise HTTPException(503, "The output folder did not answer in time (a slow store, or another look is "
+                                 "reading it); try again.") from None
+
+
+@functools.cache
+def _readers() -> anyio.CapacityLimiter:
+    return anyio.CapacityLimiter(READERS)
+
+
+async def _catalog_of(ids: TaskInstanceIds, max_age: float = 0.0) -> tuple[str, float, Catalog]:
+    """The task instance's folder, start and catalog, read for its DAG only."""
+    output_dir, started = await _in_thread(_folder, ids)
+    try:
+        catalog = await _in_thread(CATALOGS.get, output_dir, ids.dag_id, max_age)
+    except NotThisDags as err:
+        raise HTTPException(403, f"The output folder {output_dir[:300]} is not DAG {ids.dag_id}'s: "
+                                 + (f"a run of DAG {err.owner} wrote it first." if err.owner else
+                                    "no run of this DAG recorded it as its own (a run of this release records it "
+                                    "when it starts).")) from None
+    except (OSError, CutoutError) as err:
+        log.warning("Cutout review: the output folder %s cannot be read: %s", output_dir, err)
+        raise HTTPException(503, f"The output folder {output_dir[:300]} cannot be read from the API server "
+                                 f"({type(err).__name__}: {str(err)[:300]}).") from None
+    return output_dir, started, catalog
 
 
 def _page(body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(body, status_code=status)
 
 
+def _message(text: str, status: int) -> HTMLResponse:
+    return _page("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Cutout review</title></head>"
+                 f"<body><p>{escape(text)}</p></body></html>", status)
+
+
 @app.get("/view", dependencies=[ReadAccess], response_class=HTMLResponse)
-def view(ids: Ids, user: GetUserDep, status: str | None = None, q: str | None = None,
-         page: str | None = None) -> HTMLResponse:
+async def view(ids: Ids, user: GetUserDep, request: Request, status: str | None = None, q: str | None = None,
+               page: str | None = None) -> HTMLResponse:
     """The catalog of a batch task instance, a page at a time."""
-    output_dir, started = _output_dir(ids)
-    if output_dir is None:
-        return _page(_NOT_A_BATCH, 404)
     try:
-        catalog = CATALOGS.get(output_dir)
-    except OSError as err:
-        return _page("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Cutout review</title></head>"
-                     f"<body><p>The output folder {escape(output_dir)} cannot be read from the API server "
-                     f"({escape(type(err).__name__)}).</p></body></html>", 503)
+        _, started, catalog = await _catalog_of(ids)
+    except HTTPException as err:
+        return _message(str(err.detail), err.status_code)
     query = ReviewQuery.parse(status, q, page)
     params = {**ids.params(), "status": query.status, "q": query.search}
     image = view_href("image", ids.params())  # relative: right under any base path of the API server
-    decide = Decide(view_href("decide", ids.params())(), csrf_token(user, ids)) if _may_decide(user, ids) else None
+    decide = None
+    if await _in_thread(_may_decide, user, ids):
+        try:
+            decide = Decide(view_href("decide", ids.params())(), csrf_token(user, ids, request))
+        except NoSecretError as err:  # no forms: a decision signed with a made-up key would be ignored
+            log.warning("Cutout review: no decisions can be made: %s", err)
     return _page(render_review(catalog.items, query=query, title=str(catalog.folder), since=started,
                                href=view_href("view", params), image_url=lambda name: image(name=name),
                                hidden=ids.params(), decide=decide, counts=catalog.counts(started)))
@@ -238,39 +334,62 @@ def view(ids: Ids, user: GetUserDep, status: str | None = None, q: str | None = 
 @app.post("/decide", dependencies=[EditAccess])
 async def decide(ids: Ids, user: GetUserDep, request: Request) -> Response:
     """Record a decision on one stored item of the task instance's catalog; back to the page it was made on."""
-    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-        raise HTTPException(403, "a decision must come from the review view itself")
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        raise HTTPException(413, "the form is too large")
-    form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True).items()}
-    if not hmac.compare_digest(form.get("csrf", ""), csrf_token(user, ids)):
-        raise HTTPException(403, "the form's token is not this user's for this task instance: reload the view")
-    output_dir, _ = await run_in_threadpool(_output_dir, ids)  # the metadata DB: off the event loop
-    if output_dir is None:
-        raise HTTPException(404, "this task instance is not a Cutout batch task")
-    catalog = await run_in_threadpool(CATALOGS.get, output_dir)
+    _same_origin(request)
+    form = await _form(request)
+    if not hmac.compare_digest(form.get("csrf", ""), csrf_token(user, ids, request)):
+        raise HTTPException(403, "the form's token is not this user's for this task instance and this login: "
+                                 "reload the view")
+    output_dir, _, catalog = await _catalog_of(ids)
     decision = _decision(catalog, form, user.get_name())
-    await run_in_threadpool(catalog.manifest.decisions.decide, decision)
-    await run_in_threadpool(CATALOGS.forget, output_dir)  # the next look shows it
+    await _in_thread(catalog.manifest.decisions.decide, decision)
+    await _in_thread(CATALOGS.forget, output_dir)  # the next look shows it
     back = {"status": form.get("status", "all"), "q": form.get("q", ""), "page": form.get("page", "1")}
     return RedirectResponse(view_href("view", {**ids.params(), **back})(), status_code=303)
 
 
+def _same_origin(request: Request) -> None:
+    """Refuse a request another site made: by ``Sec-Fetch-Site`` where the browser sends it (over HTTPS), else by
+    ``Origin`` against the request's own host (a browser sends it with every form POST)."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        if site not in ("same-origin", "none"):
+            raise HTTPException(403, "a decision must come from the review view itself")
+        return
+    origin, host = request.headers.get("origin"), request.headers.get("host", "")
+    if origin is None or urlsplit(origin).netloc.lower() != host.lower() or not host:
+        raise HTTPException(403, "a decision must come from the review view itself (no Sec-Fetch-Site, and Origin "
+                                 f"{str(origin)[:100]!r} is not this server's {host[:100]!r})")
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The posted form, read up to ``MAX_FORM_BYTES`` (413 as soon as the body is larger, declared or sent)."""
+    declared = request.headers.get("content-length", "0")
+    if not declared.isdigit() or int(declared) > MAX_FORM_BYTES:
+        raise HTTPException(413, f"the form is too large (at most {MAX_FORM_BYTES:,} bytes)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise HTTPException(413, f"the form is too large (at most {MAX_FORM_BYTES:,} bytes)")
+    return {k: v[-1] for k, v in parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True).items()}
+
+
 def _decision(catalog: Catalog, form: dict[str, str], by: str) -> dict[str, Any]:
-    """The decision a form asks for, checked: the item's current edit, stored; a known decision; a valid corrected
-    prompt."""
+    """The decision a form asks for, checked: the item's current edit and image, stored; a known decision; a valid
+    corrected prompt."""
     key, fingerprint, chosen = form.get("key", ""), form.get("fingerprint", ""), form.get("decision")
     entry = catalog.current(key)
-    if entry is None or entry.get("fingerprint") != fingerprint or entry.get("status") != STORED:
-        raise HTTPException(409, f"item {key[:200]!r} has no stored result of that edit now (edited again since the "
-                                 "page was loaded?): reload the view")
+    if (entry is None or entry.get("fingerprint") != fingerprint or entry.get("status") != STORED
+            or form.get("sha256", "") != (entry.get("sha256") or "")):
+        raise HTTPException(409, f"item {key[:200]!r} has no stored result of that edit and image now (edited again "
+                                 "since the page was loaded?): reload the view")
     if chosen not in (APPROVED, REJECTED):
         raise HTTPException(422, f"decision={str(chosen)[:40]!r} must be {APPROVED!r} or {REJECTED!r}")
     note, prompt = form.get("note", "").strip(), form.get("prompt", "").strip()
     if len(note) > MAX_NOTE_CHARS:
         raise HTTPException(422, f"the note has {len(note)} characters; shorten it to at most {MAX_NOTE_CHARS}")
-    decision = {"key": key, "fingerprint": fingerprint, "decision": chosen, "by": by, "note": note}
+    decision = {"key": entry.get("key"), "fingerprint": fingerprint, "sha256": entry.get("sha256"),
+                "decision": chosen, "by": by, "note": note, "dag_id": catalog.owner}
     if prompt:
         if chosen != REJECTED:
             raise HTTPException(422, "a corrected prompt goes with Reject: the item is edited again with it")
@@ -285,28 +404,13 @@ def _decision(catalog: Catalog, form: dict[str, str], by: str) -> dict[str, Any]
     return decision
 
 
-def csrf_token(user: Any, ids: TaskInstanceIds) -> str:
-    """The token a decision form carries: bound to the user and the task instance, unguessable without the API
-    server's secret."""
-    message = "\x1f".join(["cutout-review", str(user.get_id()), *ids.params().values()]).encode()
-    return hmac.new(_secret(), message, hashlib.sha256).hexdigest()
-
-
-@functools.cache
-def _secret() -> bytes:
-    """A key for form tokens, the same in every API server process: derived from the secret the API server
-    signs its own tokens with (``[api_auth] jwt_secret``, else the private key at ``jwt_private_key_path``)."""
-    from airflow.configuration import conf
-
-    secret = (conf.get("api_auth", "jwt_secret", fallback="") or "").encode()
-    if not secret and conf.get("api_auth", "jwt_private_key_path", fallback=""):
-        with open(conf.get("api_auth", "jwt_private_key_path"), "rb") as key:
-            secret = key.read()
-    if not secret:  # Airflow makes one up per process then (and warns): so do its tokens
-        from airflow.api_fastapi.auth.tokens import get_signing_key
-
-        secret = get_signing_key("api_auth", "jwt_secret").encode()
-    return hashlib.sha256(b"cutout-review\x1f" + secret).digest()
+def csrf_token(user: Any, ids: TaskInstanceIds, request: Request) -> str:
+    """The token a decision form carries: bound to the user, the task instance and the login the request carries
+    (its Airflow token, a header or the UI's cookie: a new login makes old forms void), unguessable without the
+    deployment's secret (``state.signing``)."""
+    login = request.headers.get("authorization") or request.cookies.get(_TOKEN_COOKIE) or ""
+    session = hashlib.sha256(login.encode()).hexdigest()
+    return digest(FORM, "\x1f".join([str(user.get_id()), *ids.params().values(), session]).encode())
 
 
 def _may_decide(user: Any, ids: TaskInstanceIds) -> bool:
@@ -318,14 +422,13 @@ def _may_decide(user: Any, ids: TaskInstanceIds) -> bool:
 
 
 @app.get("/image", dependencies=[ReadAccess])
-def image(ids: Ids, name: Annotated[str, Query(max_length=300)]) -> Response:
+async def image(ids: Ids, name: Annotated[str, Query(max_length=300)]) -> Response:
     """A stored result of the task instance's catalog, streamed from its output folder."""
-    output_dir, _ = _output_dir(ids)
-    catalog = CATALOGS.get(output_dir, max_age=IMAGE_REFRESH_S) if output_dir is not None else None
+    _, _, catalog = await _catalog_of(ids, IMAGE_REFRESH_S)
     media = _MEDIA.get(name.rsplit(".", 1)[-1].lower())
-    if catalog is None or media is None or name not in catalog.stored:
+    if media is None or name not in catalog.stored:
         raise HTTPException(404, "no such result in this task instance's catalog")
-    handle = _open_result(catalog, name)
+    handle = await _in_thread(_open_result, catalog, name)
     return StreamingResponse(_chunks(handle), media_type=media,
                              headers={"Content-Security-Policy": "default-src 'none'"})
 

@@ -25,7 +25,16 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from airflow_provider_cutout.state.io import STATE_DIR, json_lines, list_files, write_whole
+from airflow_provider_cutout.state.io import (
+    MAX_LOG_BYTES,
+    MAX_RECORD_BYTES,
+    STATE_DIR,
+    json_lines,
+    list_files,
+    read_file,
+    write_whole,
+)
+from airflow_provider_cutout.state.signing import DECISION, sign, signed
 from airflow_provider_cutout.texts import number
 
 APPROVED, REJECTED = "approved", "rejected"
@@ -49,10 +58,22 @@ def problem_of(decision: Any) -> str | None:
         return "no item key"
     if not isinstance(decision.get("fingerprint"), str):
         return "no fingerprint of the edit decided on"
+    if not isinstance(decision.get("sha256", ""), str | None):
+        return "sha256 is not the digest of the image decided on"
     if "prompt" in decision and not (isinstance(decision["prompt"], str) and isinstance(decision.get("replaces"), str)
                                      and isinstance(decision.get("edited", ""), str)):
         return "a corrected prompt without the prompt it replaces"
     return None
+
+
+def read_problem(decision: Any) -> str | None:
+    """What keeps a line read from the log from being taken: no decision, or not signed by the review view
+    (written by hand, by a task, or by an earlier release)."""
+    problem = problem_of(decision)
+    if problem is None and not signed(decision, DECISION):
+        return ("not signed by the review view (forged, changed, or made by an earlier release: decide on the "
+                "item again)")
+    return problem
 
 
 class Decisions:
@@ -110,10 +131,13 @@ class Decisions:
             raise OSError(f"the decisions log {self.path} keeps changing under this reader; try again")
 
     def _read_file(self, name: str) -> None:
-        decisions, problems = json_lines(name, (self.path / name).read_bytes().decode("utf-8", errors="replace"),
-                                         problem_of)
-        for problem in problems:
+        limit = MAX_LOG_BYTES if name.startswith("snapshot-") else MAX_RECORD_BYTES
+        decisions, problems = json_lines(name, read_file(self.path / name, limit).decode("utf-8", errors="replace"),
+                                         read_problem)
+        for problem in problems[:5]:
             log.warning("Cutout decisions: %s: left out; inspect it in %s", problem, self.path)
+        if len(problems) > 5:
+            log.warning("Cutout decisions: %d more lines of %s left out", len(problems) - 5, self.path / name)
         if problems:
             self._broken.add(name)
             self.problems.extend(problems)
@@ -136,7 +160,8 @@ class Decisions:
     def decide(self, decision: dict[str, Any]) -> dict[str, Any]:
         """Write a decision as a file of its own, now; return it as written.
 
-        :param decision: ``key``, ``fingerprint`` (the edit decided on), ``decision`` (``approved`` or
+        :param decision: ``key``, ``fingerprint`` (the edit decided on), ``sha256`` (of the image decided on),
+            ``decision`` (``approved`` or
             ``rejected``), ``by``, ``note``, and ``prompt`` with ``replaces`` (the item's own prompt) and ``edited``
             (the prompt of the edit decided on) when the reviewer corrected it.
         """
@@ -145,7 +170,8 @@ class Decisions:
             raise ValueError(f"not a decision: {problem}")
         with self._lock:  # numbered above every decision on the item this reader has seen
             self.refresh()
-            entry = {**decision, "seq": int(self._seq.get(decision["key"], 0)) + 1, "updated_at": self._clock()}
+            entry = sign({**decision, "seq": int(self._seq.get(decision["key"], 0)) + 1,
+                          "updated_at": self._clock()}, DECISION)
             name = f"{uuid.uuid4().hex}.jsonl"
             self.path.mkdir(parents=True, exist_ok=True)
             write_whole(self.path / name, (json.dumps(entry, separators=(",", ":")) + "\n").encode())

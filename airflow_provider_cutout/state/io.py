@@ -12,11 +12,18 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
+from airflow_provider_cutout.exceptions import CatalogStateError
+
+#: The largest log file (of the manifest or the decisions) any reader reads: a snapshot of 500,000 records fits.
+MAX_LOG_BYTES = 1 << 30
+#: The largest small state file (a claim, an owner, a folder's owner record, a decision).
+MAX_RECORD_BYTES = 1 << 20
 #: The folder, inside an output folder, that holds the provider's own state (manifest, claims, records).
 STATE_DIR = "_cutout"
 CHUNK_BYTES = 64 * 1024
@@ -97,6 +104,45 @@ def file_sha256(path: str) -> str:
         for chunk in iter(lambda: source.read(CHUNK_BYTES), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_file(path: Any, limit: int) -> bytes:
+    """A state file's bytes, read so that what is in the folder cannot hang or flood the reader: a regular file
+    only (locally opened without blocking and without following a link, so a FIFO, a device or a link to one is
+    refused), of at most ``limit`` bytes. ``FileNotFoundError`` when it is not there; ``CatalogStateError``
+    naming the file when it is no such file."""
+    if not is_local(path):
+        info = path.fs.info(path.path)
+        if info.get("type") != "file" or int(info.get("size") or 0) > limit:
+            raise _unsafe(path, limit)
+        data = bytes(path.read_bytes())
+    else:
+        with _open_regular(path, limit) as source:
+            data = source.read(limit + 1)
+    if len(data) > limit:  # grew since
+        raise _unsafe(path, limit)
+    return data
+
+
+def _open_regular(path: Any, limit: int) -> IO[bytes]:
+    """A local file, open: a regular file of at most ``limit`` bytes, opened without following a link and
+    without blocking (a FIFO would)."""
+    try:
+        fd = os.open(path.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise _unsafe(path, limit) from None  # a link (ELOOP), or not readable
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+        os.close(fd)
+        raise _unsafe(path, limit)
+    return os.fdopen(fd, "rb")
+
+
+def _unsafe(path: Any, limit: int) -> CatalogStateError:
+    return CatalogStateError(f"{path} is not a regular file of at most {limit:,} bytes (a link, a FIFO, a device "
+                             "or a folder where the provider keeps a file of its own): it is not read. Remove it.")
 
 
 def is_local(path: Any) -> bool:
@@ -210,7 +256,7 @@ def read_ranges(path: Any, ranges: list[tuple[int, int]]) -> list[bytes]:
                 raise chunk
         return list(found)
     found = []
-    with open(path.path, "rb") as source:
+    with _open_regular(path, MAX_LOG_BYTES) as source:
         for start, end in ranges:
             source.seek(start)
             found.append(source.read(end - start))

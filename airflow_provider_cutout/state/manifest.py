@@ -33,11 +33,13 @@ from typing import Any
 
 from airflow_provider_cutout.state.decisions import DECISION_FILES, Decisions, reviewed
 from airflow_provider_cutout.state.io import (
+    MAX_LOG_BYTES,
     STATE_DIR,
     is_local,
     json_lines,
     list_files,
     list_names,
+    read_file,
     read_ranges,
     write_whole,
 )
@@ -186,7 +188,7 @@ def _legacy_files(folder: Any) -> list[Any]:
 
 def _legacy_entries(path: Any) -> list[dict[str, Any]]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_file(path, MAX_LOG_BYTES))
     except FileNotFoundError:
         return []
     except ValueError as err:
@@ -264,11 +266,15 @@ class Manifest:
 
     def catalog(self) -> list[dict[str, Any]]:
         """The newest entry of each item key, with ``review`` (who decided what, when, why) where a reviewer's
-        decision stands for its edit: what ``read_manifest``, the galleries and the review gate show."""
+        signed decision stands for its edit and the image it saw (``sha256``): what ``read_manifest``, the
+        galleries and the review gate show."""
         found = []
         for entry in newest(self.entries.values(), order=lambda e: number(e.get("updated_at"))).values():
             decision = self.decisions.on(entry.get("fingerprint"), entry.get("key"))
-            found.append(entry if decision is None else {**entry, "review": reviewed(decision)})
+            if decision is not None and decision.get("sha256") == entry.get("sha256"):  # on the image now stored
+                found.append({**entry, "review": reviewed(decision)})
+            else:  # a review comes from the decisions log only: a record's own ``review`` field is no decision
+                found.append({k: v for k, v in entry.items() if k != "review"} if "review" in entry else entry)
         return found
 
     def source_versions(self) -> dict[str, tuple[str, str | None]]:
@@ -357,7 +363,7 @@ class Manifest:
         if size < _INDEXED_BYTES:  # too small to have one: no request for it
             return None
         try:
-            return _Index(json.loads((self.path / (name + _INDEX_SUFFIX)).read_bytes()), size)
+            return _Index(json.loads(read_file(self.path / (name + _INDEX_SUFFIX), MAX_LOG_BYTES)), size)
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as err:
@@ -386,7 +392,7 @@ class Manifest:
 
     def _read_whole(self, name: str, *, index: bool = False) -> None:
         """Read a log file whole; with ``index``, write its index beside it when it has none."""
-        data = (self.path / name).read_bytes()
+        data = read_file(self.path / name, MAX_LOG_BYTES)
         entries, problems = parse_segment(name, data.decode("utf-8", errors="replace"))
         found = _Index.of(entries, data) if index and not problems and len(entries) >= INDEX_MIN_RECORDS else None
         if found is not None:

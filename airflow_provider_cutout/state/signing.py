@@ -1,0 +1,76 @@
+"""Signatures on what the output folder holds for the review view: who owns a folder (``state.binding``) and
+reviewers' decisions (``state.decisions``).
+
+Anyone who can write the store can write files into an output folder (any task on that store, a shared bucket's
+other users); only Airflow's API server and workers hold ``[api_auth] jwt_secret`` (or the private key at
+``jwt_private_key_path``), the secret the API server signs its own tokens with. A record signed here is an
+HMAC-SHA256 of its canonical JSON under a key derived from that secret, one key per purpose, so a signature of one
+kind is never valid as another. Every reader checks it; a record without a valid signature is not taken.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from airflow_provider_cutout.exceptions import CatalogStateError
+
+SIGNATURE = "sig"
+#: What is signed: a decision (written by the review view), a folder's owner (written by the batch run).
+DECISION, OWNER, FORM = "cutout-decision", "cutout-folder-owner", "cutout-review-form"
+NO_SECRET = ("no [api_auth] jwt_secret (nor jwt_private_key_path) is configured in this Airflow process; set the "
+             "same one on the API server and the workers (AIRFLOW__API_AUTH__JWT_SECRET), as Airflow needs for its "
+             "own tokens with more than one API server process")
+
+
+class NoSecretError(CatalogStateError):
+    """No secret to sign or check with is configured: what the review view writes cannot be trusted here."""
+
+
+def secret() -> bytes:
+    """The configured secret (``NoSecretError`` when there is none: Airflow would make one up per process, which
+    no other process could check against)."""
+    return _secret()
+
+
+@functools.cache
+def _secret() -> bytes:
+    from airflow.configuration import conf
+
+    found = (conf.get("api_auth", "jwt_secret", fallback="") or "").encode()
+    path = conf.get("api_auth", "jwt_private_key_path", fallback="")
+    if not found and path:
+        with open(path, "rb") as key:
+            found = key.read()
+    if not found:
+        raise NoSecretError(f"Cutout review: {NO_SECRET}")
+    return found
+
+
+def key(purpose: str) -> bytes:
+    """The key of one purpose, derived from the configured secret."""
+    return hashlib.sha256(purpose.encode() + b"\x1f" + secret()).digest()
+
+
+def digest(purpose: str, message: bytes) -> str:
+    """The HMAC-SHA256 of ``message`` under the key of ``purpose``, in hex."""
+    return hmac.new(key(purpose), message, hashlib.sha256).hexdigest()
+
+
+def _canonical(record: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in record.items() if k != SIGNATURE}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign(record: dict[str, Any], purpose: str) -> dict[str, Any]:
+    """``record`` with its signature."""
+    return {**record, SIGNATURE: digest(purpose, _canonical(record))}
+
+
+def signed(record: Any, purpose: str) -> bool:
+    """Whether ``record`` carries a valid signature of ``purpose`` (``NoSecretError`` when none can be checked)."""
+    found = record.get(SIGNATURE) if isinstance(record, dict) else None
+    return isinstance(found, str) and hmac.compare_digest(found, digest(purpose, _canonical(record)))
