@@ -6,6 +6,10 @@ rejects what is wrong (with a corrected prompt, the next run edits that item aga
 publish. The publish task copies only the approved results into ``published/``. Without an answer within
 ``response_timeout`` the gate rejects the run: nothing is published.
 
+Its folder is fixed in the DAG file (``CUTOUT_EXAMPLE_OUTPUT`` at parse time), not a ``params`` value: whoever
+may trigger the DAG may override params in run conf, and a reviewed folder belongs to its DAG (docs/review.md,
+"Who may do what").
+
 Run it under a scheduler, or with ``airflow dags test`` on Airflow 3.3 while an API server on the same metadata
 DB is up (the gate waits for its answer there); Airflow 3.1's ``dags test`` cannot run a human-in-the-loop task.
 """
@@ -34,7 +38,6 @@ with DAG(
     start_date=datetime.datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    params={"output_dir": OUTPUT_DIR},
     tags=["example", "cutout"],
 ) as dag:
 
@@ -51,7 +54,7 @@ with DAG(
     refresh = CutoutBatchImageEditOperator(
         task_id="refresh_catalog",
         items=items,
-        output_dir="{{ params.output_dir }}/review/",
+        output_dir=f"{OUTPUT_DIR}/review/",  # fixed here: run conf cannot point the review at another folder
         max_credits=200,
     )
     gate = CutoutReviewGateOperator(
@@ -62,9 +65,9 @@ with DAG(
     )
 
     @task
-    def publish(decision: dict, params=None) -> list[str]:
+    def publish(decision: dict) -> list[str]:
         """Copy the approved results, and only them, to where the shop reads them."""
-        target = Path(params["output_dir"]) / "published"
+        target = Path(OUTPUT_DIR) / "published"
         target.mkdir(parents=True, exist_ok=True)
         published = []
         for item in decision["approved"]:

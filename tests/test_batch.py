@@ -13,7 +13,7 @@ from airflow_provider_cutout import exceptions as exc
 from airflow_provider_cutout.catalog.plan import file_stem
 from airflow_provider_cutout.manifest import read_manifest
 from airflow_provider_cutout.operators.batch import CutoutBatchImageEditOperator, chunk_items
-from tests.conftest import calls_and_charges, charges_per_edit, manifest_entries, states, xcoms
+from tests.conftest import calls_and_charges, charges_per_edit, hand_over, manifest_entries, states, xcoms
 from tests.dags.batch_dags import batch, budget, catalog_chunks, slow, templated
 
 
@@ -413,6 +413,7 @@ def test_execution_timeout_stops_spending(sandbox, airflow_db, tmp_path):
     assert 4 <= sent <= 4 * 4 + 4  # at most 4 a second for 4 s, and those in flight: never the whole queue
     charged_fingerprints_all_recorded(sandbox, tmp_path)
     sandbox.server.state.config.latency = 0.0
+    hand_over(tmp_path)
     rest = summary(slow.test(run_conf=conf))  # the re-run pays for the rest only
     assert rest["edited"] == 48 - sent and rest["skipped"] == sent and rest["in_doubt"] == 0
     ledger = sandbox.ledger()
@@ -450,6 +451,7 @@ def test_a_stop_during_a_retry_after_wait_sends_nothing_afterwards(sandbox, airf
     time.sleep(7)  # past the 6 s the 429 asked for (it came before the run ended)
     assert calls_and_charges(sandbox) == [(1, 0)]  # the 429 only: nothing sent after the stop
     assert "told to stop" in "".join(capfd.readouterr())
+    hand_over(tmp_path)
     assert summary(batch.test(run_conf={"n": 1, "out": str(tmp_path), "changed": "", "invalid": False}))[
         "edited"] == 1  # the item was released: the next run edits it, once
     assert calls_and_charges(sandbox) == [(2, 1)]

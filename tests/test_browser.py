@@ -367,8 +367,8 @@ def test_a_reviewer_rejects_two_items_approves_the_gate_and_only_the_others_are_
 
     from airflow_provider_cutout.manifest import read_manifest
 
-    env = {"AIRFLOW_CONN_CUTOUT_DEFAULT": sandbox.conn_json()}
-    conf = {"output_dir": str(tmp_path)}
+    env = {"AIRFLOW_CONN_CUTOUT_DEFAULT": sandbox.conn_json(), "CUTOUT_EXAMPLE_OUTPUT": str(tmp_path)}
+    conf: dict[str, Any] = {}  # its folder is fixed in the DAG file
     proc = api_server.start("tests.dags.examples:example_cutout_review", conf, **env)
     try:
         deadline = time.monotonic() + 180

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_cutout.manifest import read_manifest
-from tests.conftest import charges_per_edit
+from tests.conftest import charges_per_edit, hand_over
 from tests.run_dag import finish, spawn
 
 pytestmark = pytest.mark.e2e
@@ -207,6 +207,7 @@ def test_sigkill_at_20_random_moments_never_charges_twice_without_consent(sandbo
     assert cautious["state"] == ("failed" if doubtful else "success")
     assert max(charges(sandbox).values()) == 1 and len(charges(sandbox)) <= n
 
+    hand_over(tmp_path)  # another DAG (the same catalog with resend_in_doubt) takes the folder over
     final = finish(spawn("tests.dags.batch_dags:killed_resend", conf(str(tmp_path), n)))
     assert final["state"] == "success", f"seed {seed}"
     entries = read_manifest(tmp_path)

@@ -40,7 +40,7 @@ from hypothesis.stateful import (
 from airflow_provider_cutout.api.models import ImageEditRequest
 from airflow_provider_cutout.sandbox.edits import sample_image
 from airflow_provider_cutout.state.crash import POINTS
-from tests.conftest import states, xcoms
+from tests.conftest import hand_over, states, xcoms
 from tests.run_dag import spawn
 
 pytestmark = pytest.mark.e2e  # newest Airflow only: the catalog's logic is the same on both
@@ -95,7 +95,11 @@ class CatalogModel(RuleBasedStateMachine):
         self.admin("photos", {"name": f"m{key}.png", "w": W, "h": H, "version": version})
 
     def tick(self) -> None:
+        """The next step. The model's DAGs (model_a, model_b, model_chunks) share one folder: it is handed to
+        whichever runs next, as docs/review.md tells a user (the owner record deleted), so the cases of two
+        catalogs on one folder stay reachable (the refusal itself is tested in test_review_security.py)."""
         self.step += 1
+        hand_over(self.out)
 
     # -- runs --------------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from airflow_provider_cutout import exceptions as exc
 from airflow_provider_cutout.api import inspection
 from airflow_provider_cutout.api.sources import Recorded, SourceInfo, source_problems
 from airflow_provider_cutout.hooks.cutout import CutoutHook
-from tests.conftest import calls_and_charges, charges_per_edit, states, xcoms
+from tests.conftest import calls_and_charges, charges_per_edit, hand_over, states, xcoms
 
 
 def test_a_source_is_read_whole_and_its_version_is_the_digest_of_its_bytes(sandbox):
@@ -292,22 +292,31 @@ def test_a_restore_whose_source_is_down_keeps_the_paid_result_for_the_next_run(s
 
 
 def test_two_catalogs_writing_one_key_do_not_fight_over_its_file(sandbox, airflow_db, tmp_path, capfd):
-    """Money case 10: two DAGs write one folder, and list one key with different prompts. The second one's edit
+    """Money case 10: two DAGs write one folder, and list one key with different prompts. The folder belongs to
+    the first (the second is refused before it pays) until it is handed over. The second one's edit then
     overwrites the first one's file; the first one's next run refuses to take it back (each would restore or pay
     for its edit over the other's on every run), names the other DAG, and sends nothing."""
     from tests.dags.batch_dags import batch, serial
 
     assert summary_of(batch.test(run_conf=conf(tmp_path, 1)))["edited"] == 1
     (stored,) = tmp_path.glob("item-0.*")
+    capfd.readouterr()
+    refused = serial.test(run_conf={**conf(tmp_path, 1), "changed": "item-0"})  # the folder is t_batch's
+    assert states(refused)["batch"][-1][0] == "failed" and calls_and_charges(sandbox) == [(1, 1)]
+    assert "belongs to DAG 't_batch'" in "".join(capfd.readouterr())
+    hand_over(tmp_path)  # handed over on purpose (or an owner record written by an earlier release: none)
     assert summary_of(serial.test(run_conf={**conf(tmp_path, 1), "changed": "item-0"}))["edited"] == 1
     theirs = stored.read_bytes()
     capfd.readouterr()
+    hand_over(tmp_path)
     again = batch.test(run_conf=conf(tmp_path, 1))
     assert states(again)["batch"][-1][0] == "failed" and stored.read_bytes() == theirs
     assert "which t_batch_serial.batch (DAG.task) stored after this catalog's edit" in "".join(capfd.readouterr())
+    hand_over(tmp_path)
     assert summary_of(serial.test(run_conf={**conf(tmp_path, 1), "changed": "item-0"}))["skipped"] == 1
     assert calls_and_charges(sandbox) == [(1, 1)] * 2  # before the fix: restored over it, and back, every run
     stored.unlink()  # the way out the error names, once the other catalog no longer writes the key
+    hand_over(tmp_path)
     assert summary_of(batch.test(run_conf=conf(tmp_path, 1)))["restored"] == 1 and stored.read_bytes() != theirs
     assert calls_and_charges(sandbox) == [(1, 1)] * 2  # restored from its result URL, free
 
@@ -389,6 +398,7 @@ def test_items_stored_before_versions_are_adopted_once_then_changes_count(sandbo
     from tests.dags.batch_dags import batch, unchecked
 
     assert summary_of(unchecked.test(run_conf=conf(tmp_path, 5)))["edited"] == 5  # keyed as before versions
+    hand_over(tmp_path)
     adopted = summary_of(batch.test(run_conf=conf(tmp_path, 5)))
     assert adopted["skipped"] == 5 and sandbox.ledger()["charges"] == 5  # unchanged items stay free
     change_photo(sandbox, "sneaker.png", 41, 30)  # item-1's source
@@ -408,6 +418,7 @@ def test_items_adopted_from_a_manifest_without_digests_stay_stored_on_later_runs
         entries = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
         log_file.write_text("".join(json.dumps({k: v for k, v in e.items() if k != "sha256"}) + "\n"
                                     for e in entries))
+    hand_over(tmp_path)
     for _ in range(2):
         run = summary_of(batch.test(run_conf=conf(tmp_path, 4)))
         assert (run["skipped"], run["restored"], run["edited"]) == (4, 0, 0), run
@@ -518,11 +529,14 @@ def test_a_stored_file_is_judged_by_when_each_edit_wrote_it_not_by_records(sandb
     assert summary_of(unchecked.test(run_conf=conf(tmp_path, 3)))["edited"] == 3  # grayscale, unversioned
     (stored,) = tmp_path.glob("item-1.*")
     gray = stored.read_bytes()
+    hand_over(tmp_path)
     # invert overwrites it (the same DAG as the restore below: another DAG's newer edit in the file is refused)
     assert summary_of(batch.test(run_conf={**conf(tmp_path, 3), "changed": "item-1"}))["edited"] == 1
     assert stored.read_bytes() != gray
+    hand_over(tmp_path)
     failed = templated.test(run_conf={**conf(tmp_path, 3), "max_credits": 1, "max_failures": 0})
     assert states(failed)["batch"][-1][0] == "failed"  # it adopted the gray entries, then stopped
+    hand_over(tmp_path)
     back = summary_of(batch.test(run_conf={**conf(tmp_path, 3), "out": f"file://{tmp_path}"}))
     assert (back["skipped"], back["restored"]) == (2, 1) and stored.read_bytes() == gray
     assert sandbox.ledger()["charges"] == 4  # restored from its result URL: free

@@ -60,12 +60,17 @@ OBJECT_STORE_SCHEMES: tuple[str, ...] = ("s3", "gs", "gcs", "abfs", "abfss", "az
 FOLDER_SCHEMES: tuple[str, ...] = ("", "file", "s3", "gs", "gcs", "abfs", "abfss")
 
 
+#: The stores' default connections: any DAG may use them, so run conf may name them.
+DEFAULT_CONNECTIONS: tuple[str, ...] = ("aws_default", "google_cloud_default", "wasb_default")
+
+
 def folder_problem(folder: str, template: str | None = None) -> str | None:
     """What makes ``folder`` (an ``output_dir`` as rendered) no folder to use or show, ``None`` when nothing does.
 
     :param template: the ``output_dir`` as written in the DAG file, before rendering: a connection id in the
         folder (``s3://conn_id@bucket/...``) must be written there, before any template, not chosen at run time
-        (run conf could otherwise read and write with any connection's credentials); ``None``: not checked.
+        (run conf could otherwise read and write with any connection's credentials), unless it is a store's
+        default connection; ``None``: not checked.
     """
     parts = urlsplit(folder)
     if parts.scheme not in FOLDER_SCHEMES or (not parts.scheme and not folder.startswith("/")):
@@ -74,11 +79,12 @@ def folder_problem(folder: str, template: str | None = None) -> str | None:
                 "are not output folders")
     if parts.scheme and "@" in parts.netloc and template is not None:
         literal = template.split("{{", 1)[0].split("{%", 1)[0]
-        named = f"{parts.scheme}://{parts.netloc.split('@', 1)[0]}@"
-        if not literal.startswith(named):
-            return (f"output_dir names the connection {named[len(parts.scheme) + 3:-1]!r}, which the DAG file does "
-                    f"not write before any template in output_dir ({template[:200]!r}): a connection chosen at run "
-                    "time (run conf) is refused; write it in the DAG file")
+        conn_id = parts.netloc.split("@", 1)[0]
+        if conn_id not in DEFAULT_CONNECTIONS and not literal.startswith(f"{parts.scheme}://{conn_id}@"):
+            return (f"output_dir names the connection {conn_id!r}, which the DAG file does not write before any "
+                    f"template in output_dir ({template[:200]!r}): a connection chosen at run time (run conf) is "
+                    f"refused unless it is a store's default ({', '.join(DEFAULT_CONNECTIONS)}); write it in the "
+                    "DAG file")
     return None
 
 
