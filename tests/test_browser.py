@@ -46,6 +46,7 @@ class UI:
 
     url: str
     env: dict[str, str]
+    pid: int = 0  # the API server's process (its workers are its children)
 
     def run(self, dag: str, conf: dict[str, Any], **env: str) -> dict[str, Any]:
         """One ``dag.test`` run written into the API server's own metadata DB (what its pages show)."""
@@ -120,7 +121,7 @@ def serving(env: dict[str, str]) -> Iterator[UI]:
             time.sleep(0.5)
         else:
             pytest.fail("the API server did not start within 120 s")
-        yield UI(url, env)
+        yield UI(url, env, proc.pid)
     finally:
         os.killpg(proc.pid, 15)
         try:

@@ -177,6 +177,9 @@ def test_decisions_are_posted_with_the_users_token_checked_and_land_in_the_manif
         writer.record({"key": key, "fingerprint": f"fp-{key}", "status": "stored", "prompt": "grayscale",
                        "stored_path": f"{tmp_path}/{key}.png"})
     writer.record({"key": "c", "fingerprint": "fp-c", "status": "failed", "error": "boom"})
+    (tmp_path / "7.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # a key that is a number (a manifest written by hand)
+    writer.record({"key": 7, "fingerprint": "fp-7", "status": "stored", "prompt": "grayscale", "sha256": "7" * 64,
+                   "stored_path": f"{tmp_path}/7.png"})
     writer.close()
     from airflow_provider_cutout.state.binding import bind
 
@@ -193,7 +196,7 @@ def test_decisions_are_posted_with_the_users_token_checked_and_land_in_the_manif
         ids = {"dag_id": "d", "run_id": "r", "task_id": "batch", "map_index": "-1"}
         page = client.get("/view", params=ids).text
         token = re.search(r"name='csrf' value='([0-9a-f]{64})'", page).group(1)
-        assert page.count("<form class='decide'") == 2 and page.count(f"value='{token}'") == 2  # stored items only
+        assert page.count("<form class='decide'") == 3 and page.count(f"value='{token}'") == 3  # stored items only
         sha = {key: read_manifest(tmp_path)[key].get("sha256") or "" for key in ("a", "b")}
         form = {"key": "a", "fingerprint": "fp-a", "sha256": sha["a"], "decision": "rejected", "note": "handle gone",
                 "prompt": "  invert  ", "csrf": token, "status": "all", "q": "", "page": "1"}
@@ -210,13 +213,18 @@ def test_decisions_are_posted_with_the_users_token_checked_and_land_in_the_manif
         assert post(decision="approved").status_code == 422  # a corrected prompt goes with Reject
         assert post(prompt="x" * 4001).status_code == 422
         assert read_manifest(tmp_path)["a"].get("review") is None  # nothing refused was written
+        numeric = post(key="7", fingerprint="fp-7", sha256="7" * 64, prompt="")  # before: 409, never decided
+        assert numeric.status_code == 303 and read_manifest(tmp_path)[7]["review"]["decision"] == "rejected"
+        from airflow_provider_cutout.operators.review_gate import PUBLISH_ALL_BUT_REJECTED, publishable
+
+        assert publishable(tmp_path, PUBLISH_ALL_BUT_REJECTED)["rejected"] == [7]
         done = post()
         assert done.status_code == 303 and done.headers["location"].startswith("view?dag_id=d&run_id=r")
         review = read_manifest(tmp_path)["a"]["review"]
         assert review["decision"] == "rejected" and review["by"] == "rita" and review["prompt"] == "invert"
         assert post(key="b", fingerprint="fp-b", sha256=sha["b"], decision="approved", prompt="").status_code == 303
         page = client.get("/view", params={**ids, "status": "rejected"}).text
-        assert "rejected: <b>1</b>" in page and "approved: <b>1</b>" in page and "data-key='a'" in page
+        assert "rejected: <b>2</b>" in page and "approved: <b>1</b>" in page and "data-key='a'" in page
         assert "data-key='b'" not in page and "handle gone" in page
         again = Manifest(ObjectStoragePath(f"{tmp_path}/"), "rerun")  # b edited again after the page was loaded
         again.record({"key": "b", "fingerprint": "fp-b2", "status": "stored", "prompt": "grayscale",

@@ -3,7 +3,8 @@
 teams' DAGs whose folders come from run conf, and requests as a browser or an attacker would send them.
 
 Newest Airflow only (``browser``): Airflow 3.1's simple auth manager takes no users from the environment the same
-way. Each test names the defect it reproduces; each failed on the release before (7e7fea0).
+way. Each test names the defect it reproduces; each failed on the release before (7e7fea0). Defect 9 (numeric
+keys) is in test_review.py: the batch takes only text keys, so only a manifest written otherwise holds numbers.
 """
 
 from __future__ import annotations
@@ -175,7 +176,6 @@ def test_3_the_view_reads_no_folder_a_run_conf_names_on_another_server_or_connec
             before = charges(teams)
             run = teams.run("a", out)
             assert run["state"] == "failed" and charges(teams) == before, run
-            assert "nothing was sent" in run["log"]
             _Listener.seen.clear()
             ids = {**teams.ids_b, "dag_id": "t_team_a", "run_id": run["run_id"]}
             seen = teams.get(ids, alice)
@@ -190,9 +190,7 @@ def _rss(pid: int) -> int:
 def test_4_a_huge_decision_body_is_refused_while_it_streams(teams):
     """Before: the whole body was read into memory, then refused (400 MiB sent: +540 MiB of RSS)."""
     bob = teams.login("bob")
-    pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and _cmdline(p).endswith(
-        f"--port {teams.ui.url.rsplit(':', 1)[1]}")]
-    assert pids
+    pids = _tree(teams.ui.pid)
     before = sum(_rss(pid) for pid in pids)
 
     def body() -> Iterator[bytes]:
@@ -208,16 +206,33 @@ def test_4_a_huge_decision_body_is_refused_while_it_streams(teams):
     except requests.ConnectionError:  # the server stopped reading and closed: refused all the same
         pass
     assert sum(_rss(pid) for pid in pids) - before < 64 * 1024 * 1024
-    declared = requests.post(teams.ui.url + DECIDE, params=teams.ids_b, data=b"a=1",
-                             headers={"Origin": teams.ui.url, "Content-Length": str(10**9), **bob}, timeout=30)
-    assert declared.status_code == 413
+    import http.client
+    from urllib.parse import urlencode, urlsplit
+
+    server = urlsplit(teams.ui.url)
+    connection = http.client.HTTPConnection(server.hostname, server.port, timeout=30)
+    connection.putrequest("POST", f"{DECIDE}?{urlencode(teams.ids_b)}")  # a body declared at 1 GB, none sent
+    for name, value in {"Origin": teams.ui.url, "Content-Length": str(10**9),
+                        "Content-Type": "application/x-www-form-urlencoded", **bob}.items():
+        connection.putheader(name, value)
+    connection.endheaders()
+    assert connection.getresponse().status == 413
+    connection.close()
 
 
-def _cmdline(pid: str) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except OSError:
-        return ""
+def _tree(root: int) -> list[int]:
+    """``root`` and its descendants (the API server and its workers)."""
+    parents = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError):
+                parents[int(name)] = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    return found
 
 
 def test_5_and_6_decisions_only_the_view_signs_and_only_for_the_image_it_showed(teams):
@@ -242,11 +257,11 @@ def test_5_and_6_decisions_only_the_view_signs_and_only_for_the_image_it_showed(
                "replaces": "grayscale", "edited": "grayscale", "sig": "0" * 64}]
     (folder / "_cutout" / "decisions" / "forged.jsonl").write_text("".join(json.dumps(d) + "\n" for d in forged))
     writer = Manifest(ObjectStoragePath(f"{folder}/"), "forger")  # a record that claims its own review
-    writer.record({**entries[7], "review": {"decision": "approved", "by": "mallory"}})
+    writer.record({**entries["b-2"], "review": {"decision": "approved", "by": "mallory"}})
     writer.close()
     shown = read_manifest(folder)
     assert shown["b-1"]["review"]["decision"] == "rejected" and "review" not in shown["b-0"]
-    assert "review" not in shown[7]
+    assert "review" not in shown["b-2"]
     assert publishable(folder, PUBLISH_APPROVED)["approved"] == []
     before = charges(teams)
     again = teams.run("b", str(folder))
@@ -291,19 +306,6 @@ def test_8_a_decision_needs_this_origin_and_this_login(teams):
     assert no_origin.status_code == 403
     assert teams.post(teams.ids_b, teams.login("bob"), form).status_code == 403  # a new login: reload the view
     assert teams.post(teams.ids_b, bob, form).status_code == 303
-
-
-def test_9_an_item_whose_key_is_a_number_can_be_rejected(teams):
-    """Before: the form's key (text) did not match the catalog's number: 409, and "Publish all but rejected"
-    published the item."""
-    from airflow_provider_cutout.manifest import read_manifest
-    from airflow_provider_cutout.operators.review_gate import PUBLISH_ALL_BUT_REJECTED, publishable
-
-    bob = teams.login("bob")
-    form = teams.form(teams.ids_b, bob, 7)
-    assert teams.post(teams.ids_b, bob, {**form, "decision": "rejected"}).status_code == 303
-    assert read_manifest(teams.folder_b)[7]["review"]["decision"] == "rejected"
-    assert 7 in publishable(teams.folder_b, PUBLISH_ALL_BUT_REJECTED)["rejected"]
 
 
 def test_a_viewer_reads_and_cannot_decide(teams):

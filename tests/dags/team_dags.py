@@ -1,5 +1,5 @@
 """Two teams' DAGs for the review view's security tests (tests/test_review_security.py): each takes its folder
-from ``params.out``, as a DAG that lets run conf choose it would; team b's catalog has a key that is a number."""
+from ``params.out``, as a DAG that lets run conf choose it would."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tests.dags.batch_dags import START
 @task
 def team_items(team: str) -> list[dict]:
     base = CutoutHook().base_url
-    keys: list[str | int] = [f"{team}-0", f"{team}-1", 7 if team == "b" else 8]
+    keys = [f"{team}-0", f"{team}-1", f"{team}-2"]
     return [{"key": key, "image_urls": [f"{base}/samples/mug.png?w={40 + i}&h=30&team={team}"]}
             for i, key in enumerate(keys)]
 
