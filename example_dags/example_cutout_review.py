@@ -73,7 +73,7 @@ with DAG(
         for item in decision["approved"]:
             copy = target / Path(item["path"]).name
             shutil.copyfile(item["path"], copy)
-            if item["sha256"] and hashlib.sha256(copy.read_bytes()).hexdigest() != item["sha256"]:
+            if hashlib.sha256(copy.read_bytes()).hexdigest() != item["sha256"]:
                 copy.unlink()  # replaced since it was reviewed (a run that overlapped): not what was approved
                 raise ValueError(f"{item['key']}: its stored file changed after the review; run the DAG again")
             published.append(item["key"])

@@ -129,6 +129,7 @@ export AIRFLOW__CORE__TEST_CONNECTION=Enabled
 export AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$API_PORT/execution/
 export AIRFLOW__API__BASE_URL=http://127.0.0.1:$API_PORT
 export AIRFLOW__API_AUTH__JWT_SECRET=${AIRFLOW__API_AUTH__JWT_SECRET:-$(python3 -c 'import secrets; print(secrets.token_hex(32))')}
+export AIRFLOW__CUTOUT__REVIEW_SECRET=${AIRFLOW__CUTOUT__REVIEW_SECRET:-$(python3 -c 'import secrets; print(secrets.token_hex(32))')}  # signs the review view's decisions and folder owners
 export AIRFLOW__CORE__HOSTNAME_CALLABLE=cutout_cluster_hostname.get_hostname
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=${AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL:-10}
 export AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT=${AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT:-120}

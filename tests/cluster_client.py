@@ -106,7 +106,7 @@ def running_cluster(folder: Path, workers: int = 2, **settings: str) -> Iterator
     for example in ("example_cutout_catalog_refresh.py", "example_cutout_publish.py", "example_cutout_review.py",
                     "catalog"):
         (dags / example).symlink_to(REPO / "example_dags" / example)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") or k == "AIRFLOW__API_AUTH__JWT_SECRET"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") or k == "AIRFLOW__CUTOUT__REVIEW_SECRET"}
     env.update({
         "CUTOUT_CLUSTER_DIR": str(folder / "state"), "CUTOUT_CLUSTER_DAGS": str(dags),
         "CUTOUT_CLUSTER_PYTHON": sys.executable, "CUTOUT_CLUSTER_WORKERS": str(workers),

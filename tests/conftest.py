@@ -29,7 +29,7 @@ os.environ.update(
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         # what signs the review view's forms and decisions and the folders' owner records: one made-up secret
         # shared by every Airflow process of the tests, as a deployment shares its own
-        "AIRFLOW__API_AUTH__JWT_SECRET": f"test-only-secret-{os.urandom(8).hex()}",
+        "AIRFLOW__CUTOUT__REVIEW_SECRET": f"test-only-secret-{os.urandom(8).hex()}",
     }
 )
 

@@ -136,7 +136,7 @@ def serving(env: dict[str, str]) -> Iterator[UI]:
 def api_server(tmp_path_factory) -> Iterator[UI]:
     """An API server with a throw-away sqlite home, in the simple auth manager's all-admins mode."""
     home = tmp_path_factory.mktemp("airflow-ui-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") or k == "AIRFLOW__API_AUTH__JWT_SECRET"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") or k == "AIRFLOW__CUTOUT__REVIEW_SECRET"}
     env.update({
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -473,14 +473,14 @@ def test_a_reader_sees_the_view_but_gets_403_on_a_decision_and_a_user_may_decide
         assert seen.status_code == 200 and "data-key='item-0'" in seen.text and "class='decide'" not in seen.text
         page = requests.get(f"{ui.url}/cutout-review/view", params=ids, headers=user, timeout=30).text
         card = page.split("data-key='item-0'")[1].split("</section>")[0]
-        form = dict(re.findall(r"name='(key|fingerprint|csrf)' value='([^']*)'", card))
+        form = dict(re.findall(r"name='(key|fingerprint|sha256|csrf)' value='([^']*)'", card))
         assert form["key"] == "item-0" and len(form["csrf"]) == 64
         decision = {**form, "decision": "rejected", "note": "not our mug", "prompt": ""}
-        refused = requests.post(f"{ui.url}/cutout-review/decide", params=ids, data=decision, headers=reader,
-                                timeout=30, allow_redirects=False)
+        refused = requests.post(f"{ui.url}/cutout-review/decide", params=ids, data=decision,
+                                headers={**reader, "Origin": ui.url}, timeout=30, allow_redirects=False)
         assert refused.status_code == 403 and "review" not in read_manifest(out)["item-0"]
-        done = requests.post(f"{ui.url}/cutout-review/decide", params=ids, data=decision, headers=user, timeout=30,
-                             allow_redirects=False)
+        done = requests.post(f"{ui.url}/cutout-review/decide", params=ids, data=decision,
+                             headers={**user, "Origin": ui.url}, timeout=30, allow_redirects=False)
         assert done.status_code == 303, done.text
     review = read_manifest(out)["item-0"]["review"]
     assert review["decision"] == "rejected" and review["by"] == "rita" and review["note"] == "not our mug"

@@ -89,6 +89,9 @@ def stored(folder, key, fingerprint, prompt="p", **more):
 
     from airflow_provider_cutout.state.manifest import Manifest
 
+    from airflow_provider_cutout.state.binding import bind
+
+    bind(ObjectStoragePath(f"{folder}/"), "t_unit", "batch")  # as the DAG's run does first
     writer = Manifest(ObjectStoragePath(f"{folder}/"), f"run-{fingerprint}")
     writer.record({"key": key, "fingerprint": fingerprint, "status": "stored", "prompt": prompt,
                    "stored_path": f"{folder}/{key}.png", **more})
@@ -162,14 +165,16 @@ def test_damaged_decision_lines_are_left_out_and_a_tie_is_settled_for_the_reject
              {**good, "decision": None, "seq": 7}, {**good, "decision": "approved", "seq": "x", "updated_at": "soon"},
              {**good, "decision": "approved", "fingerprint": None, "seq": 9},
              {**good, "decision": "rejected", "prompt": 3, "replaces": "p", "seq": 9}]
-    lines = [sign(line, DECISION) for line in lines]  # written by the view, damaged since
+    folder_id = open_manifest(tmp_path).decisions.folder_id()
+    lines = [sign({**line, "folder_id": folder_id}, DECISION) for line in lines]  # by the view, damaged since
     lines.append({**good, "decision": "approved", "seq": 99})  # not signed: a forgery, however new its seq
     lines.append({**lines[0], "seq": 98})  # signed once, changed since
+    lines.append(sign({**good, "decision": "approved", "seq": 97, "folder_id": "f" * 32}, DECISION))  # elsewhere
     (folder / "hand.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\nnot json\n")
     reader = open_manifest(tmp_path).decisions
     assert reader.on("f1", "k")["decision"] == "rejected"  # "seq": "x" reads as 0, the rest are left out
-    assert len(reader.problems) == 6 and reader.correction("k") is None
-    assert sum("not signed by the review view" in problem for problem in reader.problems) == 2
+    assert reader.left_out == 7 and reader.correction("k") is None and reader.unverified == {"k"}
+    assert sum("not signed by the review view" in problem for problem in reader.problems) == 2  # 5 shown of 7
     reader.decide({"key": "k", "fingerprint": "f1", "decision": "rejected", "by": "y"})
     reader.compact()
     assert sorted(p.name.split("-")[0] for p in folder.iterdir()) == ["hand.jsonl", "snapshot"]  # kept to inspect
@@ -189,8 +194,9 @@ def test_the_gate_passes_only_what_was_reviewed(tmp_path):
         stored(tmp_path, key, f"{key}1", sha256=f"sha-{key}")
     decide(tmp_path, "a", "rejected")
     decide(tmp_path, "b", "approved")
-    reviewed = {key: f"{key}1" for key in "abcd"}
-    stored(tmp_path, "c", "c2")  # edited again by an overlapping run after the gate asked
+    reviewed = {key: [f"{key}1", f"sha-{key}"] for key in "abcd"}
+    reviewed["d"] = "d1"  # a gate of an earlier release recorded the fingerprint only
+    stored(tmp_path, "c", "c2", sha256="sha-c2")  # edited again by an overlapping run after the gate asked
     chunks = [[{"key": "a"}, {"key": "b"}], [{"key": "c"}, {"key": "d"}, {"key": "gone"}]]  # a mapped batch's items
     result = publishable(tmp_path, PUBLISH_ALL_BUT_REJECTED, chunks, reviewed=reviewed)
     assert [(i["key"], i["sha256"]) for i in result["approved"]] == [("b", "sha-b"), ("d", "sha-d")]
@@ -199,3 +205,7 @@ def test_the_gate_passes_only_what_was_reviewed(tmp_path):
     assert publishable(tmp_path, REJECT_RUN, chunks, reviewed=reviewed)["approved"] == []
     decide(tmp_path, "a", "approved", fingerprint="a1")  # a change of mind
     assert "a" in [i["key"] for i in publishable(tmp_path, PUBLISH_APPROVED)["approved"]]
+    stored(tmp_path, "b", "b1", sha256="sha-b-new")  # b's file lost, edited again: the same edit, another image
+    assert "b" not in [i["key"] for i in publishable(tmp_path, PUBLISH_APPROVED)["approved"]]
+    stored(tmp_path, "e", "e1")  # a result without a recorded digest: nothing to check a copy by
+    assert "e" in publishable(tmp_path, PUBLISH_ALL_BUT_REJECTED)["not_stored"]

@@ -175,7 +175,7 @@ def test_decisions_are_posted_with_the_users_token_checked_and_land_in_the_manif
     for key in ("a", "b"):
         (tmp_path / f"{key}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
         writer.record({"key": key, "fingerprint": f"fp-{key}", "status": "stored", "prompt": "grayscale",
-                       "stored_path": f"{tmp_path}/{key}.png"})
+                       "stored_path": f"{tmp_path}/{key}.png", "sha256": key * 64})
     writer.record({"key": "c", "fingerprint": "fp-c", "status": "failed", "error": "boom"})
     (tmp_path / "7.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # a key that is a number (a manifest written by hand)
     writer.record({"key": 7, "fingerprint": "fp-7", "status": "stored", "prompt": "grayscale", "sha256": "7" * 64,
@@ -228,14 +228,15 @@ def test_decisions_are_posted_with_the_users_token_checked_and_land_in_the_manif
         assert "data-key='b'" not in page and "handle gone" in page
         again = Manifest(ObjectStoragePath(f"{tmp_path}/"), "rerun")  # b edited again after the page was loaded
         again.record({"key": "b", "fingerprint": "fp-b2", "status": "stored", "prompt": "grayscale",
-                      "stored_path": f"{tmp_path}/b.png"})
+                      "stored_path": f"{tmp_path}/b.png", "sha256": "2" * 64})
         again.close()
         assert post(key="b", fingerprint="fp-b", sha256=sha["b"], decision="rejected", prompt="").status_code == 409
         assert "review" not in read_manifest(tmp_path)["b"]  # the approval of fp-b does not stand for fp-b2
         from airflow_provider_cutout.state.decisions import Decisions
 
         Decisions(ObjectStoragePath(f"{tmp_path}/")).decide(  # another API server process decides
-            {"key": "b", "fingerprint": "fp-b2", "decision": "rejected", "by": "olga", "note": "elsewhere"})
+            {"key": "b", "fingerprint": "fp-b2", "sha256": "2" * 64, "decision": "rejected", "by": "olga",
+             "note": "elsewhere"})
         assert "elsewhere" in client.get("/view", params=ids).text
         overrides[get_user] = lambda: SimpleNamespace(get_id=lambda: "8", get_name=lambda: "mallory")
         assert post().status_code == 403  # the token is bound to the user

@@ -71,7 +71,7 @@ def teams(tmp_path_factory, sandbox_module) -> Iterator[Teams]:
     root = tmp_path_factory.mktemp("teams")
     passwords = root / "passwords.json"
     passwords.write_text(json.dumps({name: f"{name}-pw" for name in ("alice", "bob", "vic")}))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") or k == "AIRFLOW__API_AUTH__JWT_SECRET"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") or k == "AIRFLOW__CUTOUT__REVIEW_SECRET"}
     env.update({
         "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"), "PYTHONPATH": str(Path(__file__).parents[1]),

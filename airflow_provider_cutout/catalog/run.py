@@ -1,8 +1,9 @@
 """One run of the batch operator, as a short pipeline of steps over a plan:
 
-bind the folder to its DAG (``state.binding``) -> plan (``catalog.planning``) -> check (``catalog.checks``) ->
-send (``catalog.sending``) -> settle (``catalog.settling``) -> report (``catalog.report``). Every record an item's
-step writes is a transition of ``catalog.lifecycle``; the threads share only ``catalog.progress.Progress``.
+plan (``catalog.planning``) -> check (``catalog.checks``) -> send (``catalog.sending``) -> settle
+(``catalog.settling``) -> report (``catalog.report``). Every record an item's step writes is a transition of
+``catalog.lifecycle``; the threads share only ``catalog.progress.Progress``. (The operator binds the folder to its
+DAG first: ``state.binding``.)
 """
 
 from __future__ import annotations
@@ -23,10 +24,8 @@ from airflow_provider_cutout.catalog.settling import Settler
 from airflow_provider_cutout.catalog.workers import Workers
 from airflow_provider_cutout.exceptions import CutoutError, fail_or_retry
 from airflow_provider_cutout.observability import metrics
-from airflow_provider_cutout.state.binding import bind
 from airflow_provider_cutout.state.claims import Claims, Owner
 from airflow_provider_cutout.state.manifest import Manifest
-from airflow_provider_cutout.state.signing import NoSecretError
 
 if TYPE_CHECKING:
     from airflow_provider_cutout.hooks.cutout import CutoutHook
@@ -52,7 +51,7 @@ class BatchRun:
         self.chunk = owner.map_index >= 0  # a mapped task reads only its items' records (indexed files)
         keys = {item.key for item in planned} | {r.key for r in self.rejected if r.key is not None}
         self.manifest = Manifest(folder, writer=owner.token, keys=keys if self.chunk else None, origin=owner.origin)
-        self.owner, self.origin = owner, owner.origin
+        self.origin = owner.origin
         self.folds = owner.map_index <= 0  # one task of a mapped run folds the reviewers' decision files
         self.progress = Progress(total=len(planned) + len(self.rejected))
         self.claims = Claims(folder, owner, config.heartbeat_timeout)
@@ -70,11 +69,7 @@ class BatchRun:
         return self.reporter.gallery
 
     def execute(self) -> dict[str, Any]:
-        """Bind the folder to its DAG; plan, check, send, settle, and report."""
-        try:
-            self._bind()
-        except CutoutError as err:
-            fail_or_retry(err, self.log)  # another DAG's folder: nothing read, written or paid
+        """Plan, check, send, settle, and report."""
         try:
             try:
                 plan = self.plan = self._planned()
@@ -94,16 +89,6 @@ class BatchRun:
         except CutoutError as err:
             fail_or_retry(err, self.log)
         return self.reporter.summary(self.plan, self.seconds_sending, self.plan.to_attempt if self.plan else 0)
-
-    def _bind(self) -> None:
-        """Record the folder as this DAG's, or refuse it when it is another DAG's (``state.binding``)."""
-        if self.owner.dag_id is None:  # outside a task instance (a script)
-            return
-        try:
-            bind(self.folder, self.owner.dag_id, self.owner.task_id or "")
-        except NoSecretError as err:  # the run itself needs no secret; only the review view does
-            self.log.warning("Cutout batch: the review view will not show %s, which no signed record binds to "
-                             "this DAG: %s", self.folder, err)
 
     def _planned(self) -> Plan:
         """The plan, its skipped and in-doubt items counted, checked before anything is paid for."""

@@ -188,6 +188,7 @@ class CutoutBatchImageEditOperator(BaseOperator):
             except CutoutError as err:
                 fail_or_retry(err, self.log)
             folder = ObjectStoragePath(str(self.output_dir).rstrip("/") + "/")
+            self._bind(folder, context)
             run = self._run = BatchRun(config, hook, folder, Owner.of_task(context), planned, self.log, rejected)
             if self._killed:
                 run.kill()
@@ -200,6 +201,23 @@ class CutoutBatchImageEditOperator(BaseOperator):
         self._announce(context, summary)
         self._lineage = (planned, summary)
         return summary
+
+    def _bind(self, folder: Any, context: Context) -> None:
+        """Record the folder as this DAG's, or refuse it (another DAG's: nothing is read, written or paid) before the
+        run reads anything from it (``state.binding``). Without a review secret on this worker a folder that has no
+        owner record yet stays without one: the run goes on, and the review view will not show the folder."""
+        from airflow_provider_cutout.state.binding import bind
+        from airflow_provider_cutout.state.signing import NoSecretError
+
+        ti = context.get("ti") if context else None
+        if ti is None:  # outside a task instance (a script): nothing to bind to
+            return
+        try:
+            bind(folder, ti.dag_id, ti.task_id)
+        except NoSecretError as err:
+            self.log.warning("Cutout batch: the review view will not show %s: %s", folder, err)
+        except CutoutError as err:
+            fail_or_retry(err, self.log)
 
     def on_kill(self) -> None:
         """SIGTERM, ``execution_timeout`` or a task marked failed: start no new edit; the edits in flight finish

@@ -84,7 +84,7 @@ class CutoutReviewGateOperator(HITLOperator):
                          f"{total['failed']:,} failed, {total['in_doubt']:,} in doubt; output folder "
                          f"{markdown(str(folder))}.")
         reviewed = {key: [entry.get("fingerprint"), entry.get("sha256")]
-                    for key, entry in _scope(folder, self.items) if entry is not None}
+                    for key, entry in _scope(folder, self.items)[0] if entry is not None}
         context["ti"].xcom_push(key="reviewed_edits", value=reviewed)
         return super().execute(context)
 
@@ -118,8 +118,9 @@ class CutoutReviewGateOperator(HITLOperator):
                              reviewed=reviewed)
         result["responded_by"] = answer.get("responded_by_user")
         self.log.info("Cutout review gate: %s: %d items to publish, %d rejected, %d not stored, %d edited again "
-                      "since the gate asked (held back)", choice, len(result["approved"]), len(result["rejected"]),
-                      len(result["not_stored"]), len(result["changed"]))
+                      "since the gate asked and %d with a decision that could not be trusted (held back)", choice,
+                      len(result["approved"]), len(result["rejected"]), len(result["not_stored"]),
+                      len(result["changed"]), len(result["unverified"]))
         return result
 
 
@@ -131,20 +132,23 @@ def publishable(output_dir: Any, choice: str, items: Any = None, *,
         manifest holds. An item without an entry counts as not stored.
     :param reviewed: the edit (fingerprint) of each key when the gate asked: a key edited again since is held back.
     """
-    approved, rejected, not_stored, changed = [], [], [], []
-    for key, entry in _scope(output_dir, items):
+    approved, rejected, not_stored, changed, unverified = [], [], [], [], []
+    scope, left_out = _scope(output_dir, items)
+    for key, entry in scope:
         decision = ((entry or {}).get("review") or {}).get("decision")
-        if entry is None or entry.get("status") != STORED:
-            not_stored.append(key)
+        if entry is None or entry.get("status") != STORED or not entry.get("sha256"):
+            not_stored.append(key)  # no result, or none whose digest is recorded: nothing to check a copy by
         elif reviewed is not None and not _same_edit(reviewed.get(key), entry):
             changed.append(key)
         elif decision == REJECTED:
             rejected.append(key)
+        elif key in left_out and decision != APPROVED:  # a decision line that could not be trusted (a rejection?)
+            unverified.append(key)
         elif choice == PUBLISH_ALL_BUT_REJECTED or (choice == PUBLISH_APPROVED and decision == APPROVED):
             approved.append({"key": key, "path": entry.get("stored_path"), "fingerprint": entry.get("fingerprint"),
                              "sha256": entry.get("sha256")})
     return {"decision": choice, "approved": approved, "rejected": rejected, "not_stored": not_stored,
-            "changed": changed}
+            "changed": changed, "unverified": unverified}
 
 
 def _same_edit(asked: Any, entry: dict[str, Any]) -> bool:
@@ -165,12 +169,20 @@ def markdown(text: str) -> str:
 _MARKDOWN = set("\\`*_{}[]()<>#+-.!|~&:\"'=")
 
 
-def _scope(output_dir: Any, items: Any) -> list[tuple[Any, dict[str, Any] | None]]:
-    """Each item key to decide for, with its newest manifest entry (``None`` when it has none)."""
-    from airflow_provider_cutout.manifest import read_manifest
+def _scope(output_dir: Any, items: Any) -> tuple[list[tuple[Any, dict[str, Any] | None]], set[Any]]:
+    """Each item key to decide for, with its newest manifest entry (``None`` when it has none); and the keys that
+    decision lines left out (unsigned, changed, from another folder) name."""
+    from airflow.sdk import ObjectStoragePath
 
-    catalog = read_manifest(output_dir)
-    return [(key, catalog.get(key)) for key in (list(catalog) if items is None else _keys(items))]
+    from airflow_provider_cutout.state.manifest import Manifest, file_name
+
+    folder = ObjectStoragePath(str(output_dir).rstrip("/") + "/")
+    manifest = Manifest(folder)
+    # each stored file where the folder is now, by its name (never a path a record names): as read_manifest
+    catalog = {entry["key"]: {**entry, "stored_path": str(folder / file_name(entry))} if file_name(entry) else entry
+               for entry in manifest.catalog()}
+    scope = [(key, catalog.get(key)) for key in (list(catalog) if items is None else _keys(items))]
+    return scope, manifest.decisions.unverified
 
 
 def _keys(items: Any) -> list[Any]:

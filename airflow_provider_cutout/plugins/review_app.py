@@ -43,7 +43,7 @@ from airflow_provider_cutout.api.urls import folder_problem
 from airflow_provider_cutout.catalog.gallery import escape, gallery_items
 from airflow_provider_cutout.catalog.review import CSP, Decide, ReviewQuery, count, render_review, view_href
 from airflow_provider_cutout.exceptions import CutoutError
-from airflow_provider_cutout.state.binding import owner_of
+from airflow_provider_cutout.state.binding import owner_here
 from airflow_provider_cutout.state.decisions import APPROVED, REJECTED
 from airflow_provider_cutout.state.io import is_local
 from airflow_provider_cutout.state.manifest import STORED, Manifest, file_name
@@ -90,6 +90,7 @@ class Catalog:
     items: list[dict[str, Any]]
     stored: set[str]
     owner: str = ""  # the DAG the folder's signed record names (``state.binding``)
+    folder_id: str = ""  # and the id it gives the folder
     real: str = ""  # a local folder's real path when its manifest was read: a link re-pointed later is refused
     manifest: Any = None  # the manifest read (its decisions log is where decisions are written)
     _by_key: dict[Any, dict[str, Any]] | None = None
@@ -136,33 +137,37 @@ class _Catalogs:
         if slot is not None and slot.lock.acquire(timeout=LOCK_WAIT_S):
             try:
                 if slot.manifest and slot.catalog:
-                    slot.catalog = _catalog(slot.catalog.folder, slot.manifest, slot.catalog.owner)
+                    owner = (slot.catalog.owner, slot.catalog.folder_id)
+                    slot.catalog = _catalog(slot.catalog.folder, slot.manifest, owner)
             finally:
                 slot.lock.release()
 
     def get(self, output_dir: str, dag_id: str, max_age: float = 0.0) -> Catalog:
         """The catalog of ``output_dir`` for a task instance of ``dag_id``, refreshed when it was read more than
-        ``max_age`` seconds ago. The folder's owner record is read first, each time: a folder that is not
-        ``dag_id``'s raises ``NotThisDags`` before its manifest is read."""
+        ``max_age`` seconds ago. The folder's owner record is read first: a folder that is not ``dag_id``'s raises
+        ``NotThisDags`` before its manifest is read; a folder handed to its DAG anew (another ``folder_id``) is
+        read anew (the decisions made before do not stand)."""
         from airflow.sdk import ObjectStoragePath
 
         with self._lock:
             slot = self._slots.setdefault(output_dir, _Slot())
             self._slots.move_to_end(output_dir)
-            while len(self._slots) > self._size:
-                self._slots.popitem(last=False)
+            excess = len(self._slots) - self._size  # the oldest go, never one being read (its lock must stay)
+            idle = [n for n, s in self._slots.items() if n != output_dir and not s.lock.locked()]
+            for name in idle[:max(excess, 0)]:
+                del self._slots[name]
         if not slot.lock.acquire(timeout=LOCK_WAIT_S):  # another look reads this folder (a slow store)
             raise TimeoutError(f"the output folder is still being read by another look (over {LOCK_WAIT_S:.0f} s)")
         try:
             fresh = time.monotonic() - slot.read_at <= max_age and slot.catalog is not None
             folder = slot.catalog.folder if slot.catalog else ObjectStoragePath(output_dir.rstrip("/") + "/")
-            owner = slot.catalog.owner if fresh and slot.catalog else _owner(folder)
-            if owner != dag_id:
-                raise NotThisDags(owner)
-            if slot.manifest is None or slot.catalog is None:
+            owner = (slot.catalog.owner, slot.catalog.folder_id) if fresh and slot.catalog else _owner(folder)
+            if owner[0] != dag_id:
+                raise NotThisDags(owner[0])
+            if slot.manifest is None or slot.catalog is None or owner[1] != slot.catalog.folder_id:
                 slot.manifest = Manifest(folder)
                 slot.catalog = _catalog(folder, slot.manifest, owner)
-            elif not fresh and (slot.manifest.refresh(decisions=True) or owner != slot.catalog.owner):
+            elif not fresh and slot.manifest.refresh(decisions=True):
                 slot.catalog = _catalog(folder, slot.manifest, owner)
             if not fresh:
                 slot.read_at = time.monotonic()
@@ -172,23 +177,24 @@ class _Catalogs:
 
 
 class NotThisDags(Exception):
-    """The folder's owner record names another DAG, or there is none (``""``)."""
+    """The folder's owner record names another DAG, or there is none for this place (``""``)."""
 
     def __init__(self, owner: str) -> None:
         super().__init__(owner)
         self.owner = owner
 
 
-def _owner(folder: Any) -> str:
-    found = owner_of(folder)
-    return str(found["dag_id"]) if found else ""
+def _owner(folder: Any) -> tuple[str, str]:
+    """The DAG and ``folder_id`` of the folder's owner record for this place (``""`` when there is none)."""
+    found = owner_here(folder)
+    return (str(found["dag_id"]), str(found["folder_id"])) if found else ("", "")
 
 
-def _catalog(folder: Any, manifest: Manifest, owner: str) -> Catalog:
+def _catalog(folder: Any, manifest: Manifest, owner: tuple[str, str]) -> Catalog:
     items = gallery_items(manifest.catalog())
     stored = {file_name(e) for e in items if e.get("status") == STORED}
     real = os.path.realpath(folder.path) if is_local(folder) else ""
-    return Catalog(folder, items, {name for name in stored if _plain(name)}, owner, real, manifest)
+    return Catalog(folder, items, {name for name in stored if _plain(name)}, *owner, real, manifest)
 
 
 def _plain(name: str) -> bool:
@@ -268,19 +274,34 @@ def _folder(ids: TaskInstanceIds) -> tuple[str, float]:
 
 
 async def _in_thread(function: Callable[..., Any], *args: Any) -> Any:
-    """``function(*args)`` on one of the view's own threads (``READERS``: a folder that hangs cannot take the API
-    server's threads), given up after ``READ_TIMEOUT_S`` (503)."""
+    """``function(*args)`` on a thread, given up after ``READ_TIMEOUT_S`` (503). At most ``READERS`` such threads
+    run at once, counted by the threads themselves (a thread given up on still counts until it ends), so a folder
+    that hangs cannot take the API server's threads."""
     try:
         with anyio.fail_after(READ_TIMEOUT_S):
-            return await anyio.to_thread.run_sync(function, *args, abandon_on_cancel=True, limiter=_readers())
+            return await anyio.to_thread.run_sync(_counted, function, *args, abandon_on_cancel=True,
+                                                  limiter=_readers())
     except TimeoutError:
         raise HTTPException(503, "The output folder did not answer in time (a slow store, or another look is "
                                  "reading it); try again.") from None
 
 
+_RUNNING = threading.BoundedSemaphore(READERS)
+
+
 @functools.cache
 def _readers() -> anyio.CapacityLimiter:
-    return anyio.CapacityLimiter(READERS)
+    """The view's own pool of waiting threads (Airflow's default pool stays Airflow's)."""
+    return anyio.CapacityLimiter(2 * READERS)
+
+
+def _counted(function: Callable[..., Any], *args: Any) -> Any:
+    if not _RUNNING.acquire(timeout=LOCK_WAIT_S):
+        raise TimeoutError(f"{READERS} looks are reading folders already")
+    try:
+        return function(*args)
+    finally:
+        _RUNNING.release()
 
 
 async def _catalog_of(ids: TaskInstanceIds, max_age: float = 0.0) -> tuple[str, float, Catalog]:
@@ -380,9 +401,9 @@ def _decision(catalog: Catalog, form: dict[str, str], by: str) -> dict[str, Any]
     key, fingerprint, chosen = form.get("key", ""), form.get("fingerprint", ""), form.get("decision")
     entry = catalog.current(key)
     if (entry is None or entry.get("fingerprint") != fingerprint or entry.get("status") != STORED
-            or form.get("sha256", "") != (entry.get("sha256") or "")):
+            or not entry.get("sha256") or form.get("sha256") != entry.get("sha256")):
         raise HTTPException(409, f"item {key[:200]!r} has no stored result of that edit and image now (edited again "
-                                 "since the page was loaded?): reload the view")
+                                 "since the page was loaded?), or none whose digest is recorded: reload the view")
     if chosen not in (APPROVED, REJECTED):
         raise HTTPException(422, f"decision={str(chosen)[:40]!r} must be {APPROVED!r} or {REJECTED!r}")
     note, prompt = form.get("note", "").strip(), form.get("prompt", "").strip()
@@ -450,10 +471,16 @@ def _open_result(catalog: Catalog, name: str) -> Any:
         return path.open("rb")
     if os.path.realpath(folder.path) != catalog.real:
         raise gone
+    try:  # the folder opened once, without following a link, and the file opened in it: no path swapped between
+        directory = os.open(catalog.real, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        raise gone from None
     try:
-        fd = os.open(os.path.join(catalog.real, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=directory)
     except OSError:  # gone, a link (ELOOP), or not readable
         raise gone from None
+    finally:
+        os.close(directory)
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_size > MAX_IMAGE_BYTES:
         os.close(fd)

@@ -25,8 +25,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from airflow_provider_cutout.exceptions import CatalogStateError
+from airflow_provider_cutout.state.binding import owner_here
 from airflow_provider_cutout.state.io import (
-    MAX_LOG_BYTES,
     MAX_RECORD_BYTES,
     STATE_DIR,
     json_lines,
@@ -40,6 +41,8 @@ from airflow_provider_cutout.texts import number
 APPROVED, REJECTED = "approved", "rejected"
 #: A run folds the decision files into one snapshot when there are more than this many.
 DECISION_FILES = 64
+#: The largest snapshot of decisions read (about 400 bytes a decision: 150,000 standing ones).
+MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024
 log = logging.getLogger(__name__)
 
 
@@ -66,13 +69,16 @@ def problem_of(decision: Any) -> str | None:
     return None
 
 
-def read_problem(decision: Any) -> str | None:
-    """What keeps a line read from the log from being taken: no decision, or not signed by the review view
-    (written by hand, by a task, or by an earlier release)."""
+def read_problem(decision: Any, folder_id: str) -> str | None:
+    """What keeps a line read from the log of the folder ``folder_id`` from being taken: no decision, not signed by
+    the review view (written by hand, by another system, or by an earlier release), or made in another folder
+    (copied here, or made before the folder was handed to another DAG)."""
     problem = problem_of(decision)
     if problem is None and not signed(decision, DECISION):
         return ("not signed by the review view (forged, changed, or made by an earlier release: decide on the "
                 "item again)")
+    if problem is None and (not folder_id or decision.get("folder_id") != folder_id):
+        return "made in another folder, or before this folder was handed to its DAG (decide on the item again)"
     return problem
 
 
@@ -91,7 +97,11 @@ class Decisions:
         self._seq: dict[Any, float] = {}  # key -> highest seq read
         self._read: set[str] = set()
         self._broken: set[str] = set()  # files with lines left out: kept for inspection, never folded away
-        self.problems: list[str] = []
+        self._folder = folder
+        self._folder_id: str | None = None  # from the folder's owner record, read when there is a decision to read
+        self.problems: list[str] = []  # the first few of each file
+        self.left_out = 0  # lines left out, in all
+        self.unverified: set[Any] = set()  # item keys named by lines left out: the gate holds them back
         self._lock = threading.RLock()
 
     def on(self, fingerprint: Any, key: Any) -> dict[str, Any] | None:
@@ -131,19 +141,38 @@ class Decisions:
             raise OSError(f"the decisions log {self.path} keeps changing under this reader; try again")
 
     def _read_file(self, name: str) -> None:
-        limit = MAX_LOG_BYTES if name.startswith("snapshot-") else MAX_RECORD_BYTES
+        limit = MAX_SNAPSHOT_BYTES if name.startswith("snapshot-") else MAX_RECORD_BYTES
+        folder_id = self.folder_id()
+        left_out: list[Any] = []
+
+        def problem(line: Any) -> str | None:
+            found = read_problem(line, folder_id)
+            if found is not None:
+                left_out.append(line)
+            return found
+
         decisions, problems = json_lines(name, read_file(self.path / name, limit).decode("utf-8", errors="replace"),
-                                         read_problem)
-        for problem in problems[:5]:
-            log.warning("Cutout decisions: %s: left out; inspect it in %s", problem, self.path)
+                                         problem)
+        for found in problems[:5]:
+            log.warning("Cutout decisions: %s: left out; inspect it in %s", found, self.path)
         if len(problems) > 5:
             log.warning("Cutout decisions: %d more lines of %s left out", len(problems) - 5, self.path / name)
         if problems:
             self._broken.add(name)
-            self.problems.extend(problems)
+            self.problems.extend(problems[:5])
+            self.left_out += len(problems)
+            self.unverified.update(line["key"] for line in left_out
+                                   if isinstance(line, dict) and isinstance(line.get("key"), str | int))
         for decision in decisions:
             self._merge(decision)
         self._read.add(name)
+
+    def folder_id(self) -> str:
+        """The id the folder's owner record gives it ("" when it has none for this place: no decision is taken)."""
+        if self._folder_id is None:
+            owner = owner_here(self._folder)
+            self._folder_id = owner["folder_id"] if owner is not None else ""
+        return self._folder_id
 
     def _merge(self, decision: dict[str, Any]) -> None:
         key, edit = decision["key"], (decision["fingerprint"], decision["key"])
@@ -170,7 +199,10 @@ class Decisions:
             raise ValueError(f"not a decision: {problem}")
         with self._lock:  # numbered above every decision on the item this reader has seen
             self.refresh()
-            entry = sign({**decision, "seq": int(self._seq.get(decision["key"], 0)) + 1,
+            if not self.folder_id():
+                raise CatalogStateError(f"{self._folder} has no owner record for this place: no decision can be "
+                                        "made in it until its DAG has run there")
+            entry = sign({**decision, "folder_id": self.folder_id(), "seq": int(self._seq.get(decision["key"], 0)) + 1,
                           "updated_at": self._clock()}, DECISION)
             name = f"{uuid.uuid4().hex}.jsonl"
             self.path.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,8 @@ from airflow_provider_cutout.exceptions import CatalogStateError
 
 #: The largest log file (of the manifest or the decisions) any reader reads: a snapshot of 500,000 records fits.
 MAX_LOG_BYTES = 1 << 30
+#: A log file with more lines that are no record is not read at all (a flood, not damage).
+MAX_PROBLEMS = 10_000
 #: The largest small state file (a claim, an owner, a folder's owner record, a decision).
 MAX_RECORD_BYTES = 1 << 20
 #: The folder, inside an output folder, that holds the provider's own state (manifest, claims, records).
@@ -217,8 +219,12 @@ def existing(folder: Any, names: Iterable[str], concurrency: int) -> set[str]:
 def json_lines(name: str, text: str, problem_of: Callable[[Any], str | None]) -> tuple[list[Any], list[str]]:
     """The records of a JSON Lines file, and where and why each line that is none is not (``problem_of`` says
     what is wrong with a parsed line, ``None`` when nothing is); blank lines are skipped."""
-    records, problems = [], []
+    records: list[Any] = []
+    problems: list[str] = []
     for line_no, line in enumerate(text.splitlines(), 1):
+        if len(problems) > MAX_PROBLEMS:  # a flood, not a damaged line or two
+            raise CatalogStateError(f"{name} has over {MAX_PROBLEMS:,} lines that are no record: it is not read. "
+                                    "Move it aside.")
         if not line.strip():
             continue
         try:

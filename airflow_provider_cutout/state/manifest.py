@@ -95,7 +95,7 @@ def precedence(entry: dict[str, Any]) -> tuple[int, int, float]:
     """The order of the records of one item's edit, trusting no clock across hosts: ``seq`` first (each
     record is numbered one above the record its writer read), then a stored result before a paid one,
     before in doubt, before failed, and only then the writer's clock."""
-    return int(entry.get("seq") or 0), _RANK.get(entry.get("status", ""), 0), float(entry.get("updated_at") or 0)
+    return int(number(entry.get("seq"))), _RANK.get(entry.get("status", ""), 0), number(entry.get("updated_at"))
 
 
 def _log_lost(entry: dict[str, Any], err: BaseException) -> None:

@@ -1,11 +1,16 @@
 """Signatures on what the output folder holds for the review view: who owns a folder (``state.binding``) and
 reviewers' decisions (``state.decisions``).
 
-Anyone who can write the store can write files into an output folder (any task on that store, a shared bucket's
-other users); only Airflow's API server and workers hold ``[api_auth] jwt_secret`` (or the private key at
-``jwt_private_key_path``), the secret the API server signs its own tokens with. A record signed here is an
-HMAC-SHA256 of its canonical JSON under a key derived from that secret, one key per purpose, so a signature of one
-kind is never valid as another. Every reader checks it; a record without a valid signature is not taken.
+Anyone who can write the store can write files into an output folder (a shared bucket's other users, another
+system); only Airflow's processes hold the review secret, ``[cutout] review_secret``
+(``AIRFLOW__CUTOUT__REVIEW_SECRET``; else ``[api_auth] jwt_secret``, where a deployment shares it anyway). A
+record signed here is an HMAC-SHA256 of its canonical JSON under a key derived from that secret, one key per
+purpose, so a signature of one kind is never valid as another. Every reader checks it; a record without a valid
+signature is not taken.
+
+The workers need the secret (a run signs its folder's owner record, a run and a gate check decisions), so DAG code
+can read it there: as in Airflow, DAG authors are trusted. A dedicated secret keeps Airflow's own token key off
+the workers.
 """
 
 from __future__ import annotations
@@ -21,9 +26,8 @@ from airflow_provider_cutout.exceptions import CatalogStateError
 SIGNATURE = "sig"
 #: What is signed: a decision (written by the review view), a folder's owner (written by the batch run).
 DECISION, OWNER, FORM = "cutout-decision", "cutout-folder-owner", "cutout-review-form"
-NO_SECRET = ("no [api_auth] jwt_secret (nor jwt_private_key_path) is configured in this Airflow process; set the "
-             "same one on the API server and the workers (AIRFLOW__API_AUTH__JWT_SECRET), as Airflow needs for its "
-             "own tokens with more than one API server process")
+NO_SECRET = ("no review secret is configured in this Airflow process: set [cutout] review_secret "
+             "(AIRFLOW__CUTOUT__REVIEW_SECRET) to the same random value on the API servers and the workers")
 
 
 class NoSecretError(CatalogStateError):
@@ -31,8 +35,8 @@ class NoSecretError(CatalogStateError):
 
 
 def secret() -> bytes:
-    """The configured secret (``NoSecretError`` when there is none: Airflow would make one up per process, which
-    no other process could check against)."""
+    """The configured secret (``NoSecretError`` when there is none: a made-up one could be checked by no other
+    process)."""
     return _secret()
 
 
@@ -40,14 +44,10 @@ def secret() -> bytes:
 def _secret() -> bytes:
     from airflow.configuration import conf
 
-    found = (conf.get("api_auth", "jwt_secret", fallback="") or "").encode()
-    path = conf.get("api_auth", "jwt_private_key_path", fallback="")
-    if not found and path:
-        with open(path, "rb") as key:
-            found = key.read()
+    found = conf.get("cutout", "review_secret", fallback="") or conf.get("api_auth", "jwt_secret", fallback="")
     if not found:
         raise NoSecretError(f"Cutout review: {NO_SECRET}")
-    return found
+    return str(found).encode()
 
 
 def key(purpose: str) -> bytes:
