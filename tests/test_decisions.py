@@ -87,9 +87,8 @@ def test_approving_the_edit_a_correction_was_made_on_withdraws_the_correction(sa
 def stored(folder, key, fingerprint, prompt="p", **more):
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_cutout.state.manifest import Manifest
-
     from airflow_provider_cutout.state.binding import bind
+    from airflow_provider_cutout.state.manifest import Manifest
 
     bind(ObjectStoragePath(f"{folder}/"), "t_unit", "batch")  # as the DAG's run does first
     writer = Manifest(ObjectStoragePath(f"{folder}/"), f"run-{fingerprint}")
