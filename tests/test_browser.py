@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,16 +54,22 @@ class UI:
         return self.finish(self.start(dag, conf, **env))
 
     def start(self, dag: str, conf: dict[str, Any], **env: str) -> subprocess.Popen[str]:
-        """``run``, started: a run that waits for a person (a review gate) is answered through the API server."""
-        return subprocess.Popen([sys.executable, "-m", "tests.run_dag", dag, json.dumps(conf)], cwd=REPO,
+        """``run``, started: a run that waits for a person (a review gate) is answered through the API server. Its
+        output goes to files (a pipe nobody reads while the run waits would fill, and block it)."""
+        out = tempfile.NamedTemporaryFile("w+", prefix="cutout-ui-run-", suffix=".log", delete=False)  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, "-m", "tests.run_dag", dag, json.dumps(conf)], cwd=REPO,
                                 env={**self.env, "PYTHONPATH": str(REPO), **env,
                                      "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "tests" / "dags")},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=out, stderr=subprocess.STDOUT, text=True)
+        proc.log = out.name  # type: ignore[attr-defined]
+        out.close()
+        return proc
 
     @staticmethod
     def finish(proc: subprocess.Popen[str], timeout: float = 300) -> dict[str, Any]:
-        out, err = proc.communicate(timeout=timeout)
-        assert proc.returncode == 0, err[-3000:]
+        proc.wait(timeout=timeout)
+        out = Path(proc.log).read_text()  # type: ignore[attr-defined]
+        assert proc.returncode == 0, out[-3000:]
         return json.loads(next(line for line in reversed(out.splitlines()) if line.startswith(MARK))[len(MARK):])
 
     def waiting(self, dag_id: str, timeout: float = 180) -> str:
@@ -374,7 +381,7 @@ def test_a_reviewer_rejects_two_items_approves_the_gate_and_only_the_others_are_
     try:
         deadline = time.monotonic() + 180
         while not (tmp_path / "review" / "cutout-gallery.html").exists():  # the refresh is done
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            assert proc.poll() is None and time.monotonic() < deadline, Path(proc.log).read_text()[-3000:]
             time.sleep(0.5)
         charged = sandbox.ledger()
         keys = sorted(read_manifest(tmp_path / "review"))

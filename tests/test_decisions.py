@@ -208,3 +208,25 @@ def test_the_gate_passes_only_what_was_reviewed(tmp_path):
     assert "b" not in [i["key"] for i in publishable(tmp_path, PUBLISH_APPROVED)["approved"]]
     stored(tmp_path, "e", "e1")  # a result without a recorded digest: nothing to check a copy by
     assert "e" in publishable(tmp_path, PUBLISH_ALL_BUT_REJECTED)["not_stored"]
+
+
+def test_without_a_review_secret_nothing_is_signed_and_a_recorded_owner_is_not_passed_unchecked(tmp_path, monkeypatch):
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_cutout.exceptions import CatalogStateError
+    from airflow_provider_cutout.state import signing
+    from airflow_provider_cutout.state.binding import bind
+
+    stored(tmp_path, "k", "f1", sha256="s")  # bound, with the secret
+    decide(tmp_path, "k", "approved")
+
+    def none() -> bytes:
+        raise signing.NoSecretError(f"Cutout review: {signing.NO_SECRET}")
+
+    monkeypatch.setattr(signing, "_secret", none)
+    with pytest.raises(CatalogStateError, match="cannot check it: nothing is sent"):
+        bind(ObjectStoragePath(f"{tmp_path}/"), "t_unit", "batch")  # a recorded owner, not checkable here
+    with pytest.raises(signing.NoSecretError, match="review_secret"):
+        bind(ObjectStoragePath(f"{tmp_path}/fresh/"), "t_unit", "batch")  # the operator warns and goes on
+    with pytest.raises(signing.NoSecretError):
+        read_manifest(tmp_path)  # decisions that cannot be checked are not taken as none

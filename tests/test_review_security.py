@@ -110,6 +110,7 @@ def test_1_run_conf_cannot_point_a_dag_at_another_dags_folder(teams):
     before = charges(teams)
     run = teams.run("a", str(teams.folder_b))
     assert run["state"] == "failed" and charges(teams) == before  # refused before anything was paid
+    teams.refused_run_id = run["run_id"]
     ids = {**teams.ids_b, "dag_id": "t_team_a", "run_id": run["run_id"]}
     alice = teams.login("alice")
     seen = teams.get(ids, alice)
@@ -279,6 +280,49 @@ def test_5_and_6_decisions_only_the_view_signs_and_only_for_the_image_it_showed(
     assert publishable(folder, PUBLISH_APPROVED)["approved"] == []
     stale = teams.post(teams.ids_b, bob, {**form, "decision": "approved"})  # the form of the image seen before
     assert stale.status_code == 409
+
+
+def test_5b_copies_of_signed_records_from_another_folder_are_not_taken(teams):
+    """Found by the attack on this change: a signed decision made in team a's folder (on an entry forged there with
+    team b's item's edit and digest) and copied into team b's folder was taken; so was team a's owner record
+    copied over team b's."""
+    import shutil
+
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_cutout.manifest import read_manifest
+    from airflow_provider_cutout.operators.review_gate import PUBLISH_APPROVED, publishable
+    from airflow_provider_cutout.state.manifest import Manifest
+
+    folder_a = teams.root / "team-a"
+    run = teams.run("a", str(folder_a))
+    assert run["state"] == "success"
+    ids_a = {**teams.ids_b, "dag_id": "t_team_a", "run_id": run["run_id"]}
+    target = read_manifest(teams.folder_b)["b-1"]  # rejected by bob (test_5_and_6)
+    writer = Manifest(ObjectStoragePath(f"{folder_a}/"), "forger")  # team b's edit, forged into team a's log
+    writer.record({k: v for k, v in target.items() if k not in ("review", "stored_path")})
+    writer.close()
+    alice = teams.login("alice")
+    form = teams.form(ids_a, alice, "b-1")
+    for _ in range(3):  # each decision numbered above the last: the third outranks bob's rejection
+        assert teams.post(ids_a, alice, {**form, "decision": "approved"}).status_code == 303
+    copies = []
+    for made in (folder_a / "_cutout" / "decisions").iterdir():
+        copies.append(teams.folder_b / "_cutout" / "decisions" / f"copied-{made.name}")
+        shutil.copy(made, copies[-1])
+    assert read_manifest(teams.folder_b)["b-1"]["review"]["decision"] == "rejected"
+    assert "b-1" not in [a["key"] for a in publishable(teams.folder_b, PUBLISH_APPROVED)["approved"]]
+    for copy in copies:
+        copy.unlink()
+
+    owner_b = teams.folder_b / "_cutout" / "owner.json"
+    kept = owner_b.read_bytes()
+    shutil.copy(folder_a / "_cutout" / "owner.json", owner_b)  # team a's record over team b's
+    try:
+        refused = {**ids_a, "run_id": teams.refused_run_id}  # alice's run whose rendered folder is team b's
+        assert teams.get(refused, alice).status_code == 403
+    finally:
+        owner_b.write_bytes(kept)
 
 
 def test_7_the_gates_text_is_markdown_escaped():
