@@ -56,7 +56,7 @@ class UI:
     def start(self, dag: str, conf: dict[str, Any], **env: str) -> subprocess.Popen[str]:
         """``run``, started: a run that waits for a person (a review gate) is answered through the API server. Its
         output goes to files (a pipe nobody reads while the run waits would fill, and block it)."""
-        out = tempfile.NamedTemporaryFile("w+", prefix="cutout-ui-run-", suffix=".log", delete=False)  # noqa: SIM115
+        out = tempfile.NamedTemporaryFile("w+", prefix="cutout-ui-run-", suffix=".log", delete=False)
         proc = subprocess.Popen([sys.executable, "-m", "tests.run_dag", dag, json.dumps(conf)], cwd=REPO,
                                 env={**self.env, "PYTHONPATH": str(REPO), **env,
                                      "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "tests" / "dags")},

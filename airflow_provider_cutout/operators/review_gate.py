@@ -10,7 +10,7 @@ from airflow.providers.standard.operators.hitl import HITLOperator
 
 from airflow_provider_cutout.exceptions import InvalidInputError
 from airflow_provider_cutout.observability.links import review_url
-from airflow_provider_cutout.state.binding import owner_of
+from airflow_provider_cutout.state.binding import owner_here
 from airflow_provider_cutout.state.decisions import APPROVED, REJECTED
 from airflow_provider_cutout.state.manifest import STORED
 
@@ -95,7 +95,7 @@ class CutoutReviewGateOperator(HITLOperator):
 
         folder = self.output_dir or next((s.get("output_dir") for s in summaries), None)
         dag_id = context["ti"].dag_id
-        owner = owner_of(ObjectStoragePath(str(folder).rstrip("/") + "/")) if folder else None
+        owner = owner_here(ObjectStoragePath(str(folder).rstrip("/") + "/")) if folder else None
         if owner is None or owner["dag_id"] != dag_id:
             raise InvalidInputError(
                 f"output_dir={str(folder)[:300]!r} is not a folder of DAG {dag_id!r} (it names "
