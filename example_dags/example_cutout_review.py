@@ -78,7 +78,8 @@ with DAG(
                 raise ValueError(f"{item['key']}: its stored file changed after the review; run the DAG again")
             published.append(item["key"])
         print(f"{decision['decision']}: published {len(published)}, held back {len(decision['rejected'])} "
-              f"rejected, {len(decision['changed'])} edited again since the review and "
+              f"rejected, {len(decision['changed'])} edited again since the review, "
+              f"{len(decision['unverified'])} with a decision that could not be trusted and "
               f"{len(decision['not_stored'])} without a result")
         return published
 

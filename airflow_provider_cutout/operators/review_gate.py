@@ -35,7 +35,9 @@ class CutoutReviewGateOperator(HITLOperator):
     - ``Reject run``: nothing (also what happens when ``response_timeout`` passes, by default).
 
     Returns ``{"decision", "approved": [{"key", "path", "fingerprint", "sha256"}], "rejected": [keys],
-    "not_stored": [keys], "changed": [keys], "responded_by"}`` for the publishing task: ``path`` is each approved
+    "not_stored": [keys], "changed": [keys], "unverified": [keys], "responded_by"}`` for the publishing task
+    (``unverified``: a decision line on the item could not be trusted, so it is held back unless an approval
+    stands): ``path`` is each approved
     item's stored result, ``sha256`` its digest (check it when copying: a run that overlaps could replace the file).
     Only what the reviewer could have seen passes: an item edited again after the gate asked is held back in
     ``changed`` (the edit the gate asked about is recorded in its XCom ``reviewed_edits``).
