@@ -144,8 +144,8 @@ def test_the_app_serves_only_plain_files_of_the_folder_it_read_and_errors_carry_
         other.mkdir()
         (other / "c.png").write_bytes(b"another folder")
         folder.unlink()
-        folder.symlink_to(other)  # the folder re-pointed after its manifest was read
-        assert client.get("/image", params={**ids, "name": "c.png"}).status_code == 404
+        folder.symlink_to(other)  # the folder re-pointed after its manifest was read: its files are not served
+        assert client.get("/image", params={**ids, "name": "c.png"}).content != b"another folder"
 
         def broken(ids):
             raise RuntimeError("the metadata DB is gone")
@@ -240,5 +240,66 @@ def test_decisions_are_posted_with_the_users_token_checked_and_land_in_the_manif
         assert "elsewhere" in client.get("/view", params=ids).text
         overrides[get_user] = lambda: SimpleNamespace(get_id=lambda: "8", get_name=lambda: "mallory")
         assert post().status_code == 403  # the token is bound to the user
+    finally:
+        overrides.clear()
+
+
+def test_links_inside_a_folder_two_keys_of_one_text_and_oversized_logs_are_refused(tmp_path, monkeypatch):
+    """Found by the second attack on the view: a ``_cutout/manifest`` linked to another DAG's folder showed that
+    folder's catalog; a key written twice (``1`` and ``"1"``) took a rejection away from the item the reviewer
+    saw; logs of any size were read whole."""
+    from types import SimpleNamespace
+
+    from airflow.api_fastapi.core_api.security import get_user
+    from airflow.sdk import ObjectStoragePath
+    from fastapi.testclient import TestClient
+
+    from airflow_provider_cutout.operators.review_gate import PUBLISH_ALL_BUT_REJECTED, publishable
+    from airflow_provider_cutout.plugins import review_app
+    from airflow_provider_cutout.state.binding import bind
+    from airflow_provider_cutout.state.manifest import Manifest
+
+    def catalog(folder, dag_id, keys):
+        folder.mkdir()
+        writer = Manifest(ObjectStoragePath(f"{folder}/"), "test")
+        for key in keys:
+            writer.record({"key": key, "fingerprint": "fp", "status": "stored", "prompt": "p", "sha256": "s" * 64,
+                           "stored_path": f"{folder}/{key}.png"})
+        writer.close()
+        bind(ObjectStoragePath(f"{folder}/"), dag_id, "batch")
+
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    catalog(mine, "d", ["1", 1])
+    catalog(theirs, "other", ["secret-item"])
+    folders = {"r": mine}
+    monkeypatch.setattr(review_app, "CATALOGS", review_app._Catalogs(2))
+    monkeypatch.setattr(review_app, "_output_dir", lambda ids: (str(folders[ids.run_id]), 0.0))
+    monkeypatch.setattr(review_app, "_may_decide", lambda user, ids: True)
+    overrides = review_app.app.dependency_overrides
+    overrides[review_app.ReadAccess.dependency] = overrides[review_app.EditAccess.dependency] = lambda: None
+    overrides[get_user] = lambda: SimpleNamespace(get_id=lambda: "7", get_name=lambda: "rita")
+    try:
+        client = TestClient(review_app.app)
+        ids = {"dag_id": "d", "run_id": "r", "task_id": "batch", "map_index": "-1"}
+        page = client.get("/view", params=ids).text
+        token = re.search(r"name='csrf' value='([0-9a-f]{64})'", page).group(1)
+        form = {"key": "1", "fingerprint": "fp", "sha256": "s" * 64, "csrf": token, "decision": "rejected"}
+        refused = client.post("/decide", params=ids, data=form, headers={"Origin": "http://testserver"},
+                              follow_redirects=False)
+        assert refused.status_code == 409  # which of the two? neither
+        assert sorted(map(str, publishable(mine, PUBLISH_ALL_BUT_REJECTED)["unverified"])) == ["1", "1"]
+
+        (mine / "_cutout" / "manifest").rename(mine / "_cutout" / "kept")
+        (mine / "_cutout" / "manifest").symlink_to(theirs / "_cutout" / "manifest")
+        folders["r2"] = mine
+        linked = client.get("/view", params={**ids, "run_id": "r2"})
+        assert linked.status_code == 503 and "secret-item" not in linked.text and "is a link" in linked.text
+        (mine / "_cutout" / "manifest").unlink()
+        (mine / "_cutout" / "kept").rename(mine / "_cutout" / "manifest")
+
+        monkeypatch.setattr(review_app, "MAX_STATE_BYTES", 100)
+        folders["r3"] = mine
+        big = client.get("/view", params={**ids, "run_id": "r3"})
+        assert big.status_code == 503 and "more than the view reads" in big.text
     finally:
         overrides.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -184,7 +185,8 @@ def _scope(output_dir: Any, items: Any) -> tuple[list[tuple[Any, dict[str, Any] 
     catalog = {entry["key"]: {**entry, "stored_path": str(folder / file_name(entry))} if file_name(entry) else entry
                for entry in manifest.catalog()}
     scope = [(key, catalog.get(key)) for key in (list(catalog) if items is None else _keys(items))]
-    return scope, manifest.decisions.unverified
+    texts = collections.Counter(str(key) for key in catalog)  # 1 and "1" (written by hand): the view decides neither
+    return scope, manifest.decisions.unverified | {key for key in catalog if texts[str(key)] > 1}
 
 
 def _keys(items: Any) -> list[Any]:

@@ -17,6 +17,7 @@ as stored, under a plain file name, as a regular file directly in the task's out
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -27,7 +28,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlsplit
@@ -42,10 +43,10 @@ from airflow_provider_cutout.api.models import check_prompt
 from airflow_provider_cutout.api.urls import folder_problem
 from airflow_provider_cutout.catalog.gallery import escape, gallery_items
 from airflow_provider_cutout.catalog.review import CSP, Decide, ReviewQuery, count, render_review, view_href
-from airflow_provider_cutout.exceptions import CutoutError
+from airflow_provider_cutout.exceptions import CatalogStateError, CutoutError
 from airflow_provider_cutout.state.binding import owner_here
 from airflow_provider_cutout.state.decisions import APPROVED, REJECTED
-from airflow_provider_cutout.state.io import is_local
+from airflow_provider_cutout.state.io import STATE_DIR, is_local, list_files
 from airflow_provider_cutout.state.manifest import STORED, Manifest, file_name
 from airflow_provider_cutout.state.signing import FORM, NoSecretError, digest
 
@@ -65,6 +66,8 @@ MAX_FORM_BYTES = 16 * 1024
 READ_TIMEOUT_S = 30.0  # a look that waits longer for its folder answers 503
 LOCK_WAIT_S = 10.0  # a look waits this long for another look at the same folder
 READERS = 8  # the view's own threads for reading folders (the API server's pool stays Airflow's)
+MAX_STATE_BYTES = 512 * 1024 * 1024  # the most log bytes the view reads from a folder (about 700,000 items)
+MAX_RECORDS = 1_000_000  # and the most records
 _TOKEN_COOKIE = "_token"  # the cookie of the Airflow UI's token
 MAX_NOTE_CHARS = 500
 
@@ -93,7 +96,7 @@ class Catalog:
     folder_id: str = ""  # and the id it gives the folder
     real: str = ""  # a local folder's real path when its manifest was read: a link re-pointed later is refused
     manifest: Any = None  # the manifest read (its decisions log is where decisions are written)
-    _by_key: dict[Any, dict[str, Any]] | None = None
+    _by_key: dict[str, dict[str, Any] | None] | None = None
     _counts: dict[float, dict[str, int]] = field(default_factory=dict)  # by task start: each filter's count
 
     def counts(self, since: float) -> dict[str, int]:
@@ -108,7 +111,11 @@ class Catalog:
         """The newest entry of an item key as a form sends it (text: ``7`` is the key ``7`` of a catalog whose keys
         are numbers; a catalog cannot hold both, their files would share a name)."""
         if self._by_key is None:
-            self._by_key = {str(e.get("key")): e for e in self.items}
+            found: dict[str, dict[str, Any] | None] = {}
+            for entry in self.items:  # two keys of one text (1 and "1", written by hand): neither is decided
+                text = str(entry.get("key"))
+                found[text] = None if text in found else entry
+            self._by_key = found
         return self._by_key.get(key)
 
 
@@ -160,18 +167,25 @@ class _Catalogs:
             raise TimeoutError(f"the output folder is still being read by another look (over {LOCK_WAIT_S:.0f} s)")
         try:
             fresh = time.monotonic() - slot.read_at <= max_age and slot.catalog is not None
-            folder = slot.catalog.folder if slot.catalog else ObjectStoragePath(output_dir.rstrip("/") + "/")
-            owner = (slot.catalog.owner, slot.catalog.folder_id) if fresh and slot.catalog else _owner(folder)
-            if owner[0] != dag_id:
-                raise NotThisDags(owner[0])
-            if slot.manifest is None or slot.catalog is None or owner[1] != slot.catalog.folder_id:
-                slot.manifest = Manifest(folder)
-                slot.catalog = _catalog(folder, slot.manifest, owner)
-            elif not fresh and slot.manifest.refresh(decisions=True):
-                slot.catalog = _catalog(folder, slot.manifest, owner)
-            if not fresh:
+            if fresh and slot.catalog is not None:
+                if slot.catalog.owner != dag_id:
+                    raise NotThisDags(slot.catalog.owner)
+                return slot.catalog
+            with _running():  # one of READERS threads that read stores, taken once this folder's turn came
+                folder = _resolved(ObjectStoragePath(output_dir.rstrip("/") + "/"))
+                if slot.catalog is not None and str(folder) != str(slot.catalog.folder):  # re-pointed since
+                    slot.manifest = slot.catalog = None
+                owner = _owner(folder)
+                if owner[0] != dag_id:
+                    raise NotThisDags(owner[0])
+                _check_size(folder)
+                if slot.manifest is None or slot.catalog is None or owner[1] != slot.catalog.folder_id:
+                    slot.manifest = Manifest(folder, max_records=MAX_RECORDS)
+                    slot.catalog = _catalog(folder, slot.manifest, owner)
+                elif slot.manifest.refresh(decisions=True):
+                    slot.catalog = _catalog(folder, slot.manifest, owner)
                 slot.read_at = time.monotonic()
-            return slot.catalog
+                return slot.catalog
         finally:
             slot.lock.release()
 
@@ -182,6 +196,28 @@ class NotThisDags(Exception):
     def __init__(self, owner: str) -> None:
         super().__init__(owner)
         self.owner = owner
+
+
+def _resolved(folder: Any) -> Any:
+    """A local folder by its real path, read once (a link re-pointed later does not move what this look reads or
+    writes), whose own state folders are no links (they could lead into another DAG's folder)."""
+    if not is_local(folder):
+        return folder
+    from airflow.sdk import ObjectStoragePath
+
+    real = os.path.realpath(folder.path)
+    for part in (STATE_DIR, f"{STATE_DIR}/manifest", f"{STATE_DIR}/decisions"):
+        if os.path.islink(os.path.join(real, part)):
+            raise CatalogStateError(f"{os.path.join(real, part)} is a link: the view does not follow it")
+    return ObjectStoragePath(real + "/")
+
+
+def _check_size(folder: Any) -> None:
+    """Refuse a folder whose logs hold more than the view reads (``MAX_STATE_BYTES``), before reading them."""
+    total = sum(sum(list_files(folder / STATE_DIR / part).values()) for part in ("manifest", "decisions"))
+    if total > MAX_STATE_BYTES:
+        raise CatalogStateError(f"the logs of {folder} hold {total:,} bytes, more than the view reads "
+                                f"({MAX_STATE_BYTES:,}): see the static gallery, or read_manifest")
 
 
 def _owner(folder: Any) -> tuple[str, str]:
@@ -274,13 +310,12 @@ def _folder(ids: TaskInstanceIds) -> tuple[str, float]:
 
 
 async def _in_thread(function: Callable[..., Any], *args: Any) -> Any:
-    """``function(*args)`` on a thread, given up after ``READ_TIMEOUT_S`` (503). At most ``READERS`` such threads
-    run at once, counted by the threads themselves (a thread given up on still counts until it ends), so a folder
-    that hangs cannot take the API server's threads."""
+    """``function(*args)`` on one of the view's own threads, given up after ``READ_TIMEOUT_S`` (503). What reads a
+    folder's logs does so in ``_running``: at most ``READERS`` at once, counted by the threads themselves (a thread
+    given up on still counts until it ends), so a folder that hangs cannot take the API server's threads."""
     try:
         with anyio.fail_after(READ_TIMEOUT_S):
-            return await anyio.to_thread.run_sync(_counted, function, *args, abandon_on_cancel=True,
-                                                  limiter=_readers())
+            return await anyio.to_thread.run_sync(function, *args, abandon_on_cancel=True, limiter=_readers())
     except TimeoutError:
         raise HTTPException(503, "The output folder did not answer in time (a slow store, or another look is "
                                  "reading it); try again.") from None
@@ -292,14 +327,15 @@ _RUNNING = threading.BoundedSemaphore(READERS)
 @functools.cache
 def _readers() -> anyio.CapacityLimiter:
     """The view's own pool of waiting threads (Airflow's default pool stays Airflow's)."""
-    return anyio.CapacityLimiter(2 * READERS)
+    return anyio.CapacityLimiter(4 * READERS)
 
 
-def _counted(function: Callable[..., Any], *args: Any) -> Any:
+@contextlib.contextmanager
+def _running() -> Iterator[None]:
     if not _RUNNING.acquire(timeout=LOCK_WAIT_S):
         raise TimeoutError(f"{READERS} looks are reading folders already")
     try:
-        return function(*args)
+        yield
     finally:
         _RUNNING.release()
 
@@ -368,7 +404,7 @@ async def decide(ids: Ids, user: GetUserDep, request: Request) -> Response:
     decision = _decision(catalog, form, user.get_name())
     try:
         await _in_thread(catalog.manifest.decisions.decide, decision)
-    except CutoutError as err:  # the folder's owner record changed meanwhile
+    except (CutoutError, ValueError) as err:  # the folder's owner record changed meanwhile; no decision
         raise HTTPException(409, f"{err}: reload the view") from None
     await _in_thread(CATALOGS.forget, output_dir)  # the next look shows it
     back = {"status": form.get("status", "all"), "q": form.get("q", ""), "page": form.get("page", "1")}

@@ -199,9 +199,10 @@ class Decisions:
             raise ValueError(f"not a decision: {problem}")
         with self._lock:  # numbered above every decision on the item this reader has seen
             self.refresh()
-            if not self.folder_id():
-                raise CatalogStateError(f"{self._folder} has no owner record for this place: no decision can be "
-                                        "made in it until its DAG has run there")
+            now = owner_here(self._folder)  # as it is now: the folder seen when reading is the folder written
+            if not self.folder_id() or now is None or now["folder_id"] != self.folder_id():
+                raise CatalogStateError(f"{self._folder} has no owner record for this place, or another one than "
+                                        "when it was read: no decision is made in it now")
             entry = sign({**decision, "folder_id": self.folder_id(), "seq": int(self._seq.get(decision["key"], 0)) + 1,
                           "updated_at": self._clock()}, DECISION)
             name = f"{uuid.uuid4().hex}.jsonl"

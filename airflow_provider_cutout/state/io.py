@@ -22,6 +22,8 @@ from airflow_provider_cutout.exceptions import CatalogStateError
 
 #: The largest log file (of the manifest or the decisions) any reader reads: a snapshot of 500,000 records fits.
 MAX_LOG_BYTES = 1 << 30
+#: A log file with more records is not read at all: a snapshot of a catalog of 1,000,000 items fits.
+MAX_RECORDS = 1_000_000
 #: A log file with more lines that are no record is not read at all (a flood, not damage).
 MAX_PROBLEMS = 10_000
 #: The largest small state file (a claim, an owner, a folder's owner record, a decision).
@@ -234,6 +236,9 @@ def json_lines(name: str, text: str, problem_of: Callable[[Any], str | None]) ->
             continue
         problem = problem_of(record)
         if problem is None:
+            if len(records) >= MAX_RECORDS:
+                raise CatalogStateError(f"{name} holds over {MAX_RECORDS:,} records: it is not read (a flood; the "
+                                        "provider writes at most one record per item to a file)")
             records.append(record)
         else:
             problems.append(f"{name} line {line_no}: {problem}")

@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from airflow_provider_cutout.exceptions import CatalogStateError
 from airflow_provider_cutout.state.decisions import DECISION_FILES, Decisions, reviewed
 from airflow_provider_cutout.state.io import (
     MAX_LOG_BYTES,
@@ -210,12 +211,14 @@ class Manifest:
         hold these keys (and the edits added by ``include``); every other file is read whole. What is read is
         always every record of each key and edit in scope, so ``get`` and ``siblings`` answer for them as an
         unscoped reader would; ``entries`` holds them and whatever else was read.
+    :param max_records: the most records this reader reads in all (``CatalogStateError`` beyond); ``None``: no cap.
     """
 
     def __init__(self, folder: Any, writer: str | None = None, *, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, keys: Iterable[Any] | None = None,
-                 origin: dict[str, Any] | None = None) -> None:
+                 origin: dict[str, Any] | None = None, max_records: int | None = None) -> None:
         self.path = folder / STATE_DIR / "manifest"
+        self._max_records, self._records_read = max_records, 0  # the review view caps what a folder may cost it
         self._origin = dict(origin or {})  # which catalog, run and chunk wrote a record (see Owner.origin)
         self._clock, self._sleep = clock, sleep
         self.edits: dict[str, dict[Any, dict[str, Any]]] = {}  # fingerprint -> item key -> newest entry
@@ -410,6 +413,10 @@ class Manifest:
         self._read.add(name)
 
     def _merge(self, entries: list[dict[str, Any]]) -> None:
+        self._records_read += len(entries)
+        if self._max_records is not None and self._records_read > self._max_records:
+            raise CatalogStateError(f"{self.path} holds over {self._max_records:,} records: more than this reader "
+                                    "takes (a catalog of that size, or a flood)")
         with self._cond:
             for fp, group in _group(entries).items():
                 newest(group, into=self.edits.setdefault(fp, {}), order=precedence)
