@@ -79,7 +79,7 @@ def folder_problem(folder: str, template: str | None = None) -> str | None:
                 "are not output folders")
     if parts.scheme and "@" in parts.netloc and template is not None:
         literal = template.split("{{", 1)[0].split("{%", 1)[0]
-        conn_id = parts.netloc.split("@", 1)[0]
+        conn_id = parts.netloc.rsplit("@", 1)[0]  # as ObjectStoragePath reads it
         if conn_id not in DEFAULT_CONNECTIONS and not literal.startswith(f"{parts.scheme}://{conn_id}@"):
             return (f"output_dir names the connection {conn_id!r}, which the DAG file does not write before any "
                     f"template in output_dir ({template[:200]!r}): a connection chosen at run time (run conf) is "
