@@ -31,15 +31,21 @@ def spawn(dag: str, conf: dict[str, Any], prefix: tuple[str, ...] = (), *, cwd: 
     shutil.copy(Path(os.environ["AIRFLOW_HOME"]) / "airflow.db", home / "airflow.db")
     env = {**os.environ, "PYTHONPATH": str(REPO), "AIRFLOW_HOME": str(home),
            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db", **env}
+    # Output to files: a pipe that nobody reads while the test waits for the run (or kills it) fills and blocks it.
+    out, err = (open(home / name, "w") for name in ("stdout.log", "stderr.log"))
     proc = subprocess.Popen([*prefix, sys.executable, "-m", "tests.run_dag", dag, json.dumps(conf)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=out, stderr=err, text=True)
+    out.close()
+    err.close()
     proc.home = home  # type: ignore[attr-defined]  # its metadata DB, for tests that scan it
     return proc
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 300) -> dict[str, Any]:
     """The run's outcome; ``output`` holds what the process printed (its task logs)."""
-    out, err = proc.communicate(timeout=timeout)
+    proc.wait(timeout=timeout)
+    home = proc.home  # type: ignore[attr-defined]
+    out, err = ((home / name).read_text() for name in ("stdout.log", "stderr.log"))
     assert proc.returncode == 0, f"the DAG run process ended with {proc.returncode}: {err[-3000:]}"
     run = json.loads(next(line for line in reversed(out.splitlines()) if line.startswith(MARK))[len(MARK):])
     if run["state"] != "success":  # keep the run's log for the failure message
