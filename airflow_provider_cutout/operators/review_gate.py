@@ -177,13 +177,11 @@ def _scope(output_dir: Any, items: Any) -> tuple[list[tuple[Any, dict[str, Any] 
     decision lines left out (unsigned, changed, from another folder) name."""
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_cutout.state.manifest import Manifest, file_name
+    from airflow_provider_cutout.state.manifest import Manifest, by_key_here
 
     folder = ObjectStoragePath(str(output_dir).rstrip("/") + "/")
     manifest = Manifest(folder)
-    # each stored file where the folder is now, by its name (never a path a record names): as read_manifest
-    catalog = {entry["key"]: {**entry, "stored_path": str(folder / file_name(entry))} if file_name(entry) else entry
-               for entry in manifest.catalog()}
+    catalog = by_key_here(manifest, folder)
     scope = [(key, catalog.get(key)) for key in (list(catalog) if items is None else _keys(items))]
     texts = collections.Counter(str(key) for key in catalog)  # 1 and "1" (written by hand): the view decides neither
     return scope, manifest.decisions.unverified | {key for key in catalog if texts[str(key)] > 1}

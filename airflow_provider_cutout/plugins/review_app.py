@@ -109,7 +109,7 @@ class Catalog:
 
     def current(self, key: str) -> dict[str, Any] | None:
         """The newest entry of an item key as a form sends it (text: ``7`` is the key ``7`` of a catalog whose keys
-        are numbers; a catalog cannot hold both, their files would share a name)."""
+        are numbers); ``None`` also when two keys share that text (``7`` and ``"7"``, written by hand)."""
         if self._by_key is None:
             found: dict[str, dict[str, Any] | None] = {}
             for entry in self.items:  # two keys of one text (1 and "1", written by hand): neither is decided

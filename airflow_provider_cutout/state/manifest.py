@@ -565,6 +565,11 @@ def read_manifest(output_dir: Any) -> dict[str, dict[str, Any]]:
     from airflow.sdk import ObjectStoragePath
 
     folder = ObjectStoragePath(str(output_dir).rstrip("/") + "/")
-    # Each stored file where the folder is now (a folder moved or mounted elsewhere since keeps its files).
+    return by_key_here(Manifest(folder), folder)
+
+
+def by_key_here(manifest: Manifest, folder: Any) -> dict[Any, dict[str, Any]]:
+    """``manifest.catalog()`` by item key, each ``stored_path`` the file of its name in ``folder`` as it is named
+    now (a folder moved or mounted elsewhere since keeps its files; a path a record names is never taken)."""
     return {entry["key"]: {**entry, "stored_path": str(folder / file_name(entry))} if file_name(entry) else entry
-            for entry in Manifest(folder).catalog()}
+            for entry in manifest.catalog()}
