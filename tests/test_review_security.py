@@ -87,6 +87,7 @@ def teams(tmp_path_factory, sandbox_module) -> Iterator[Teams]:
         found = Teams(ui, root, sandbox_module)
         run = found.run("b", str(found.folder_b))
         assert run["state"] == "success" and sandbox_module.ledger()["charges"] == 3, run
+        assert {v["charges"] for v in sandbox_module.ledger()["by_fingerprint"].values()} == {1}
         found.ids_b = {"dag_id": "t_team_b", "run_id": run["run_id"], "task_id": "batch", "map_index": "-1"}
         yield found
 
@@ -101,7 +102,10 @@ def sandbox_module(_sandbox_server) -> Any:
 
 
 def charges(teams: Teams) -> int:
-    return int(teams.sandbox.ledger()["charges"])
+    """The charges so far, each edit (request fingerprint) charged once at most."""
+    ledger = teams.sandbox.ledger()
+    assert all(v["charges"] <= 1 for v in ledger["by_fingerprint"].values()), ledger["by_fingerprint"]
+    return int(ledger["charges"])
 
 
 def test_1_run_conf_cannot_point_a_dag_at_another_dags_folder(teams):
@@ -295,8 +299,9 @@ def test_5b_copies_of_signed_records_from_another_folder_are_not_taken(teams):
     from airflow_provider_cutout.state.manifest import Manifest
 
     folder_a = teams.root / "team-a"
+    before = charges(teams)
     run = teams.run("a", str(folder_a))
-    assert run["state"] == "success"
+    assert run["state"] == "success" and charges(teams) == before + 3  # team a's three edits, once each
     ids_a = {**teams.ids_b, "dag_id": "t_team_a", "run_id": run["run_id"]}
     target = read_manifest(teams.folder_b)["b-1"]  # rejected by bob (test_5_and_6)
     writer = Manifest(ObjectStoragePath(f"{folder_a}/"), "forger")  # team b's edit, forged into team a's log
