@@ -83,7 +83,8 @@ class Cluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = self.call("GET", f"/dags/{dag_id}/dagRuns/~/hitlDetails")["hitl_details"]
-            waiting = [d["task_instance"]["dag_run_id"] for d in found if not d.get("response_received")]
+            waiting = [d["task_instance"]["dag_run_id"] for d in found if not d.get("response_received")
+                       and d["task_instance"].get("state") == "awaiting_input"]  # Airflow resumes a parked one only
             waiting = [run for run in waiting if run not in exclude]
             if waiting:
                 return str(waiting[0])

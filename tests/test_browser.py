@@ -73,12 +73,15 @@ class UI:
         return json.loads(next(line for line in reversed(out.splitlines()) if line.startswith(MARK))[len(MARK):])
 
     def waiting(self, dag_id: str, timeout: float = 180) -> str:
-        """The run of ``dag_id`` whose gate waits for an answer (waited for)."""
+        """The run of ``dag_id`` whose gate waits for an answer (waited for): its task instance parked, since
+        Airflow resumes only a parked one (an answer given between the gate's asking and its parking is stored,
+        and the run waits for ever)."""
         auth = {"Authorization": f"Bearer {self.token()}"}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = requests.get(f"{self.url}/api/v2/dags/{dag_id}/dagRuns/~/hitlDetails", headers=auth, timeout=30)
-            waiting = [d for d in found.json().get("hitl_details", []) if not d.get("response_received")]
+            waiting = [d for d in found.json().get("hitl_details", []) if not d.get("response_received")
+                       and d["task_instance"].get("state") == "awaiting_input"]  # an answer before that is lost
             if waiting:
                 return str(waiting[0]["task_instance"]["dag_run_id"])
             time.sleep(1)
