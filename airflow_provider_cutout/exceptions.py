@@ -25,6 +25,7 @@ __all__ = [
     "MissingConnectionError",
     "RateLimitError",
     "ResultDownloadError",
+    "ReviewRejectedError",
     "ServerError",
     "StoppedError",
     "fail_or_retry",
@@ -82,6 +83,10 @@ class ClaimedElsewhereError(CutoutError):
 class StoppedError(CutoutError):
     """The task was told to stop (``on_kill``: SIGTERM, ``execution_timeout``, marked failed) while a call
     waited to be retried: nothing more was sent. ``maybe_charged`` when an earlier attempt may have been."""
+
+
+class ReviewRejectedError(CutoutError):
+    """A reviewer answered a review gate with "Reject run": nothing is published, and the run shows it (failed)."""
 
 
 class ResultDownloadError(CutoutError):

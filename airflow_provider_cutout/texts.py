@@ -23,6 +23,17 @@ def number(value: Any) -> float:
     return found if math.isfinite(found) else 0.0
 
 
+def plural(count: int, one: str, many: str | None = None, *, grouped: bool = False) -> str:
+    """``count`` and the word (or words) that agree with it: ``plural(1, "item")`` is ``"1 item"``,
+    ``plural(2, "item")`` ``"2 items"``, ``plural(1, "item was", "items were")`` ``"1 item was"``.
+
+    :param many: the form for any count but 1 (``one`` and an ``s`` unless given).
+    :param grouped: write the count with thousands separators (``10,000 items``).
+    """
+    shown = f"{count:,}" if grouped else str(count)
+    return f"{shown} {one if count == 1 else (many if many is not None else one + 's')}"
+
+
 def shorten(value: object, limit: int = 80) -> str:
     """``repr(value)``, cut to ``limit`` characters."""
     text = repr(value)

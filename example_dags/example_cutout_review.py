@@ -2,9 +2,14 @@
 
 The refresh edits new or changed photos (as ``example_cutout_catalog_refresh``). The gate then waits in
 Airflow's "Required actions" for a reviewer, who looks at the edits in the batch task's "Cutout review" view,
-rejects what is wrong (with a corrected prompt, the next run edits that item again) and chooses what to
-publish. The publish task copies only the approved results into ``published/``. Without an answer within
-``response_timeout`` the gate rejects the run: nothing is published.
+approves what is right, rejects what is wrong (with a corrected prompt, the next run edits that item again) and
+chooses what to publish. The publish task copies only the results the answer lets through into ``published/``.
+Without an answer within ``response_timeout`` the gate takes its default, "Publish approved only": nothing that
+nobody approved is published. "Reject run" publishes nothing and fails the gate, so the run shows as failed.
+
+A few failed products do not hold up the night's review: ``max_failures`` lets the refresh succeed when up to a
+fifth of the items it edits fail (they cost nothing, are shown first in the view, and the next run tries them
+again); more failures than that fail the refresh, and nothing is reviewed or published.
 
 Its folder is fixed in the DAG file (``CUTOUT_EXAMPLE_OUTPUT`` at parse time), not a ``params`` value: whoever
 may trigger the DAG may override params in run conf, and a reviewed folder belongs to its DAG (docs/review.md,
@@ -56,12 +61,13 @@ with DAG(
         items=items,
         output_dir=f"{OUTPUT_DIR}/review/",  # fixed here: run conf cannot point the review at another folder
         max_credits=200,
+        max_failures=0.2,  # a few failed products: the others are still reviewed and published tonight
     )
     gate = CutoutReviewGateOperator(
         task_id="review",
         batch_task_id="refresh_catalog",
         items=items,  # decide for the catalog's items (products that left it are not published)
-        response_timeout=datetime.timedelta(hours=24),  # then "Reject run": nothing is published
+        response_timeout=datetime.timedelta(hours=24),  # then "Publish approved only"
     )
 
     @task
@@ -77,8 +83,9 @@ with DAG(
                 copy.unlink()  # replaced since it was reviewed (a run that overlapped): not what was approved
                 raise ValueError(f"{item['key']}: its stored file changed after the review; run the DAG again")
             published.append(item["key"])
+        undecided = 0 if decision["decision"] == "Publish all but rejected" else len(decision["undecided"])
         print(f"{decision['decision']}: published {len(published)}, held back {len(decision['rejected'])} "
-              f"rejected, {len(decision['changed'])} edited again since the review, "
+              f"rejected, {undecided} undecided, {len(decision['changed'])} edited again since the review, "
               f"{len(decision['unverified'])} with a decision that could not be trusted and "
               f"{len(decision['not_stored'])} without a result")
         return published

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import pytest
 import requests
@@ -344,6 +344,8 @@ def test_the_review_view_on_a_task_instance_page_shows_its_catalog_and_runs_no_s
     driver.switch_to.frame(frame)
     cards = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "section.item"))
     assert len(cards) == 10
+    full = driver.find_element(By.LINK_TEXT, "open full page")  # out of Airflow's frame, for a long review
+    assert full.get_attribute("target") == "_blank" and "/cutout-review/view?" in full.get_attribute("href")
     assert sorted(c.get_attribute("data-key") for c in cards) == sorted([f"item-{i}" for i in range(6)]
                                                                          + list(HOSTILE_KEYS))
     for card in cards:
@@ -368,73 +370,99 @@ def test_the_review_view_on_a_task_instance_page_shows_its_catalog_and_runs_no_s
         assert requests.get(image, params={**ids, "name": name}, headers=auth, timeout=10).status_code == 404, name
 
 
-def test_a_reviewer_rejects_two_items_approves_the_gate_and_only_the_others_are_published(
+def test_a_merchandiser_reviews_before_and_after_in_place_and_the_gates_primary_button_publishes(
         api_server, browser, sandbox, tmp_path):
-    """example_cutout_review end to end: a real batch run; in the review view (Chromium, the UI's own session)
-    a reviewer rejects two items, one with a corrected prompt, and answers the gate "Publish all but rejected" on
-    its page in Airflow's UI;
-    the publish task copies exactly the other results. The next run edits only the corrected item: one charge."""
+    """example_cutout_review end to end, as a merchandiser reviews. One product's edit fails: the gate still asks.
+    In the view (Chromium at 1280 x 800, the UI's own session) the failed item comes first, and a card shows the
+    source and the result side by side, each at least 240 px, loaded, and a link to the image at full size. After
+    each decision the page is back at that card, saying what was recorded. Two items are rejected (one with a
+    corrected prompt), two approved; the gate's primary button is "Publish approved only", and it publishes
+    exactly the approved. The next run edits the corrected and the failed item (two charges); "Reject run" fails
+    its gate, so that run shows as failed."""
     from selenium.webdriver.common.by import By
 
     from airflow_provider_cutout.manifest import read_manifest
 
     env = {"AIRFLOW_CONN_CUTOUT_DEFAULT": sandbox.conn_json(), "CUTOUT_EXAMPLE_OUTPUT": str(tmp_path)}
     conf: dict[str, Any] = {}  # its folder is fixed in the DAG file
+    sandbox.fault("failed_edit", count=1, fail_reason="Face not found")
     proc = api_server.start("tests.dags.examples:example_cutout_review", conf, **env)
     try:
-        deadline = time.monotonic() + 180
-        while not (tmp_path / "review" / "cutout-gallery.html").exists():  # the refresh is done
-            assert proc.poll() is None and time.monotonic() < deadline, Path(proc.log).read_text()[-3000:]
-            time.sleep(0.5)
-        charged = sandbox.ledger()
-        keys = sorted(read_manifest(tmp_path / "review"))
-        assert len(keys) == 12 and charged["charges"] == 12
-        assert all(v["charges"] == 1 for v in charged["by_fingerprint"].values())
-        run_id = api_server.waiting("example_cutout_review")
+        run_id = api_server.waiting("example_cutout_review")  # the refresh succeeded with one failed item
+        charged, entries = sandbox.ledger(), read_manifest(tmp_path / "review")
+        (failed,) = [k for k, e in entries.items() if e["status"] == "failed"]
+        stored = sorted(k for k, e in entries.items() if e["status"] == "stored")
+        assert len(stored) == 11 and charged["charges"] == 11  # the failed edit cost nothing
+        assert all(v["charges"] == 1 for v in charged["by_fingerprint"].values() if v["charges"])
         ids = {"dag_id": "example_cutout_review", "run_id": run_id, "task_id": "refresh_catalog", "map_index": "-1"}
+        browser.set_window_size(1280, 800)
         browser.get(f"{api_server.url}/dags/example_cutout_review")  # the UI's session cookie, as a person has
         wait_for(browser, lambda d: "example_cutout_review" in d.page_source, timeout=60)
         view = f"{api_server.url}/cutout-review/view?{urlencode(ids)}"
-        rejected = {"mug-cutout": "invert", "sneaker-white": None}
+        browser.get(view)
+        cards = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "section.item"))
+        assert cards[0].get_attribute("data-key") == failed and "Face not found" in cards[0].text
+        links = cards[1].find_elements(By.CSS_SELECTOR, ".pics a")
+        assert [a.get_attribute("target") for a in links] == ["_blank", "_blank"]  # before, after
+        for link in links:
+            img = link.find_element(By.TAG_NAME, "img")
+            wait_for(browser, lambda d, i=img: d.execute_script(
+                "return arguments[0].complete && arguments[0].naturalWidth > 0", i), timeout=10)
+            assert img.size["width"] >= 240 and img.size["height"] >= 240, img.size
+            assert link.get_attribute("href") == img.get_attribute("src")  # the link opens the image itself
+        natural = browser.execute_script("return arguments[0].naturalWidth", links[1].find_element(By.TAG_NAME, "img"))
+        browser.get(links[1].get_attribute("href"))  # the result at full size, as the link opens it
+        assert browser.execute_script("return document.images[0].naturalWidth") == natural > 240
+
+        plan = {stored[0]: ("rejected", "invert"), stored[1]: ("rejected", ""), stored[4]: ("approved", ""),
+                stored[5]: ("approved", "")}
+        browser.get(view)
         hostile = "the product itself changed <script>window.__pwned='note'</script><img src=x onerror=alert(1)>"
-        for key, prompt in rejected.items():
-            browser.get(view)
+        for key, (decision, prompt) in plan.items():  # one after the other, as the page comes back
             card = wait_for(browser, lambda d, k=key: d.find_element(By.CSS_SELECTOR, f"section[data-key='{k}']"))
-            card.find_element(By.NAME, "note").send_keys(hostile)
-            if prompt:
-                card.find_element(By.NAME, "prompt").send_keys(prompt)
-            card.find_element(By.CSS_SELECTOR, "button[value='rejected']").click()
-            wait_for(browser, lambda d, k=key: d.find_element(
-                By.CSS_SELECTOR, f"section[data-key='{k}'][data-review='rejected']"))
+            card.find_element(By.NAME, "note").send_keys(hostile if decision == "rejected" else "")
+            card.find_element(By.NAME, "prompt").send_keys(prompt)
+            card.find_element(By.CSS_SELECTOR, f"button[value='{decision}']").click()
+            card = wait_for(browser, lambda d, k=key, v=decision: d.find_element(
+                By.CSS_SELECTOR, f"section[data-key='{k}'][data-review='{v}']"))
+            assert urlsplit(browser.current_url).fragment == card.get_attribute("id")  # back at that card
+            assert f"Recorded: {decision}" in card.text and "next to review" in card.text
+            top = browser.execute_script("return arguments[0].getBoundingClientRect().top", card)
+            assert 0 <= top < 400, top  # in view, under the sticky header
+        browser.save_screenshot(str(ARTIFACTS / "review-decisions.png"))  # docs/images/review-decisions.png
         browser.get(view + "&status=rejected")
         shown = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "section.item"))
-        assert sorted(c.get_attribute("data-key") for c in shown) == sorted(rejected)
+        assert sorted(c.get_attribute("data-key") for c in shown) == sorted(stored[:2])
         assert "corrected prompt" in body_text(browser) and "rejected: 2" in body_text(browser)
         assert hostile in body_text(browser) and browser.execute_script("return window.__pwned === undefined")
-        browser.save_screenshot(str(ARTIFACTS / "review-decisions.png"))  # docs/images/review-decisions.png
         errors = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
         assert not errors, errors
-        decided = read_manifest(tmp_path / "review")
-        assert {k for k, e in decided.items() if (e.get("review") or {}).get("decision") == "rejected"} == set(rejected)
 
         browser.get(f"{api_server.url}/dags/example_cutout_review/runs/{quote(run_id, safe='')}/tasks/review/"
                     "required_actions")
-        publish_button = wait_for(browser, lambda d: next(iter(d.find_elements(
-            By.XPATH, "//button[normalize-space()='Publish all but rejected']")), None), timeout=60)
+        buttons = {name: wait_for(browser, lambda d, n=name: next(iter(d.find_elements(
+            By.XPATH, f"//button[normalize-space()='{n}']")), None), timeout=60)
+            for name in ("Publish approved only", "Publish all but rejected", "Reject run")}
+        colours = {name: b.value_of_css_property("background-color") for name, b in buttons.items()}
+        assert colours["Publish all but rejected"] == colours["Reject run"] != colours["Publish approved only"]
         link = browser.find_element(By.LINK_TEXT, "Cutout review view").get_attribute("href")
         assert link == view  # the gate's body links to the batch task's review view
-        assert "Review 12 Cutout items: 12 edited this run, 0 failed, 48 credits" in body_text(browser)
+        assert "Review 12 Cutout items: 11 edited this run, 1 failed, 44 credits" in body_text(browser)
+        assert "opens it full page" in body_text(browser)
         browser.save_screenshot(str(ARTIFACTS / "review-gate.png"))  # docs/images/review-gate.png
-        publish_button.click()  # the reviewer answers the gate in Airflow's UI
+        buttons["Publish approved only"].click()  # the primary button
         run = api_server.finish(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert run["state"] == "success", run
     published = api_server.xcom({**ids, "task_id": "publish"}, "return_value")
-    assert sorted(published) == sorted(set(keys) - set(rejected))
+    assert sorted(published) == sorted(stored[4:6])
     assert sorted(p.stem for p in (tmp_path / "published").iterdir()) == sorted(published)
-    assert sandbox.ledger()["charges"] == 12  # reviewing and publishing cost nothing
+    answer = api_server.xcom({**ids, "task_id": "review"}, "return_value")
+    assert sorted(answer["undecided"]) == sorted(set(stored) - set(plan))  # held back, and named
+    assert answer["not_stored"] == [failed] and sorted(answer["rejected"]) == sorted(stored[:2])
+    assert sandbox.ledger()["charges"] == 11  # reviewing and publishing cost nothing
 
     proc = api_server.start("tests.dags.examples:example_cutout_review", conf, **env)
     try:
@@ -443,15 +471,15 @@ def test_a_reviewer_rejects_two_items_approves_the_gate_and_only_the_others_are_
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert again["state"] == "success", again
+    assert again["state"] == "failed", again  # a rejected run shows as such
     ledger = sandbox.ledger()
-    assert ledger["charges"] == 13  # only the item with a corrected prompt was edited again
-    (call,) = [c for c in ledger["calls"] if c["path"] == "edit" and c["seq"] > charged["calls"][-1]["seq"]]
-    assert call["operations"] == ["invert"]
+    assert ledger["charges"] == 13  # the item with a corrected prompt and the failed one were edited again
+    assert all(v["charges"] == 1 for v in ledger["by_fingerprint"].values() if v["charges"])
+    calls = [c for c in ledger["calls"] if c["path"] == "edit" and c["seq"] > charged["calls"][-1]["seq"]]
+    assert ["invert"] in [c["operations"] for c in calls] and len(calls) == 2
     after = read_manifest(tmp_path / "review")
-    assert after["mug-cutout"]["prompt"] == "invert" and "review" not in after["mug-cutout"]
-    assert after["sneaker-white"]["review"]["decision"] == "rejected"
-
+    assert after[stored[0]]["prompt"] == "invert" and "review" not in after[stored[0]]
+    assert after[stored[1]]["review"]["decision"] == "rejected" and after[failed]["status"] == "stored"
 
 
 def test_a_reader_sees_the_view_but_gets_403_on_a_decision_and_a_user_may_decide(api_server, sandbox, tmp_path):

@@ -82,9 +82,10 @@ def test_the_refresh_asset_triggers_the_publish_dag_under_the_scheduler(cluster)
     assert cluster.ledger()["charges"] == 12 and set(cluster.charges().values()) == {1}
 
 
-def test_a_review_gate_nobody_answers_rejects_the_run_after_its_timeout(cluster, tmp_path):
-    """The gate waits for a reviewer (Airflow's human-in-the-loop); nobody answers, the scheduler takes its safe
-    default after ``response_timeout``: the run succeeds and publishes nothing."""
+def test_a_review_gate_nobody_answers_publishes_only_what_was_approved_after_its_timeout(cluster, tmp_path):
+    """The gate waits for a reviewer (Airflow's human-in-the-loop); nobody answers, the scheduler takes its default
+    after ``response_timeout``, "Publish approved only": the run succeeds and publishes nothing nobody approved,
+    naming the undecided items."""
     cluster.reset(latency=0.0)
     cluster.call("PATCH", "/dags/cutout_cluster_review", json={"is_paused": False})
     before = cluster.ledger()["charges"]
@@ -93,7 +94,8 @@ def test_a_review_gate_nobody_answers_rejects_the_run_after_its_timeout(cluster,
     assert cluster.wait(run, dag_id="cutout_cluster_review") == "success"
     base = f"/dags/cutout_cluster_review/dagRuns/{run}/taskInstances"
     answer = cluster.call("GET", f"{base}/gate/xcomEntries/return_value", params={"deserialize": True})["value"]
-    assert answer["decision"] == "Reject run" and answer["approved"] == [] and answer["not_stored"] == []
+    assert answer["decision"] == "Publish approved only" and answer["approved"] == [] and answer["not_stored"] == []
+    assert len(answer["undecided"]) == 4 and answer["responded_by"] is None
     assert cluster.call("GET", f"{base}/publish/xcomEntries/return_value", params={"deserialize": True})["value"] == []
     assert cluster.ledger()["charges"] == before + 4 and len(read_manifest(tmp_path)) == 4
 
@@ -143,7 +145,7 @@ def test_a_reviewer_decides_and_answers_the_gate_under_the_scheduler(cluster, br
     assert cluster.waiting_gate(dag, exclude=(run,)) == second
     cluster.call("PATCH", f"/dags/{dag}/dagRuns/{second}/taskInstances/review/-1/hitlDetails",
                  json={"chosen_options": ["Reject run"]})
-    assert cluster.wait(second, dag_id=dag) == "success"
+    assert cluster.wait(second, dag_id=dag) == "failed"  # a rejected run shows as such
     assert cluster.ledger()["charges"] == 13  # only the item with a corrected prompt was edited again
     after = read_manifest(folder)
     assert after["mug-cutout"]["prompt"] == "invert" and after["lamp-white"]["review"]["decision"] == "rejected"

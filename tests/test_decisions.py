@@ -200,7 +200,9 @@ def test_the_gate_passes_only_what_was_reviewed(tmp_path):
     result = publishable(tmp_path, PUBLISH_ALL_BUT_REJECTED, chunks, reviewed=reviewed)
     assert [(i["key"], i["sha256"]) for i in result["approved"]] == [("b", "sha-b"), ("d", "sha-d")]
     assert (result["rejected"], result["changed"], result["not_stored"]) == (["a"], ["c"], ["gone"])
-    assert [i["key"] for i in publishable(tmp_path, PUBLISH_APPROVED, chunks, reviewed=reviewed)["approved"]] == ["b"]
+    assert result["undecided"] == ["d"]  # published under "all but rejected", and named
+    only_approved = publishable(tmp_path, PUBLISH_APPROVED, chunks, reviewed=reviewed)
+    assert [i["key"] for i in only_approved["approved"]] == ["b"] and only_approved["undecided"] == ["d"]
     assert publishable(tmp_path, REJECT_RUN, chunks, reviewed=reviewed)["approved"] == []
     decide(tmp_path, "a", "approved", fingerprint="a1")  # a change of mind
     assert "a" in [i["key"] for i in publishable(tmp_path, PUBLISH_APPROVED)["approved"]]

@@ -8,7 +8,8 @@ import re
 import subprocess
 import sys
 
-from airflow_provider_cutout.catalog.gallery import gallery_items
+from airflow_provider_cutout.api.urls import browser_source, carries_credentials
+from airflow_provider_cutout.catalog.gallery import gallery_items, item_anchor
 from airflow_provider_cutout.catalog.review import ReviewQuery, render_review, select, view_href
 
 
@@ -23,11 +24,11 @@ def entries(n: int = 130) -> list[dict]:
     return found
 
 
-def page(items, query=None, since=0.0, per_page=60):
+def page(items, query=None, since=0.0, per_page=60, **extra):
     return render_review(items, query=query or ReviewQuery(), title="/out",
                          href=view_href("/cutout-review/view", {"dag_id": "d"}),
                          image_url=lambda name: f"/img?name={name}", hidden={"dag_id": "d"}, since=since,
-                         per_page=per_page)
+                         per_page=per_page, source_url=browser_source, **extra)
 
 
 def test_items_that_need_a_look_come_first_and_filters_count_them():
@@ -54,18 +55,21 @@ def test_pages_and_their_links():
     assert ReviewQuery.parse("failed", None, "0") == ReviewQuery("failed", "", 1)
 
 
-def test_every_value_from_the_catalog_or_the_api_is_escaped_and_no_source_is_loaded():
+def test_every_value_from_the_catalog_or_the_api_is_escaped_and_only_public_https_sources_are_loaded():
     hostile = entries(3)
     hostile[0].update(key="<script>alert(1)</script>", prompt="<img src=x onerror=alert(2)>")
     hostile[1].update(key="javascript:alert(3)", status="failed", error="<script>alert(4)</script>")
     hostile[2].update(image_urls=["javascript:alert(5)"], stored_path="/out/'><img src=x onerror=alert(6)>.png")
+    hostile[1].update(image_urls=["https://b.example/p.jpg?X-Amz-Signature=abc&X-Amz-Credential=k"])
     html = page(gallery_items(hostile), ReviewQuery(search="<script>"))
     body = page(gallery_items(hostile))
     for text in (html, body):
         assert "<script" not in text and "<img src=x" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body and "&lt;script&gt;alert(4)&lt;/script&gt;" in body
     assert "value='&lt;script&gt;'" in html  # the search box holds the search, escaped
-    assert not re.search(r"src='(https?:|javascript:)", body)  # sources are named, not loaded
+    assert not re.search(r"src='(http:|javascript:)|Signature", body)  # no script, no signed URL shown
+    assert "src='https://cdn.example/p0.jpg'" in body  # a public https photo: the browser loads it itself
+    assert "source not shown here: b.example" in body and "source not shown here: javascript:alert(5)" in body
     assert "src='/img?name=&#x27;&gt;&lt;img src=x onerror=alert(6)&gt;.png'" in body  # the attribute stays shut
 
 
@@ -303,3 +307,27 @@ def test_links_inside_a_folder_two_keys_of_one_text_and_oversized_logs_are_refus
         assert big.status_code == 503 and "more than the view reads" in big.text
     finally:
         overrides.clear()
+
+
+def test_which_sources_a_browser_may_load_itself():
+    assert browser_source("https://cdn.example/a.jpg?v=3&width=960") == "https://cdn.example/a.jpg?v=3&width=960"
+    for url in ("https://user:pw@cdn.example/a.jpg", "https://b.s3.amazonaws.com/a.jpg?X-Amz-Signature=1",
+                "https://a.blob.core.windows.net/c/a.jpg?sv=1&sig=2", "https://cdn.example/a.jpg?token=t",
+                "s3://aws_default@bucket/a.jpg", "http://cdn.example/a.jpg", "javascript:alert(1)", "https:///a"):
+        assert browser_source(url, loopback=True) is None, url
+    assert browser_source("http://127.0.0.1:9/a.jpg") is None  # plain http: only on a developer's machine
+    assert browser_source("http://127.0.0.1:9/a.jpg", loopback=True) == "http://127.0.0.1:9/a.jpg"
+    assert carries_credentials("https://x.example/a?Key-Pair-Id=1&Policy=2") and not carries_credentials("https://x/a")
+
+
+def test_a_decided_card_keeps_its_place_says_what_was_recorded_and_links_the_next_to_review():
+    items = gallery_items(entries(20))
+    decided = next(e for e in items if e["key"] == "item-015")
+    decided["review"] = {"decision": "rejected", "by": "rita", "prompt": "invert"}
+    html = page(items, ReviewQuery("to_review"), recorded="item-015")
+    assert html.count(f"id='{item_anchor('item-015')}'") == 1  # kept though the filter no longer keeps it
+    assert "Recorded: rejected with a corrected prompt for item-015." in html
+    following = items[items.index(decided) + 1]["key"]
+    assert f"<a href='#{item_anchor(following)}'>next to review: {following}</a>" in html
+    assert "Recorded:" not in page(items, ReviewQuery("to_review"), recorded="<not a key>")  # nothing made up
+    assert "Recorded:" not in page(items)

@@ -26,11 +26,11 @@ def is_loopback_url(url: str | None) -> bool:
         host = urlsplit(url).hostname or ""
     except ValueError:
         return False
-    return _is_loopback_host(host)
+    return is_loopback_host(host)
 
 
 @functools.lru_cache(maxsize=256)
-def _is_loopback_host(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
     if host in _LOOPBACK_NAMES:
         return True
     try:
@@ -128,3 +128,35 @@ def check_source_url(value: Any, index: int, allow_http: bool) -> str:
             "URLs while the connection's base URL is loopback, as with the sandbox)"
         )
     return url
+
+
+#: Query parameters that make a URL a credential (a signed URL of S3, GCS, Azure or CloudFront, or a token).
+_SIGNATURE_PARAMS = frozenset({"x-amz-signature", "x-amz-credential", "x-amz-security-token", "x-goog-signature",
+                               "x-goog-credential", "signature", "sig", "key-pair-id", "policy", "token",
+                               "access_token", "auth", "apikey", "api_key", "key"})
+
+
+def carries_credentials(url: str) -> bool:
+    """Whether ``url`` holds a credential: a user or password, or a query parameter that signs or authorises it
+    (``X-Amz-Signature``, ``sig``, ``token``...); such a URL is shown to nobody."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return True
+    names = {pair.split("=", 1)[0].casefold() for pair in parts.query.split("&") if pair}
+    return "@" in parts.netloc or bool(names & _SIGNATURE_PARAMS)
+
+
+def browser_source(url: str, *, loopback: bool = False) -> str | None:
+    """The URL a reviewer's browser may load a source image by, itself: an ``https://`` URL that carries no
+    credential (plain ``http://`` only on loopback with ``loopback``, as with the sandbox on a developer's
+    machine); ``None`` for any other (an object-store URI, a signed URL)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if carries_credentials(url) or not parts.hostname:
+        return None
+    if parts.scheme == "https" or (parts.scheme == "http" and loopback and is_loopback_host(parts.hostname)):
+        return url
+    return None

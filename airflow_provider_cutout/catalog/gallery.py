@@ -7,6 +7,7 @@ page (the folder can be copied or served as it is), sources by their own URLs.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import time
 from collections.abc import Callable, Iterable
@@ -28,18 +29,24 @@ CREDITS_NOTE = ("Credits recorded count each item's newest edit; an item edited 
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1d2733;background:#f6f8fa}
-h1{font-size:20px;margin:0 0 8px}.counts span{margin-right:18px}.note{color:#5b6875}
-main{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:12px}
-.item{display:flex;gap:12px;background:#fff;border:1px solid #d5dbe1;border-radius:6px;padding:10px;min-width:0}
+h1{font-size:20px;margin:0 0 8px;overflow-wrap:anywhere}.counts span{margin-right:18px}.note{color:#5b6875}
+main{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,540px),1fr));gap:12px}
+.item{display:flex;flex-wrap:wrap;gap:8px 12px;background:#fff;border:1px solid #d5dbe1;border-radius:6px;padding:10px;
+min-width:0;scroll-margin-top:120px}
 .item.failed,.item.in_doubt{border-color:#d1242f}.item.edited{border-color:#bf8700}
-figure{margin:0;flex:0 0 130px;text-align:center}figcaption{color:#5b6875;font-size:12px}
-img{width:130px;height:130px;object-fit:contain;background:repeating-conic-gradient(#eee 0 25%,#fff 0 50%) 0 0/16px}
-.none{width:130px;height:130px;display:flex;align-items:center;justify-content:center;background:#f0f2f4;color:#5b6875;
-font-size:12px;text-align:center}
-img.source{position:relative;display:block}img.source::after{content:attr(data-missing);position:absolute;inset:0;display:flex;
+.pics{display:flex;flex-wrap:wrap;gap:12px;flex:1 1 100%}
+figure{margin:0;flex:1 1 240px;min-width:240px;text-align:center}
+figcaption{color:#5b6875;font-size:12px;overflow-wrap:anywhere}
+figure a{display:block}
+img,.none{display:block;width:100%;aspect-ratio:1/1;height:auto;object-fit:contain;
+background:repeating-conic-gradient(#eee 0 25%,#fff 0 50%) 0 0/16px}
+.none{display:flex;align-items:center;justify-content:center;background:#f0f2f4;color:#5b6875;font-size:12px;
+text-align:center;padding:8px;box-sizing:border-box;overflow-wrap:anywhere}
+img.source{position:relative}img.source::after{content:attr(data-missing);position:absolute;inset:0;display:flex;
 align-items:center;justify-content:center;background:#f0f2f4;color:#5b6875;font-size:12px;text-align:center}
-dl{margin:0;display:grid;grid-template-columns:auto 1fr;gap:2px 8px;align-content:start;min-width:0}
-dt{color:#5b6875}dd{margin:0;overflow-wrap:anywhere}
+dl{margin:0;display:grid;grid-template-columns:auto 1fr;gap:2px 8px;align-content:start;min-width:0;flex:1 1 100%}
+dt{color:#5b6875}dd{margin:0;overflow-wrap:break-word;min-width:0}
+details{flex:1 1 100%;color:#5b6875;font-size:12px}details dl{margin-top:4px}
 .status{font-weight:600}.failed .status,.in_doubt .status{color:#d1242f}.edited .status{color:#bf8700}
 .error{color:#d1242f;white-space:pre-wrap}
 .item[data-review=rejected]{border-color:#d1242f;border-width:2px}.item[data-review=approved]{border-color:#1a7f37}
@@ -113,37 +120,57 @@ def credits_recorded(items: Iterable[dict[str, Any]]) -> int:
 
 
 def card(entry: dict[str, Any], result_src: Callable[[str], str], source_src: Callable[[str], str | None],
-         no_source: str = "source on object storage", footer: str = "") -> str:
-    """One item's card: its source and result side by side, and what the manifest says of it. Every value is
-    escaped (keys, prompts and error texts come from the catalog and the API).
+         no_source: str = "source on object storage", footer: str = "", recorded: str = "") -> str:
+    """One item's card: its source and result side by side (before and after), each a link to the image at full
+    size, and what the manifest says of it, technical fields folded away. Every value is escaped (keys, prompts and
+    error texts come from the catalog and the API).
 
-    :param no_source: what stands where the source is not shown (``source_src`` gave ``None``).
+    :param no_source: what stands where the source is not shown (``source_src`` gave ``None``), before its host.
     :param footer: HTML closing the card (the review view's decision form).
+    :param recorded: HTML at the top of the card (what the review view just recorded on it).
     """
     status = entry.get("status", FAILED)
     sources = [str(url) for url in entry.get("image_urls") or []]
+    host = escape(_host(sources[0])) if sources else ""
     shown = source_src(sources[0]) if sources else None
-    source = (f"<img class='source' src='{escape(shown)}' alt='source of {escape(entry.get('key'))}' loading='lazy' "
-              f"data-missing='source not reachable: {escape(_host(sources[0]))}'>" if shown
-              else f"<div class='none'>{escape(no_source) if sources else 'no source'}</div>")
+    key = escape(entry.get("key"))
+    source = (_linked(shown, f"<img class='source' src='{escape(shown)}' alt='source of {key}' loading='lazy' "
+                             f"data-missing='source not reachable: {host}'>") if shown
+              else f"<div class='none'>{f'{escape(no_source)}: {host}' if sources else 'no source'}</div>")
     stored = str(entry.get("stored_path") or "").rsplit("/", 1)[-1]
-    result = (f"<img src='{escape(result_src(stored))}' alt='result of {escape(entry.get('key'))}' loading='lazy'>"
+    result = (_linked(result_src(stored), f"<img class='result' src='{escape(result_src(stored))}' "
+                                          f"alt='result of {key}' loading='lazy'>")
               if status == STORED and stored else "<div class='none'>no result</div>")
     extra = f" (+{len(sources) - 1} more)" if len(sources) > 1 else ""
-    rows = [("key", entry.get("key")), ("prompt", entry.get("prompt")), ("model", entry.get("model")),
-            ("ratio", entry.get("aspect_ratio")), ("credits", entry.get("credits") or 0),
-            ("request id", entry.get("request_id"))]
-    details = "".join(f"<dt>{name}</dt><dd>{escape(value)}</dd>" for name, value in rows if value not in (None, ""))
+    rows = [("key", entry.get("key")), ("prompt", entry.get("prompt")), ("credits", entry.get("credits") or 0)]
+    technical = [("model", entry.get("model")), ("ratio", entry.get("aspect_ratio")),
+                 ("request id", entry.get("request_id")), ("fingerprint", entry.get("fingerprint")),
+                 ("sha256", entry.get("sha256"))]
     error = f"<dt>error</dt><dd class='error'>{escape(entry['error'])}</dd>" if entry.get("error") else ""
     decided = review_of(entry)
     return (
-        f"<section class='item {escape(status)}' data-key='{escape(entry.get('key'))}' data-status='{escape(status)}'"
-        f" data-review='{escape(decided.get('decision', ''))}'>"
-        f"<figure>{source}<figcaption>source{extra}</figcaption></figure>"
-        f"<figure>{result}<figcaption>result</figcaption></figure>"
-        f"<dl><dt>status</dt><dd class='status'>{LABELS.get(status, escape(status))}</dd>{details}{error}"
-        f"{_review_rows(decided)}</dl>{footer}</section>"
+        f"<section class='item {escape(status)}' id='{item_anchor(entry.get('key'))}' data-key='{key}' "
+        f"data-status='{escape(status)}' data-review='{escape(decided.get('decision', ''))}'>{recorded}"
+        f"<div class='pics'><figure>{source}<figcaption>before: {host or 'source'}{extra}</figcaption></figure>"
+        f"<figure>{result}<figcaption>after: the edit</figcaption></figure></div>"
+        f"<dl><dt>status</dt><dd class='status'>{LABELS.get(status, escape(status))}</dd>{_rows(rows)}{error}"
+        f"{_review_rows(decided)}</dl><details><summary>technical details</summary><dl>{_rows(technical)}</dl>"
+        f"</details>{footer}</section>"
     )
+
+
+def _rows(rows: list[tuple[str, Any]]) -> str:
+    return "".join(f"<dt>{name}</dt><dd>{escape(value)}</dd>" for name, value in rows if value not in (None, ""))
+
+
+def _linked(href: str, image: str) -> str:
+    """An image that opens at full size in a new tab (no script: a plain link)."""
+    return f"<a href='{escape(href)}' target='_blank' rel='noopener noreferrer' title='open at full size'>{image}</a>"
+
+
+def item_anchor(key: Any) -> str:
+    """The id of an item's card, safe in a URL's fragment whatever the key holds."""
+    return "item-" + hashlib.sha256(str(key).encode()).hexdigest()[:16]
 
 
 def _host(url: str) -> str:

@@ -1,9 +1,10 @@
 """The review view's page (served inside Airflow by ``plugins.review``): a catalog's items from its manifest,
 filtered by status and key, counted, with the credits they record, one page at a time as a grid of cards.
 
-Pure: the items in, the page out. It holds no script; filters, search and pages are links and a GET form, so
-the view works under a Content-Security-Policy that allows no script at all. Sources are not loaded (a page on
-Airflow's origin fetches nothing from a catalog's servers); results are shown through ``image_url``.
+Pure: the items in, the page out. It holds no script; filters, search, pages and the way back to a decided card
+are links, anchors and forms, so the view works under a Content-Security-Policy that allows no script at all.
+Results are shown through ``image_url``; a source through ``source_url`` (the reviewer's browser loads a public
+``https://`` photo itself; the view's server fetches no source).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from airflow_provider_cutout.catalog.gallery import (
     card,
     credits_recorded,
     escape,
+    item_anchor,
     review_of,
 )
 from airflow_provider_cutout.state.decisions import APPROVED, REJECTED
@@ -40,15 +42,23 @@ FILTERS: dict[str, tuple[str, Callable[[dict[str, Any], float], bool]]] = {
     "approved": (APPROVED, lambda e, since: review_of(e).get("decision") == APPROVED),
     "rejected": (REJECTED, lambda e, since: review_of(e).get("decision") == REJECTED),
 }
-#: Only style; no script, no source from anywhere but the view's own images; a frame of Airflow's pages only.
-CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; "
+#: Only style; no script; images from the view itself and public https sources; a frame of Airflow's pages only.
+CSP = ("default-src 'none'; img-src 'self' https:; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; "
        "frame-ancestors 'self'")
+#: ``CSP`` for a view served on loopback (a developer's machine), whose sandbox serves sources over plain http.
+CSP_LOOPBACK = CSP.replace("img-src 'self' https:", "img-src 'self' https: http://127.0.0.1:* http://localhost:*")
 _EXTRA_STYLE = """
-nav{margin:12px 0}nav a{margin-right:14px}nav a.on{font-weight:700;color:#1d2733;text-decoration:none}
-form{display:inline-block;margin-left:12px}input[type=search]{width:260px}
-.pages{margin:16px 0}.pages a,.pages span{margin-right:14px}
-.item{flex-wrap:wrap}form.decide{display:flex;flex:1 1 100%;flex-wrap:wrap;gap:6px;margin:6px 0 0;align-items:center}
+html{scroll-padding-top:150px}body{margin:0 16px 16px}header{position:sticky;top:0;z-index:1;background:#f6f8fa;padding:8px 0 4px;
+border-bottom:1px solid #d5dbe1;margin-bottom:10px}
+h1{font-size:16px;margin:0 0 4px}h1 a{font-size:13px;font-weight:400;margin-left:10px}
+.counts{margin:0 0 4px}nav{margin:0}nav a{margin-right:12px}nav a.on{font-weight:700;color:#1d2733;text-decoration:none}
+form{display:inline-block;margin-left:12px}input[type=search]{width:220px}
+.recorded{background:#dafbe1;border:1px solid #1a7f37;border-radius:4px;padding:4px 8px;margin:6px 0 0}
+.item .recorded{flex:1 1 100%;margin:0}
+.pages{margin:10px 0}.pages a,.pages span{margin-right:14px}
+form.decide{display:flex;flex:1 1 100%;flex-wrap:wrap;gap:6px;margin:6px 0 0;align-items:center}
 form.decide input[type=text]{flex:1 1 160px}form.decide textarea{flex:1 1 100%;height:38px;font:inherit}
+form.decide button{padding:4px 14px}
 """
 
 
@@ -78,11 +88,14 @@ class ReviewQuery:
         return cls(status if status in FILTERS else "all", (search or "").strip()[:200], max(1, chosen))
 
 
-def select(items: Sequence[dict[str, Any]], query: ReviewQuery, since: float = 0.0) -> list[dict[str, Any]]:
-    """The items the query keeps, in their order (those that need a look first)."""
+def select(items: Sequence[dict[str, Any]], query: ReviewQuery, since: float = 0.0,
+           also: str | None = None) -> list[dict[str, Any]]:
+    """The items the query keeps, in their order (those that need a look first); and the item whose key reads
+    ``also`` wherever it stands (a card just decided stays in its place, though the filter no longer keeps it)."""
     keep = FILTERS[query.status][1]
     needle = query.search.casefold()
-    return [e for e in items if keep(e, since) and (not needle or needle in str(e.get("key", "")).casefold())]
+    return [e for e in items if (keep(e, since) and (not needle or needle in str(e.get("key", "")).casefold()))
+            or (also is not None and str(e.get("key")) == also)]
 
 
 def count(items: Sequence[dict[str, Any]], since: float = 0.0) -> dict[str, int]:
@@ -92,8 +105,9 @@ def count(items: Sequence[dict[str, Any]], since: float = 0.0) -> dict[str, int]
 
 def render_review(items: Sequence[dict[str, Any]], *, query: ReviewQuery, title: str, href: Callable[..., str],
                   image_url: Callable[[str], str], hidden: dict[str, str], since: float = 0.0,
-                  per_page: int = PER_PAGE, decide: Decide | None = None,
-                  counts: dict[str, int] | None = None) -> str:
+                  per_page: int = PER_PAGE, decide: Decide | None = None, counts: dict[str, int] | None = None,
+                  source_url: Callable[[str], str | None] = lambda url: None, recorded: str | None = None,
+                  full_page: str | None = None) -> str:
     """The view's page.
 
     :param items: the newest entry of each item key, those that need a look first (``gallery.gallery_items``).
@@ -105,28 +119,53 @@ def render_review(items: Sequence[dict[str, Any]], *, query: ReviewQuery, title:
     :param decide: where a stored item's decision form posts to, and its token; ``None``: no forms (a reader
         who may not decide).
     :param counts: ``count(items, since)``, when the caller keeps it.
+    :param source_url: the URL the browser loads a source by (``None``: not shown, its host named).
+    :param recorded: the key (as text) of the item a decision was just recorded on: its card stays in its place
+        and says what was recorded, with a link to the next item to review.
+    :param full_page: a link that opens this page outside Airflow's frame.
     """
     counts = counts if counts is not None else count(items, since)
-    chosen = select(items, query, since)
+    chosen = select(items, query, since, also=recorded)
     pages = max(1, -(-len(chosen) // per_page))
     page = min(query.page, pages)
     shown = chosen[(page - 1) * per_page: page * per_page]
     back = {"status": query.status, "q": query.search, "page": str(page)}
-    cards = "\n".join(card(e, image_url, lambda url: None, no_source="source not loaded here",
-                           footer=decide.form(e, back) if decide is not None and e.get("status") == STORED else "")
+    done = next((e for e in shown if str(e.get("key")) == recorded), None)
+    banner = _recorded(done, shown, href) if done is not None else ""
+    cards = "\n".join(card(e, image_url, source_url, no_source="source not shown here",
+                           footer=decide.form(e, back) if decide is not None and e.get("status") == STORED else "",
+                           recorded=banner if e is done else "")
                       for e in shown)
     empty = "" if shown else "<p class='note'>No item matches.</p>"
+    opener = (f"<a href='{escape(full_page)}' target='_blank' rel='noopener'>open full page</a>"
+              if full_page else "")
     return (
         "<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>Cutout review</title>"
-        f"<style>{STYLE}{_EXTRA_STYLE}</style></head><body>"
-        f"<h1>Cutout review: {escape(title)}</h1>"
+        f"<style>{STYLE}{_EXTRA_STYLE}</style></head><body><header>"
+        f"<h1>Cutout review: {escape(title)}{opener}</h1>"
         f"<p class='counts'><span>items: <b>{len(items):,}</b></span>"
+        f"<span>to review: <b>{counts['to_review']:,}</b></span>"
         f"<span>approved: <b>{counts['approved']:,}</b></span><span>rejected: <b>{counts['rejected']:,}</b></span>"
-        f"<span>credits recorded: <b>{credits_recorded(items):,}</b></span></p>"
-        f"<p class='note'>{CREDITS_NOTE}</p>"
-        f"<nav>{_nav(query, href, hidden, counts)}</nav>{_pages(href, page, pages, len(chosen))}"
-        f"<main>\n{cards}\n</main>{empty}{_pages(href, page, pages, len(chosen))}</body></html>\n"
+        f"<span>failed: <b>{counts['failed']:,}</b></span>"
+        f"<span title='{escape(CREDITS_NOTE)}'>credits recorded: <b>{credits_recorded(items):,}</b></span></p>"
+        f"<nav>{_nav(query, href, hidden, counts)}</nav>{banner}</header>{_pages(href, page, pages, len(chosen))}"
+        f"<main>\n{cards}\n</main>{empty}{_pages(href, page, pages, len(chosen))}"
+        f"<p class='note'>{CREDITS_NOTE}</p></body></html>\n"
     )
+
+
+def _recorded(done: dict[str, Any], shown: Sequence[dict[str, Any]], href: Callable[..., str]) -> str:
+    """What was just recorded on ``done`` (as its manifest now says), and the next item to review on this page,
+    one click away (or the filter of the items to review)."""
+    decision = review_of(done)
+    what = (f"{escape(decision['decision'])}{' with a corrected prompt' if decision.get('prompt') else ''}"
+            if decision else "no decision (it changed meanwhile)")
+    after = list(shown)[list(shown).index(done) + 1:] + list(shown)
+    following = next((e for e in after if e.get("status") == STORED and not review_of(e) and e is not done), None)
+    onward = (f"<a href='#{item_anchor(following.get('key'))}'>next to review: {escape(following.get('key'))}</a>"
+              if following is not None else
+              f"<a href='{escape(href(status='to_review', page=1))}'>items still to review</a>")
+    return f"<p class='recorded' role='status'>Recorded: {what} for {escape(done.get('key'))}. {onward}</p>"
 
 
 @dataclass(frozen=True)

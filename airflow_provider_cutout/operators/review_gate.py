@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.standard.operators.hitl import HITLOperator
 
-from airflow_provider_cutout.exceptions import InvalidInputError
+from airflow_provider_cutout.exceptions import InvalidInputError, ReviewRejectedError, fail_or_retry
 from airflow_provider_cutout.observability.links import review_url
 from airflow_provider_cutout.state.binding import owner_here
 from airflow_provider_cutout.state.decisions import APPROVED, REJECTED
 from airflow_provider_cutout.state.manifest import STORED
+from airflow_provider_cutout.texts import plural
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 PUBLISH_ALL_BUT_REJECTED = "Publish all but rejected"
 PUBLISH_APPROVED = "Publish approved only"
 REJECT_RUN = "Reject run"
-OPTIONS = [PUBLISH_ALL_BUT_REJECTED, PUBLISH_APPROVED, REJECT_RUN]
+OPTIONS = [PUBLISH_APPROVED, PUBLISH_ALL_BUT_REJECTED, REJECT_RUN]
 
 
 class CutoutReviewGateOperator(HITLOperator):
@@ -31,14 +32,16 @@ class CutoutReviewGateOperator(HITLOperator):
     the batch run's counts and credits in its subject and a link to the run's "Cutout review" view, where the
     reviewer approves or rejects items first. The options:
 
+    - ``Publish approved only`` (the primary button, and the answer when ``response_timeout`` passes, by default):
+      the stored items a reviewer approved;
     - ``Publish all but rejected``: every stored item without a standing rejection;
-    - ``Publish approved only``: the stored items a reviewer approved;
-    - ``Reject run``: nothing (also what happens when ``response_timeout`` passes, by default).
+    - ``Reject run``: nothing; the gate fails, so the run shows as failed and the publishing task does not run.
 
     Returns ``{"decision", "approved": [{"key", "path", "fingerprint", "sha256"}], "rejected": [keys],
-    "not_stored": [keys], "changed": [keys], "unverified": [keys], "responded_by"}`` for the publishing task
-    (``unverified``: a decision line on the item could not be trusted, so it is held back unless an approval
-    stands): ``path`` is each approved
+    "undecided": [keys], "not_stored": [keys], "changed": [keys], "unverified": [keys], "responded_by"}`` for the
+    publishing task (``undecided``: stored items nobody decided on, published only under "Publish all but
+    rejected"; ``unverified``: a decision line on the item could not be trusted, so it is held back unless an
+    approval stands): ``path`` is each approved
     item's stored result, ``sha256`` its digest (check it when copying: a run that overlaps could replace the file).
     Only what the reviewer could have seen passes: an item edited again after the gate asked is held back in
     ``changed`` (the edit the gate asked about is recorded in its XCom ``reviewed_edits``).
@@ -49,14 +52,15 @@ class CutoutReviewGateOperator(HITLOperator):
         output folder's manifest holds. Pass the batch's own ``items`` when items leave the catalog over time.
     :param output_dir: the batch's output folder; by default the one its summary names.
     :param response_timeout: how long to wait for a reviewer (24 hours by default), then ``defaults``.
-    :param defaults: the option taken on timeout (``Reject run``: a safe default publishes nothing).
+    :param defaults: the option drawn as the primary button and taken on timeout (``Publish approved only``:
+        nothing that nobody approved is published; ``Reject run`` publishes nothing on timeout).
     """
 
     template_fields: Sequence[str] = (*HITLOperator.template_fields, "items", "output_dir")
 
     def __init__(self, *, batch_task_id: str, items: Any = None, output_dir: str | None = None,
                  subject: str | None = None, body: str | None = None, options: list[str] | None = None,
-                 defaults: str | list[str] | None = REJECT_RUN,
+                 defaults: str | list[str] | None = PUBLISH_APPROVED,
                  response_timeout: timedelta | None = timedelta(hours=24), **kwargs: Any) -> None:
         chosen = list(options or OPTIONS)
         if not set(chosen) <= set(OPTIONS):
@@ -80,9 +84,11 @@ class CutoutReviewGateOperator(HITLOperator):
         if not self._custom_body:
             ti = context["ti"]
             link = review_url(ti.dag_id, ti.run_id, self.batch_task_id, 0 if len(summaries) > 1 else -1)
-            self.body = (f"Look at the edits in the [Cutout review view]({link}) of {markdown(self.batch_task_id)}: "
-                         "approve or reject items there (a rejected item with a corrected prompt is edited again by "
-                         "the next run). Then choose what to publish. "
+            self.body = (f"Look at the edits in the [Cutout review view]({link}) of {markdown(self.batch_task_id)} "
+                         "(the link opens it full page; it is also a tab of that task instance): approve or reject "
+                         "items there, failed items first (a rejected item with a corrected prompt is edited again "
+                         "by the next run). Then choose what to publish: \"Publish approved only\" publishes only "
+                         "what a reviewer approved, \"Publish all but rejected\" also what nobody decided on. "
                          f"This run: {total['edited']:,} edited, {total['skipped']:,} unchanged, "
                          f"{total['failed']:,} failed, {total['in_doubt']:,} in doubt; output folder "
                          f"{markdown(str(folder))}.")
@@ -120,10 +126,20 @@ class CutoutReviewGateOperator(HITLOperator):
         result = publishable(self._folder(self._summaries(context), context), choice, self.items,
                              reviewed=reviewed)
         result["responded_by"] = answer.get("responded_by_user")
-        self.log.info("Cutout review gate: %s: %d items to publish, %d rejected, %d not stored, %d edited again "
-                      "since the gate asked and %d with a decision that could not be trusted (held back)", choice,
-                      len(result["approved"]), len(result["rejected"]), len(result["not_stored"]),
-                      len(result["changed"]), len(result["unverified"]))
+        who = (result["responded_by"] or {}).get("name") if isinstance(result["responded_by"], dict) else None
+        self.log.info("Cutout review gate: %s (%s): %s to publish; held back: %d rejected, %d undecided, %d not "
+                      "stored, %d edited again since the gate asked, %d with a decision that could not be trusted",
+                      choice, f"by {who}" if who else "nobody answered in time: the default",
+                      plural(len(result["approved"]), "item"), len(result["rejected"]),
+                      0 if choice == PUBLISH_ALL_BUT_REJECTED else len(result["undecided"]),
+                      len(result["not_stored"]), len(result["changed"]), len(result["unverified"]))
+        if result["undecided"]:
+            self.log.info("Cutout review gate: undecided: %s", ", ".join(map(str, result["undecided"][:50])))
+        if choice == REJECT_RUN:
+            fail_or_retry(ReviewRejectedError(
+                f"the review of {self.batch_task_id} was rejected ({f'by {who}' if who else 'on timeout'}): "
+                f"nothing is published; {len(result['rejected'])} items rejected, {len(result['undecided'])} "
+                "undecided"), self.log)
         return result
 
 
@@ -135,7 +151,7 @@ def publishable(output_dir: Any, choice: str, items: Any = None, *,
         manifest holds. An item without an entry counts as not stored.
     :param reviewed: the edit (fingerprint) of each key when the gate asked: a key edited again since is held back.
     """
-    approved, rejected, not_stored, changed, unverified = [], [], [], [], []
+    approved, rejected, undecided, not_stored, changed, unverified = [], [], [], [], [], []
     scope, left_out = _scope(output_dir, items)
     for key, entry in scope:
         decision = ((entry or {}).get("review") or {}).get("decision")
@@ -147,11 +163,14 @@ def publishable(output_dir: Any, choice: str, items: Any = None, *,
             rejected.append(key)
         elif key in left_out and decision != APPROVED:  # a decision line that could not be trusted (a rejection?)
             unverified.append(key)
-        elif choice == PUBLISH_ALL_BUT_REJECTED or (choice == PUBLISH_APPROVED and decision == APPROVED):
-            approved.append({"key": key, "path": entry.get("stored_path"), "fingerprint": entry.get("fingerprint"),
-                             "sha256": entry.get("sha256")})
-    return {"decision": choice, "approved": approved, "rejected": rejected, "not_stored": not_stored,
-            "changed": changed, "unverified": unverified}
+        else:
+            if decision != APPROVED:
+                undecided.append(key)
+            if choice == PUBLISH_ALL_BUT_REJECTED or (choice == PUBLISH_APPROVED and decision == APPROVED):
+                approved.append({"key": key, "path": entry.get("stored_path"),
+                                 "fingerprint": entry.get("fingerprint"), "sha256": entry.get("sha256")})
+    return {"decision": choice, "approved": approved, "rejected": rejected, "undecided": undecided,
+            "not_stored": not_stored, "changed": changed, "unverified": unverified}
 
 
 def _same_edit(asked: Any, entry: dict[str, Any]) -> bool:

@@ -40,9 +40,17 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from airflow_provider_cutout.api.models import check_prompt
-from airflow_provider_cutout.api.urls import folder_problem
-from airflow_provider_cutout.catalog.gallery import escape, gallery_items
-from airflow_provider_cutout.catalog.review import CSP, Decide, ReviewQuery, count, render_review, view_href
+from airflow_provider_cutout.api.urls import browser_source, folder_problem, is_loopback_host
+from airflow_provider_cutout.catalog.gallery import escape, gallery_items, item_anchor
+from airflow_provider_cutout.catalog.review import (
+    CSP,
+    CSP_LOOPBACK,
+    Decide,
+    ReviewQuery,
+    count,
+    render_review,
+    view_href,
+)
 from airflow_provider_cutout.exceptions import CatalogStateError, CutoutError
 from airflow_provider_cutout.state.binding import owner_here
 from airflow_provider_cutout.state.decisions import APPROVED, REJECTED
@@ -56,6 +64,8 @@ MAX_IMAGE_BYTES = 64 * 1024 * 1024
 _MEDIA = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
 _HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
             "Cache-Control": "private, no-store"}
+#: An image answer's own policy: opened alone (a link to full size), the browser shows it in a page of its own.
+_IMAGE_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"
 _MAP_INDEX = re.compile(r"-?[0-9]{1,9}")
 log = logging.getLogger(__name__)
 
@@ -368,8 +378,9 @@ def _message(text: str, status: int) -> HTMLResponse:
 
 @app.get("/view", dependencies=[ReadAccess], response_class=HTMLResponse)
 async def view(ids: Ids, user: GetUserDep, request: Request, status: str | None = None, q: str | None = None,
-               page: str | None = None) -> HTMLResponse:
-    """The catalog of a batch task instance, a page at a time."""
+               page: str | None = None, done: Annotated[str | None, Query(max_length=300)] = None) -> HTMLResponse:
+    """The catalog of a batch task instance, a page at a time (``done``: the key a decision was just recorded on,
+    whose card stays in its place and says what was recorded)."""
     try:
         _, started, catalog = await _catalog_of(ids)
     except HTTPException as err:
@@ -383,9 +394,15 @@ async def view(ids: Ids, user: GetUserDep, request: Request, status: str | None 
             decide = Decide(view_href("decide", ids.params())(), csrf_token(user, ids, request))
         except NoSecretError as err:  # no forms: a decision signed with a made-up key would be ignored
             log.warning("Cutout review: no decisions can be made: %s", err)
-    return _page(render_review(catalog.items, query=query, title=str(catalog.folder), since=started,
-                               href=view_href("view", params), image_url=lambda name: image(name=name),
-                               hidden=ids.params(), decide=decide, counts=catalog.counts(started)))
+    loopback = is_loopback_host(request.url.hostname or "")  # a developer's machine: sandbox sources over http
+    page_html = render_review(
+        catalog.items, query=query, title=str(catalog.folder), since=started, href=view_href("view", params),
+        image_url=lambda name: image(name=name), hidden=ids.params(), decide=decide, counts=catalog.counts(started),
+        source_url=functools.partial(browser_source, loopback=loopback), recorded=done,
+        full_page=view_href("view", params)(page=query.page))
+    response = _page(page_html)
+    response.headers["Content-Security-Policy"] = CSP_LOOPBACK if loopback else CSP
+    return response
 
 
 @app.post("/decide", dependencies=[EditAccess])
@@ -407,8 +424,10 @@ async def decide(ids: Ids, user: GetUserDep, request: Request) -> Response:
     except (CutoutError, ValueError) as err:  # the folder's owner record changed meanwhile; no decision
         raise HTTPException(409, f"{err}: reload the view") from None
     await _in_thread(CATALOGS.forget, output_dir)  # the next look shows it
-    back = {"status": form.get("status", "all"), "q": form.get("q", ""), "page": form.get("page", "1")}
-    return RedirectResponse(view_href("view", {**ids.params(), **back})(), status_code=303)
+    back = {"status": form.get("status", "all"), "q": form.get("q", ""), "page": form.get("page", "1"),
+            "done": str(decision["key"])}  # back to the card decided on, which says what was recorded
+    return RedirectResponse(view_href("view", {**ids.params(), **back})() + "#" + item_anchor(decision["key"]),
+                            status_code=303)
 
 
 def _same_origin(request: Request) -> None:
@@ -503,7 +522,7 @@ async def image(ids: Ids, name: Annotated[str, Query(max_length=300)]) -> Respon
         raise HTTPException(404, "no such result in this task instance's catalog")
     handle = await _in_thread(_open_result, catalog, name)
     return StreamingResponse(_chunks(handle), media_type=media,
-                             headers={"Content-Security-Policy": "default-src 'none'"})
+                             headers={"Content-Security-Policy": _IMAGE_CSP})
 
 
 def _open_result(catalog: Catalog, name: str) -> Any:

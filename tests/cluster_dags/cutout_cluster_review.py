@@ -1,5 +1,5 @@
 """A chunked refresh behind a review gate nobody answers: after ``response_timeout`` the scheduler's sweep takes
-the gate's default, "Reject run", and the publish task gets nothing to publish."""
+the gate's default, "Publish approved only", and the publish task gets nothing (nobody approved anything)."""
 
 from __future__ import annotations
 
