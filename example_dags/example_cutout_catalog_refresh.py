@@ -58,7 +58,7 @@ with DAG(
         model="gpt-image-1",
         max_concurrency=8,
         max_credits=200,
-        max_failures=0.05,
+        max_failures=0.05,  # a few bad photos (1 in 20) fail alone; the rest of the catalog is still refreshed
         outlets=[EDITED_CATALOG],  # its event's extra: edited, skipped, failed, credits, manifest, folder
     )
     # [END howto_operator_cutout_batch]

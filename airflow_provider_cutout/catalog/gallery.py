@@ -35,7 +35,7 @@ main{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,540px),
 min-width:0;scroll-margin-top:120px}
 .item.failed,.item.in_doubt{border-color:#d1242f}.item.edited{border-color:#bf8700}
 .pics{display:flex;flex-wrap:wrap;gap:12px;flex:1 1 100%}
-figure{margin:0;flex:1 1 240px;min-width:240px;text-align:center}
+figure{margin:0;flex:1 1 240px;min-width:240px;max-width:360px;text-align:center}
 figcaption{color:#5b6875;font-size:12px;overflow-wrap:anywhere}
 figure a{display:block}
 img,.none{display:block;width:100%;aspect-ratio:1/1;height:auto;object-fit:contain;

@@ -48,8 +48,9 @@ CSP = ("default-src 'none'; img-src 'self' https:; style-src 'unsafe-inline'; fo
 #: ``CSP`` for a view served on loopback (a developer's machine), whose sandbox serves sources over plain http.
 CSP_LOOPBACK = CSP.replace("img-src 'self' https:", "img-src 'self' https: http://127.0.0.1:* http://localhost:*")
 _EXTRA_STYLE = """
-html{scroll-padding-top:150px}body{margin:0 16px 16px}header{position:sticky;top:0;z-index:1;background:#f6f8fa;padding:8px 0 4px;
-border-bottom:1px solid #d5dbe1;margin-bottom:10px}
+html{scroll-padding-top:150px}body{margin:0 16px 16px}
+header{position:sticky;top:0;z-index:1;background:#f6f8fa;padding:8px 0 4px;border-bottom:1px solid #d5dbe1;
+margin-bottom:10px}
 h1{font-size:16px;margin:0 0 4px}h1 a{font-size:13px;font-weight:400;margin-left:10px}
 .counts{margin:0 0 4px}nav{margin:0}nav a{margin-right:12px}nav a.on{font-weight:700;color:#1d2733;text-decoration:none}
 form{display:inline-block;margin-left:12px}input[type=search]{width:220px}

@@ -378,7 +378,7 @@ def _message(text: str, status: int) -> HTMLResponse:
 
 @app.get("/view", dependencies=[ReadAccess], response_class=HTMLResponse)
 async def view(ids: Ids, user: GetUserDep, request: Request, status: str | None = None, q: str | None = None,
-               page: str | None = None, done: Annotated[str | None, Query(max_length=300)] = None) -> HTMLResponse:
+               page: str | None = None, done: str | None = None) -> HTMLResponse:
     """The catalog of a batch task instance, a page at a time (``done``: the key a decision was just recorded on,
     whose card stays in its place and says what was recorded)."""
     try:
