@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +15,8 @@ import requests
 from PIL import Image
 
 from airflow_provider_cutout.sandbox import FAULT_KINDS, SandboxConfig, run_sandbox
-from tests.conftest import FAKE_KEY
+from airflow_provider_cutout.sandbox.__main__ import parse_config
+from tests.conftest import FAKE_KEY, Sandbox
 
 HEADERS = {"APIKEY": FAKE_KEY}
 
@@ -240,8 +242,9 @@ def test_an_edit_is_counted_when_it_arrives_and_reset_waits_for_it(sandbox):
     sandbox.reset()
     sender.join(timeout=10)
     assert answer[0].json()["code"] == 0  # the edit was done and charged, before the reset
-    assert sandbox.ledger() == {"balance": 1000, "edit_calls": 0, "charges": 0, "credits_charged": 0, "calls": [],
-                                "by_fingerprint": {}, "source_reads": {}, "source_bytes": {}, "source_log": {}}
+    assert sandbox.ledger() == {"balance": 1000, "edit_calls": 0, "charges": 0, "credits_charged": 0,
+                                "rate_limited": 0, "calls": [], "by_fingerprint": {}, "source_reads": {},
+                                "source_bytes": {}, "source_log": {}}
 
 
 def test_faults_on_other_paths_and_bad_fault_spec(sandbox):
@@ -269,13 +272,106 @@ def test_64_concurrent_edits(sandbox):
     assert sandbox.ledger()["charges"] == 64
 
 
+def test_account_rate_limit_from_the_config():
+    """A token bucket per account: a burst of 12 at 5 a second with a burst of 5 gets 5 edits done and 7 answered
+    429 (with Retry-After, not charged, in the ledger); a second later the bucket is full again."""
+    with run_sandbox(SandboxConfig(rate_limit=5, rate_burst=5)) as server:
+        box = Sandbox(server)
+        urls = [box.sample("mug", w=32, h=32 + i) for i in range(17)]
+        gate = threading.Barrier(12)
+
+        def send(url: str) -> requests.Response:
+            gate.wait(timeout=5)
+            return post_edit(box, urls=[url])
+
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(send, urls[:12]))
+        done = [r for r in answers if r.status_code == 200]
+        limited = [r for r in answers if r.status_code == 429]
+        assert len(done) == 5 and all(r.json()["code"] == 0 for r in done)
+        assert len(limited) == 7
+        for r in limited:  # the API's 429, as the scripted rate_limit fault answers it
+            body = r.json()
+            assert (body["code"], body["data"], body["msg"]) == (429, None, "Too many requests")
+            assert int(r.headers["Retry-After"]) >= 1
+        ledger = box.ledger()
+        assert (ledger["edit_calls"], ledger["charges"], ledger["rate_limited"]) == (12, 5, 7)
+        assert (ledger["credits_charged"], ledger["balance"]) == (20, 980)
+        over = [c for c in ledger["calls"] if c["outcome"] == "rate_limited"]
+        assert len(over) == 7 and all(c["credits"] == 0 and c["retry_after"] >= 1 and c["fingerprint"] for c in over)
+        assert all(abs(c["at"] - time.time()) < 60 for c in ledger["calls"])  # when each was answered
+        # only the paid edit is limited: the balance and the results answer with the bucket empty
+        assert requests.get(f"{box.url}/api/v1/mySubscription", headers=HEADERS, timeout=5).status_code == 200
+        assert requests.get(done[0].json()["data"]["imageUrl"], timeout=5).status_code == 200
+
+        time.sleep(1.1)
+        with ThreadPoolExecutor(5) as pool:
+            again = list(pool.map(lambda u: post_edit(box, urls=[u]), urls[12:]))
+        assert [r.status_code for r in again] == [200] * 5 and all(r.json()["code"] == 0 for r in again)
+        ledger = box.ledger()
+        assert (ledger["charges"], ledger["rate_limited"], ledger["balance"]) == (10, 7, 960)
+
+        box.reset()  # without rate_limit: back to the limit the sandbox was started with
+        assert (server.state.config.rate_limit, server.state.config.burst) == (5, 5)
+        assert box.ledger()["rate_limited"] == 0
+
+
+def test_account_rate_limit_set_and_removed_by_a_reset(sandbox):
+    def reset(**body: object) -> requests.Response:
+        return requests.post(f"{sandbox.url}/__sandbox__/reset", json=body, timeout=30)
+
+    assert reset(rate_limit=1).status_code == 200  # burst: the rate, so 1
+    assert post_edit(sandbox).json()["code"] == 0
+    sandbox.fault("http_error", status=503)
+    second = post_edit(sandbox)
+    assert second.status_code == 429 and second.headers["Retry-After"] == "1"
+    pending = requests.get(f"{sandbox.url}/__sandbox__/faults", timeout=5).json()["faults"]
+    assert [f["kind"] for f in pending] == ["http_error"]  # a scripted fault is not used up by the account's 429
+    ledger = sandbox.ledger()
+    assert [c["outcome"] for c in ledger["calls"]] == ["charged", "rate_limited"]
+    assert (ledger["charges"], ledger["rate_limited"]) == (1, 1)
+
+    assert reset(rate_limit=None).status_code == 200
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda h: post_edit(sandbox, urls=[sandbox.sample(w=32, h=h)]), range(32, 38)))
+    assert [r.status_code for r in answers] == [200] * 6
+    ledger = sandbox.ledger()
+    assert (ledger["charges"], ledger["rate_limited"]) == (6, 0)
+
+    for bad in ({"rate_limit": 0}, {"rate_limit": -1}, {"rate_burst": 3}, {"rate_limit": 2, "rate_burst": 0.5},
+                {"rate_limit": "fast"}):
+        answer = reset(**bad)
+        assert answer.status_code == 400 and "Bad sandbox request" in answer.json()["msg"], bad
+
+
+def test_rate_limit_options_of_the_command_line():
+    assert parse_config([])[0].rate_limit is None
+    config, _ = parse_config(["--rate-limit", "10"])
+    assert (config.rate_limit, config.rate_burst, config.burst) == (10, None, 10)
+    config, _ = parse_config(["--rate-limit", "0.5", "--rate-burst", "3"])
+    assert (config.rate_limit, config.burst) == (0.5, 3)
+    assert parse_config(["--rate-limit", "0.2"])[0].burst == 1  # at least 1
+    for bad in (["--rate-burst", "3"], ["--rate-limit", "0"], ["--rate-limit", "2", "--rate-burst", "0"]):
+        with pytest.raises(SystemExit):
+            parse_config(bad)
+
+
 def test_cli_starts_serves_and_stops():
     proc = subprocess.Popen([sys.executable, "-m", "airflow_provider_cutout.sandbox", "--port", "0",
-                             "--balance", "7"], stdout=subprocess.PIPE, text=True)
+                             "--balance", "12", "--rate-limit", "0.5", "--rate-burst", "2"],
+                            stdout=subprocess.PIPE, text=True)
     try:
-        url = json.loads(proc.stdout.readline())["sandbox"]
+        started = json.loads(proc.stdout.readline())
+        url = started["sandbox"]
+        assert (started["rate_limit"], started["rate_burst"]) == (0.5, 2)
         r = requests.get(f"{url}/api/v1/mySubscription", headers=HEADERS, timeout=5).json()
-        assert r["data"]["imageBalance"] == 7
+        assert r["data"]["imageBalance"] == 12
+        body = {"prompt": "blur", "model": "qwen-image-edit-plus", "aspectRatios": "original",
+                "imageUrl": [f"{url}/samples/mug.png?w=32&h=32"]}
+        answers = [requests.post(f"{url}/api/v1/image/edit", json=body, headers=HEADERS, timeout=10)
+                   for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 429]  # a burst of 2, then a token every 2 s
+        assert answers[2].headers["Retry-After"] == "2"
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0

@@ -12,6 +12,7 @@ import hashlib
 import io
 import ipaddress
 import json
+import math
 import mimetypes
 import re
 import select
@@ -256,9 +257,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
             return False
         self._record(path, f"fault:{fault.kind}", fingerprint=fp, credits=0)
         if fault.kind == "rate_limit":
-            headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
-            body = {"code": 429, "data": None, "msg": fault.msg or "Too many requests", "time": int(time.time() * 1000)}
-            self._json(429, body, headers)
+            self._too_many_requests(fault.msg, None if fault.retry_after is None else f"{fault.retry_after:g}")
         elif fault.kind in ("http_error", "html_error"):
             self._error_answer(fault)
         elif fault.kind == "drop":
@@ -276,6 +275,29 @@ class SandboxHandler(BaseHTTPRequestHandler):
             data = {"id": self.state.new_id(), "status": 0, "failReason": reason, "imageUrl": "", "model": "",
                     "duration": "0"}
             self._envelope(200, 0, "", data)
+        return True
+
+    def _too_many_requests(self, msg: str | None, retry_after: str | None) -> None:
+        """The API's 429 (a scripted ``rate_limit`` fault, or the account's rate limit), with ``Retry-After``
+        when given."""
+        headers = {} if retry_after is None else {"Retry-After": retry_after}
+        body = {"code": 429, "data": None, "msg": msg or "Too many requests", "time": int(time.time() * 1000)}
+        self._json(429, body, headers)
+
+    def _over_rate_limit(self, raw: bytes) -> bool:
+        """Take a token of the account's rate limit for an edit; when there is none, answer 429 with the whole
+        seconds until there is one (at least 1) in ``Retry-After``, nothing charged, and ``True``."""
+        wait = self.state.take_token()
+        if wait is None:
+            return False
+        try:
+            payload = json.loads(raw or b"null")
+        except ValueError:
+            payload = None
+        retry_after = max(1, math.ceil(wait))
+        fp = fingerprint(payload) if isinstance(payload, dict) else None
+        self._record("edit", "rate_limited", fingerprint=fp, credits=0, retry_after=retry_after)
+        self._too_many_requests(None, str(retry_after))
         return True
 
     def _error_answer(self, fault: Fault) -> None:
@@ -303,8 +325,13 @@ class SandboxHandler(BaseHTTPRequestHandler):
         self.close_connection = True
 
     def _edit(self, raw: bytes) -> None:
+        # the account's rate limit comes first (the gateway's, before the service sees it: no scripted fault is
+        # used up); a request without a valid key belongs to no account and is answered 401 as ever
+        authorized = self._authorized()
+        if authorized and self._over_rate_limit(raw):
+            return
         fault = self.state.take_fault("edit")
-        if not self._authorized():
+        if not authorized:
             self._record("edit", "unauthorized", credits=0)
             raise EnvelopeError(401, 401, "Invalid API key")
         try:
@@ -564,8 +591,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
         elif method == "POST" and name in ("faults", "reset"):
             try:
                 body = json.loads(raw or b"{}")
-                if name == "reset":
-                    self.state.reset(body.get("balance"), body.get("latency"))
+                if name == "reset":  # rate_limit and rate_burst absent: the limit the sandbox was started with
+                    rate = ((body.get("rate_limit"), body.get("rate_burst"))
+                            if "rate_limit" in body or "rate_burst" in body else None)
+                    self.state.reset(body.get("balance"), body.get("latency"), rate)
                     self._json(200, {"balance": self.state.balance})
                 else:
                     faults = self.state.add_faults(body.get("faults", []))
@@ -635,7 +664,7 @@ def run_sandbox(
 ) -> Iterator[SandboxServer]:
     """Run a sandbox in a background thread for the ``with`` block; ``.base_url`` says where.
 
-    :param config: balance, key, latency, result TTL, images folder.
+    :param config: balance, key, latency, result TTL, images folder, rate limit.
     :param port: 0 picks a free port.
     """
     server = SandboxServer((host, port), SandboxState(config or SandboxConfig()))

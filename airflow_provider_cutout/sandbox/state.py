@@ -1,4 +1,4 @@
-"""The sandbox's memory: configuration, credit ledger, scripted faults and stored results.
+"""The sandbox's memory: configuration, credit ledger, scripted faults, stored results and the account's rate limit.
 
 All of it sits behind one lock so that concurrent requests see a consistent balance. An API call is in
 the ledger from the moment it arrives (outcome ``in_flight``) and gets its outcome and charge when it
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -79,6 +80,10 @@ class SandboxConfig:
         finishes the work anyway would (by default such edits are cancelled and free).
     :param latency_only: skip fetching sources and editing; answer every valid edit with a tiny PNG
         after the latency, so benchmarks at catalog scale measure the client, not the sandbox.
+    :param rate_limit: the account's rate limit: edits accepted per second, on average (``None``: no limit);
+        an edit over it is answered 429 with ``Retry-After`` and is not charged.
+    :param rate_burst: how many edits may come at once (the token bucket's capacity); by default
+        ``rate_limit``, and at least 1.
     """
 
     api_key: str | None = None
@@ -88,12 +93,43 @@ class SandboxConfig:
     images_dir: str | None = None
     charge_hung_up: bool = False
     latency_only: bool = False
+    rate_limit: float | None = None
+    rate_burst: float | None = None
+
+    def __post_init__(self) -> None:
+        self.rate_limit, self.rate_burst = check_rate_limit(self.rate_limit, self.rate_burst)
+
+    @property
+    def burst(self) -> float:
+        """The token bucket's capacity: ``rate_burst``, by default ``rate_limit``, at least 1."""
+        if self.rate_burst is not None:
+            return max(1.0, self.rate_burst)
+        return max(1.0, self.rate_limit or 1.0)
 
     def latency_for(self, model: str) -> float:
         """Seconds an edit with ``model`` takes."""
         if isinstance(self.latency, dict):
             return float(self.latency.get(model, self.latency.get("default", 0.0)))
         return float(self.latency)
+
+
+def check_rate_limit(rate: Any, burst: Any) -> tuple[float | None, float | None]:
+    """A rate limit (edits per second, ``None`` for none) and its burst (``None`` for the default), as floats;
+    ``ValueError`` for a rate that is not above 0, a burst under 1, or a burst without a rate."""
+    if rate is None:
+        if burst is not None:
+            raise ValueError("rate_burst needs a rate_limit")
+        return None, None
+    if isinstance(rate, bool) or isinstance(burst, bool):
+        raise ValueError("rate_limit and rate_burst are numbers")
+    rate = float(rate)
+    if not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"rate_limit must be a number of edits per second above 0, not {rate:g}")
+    if burst is not None:
+        burst = float(burst)
+        if not (math.isfinite(burst) and burst >= 1):
+            raise ValueError(f"rate_burst must be at least 1, not {burst:g}")
+    return rate, burst
 
 
 def fingerprint(payload: dict[str, Any]) -> str:
@@ -120,20 +156,31 @@ class SandboxState:
     source_log: dict[str, int] = field(default_factory=dict)  # the same per URL: "206 /samples/mug.png?w=40&h=30"
     next_id: int = 789_000_000_000_001
     in_flight: int = 0  # API calls that arrived and have not finished
+    # the account's token bucket: tokens left, when last counted (time.monotonic) and the (rate, burst) it is for
+    bucket_tokens: float = 0.0
+    bucket_at: float = 0.0
+    bucket_for: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         self.balance = self.config.balance
         self.idle = threading.Condition(self.lock)
+        self.started_rate = (self.config.rate_limit, self.config.rate_burst)  # what a reset goes back to
 
-    def reset(self, balance: int | None = None, latency: float | None = None) -> None:
-        """A new balance (and, if given, a new edit latency); no calls, faults or results. Waits (up to a
-        minute) for the requests in flight to finish first; one still running after that cannot reach the new
-        ledger (its entry is no longer in it) but may still take from the new balance."""
+    def reset(self, balance: int | None = None, latency: float | None = None,
+              rate: tuple[Any, Any] | None = None) -> None:
+        """A new balance (and, if given, a new edit latency); no calls, faults or results, a full token bucket.
+        ``rate`` is a new ``(rate_limit, rate_burst)``, ``(None, None)`` for no limit; ``None`` goes back to the
+        limit the sandbox was started with. Waits (up to a minute) for the requests in flight to finish first;
+        one still running after that cannot reach the new ledger (its entry is no longer in it) but may still
+        take from the new balance."""
+        rate_limit, rate_burst = check_rate_limit(*(self.started_rate if rate is None else rate))
         with self.idle:
             self.idle.wait_for(lambda: self.in_flight == 0, timeout=60)
             self.balance = self.config.balance if balance is None else balance
             if latency is not None:
                 self.config.latency = float(latency)
+            self.config.rate_limit, self.config.rate_burst = rate_limit, rate_burst
+            self.bucket_for = None  # filled up at the next edit
             self.calls.clear()
             self.faults.clear()
             self.results.clear()
@@ -165,9 +212,30 @@ class SandboxState:
                     return fault
         return None
 
-    def record(self, path: str, outcome: str, call: dict[str, Any] | None = None, **details: Any) -> None:
-        """Add a call to the ledger, or give ``call`` (from ``arrive``) its outcome."""
+    def take_token(self) -> float | None:
+        """Take a token from the account's bucket for an edit: ``None`` when taken (or there is no limit), else
+        the seconds until a token will be there (the edit is over the limit and takes nothing)."""
         with self.lock:
+            rate = self.config.rate_limit
+            if rate is None:
+                return None
+            burst, now = self.config.burst, time.monotonic()
+            if self.bucket_for != (rate, burst):  # a new limit (a reset, or the config set anew): a full bucket
+                self.bucket_for, self.bucket_tokens = (rate, burst), burst
+            else:
+                self.bucket_tokens = min(burst, self.bucket_tokens + (now - self.bucket_at) * rate)
+            self.bucket_at = now
+            if self.bucket_tokens >= 1:
+                self.bucket_tokens -= 1
+                return None
+            return (1 - self.bucket_tokens) / rate
+
+    def record(self, path: str, outcome: str, call: dict[str, Any] | None = None, **details: Any) -> None:
+        """Add a call to the ledger, or give ``call`` (from ``arrive``) its outcome; an outcome other than
+        ``in_flight`` stamps the call with ``at``, the time (``time.time()``) it was answered."""
+        with self.lock:
+            if outcome != "in_flight":
+                details.setdefault("at", time.time())
             if call is not None:
                 call.update(outcome=outcome, **details)
             else:
@@ -188,7 +256,7 @@ class SandboxState:
         """A request is answered (an API call never given an outcome is ``interrupted``)."""
         with self.idle:
             if call is not None and call["outcome"] == "in_flight":
-                call["outcome"] = "interrupted"
+                call.update(outcome="interrupted", at=time.time())
             self.in_flight -= 1
             self.idle.notify_all()
 
@@ -256,6 +324,7 @@ class SandboxState:
             "edit_calls": len(edits),
             "charges": sum(1 for c in edits if c.get("credits", 0)),
             "credits_charged": sum(c.get("credits", 0) for c in edits),
+            "rate_limited": sum(1 for c in edits if c["outcome"] == "rate_limited"),
             "calls": calls,
             "by_fingerprint": per_fp,
             "source_reads": reads,
