@@ -172,28 +172,6 @@ def test_failures_within_max_failures_fraction_pass(sandbox, airflow_db, tmp_pat
     assert calls_and_charges(sandbox) == [(1, 1)] * 3 + [(2, 1)] * 2  # each of the 5 paid once
 
 
-def test_rate_limiter_spaces_starts():
-    from airflow_provider_cutout.catalog.sending import RateLimiter
-
-    now, waits = [100.0], []
-
-    def sleep(seconds):
-        waits.append(round(seconds, 9))
-        now[0] += seconds
-
-    limiter = RateLimiter(50.0, clock=lambda: now[0], sleep=sleep)
-    for _ in range(11):
-        limiter.wait()
-    assert waits == [0.02] * 10  # the first start at once, then one every 1/50 s
-    now[0] += 1.0  # idle for a second: no burst is owed, the next start waits for nobody
-    limiter.wait()
-    assert len(waits) == 10
-    unlimited = RateLimiter(None, sleep=sleep)
-    for _ in range(1000):
-        unlimited.wait()
-    assert len(waits) == 10
-
-
 def test_templated_values_wait_for_run_time():
     # Jinja inside items, or in the operator's defaults, is validated when rendered, not at parse time; the
     # same fields with a bad literal value are refused at parse time, naming the field

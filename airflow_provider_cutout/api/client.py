@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import IO, Any
 
 from airflow_provider_cutout.api import downloads, inspection
 from airflow_provider_cutout.api.envelope import CHARGED_NOTE, parse, parse_envelope
+from airflow_provider_cutout.api.governor import Governor
 from airflow_provider_cutout.api.models import CreditBalance, ImageEditRequest, ImageEditResult
 from airflow_provider_cutout.api.settings import ClientSettings
 from airflow_provider_cutout.api.sources import Recorded, SourceInfo
@@ -67,6 +69,16 @@ class CutoutClient:
     @on_retry.setter
     def on_retry(self, callback: Callable[[str], None] | None) -> None:
         self.transport.on_retry = callback
+
+    @property
+    def governor(self) -> Governor:
+        """How fast this client's edits are sent (one per task: its threads share it)."""
+        return self.transport.governor
+
+    @property
+    def stopped(self) -> threading.Event:
+        """Set by ``stop``: no edit is sent after it, and every wait to send one ends."""
+        return self.transport.stopped
 
     def close(self) -> None:
         """Close the pooled connections."""

@@ -39,6 +39,9 @@ class ClientSettings(BaseModel):
     backoff_max: float = _field(30.0, "Backoff cap (s)", "Longest wait between two retries.", gt=0)
     retry_after_max: float = _field(120.0, "Retry-After cap (s)", "Longest wait a Retry-After header may ask for.",
                                     gt=0)
+    rate_limit_patience: float = _field(600.0, "Rate limit patience (s)", "Seconds the account may answer 429 to "
+                                        "every edit before the task fails; while it accepts some, a 429 is only "
+                                        "waited out.", gt=0)
     retry_on_read_timeout: bool = _field(False, "Resend an edit after a read timeout", "Off by default: the first "
                                          "request may already have been charged, so a resend can charge twice.")
     pool_size: int = _field(16, "Connection pool size", "Connections kept alive; raise it for concurrent batches.",

@@ -30,11 +30,14 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from airflow_provider_cutout import __version__
 from airflow_provider_cutout.api.envelope import Answer, parse, refused
+from airflow_provider_cutout.api.governor import Governor
 from airflow_provider_cutout.api.settings import ClientSettings
 from airflow_provider_cutout.exceptions import (
+    CutoutAPIError,
     CutoutConnectionError,
     CutoutError,
     CutoutTimeoutError,
+    RateLimitError,
     ResultDownloadError,
     ServerError,
     StoppedError,
@@ -253,6 +256,8 @@ class Transport:
                  sleep: Callable[[float], None] | None, on_retry: Callable[[str], None] | None) -> None:
         self._api_key, self.settings, self.log = api_key, settings, logger
         self.stopped = threading.Event()  # set by stop(): no attempt starts after it, waits end at once
+        self.governor = Governor(self.stopped, retry_after_max=settings.retry_after_max,  # every edit passes it
+                                 patience=settings.rate_limit_patience)
         self._sleep = sleep or self._pause
         self.on_retry = on_retry
         hide_queries_in_urllib3_logs()
@@ -299,25 +304,67 @@ class Transport:
 
     def with_retries(self, method: str, path_or_url: str, attempt: Callable[..., T], **kwargs: Any) -> T:
         """Run ``attempt`` until it succeeds or fails for good: bounded retries with backoff and jitter,
-        ``Retry-After`` honoured up to its cap, a log line before each wait."""
+        ``Retry-After`` honoured up to its cap, a log line before each wait. An edit (any method but GET) passes
+        the governor before each attempt: a 429 pauses every thread of the task and is retried, without counting
+        against ``max_retries``, for as long as the account accepts edits at all (``Governor``)."""
         url = path_or_url if "://" in path_or_url else self.settings.base_url + path_or_url
         failed: list[BaseException] = []  # the attempts' errors (tenacity forgets one when the next starts)
+        governed = method != "GET"
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             failed.append(state.outcome.exception() if state.outcome else None)  # type: ignore[arg-type]
             self._log_retry(method, path_of(url), state)
 
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.settings.max_retries + 1),
-            wait=self._wait, retry=tenacity.retry_if_exception(retry_here), reraise=True, sleep=self._sleep,
-            before_sleep=before_sleep,
-        )
-        for round_ in retrying:
-            with round_:
-                if method != "GET":  # a read costs nothing: a result in flight is still fetched after a stop
-                    self._check_stopped(method, url, failed)
-                return attempt(method, url, attempts=round_.retry_state.attempt_number, **kwargs)
+        def stop(state: tenacity.RetryCallState) -> bool:
+            error = state.outcome.exception() if state.outcome else None
+            if governed and isinstance(error, RateLimitError):
+                return self.governor.stalled()  # 429s cost nothing: retried while the account accepts any edit
+            others = sum(not isinstance(err, RateLimitError) for err in [*failed, error]) if governed else (
+                state.attempt_number)
+            return others > self.settings.max_retries
+
+        def wait(state: tenacity.RetryCallState) -> float:  # an edit's 429: the governor pauses every thread
+            throttled = governed and state.outcome is not None and isinstance(state.outcome.exception(),
+                                                                               RateLimitError)
+            return 0.0 if throttled else self._wait(state)
+
+        retrying = tenacity.Retrying(stop=stop, wait=wait, retry=tenacity.retry_if_exception(retry_here),
+                                     reraise=True, sleep=self._sleep, before_sleep=before_sleep)
+        try:
+            for round_ in retrying:
+                with round_:
+                    if not governed:  # a read costs nothing: a result in flight is still fetched after a stop
+                        return attempt(method, url, attempts=round_.retry_state.attempt_number, **kwargs)
+                    return self._governed(method, url, failed, attempt, round_.retry_state.attempt_number, **kwargs)
+        except RateLimitError as err:
+            if governed and self.governor.stalled():
+                raise RateLimitError(
+                    f"the account answered 429 to every edit for {self.governor.patience:.0f} s (the account is "
+                    f"blocked, or other clients take all of its rate); the rate reached before: "
+                    f"{self.governor.describe()}", http_status=429, retryable=False, attempts=err.attempts) from None
+            raise
         raise AssertionError("tenacity ended without an outcome")  # reraise=True: never reached
+
+    def _governed(self, method: str, url: str, failed: list[BaseException], attempt: Callable[..., T],
+                  attempts: int, **kwargs: Any) -> T:
+        """One attempt to send an edit: let through by the governor, never once the task was told to stop; its
+        answer (a 429 or any other) told to the governor."""
+        self._check_stopped(method, url, failed)
+        sent_at = self.governor.admit()
+        self._check_stopped(method, url, failed)  # a stop that came while it waited: nothing is sent
+        try:
+            answer = attempt(method, url, attempts=attempts, **kwargs)
+        except RateLimitError as err:
+            if self.governor.answered(sent_at, throttled=True, retry_after=err.retry_after):
+                self.log.warning("Cutout %s %s: %s; every edit of this task waits %.1f s, then goes at %.1f edits/s "
+                                 "(it slows down on each 429 and speeds up again while none comes)", method,
+                                 path_of(url), err, self.governor.paused_for(), self.governor.rate)
+            raise
+        except CutoutAPIError:
+            self.governor.answered(sent_at, throttled=False)
+            raise
+        self.governor.answered(sent_at, throttled=False)
+        return answer
 
     def _pause(self, seconds: float) -> None:
         """Wait ``seconds`` between attempts, or until ``stop``."""
@@ -432,6 +479,12 @@ class Transport:
     def _log_retry(self, method: str, path: str, state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
+        if method != "GET" and isinstance(error, RateLimitError):  # the governor's pause: one line per change
+            self.log.debug("Cutout %s %s answered 429; sent again when the governor lets it (%s)", method, path,
+                           self.governor.describe())
+            if self.on_retry is not None:
+                self.on_retry(type(error).__name__)
+            return
         self.log.warning("Cutout %s %s failed (%s); retry %d of %d in %.1fs",
                          method, path, error, state.attempt_number, self.settings.max_retries, delay)
         if self.on_retry is not None:

@@ -53,7 +53,10 @@ class BatchRun:
         self.manifest = Manifest(folder, writer=owner.token, keys=keys if self.chunk else None, origin=owner.origin)
         self.origin = owner.origin
         self.folds = owner.map_index <= 0  # one task of a mapped run folds the reviewers' decision files
-        self.progress = Progress(total=len(planned) + len(self.rejected))
+        # One stop signal for the run and its client: a thread waiting in the governor wakes, and sends nothing.
+        # A run starts unstopped (an operator's hook outlives a run in ``dag.test``).
+        hook.client.stopped.clear()
+        self.progress = Progress(total=len(planned) + len(self.rejected), stop=hook.client.stopped)
         self.claims = Claims(folder, owner, config.heartbeat_timeout)
         self.reporter = Reporter(config, self.progress, self.manifest, folder, log,
                                  chunk=owner.map_index if self.chunk else None, keys=keys)
@@ -118,5 +121,4 @@ class BatchRun:
         if not self.progress.killed.is_set():
             self.log.warning("Cutout batch: told to stop; no new edit starts, the edits in flight are recorded")
         self.progress.killed.set()
-        self.progress.stop.set()  # wakes the threads that wait in the rate limiter
-        self.hook.stop()  # and those that wait to retry: nothing is sent after this
+        self.hook.stop()  # wakes the threads that wait in the governor or to retry: nothing is sent after this

@@ -4,9 +4,7 @@ record goes through ``catalog.lifecycle``."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cutout.catalog import lifecycle
@@ -36,31 +34,6 @@ STOP_BATCH = (AuthenticationError, InsufficientCreditsError, CatalogStateError)
 Entry = dict[str, Any]
 
 
-class RateLimiter:
-    """At most ``per_second`` starts per second across threads (``None``: no limit).
-
-    :param clock: the monotonic clock; :param sleep: how to wait (tests count the waits through both).
-    """
-
-    def __init__(self, per_second: float | None, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self._interval = 1.0 / per_second if per_second else 0.0
-        self._clock, self._sleep = clock, sleep
-        self._next = clock()
-        self._lock = threading.Lock()
-
-    def wait(self) -> None:
-        """Block until the next start is allowed."""
-        if not self._interval:
-            return
-        with self._lock:
-            now = self._clock()
-            start = max(now, self._next)
-            self._next = start + self._interval
-        if start > now:
-            self._sleep(start - now)
-
-
 class Sender:
     """Claim, send, record, store and restore the items of one run (called from the run's threads).
 
@@ -77,7 +50,8 @@ class Sender:
         self.hook, self.client, self.claims, self.entries, self.progress = hook, hook.client, claims, entries, progress
         self.folder, self.out = folder, str(folder).rstrip("/") + "/"
         self.manifest, self.owner = entries.manifest, claims.owner
-        self.limiter = RateLimiter(config.requests_per_second, sleep=progress.pause)  # a stop ends the wait
+        self.governor = hook.client.governor  # how fast the edits go, found from the account's answers
+        self.governor.cap = config.requests_per_second
 
     def sweep_leftovers(self, stems: set[str], listed: Any, *, chunk: bool) -> None:
         """Delete what runs no longer alive left: temporary files of these items, heartbeat files."""
@@ -109,7 +83,6 @@ class Sender:
         """Send a claimed edit, record it as soon as it is charged, then store its image (``restoring``: a
         delivered result whose file and URL are gone; ``taken``: the claim was taken over from a dead owner,
         whose own send may have been charged, so it is never released)."""
-        self.limiter.wait()
         if self.progress.stop.is_set():
             if not taken:
                 self.claims.release(item.fingerprint)

@@ -85,6 +85,7 @@ timed = batch_dag("t_batch_timed", max_concurrency=4, retries=0, execution_timeo
 stoppable = batch_dag("t_batch_stoppable", max_concurrency=4, retries=0)
 signed_gallery = batch_dag("t_batch_signed_gallery", gallery_link_expiry=900)
 unconnected = batch_dag("t_batch_unconnected", cutout_conn_id="cutout_prod")
+storm = batch_dag("t_batch_storm", max_concurrency=16)  # more threads than a rate-limited account takes
 
 
 with DAG("t_batch_sources", schedule=None, start_date=START, params={"out": "/tmp/unused", "check": True}) as sources:
