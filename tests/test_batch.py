@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -218,7 +219,7 @@ def test_an_item_held_by_a_live_run_is_waited_for_then_named_then_in_doubt(sandb
     other.close()  # the other run ends without a result for item-0: it is in doubt, and named
     dr = impatient.test(run_conf=conf)
     assert states(dr)["batch"] == [("failed", 1)]
-    assert "1 items were or may have been charged without a stored result" in "".join(capfd.readouterr())
+    assert "1 item was or may have been charged without a stored result" in "".join(capfd.readouterr())
     assert read_manifest(tmp_path)["item-0"]["status"] == "in_doubt" and sandbox.ledger()["charges"] == 2
 
 
@@ -330,15 +331,20 @@ def test_keys_that_differ_only_in_case_are_refused_before_anything_is_paid(sandb
         capfd.readouterr())
 
 
-def test_a_deleted_result_is_restored_and_never_counted_done_without_its_file(sandbox, airflow_db, tmp_path):
+def test_a_deleted_result_is_restored_and_never_counted_done_without_its_file(sandbox, airflow_db, tmp_path,
+                                                                             capfd):
     conf = {"n": 6, "out": str(tmp_path), "changed": "", "invalid": False}
     assert summary(batch.test(run_conf=conf))["edited"] == 6
     gone = [Path(read_manifest(tmp_path)[key]["stored_path"]) for key in ("item-1", "item-4")]
     for path in gone:
         path.unlink()  # a lifecycle rule, or a reviewer who wants a new result
+    capfd.readouterr()
     free = summary(batch.test(run_conf=conf))  # the result URLs still answer: fetched again, free
     assert (free["restored"], free["skipped"], free["credits_spent"]) == (2, 4, 0)
     assert all(path.exists() for path in gone) and sandbox.ledger()["charges"] == 6
+    said = "".join(capfd.readouterr())
+    assert re.search(r"Cutout batch: restored 2 items \(their results fetched again, free\): item-[14], item-[14]",
+                     said) and "Cutout batch: edited again" not in said
 
     for path in gone:
         path.unlink()
@@ -346,13 +352,18 @@ def test_a_deleted_result_is_restored_and_never_counted_done_without_its_file(sa
     sandbox.server.state.config.result_ttl = 1.0  # and now the old result URLs have expired too
     paid = batch.test(run_conf=conf)
     assert states(paid)["batch"] == [("success", 1)]
-    restored = summary(paid)
-    assert (restored["restored"], restored["skipped"], restored["in_doubt"], restored["credits_spent"]) == (2, 4, 0, 8)
-    assert restored["planned_credits"] == 8  # planned and budgeted before anything was sent
+    again = summary(paid)
+    assert (again["edited_again"], again["restored"], again["skipped"], again["in_doubt"], again["credits_spent"]) == (
+        2, 0, 4, 0, 8)  # paid again: counted as such, not as restored
+    assert again["planned_credits"] == 8  # planned and budgeted before anything was sent
     assert all(path.exists() for path in gone)
     assert {e["status"] for e in read_manifest(tmp_path).values()} == {"stored"}
     charges = sorted(v["charges"] for v in sandbox.ledger()["by_fingerprint"].values())
     assert charges == [1, 1, 1, 1, 2, 2]  # only the two lost results were paid again, once each
+    said = "".join(capfd.readouterr())  # paid again: said so, not "restored"
+    assert re.search(r"Cutout batch: edited again 2 items \(stored file and result URL lost: paid again\): "
+                     r"item-[14], item-[14]", said)
+    assert "Cutout batch: restored" not in said
     assert summary(batch.test(run_conf=conf))["skipped"] == 6 and sandbox.ledger()["charges"] == 8
 
 
@@ -505,3 +516,98 @@ def test_an_all_skipped_run_logs_no_nan_and_names_what_it_did(sandbox, airflow_d
     again = "".join(capfd.readouterr())
     progress = [line for line in again.splitlines() if "Cutout batch progress" in line]
     assert progress and all("nan" not in line for line in progress) and "ETA -" in progress[-1]
+
+
+def test_a_batch_of_one_failed_item_says_1_item_not_1_items(sandbox, airflow_db, tmp_path, capfd):
+    sandbox.fault("failed_edit", count=3)  # every try of the one item fails (free)
+    dr = batch.test(run_conf={"n": 1, "out": str(tmp_path), "changed": "", "invalid": False})
+    assert states(dr)["batch"] == [("failed", 3)] and sandbox.ledger()["charges"] == 0
+    text = "".join(capfd.readouterr())
+    assert "Cutout batch plan: 1 item, 0 already stored (skipped)" in text
+    assert "1 item failed, more than max_failures=0 allows (0)" in text
+    assert "Cutout batch: failed 1 item: item-0" in text
+    wrong = re.search(r"(?<![\w.,])1 (items|keys|edits)\b", text)  # (not a rate: "207.1 items/s")
+    assert wrong is None, text[max(wrong.start() - 200, 0) : wrong.end() + 80]
+
+
+class _Log:
+    """A task logger that keeps its lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, message, *args):
+        self.lines.append(message % args)
+
+    warning = error = info
+
+
+def test_every_count_of_one_in_the_batch_messages_is_singular():
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowException
+
+    from airflow_provider_cutout.api.governor import Governor
+    from airflow_provider_cutout.catalog.checks import Checks
+    from airflow_provider_cutout.catalog.plan import Defaults, check_items
+    from airflow_provider_cutout.catalog.planning import Plan
+    from airflow_provider_cutout.catalog.progress import Progress
+    from airflow_provider_cutout.catalog.report import Reporter
+
+    (item,), _ = check_items([{"key": "a", "image_urls": ["https://cdn.example.com/a.jpg"]}],
+                             Defaults(prompt="grayscale"), base_url="https://www.cutout.pro")
+    plan = Plan(skipped=(), to_refetch=(), to_restore=((item, {"key": "a"}),), to_edit=(), followers={},
+                in_doubt=(), rejected=(), to_attempt=1, listed=None)
+    config = SimpleNamespace(max_failures=0, failure_limit=lambda attempted: 0, max_credits=1, check_balance=False)
+
+    def reporter(**counts):
+        progress = Progress(total=1)
+        for name, value in counts.items():
+            setattr(progress, name, value)
+        governor = Governor(threading.Event())
+        return Reporter(config, progress, None, "/out", log, chunk=None, keys=set(), governor=governor), progress
+
+    log = _Log()
+    reporter()[0].plan(plan, 1)
+    assert log.lines[0].startswith("Cutout batch plan: 1 item, 0 already stored")
+    assert log.lines[1].startswith("Cutout batch: 1 stored result is missing from /out/")
+
+    failed, _ = reporter(failed=1)
+    with pytest.raises(AirflowException, match=r"^1 item failed, more than max_failures=0"):
+        failed._fail_if_incomplete({"not_attempted": 0}, 1)
+    killed, progress = reporter()
+    progress.killed.set()
+    with pytest.raises(AirflowException, match="; 1 item was not attempted"):
+        killed._fail_if_incomplete({"not_attempted": 1}, 1)
+    stopped, progress = reporter()
+    progress.stop_error = exc.AuthenticationError("the key was refused")
+    with pytest.raises(Exception, match="the batch stopped at once: 1 item was not attempted"):
+        stopped._fail_if_incomplete({"not_attempted": 1}, 1)
+    doubtful, progress = reporter(doubtful=["a"])
+    with pytest.raises(Exception, match="1 item was or may have been charged") as raised:
+        doubtful._fail_if_incomplete({"not_attempted": 0}, 1)
+    assert "It is not sent again automatically" in str(raised.value) and "list of its key, to edit it again" in str(
+        raised.value)
+
+    with pytest.raises(exc.InvalidInputError, match="for 1 edit, over max_credits=1"):
+        Checks(config, None, None, Progress(total=1), log).budget(plan)
+    with pytest.raises(exc.InvalidInputError, match=r"^1 key would write one file from two chunks"):
+        chunk_items([{"key": "a"}, {"key": "b"}, {"key": "a"}], 2)
+
+
+def test_a_corrected_prompt_is_announced_only_by_the_run_that_edits_with_it(sandbox, airflow_db, tmp_path, capfd):
+    """The log line naming the items a reviewer's corrected prompt applies to is said by the run that edits
+    them with it, not again by every later run that skips them (their corrected edit is stored)."""
+    from tests.test_decisions import ITEMS, decide
+
+    conf = {"out": str(tmp_path), "items": ITEMS, "size": 4}
+    catalog_chunks.test(run_conf=conf)
+    decide(tmp_path, "a", "rejected", note="the mug lost its handle", prompt="invert")
+    capfd.readouterr()
+    again = xcoms(catalog_chunks.test(run_conf=conf), "batch").values()
+    assert sum(r["edited"] for r in again) == 1 and sandbox.ledger()["charges"] == 5
+    assert "Cutout batch: 1 item uses a reviewer's corrected prompt: a" in "".join(capfd.readouterr())
+
+    third = xcoms(catalog_chunks.test(run_conf=conf), "batch").values()
+    assert sum(r["skipped"] for r in third) == 4 and sandbox.ledger()["charges"] == 5
+    assert "corrected prompt" not in "".join(capfd.readouterr())  # stored under it already: nothing to say

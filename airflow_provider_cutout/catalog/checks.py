@@ -14,7 +14,7 @@ from airflow_provider_cutout.exceptions import InsufficientCreditsError, Invalid
 from airflow_provider_cutout.state.chunk_keys import other_chunks, run_folder
 from airflow_provider_cutout.state.io import file_sha256
 from airflow_provider_cutout.state.manifest import STORED, file_name
-from airflow_provider_cutout.texts import first_of
+from airflow_provider_cutout.texts import first_of, plural
 
 if TYPE_CHECKING:
     from airflow_provider_cutout.catalog.config import BatchConfig
@@ -49,8 +49,8 @@ class Checks:
         names = {f"item {item.key!r}: ": item for item in editing}
         failing = self.hook.failing_sources({name: item.request for name, item in names.items()},
                                             concurrency=self.config.max_concurrency)
-        self.log.info("Cutout batch: the sources of %d item%s checked in %.2fs; %d failed", len(editing),
-                      "" if len(editing) == 1 else "s", time.monotonic() - started, len(failing))
+        self.log.info("Cutout batch: the sources of %s checked in %.2fs; %d failed", plural(len(editing), "item"),
+                      time.monotonic() - started, len(failing))
         if failing and not self.config.tolerates(len(failing) + len(plan.rejected), plan.to_attempt):
             raise sources_failed([problem for found in failing.values() for problem in found])
         self.reject([(names[name].key, "; ".join(found), names[name]) for name, found in failing.items()])
@@ -71,7 +71,7 @@ class Checks:
             theirs = other_chunks(runs, origin["chunk"], origin["clear"], keys)
             found.update({key: chunk_conflict(key, chunk) for key, chunk in theirs.items() if key in editing})
         if found and not self.config.tolerates(len(found) + len(plan.rejected), plan.to_attempt):
-            raise InvalidInputError(f"{len(found)} item{'' if len(found) == 1 else 's'} of this run would write "
+            raise InvalidInputError(f"{plural(len(found), 'item')} of this run would write "
                                     f"a file that another edit of the same key writes; nothing was sent:\n  "
                                     f"{first_of(list(found.values()))}")
         self.reject([(key, problem, None) for key, problem in found.items()], record=False)
@@ -105,7 +105,7 @@ class Checks:
         cost = plan.cost
         if self.config.max_credits is not None and cost > self.config.max_credits:
             raise InvalidInputError(
-                f"the planned cost is {cost} credits for {len(plan.editing)} edits, over max_credits="
+                f"the planned cost is {cost} credits for {plural(len(plan.editing), 'edit')}, over max_credits="
                 f"{self.config.max_credits}; raise max_credits or edit fewer items. Nothing was sent.")
         if self.config.check_balance and plan.editing:
             balance = self.hook.get_credit_balance()

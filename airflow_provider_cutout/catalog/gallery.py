@@ -87,7 +87,9 @@ def render_gallery(entries: Iterable[dict[str, Any]], *, title: str, run: dict[s
     top += f"<span>credits recorded: <b>{credits_recorded(items)}</b></span>"
     this_run = "" if run is None else (
         f"<p class='note'>This run: {run.get('edited', 0)} edited, {run.get('skipped', 0)} skipped, "
-        f"{run.get('failed', 0)} failed, {run.get('in_doubt', 0)} in doubt, {run.get('credits_spent', 0)} credits.</p>")
+        f"{run.get('failed', 0)} failed, {run.get('in_doubt', 0)} in doubt, {run.get('credits_spent', 0)} credits"
+        + (f"; the account's rate limit answered 429 to {run['rate_limited']} edits, and the run settled at "
+           f"{run['rate']} edits a second" if run.get("rate_limited") and run.get("rate") else "") + ".</p>")
     left_out = len(items) - len(shown)
     more = f"<p class='note'>{left_out} more stored items are in the manifest, not shown.</p>" if left_out else ""
     cards = "\n".join(card(entry, result_src or (lambda name: name), source_src or (lambda url: url))

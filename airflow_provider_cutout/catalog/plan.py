@@ -13,7 +13,7 @@ from typing import Any
 from airflow_provider_cutout.api.models import ImageEditRequest
 from airflow_provider_cutout.exceptions import InvalidInputError
 from airflow_provider_cutout.state.manifest import EDITED, IN_DOUBT, STORED
-from airflow_provider_cutout.texts import first_of
+from airflow_provider_cutout.texts import first_of, plural
 
 ITEM_FIELDS = ("key", "prompt", "image_urls", "model", "aspect_ratio")
 SKIP, REFETCH, EDIT, WAIT, IN_DOUBT_ACTION, TAKE_OVER = "skip", "refetch", "edit", "wait", "in_doubt", "take_over"
@@ -44,8 +44,8 @@ def chunk_items(items: Sequence[dict[str, Any]], size: int) -> list[list[dict[st
             if other[1] != index:
                 twice.append(f"item {key!r} in chunk {index} and item {other[0]!r} in chunk {other[1]}")
     if twice:
-        raise InvalidInputError(f"{len(twice)} keys would write one file from two chunks (each chunk would pay "
-                                f"for its own edit); list each key once:\n  {first_of(twice)}")
+        raise InvalidInputError(f"{plural(len(twice), 'key')} would write one file from two chunks (each chunk "
+                                f"would pay for its own edit); list each key once:\n  {first_of(twice)}")
     return chunks
 
 

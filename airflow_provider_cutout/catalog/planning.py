@@ -23,7 +23,7 @@ from airflow_provider_cutout.catalog.plan import (
 )
 from airflow_provider_cutout.state.io import STATE_DIR, existing, file_exists, file_sha256, is_local, list_names
 from airflow_provider_cutout.state.manifest import EDITED, IN_DOUBT, STORED, Manifest, file_name
-from airflow_provider_cutout.texts import first_of
+from airflow_provider_cutout.texts import first_of, plural
 
 if TYPE_CHECKING:
     from airflow_provider_cutout.catalog.config import BatchConfig
@@ -96,6 +96,10 @@ def make_plan(config: BatchConfig, hook: CutoutHook, folder: Any, entries: Entri
         names = listed = list_names(folder)
     plan = _sorted(config, found, names, holds, rejected, listed)
     _revalidate(manifest, found, set(plan.skipped))
+    editing = [item.key for item in plan.to_edit if item.own_prompt is not None]
+    if editing:  # said by the run that edits with it, not by every later run that skips its stored edit
+        log.info("Cutout batch: %s a reviewer's corrected prompt: %s",
+                 plural(len(editing), "item uses", "items use"), first_of(editing, 20, ", "))
     return plan
 
 
@@ -158,8 +162,9 @@ def _sorted(config: BatchConfig, found: list[tuple[PlannedEdit, Entry | None]], 
 def apply_corrections(planned: list[PlannedEdit], decisions: Any, base_url: str, log: Any) -> None:
     """A prompt a reviewer corrected replaces the item's while the item still asks for the prompt it replaced
     (``state.decisions``): the item is edited again once with it (a new fingerprint), then skipped like any
-    other. A DAG whose prompt for the item changed since wins."""
-    corrected, overruled = [], []
+    other. A DAG whose prompt for the item changed since wins. (``make_plan`` names the corrected items the run
+    edits: the ones whose ``own_prompt`` is set and that are to edit, not those stored under it already.)"""
+    overruled = []
     for item in planned:
         request = item.request
         fix = decisions.applies(item.key, request.prompt)
@@ -175,13 +180,9 @@ def apply_corrections(planned: list[PlannedEdit], decisions: Any, base_url: str,
             log.warning("Cutout batch: item %r keeps its prompt: the corrected one is not valid (%s)", item.key, err)
             continue
         item.own_prompt = request.prompt
-        corrected.append(item.key)
-    if corrected:
-        log.info("Cutout batch: %d items use a reviewer's corrected prompt: %s", len(corrected),
-                 first_of(corrected, 20, ", "))
     if overruled:
-        log.info("Cutout batch: %d items keep the DAG's prompt over a reviewer's correction (the DAG's prompt "
-                 "changed since): %s", len(overruled), first_of(overruled, 20, ", "))
+        log.info("Cutout batch: %s the DAG's prompt over a reviewer's correction (the DAG's prompt changed since): "
+                 "%s", plural(len(overruled), "item keeps", "items keep"), first_of(overruled, 20, ", "))
 
 
 def _newest_stored(entries: Any) -> dict[str, float]:

@@ -26,7 +26,8 @@ class Progress:
     failed: int = 0
     by_other_runs: int = 0
     shared: int = 0  # stored from the edit another item key paid for (same photo, prompt and model)
-    restored: int = 0  # delivered before, file gone since: fetched or edited again
+    restored: int = 0  # delivered before, file gone since: fetched again (free)
+    edited_again: int = 0  # delivered before, file and result URL gone since: edited again (paid)
     credits: int = 0
     errors: list[str] = field(default_factory=list)
     keys: dict[str, list[str]] = field(default_factory=dict)  # outcome -> item keys, for the run's log
@@ -39,7 +40,8 @@ class Progress:
     killed: threading.Event = field(default_factory=threading.Event)
 
     def add(self, outcome: str, key: str) -> None:
-        """Count one item's outcome (``edited``, ``restored``, ``shared``, ``recovered``, ``failed``); hold the lock."""
+        """Count one item's outcome (``edited``, ``restored``, ``edited_again``, ``shared``, ``recovered``,
+        ``failed``); hold the lock."""
         setattr(self, outcome, getattr(self, outcome) + 1)
         self.keys.setdefault(outcome, []).append(key)
 
@@ -77,5 +79,6 @@ class Progress:
     @property
     def done(self) -> int:
         """Items finished one way or another."""
-        return (self.skipped + self.edited + self.recovered + self.shared + self.restored + self.failed
+        return (self.skipped + self.edited + self.recovered + self.shared + self.restored + self.edited_again
+                + self.failed
                 + self.in_doubt + self.by_other_runs)

@@ -58,8 +58,8 @@ class BatchRun:
         hook.client.stopped.clear()
         self.progress = Progress(total=len(planned) + len(self.rejected), stop=hook.client.stopped)
         self.claims = Claims(folder, owner, config.heartbeat_timeout)
-        self.reporter = Reporter(config, self.progress, self.manifest, folder, log,
-                                 chunk=owner.map_index if self.chunk else None, keys=keys)
+        self.reporter = Reporter(config, self.progress, self.manifest, folder, log, keys=keys,
+                                 chunk=owner.map_index if self.chunk else None, governor=hook.client.governor)
         self.workers = Workers(self.progress, config.max_concurrency, config.progress_interval,
                                self.reporter.progress_line, self.kill)
         self.sender = Sender(config, hook, folder, self.claims, Entries(self.manifest), self.progress)

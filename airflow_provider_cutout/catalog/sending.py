@@ -15,6 +15,7 @@ from airflow_provider_cutout.exceptions import (
     CatalogStateError,
     CutoutError,
     InsufficientCreditsError,
+    RateLimitError,
     ResultDownloadError,
     StoppedError,
 )
@@ -111,7 +112,7 @@ class Sender:
         with self.progress.lock:
             self.progress.credits += result.credits
         if self.store(item, entry):
-            self.progress.count("restored" if restoring else "edited", item.key)
+            self.progress.count("edited_again" if restoring else "edited", item.key)
 
     def recover(self, item: PlannedEdit, entry: Entry) -> None:
         """Fetch a planned paid-for edit again, unless another run claimed it: that run may be storing it
@@ -218,5 +219,5 @@ class Sender:
             else:
                 self.progress.add("failed", item.key)
             self.progress.errors.append(text)
-        if isinstance(err, STOP_BATCH):
-            self.progress.stop_with(err)
+        if isinstance(err, STOP_BATCH) or (isinstance(err, RateLimitError) and not err.retryable):
+            self.progress.stop_with(err)  # (a 429 given up on: the account accepted nothing for its patience)

@@ -79,8 +79,8 @@ def single_edit_lineage(sources: list[str], stored_path: str | None, result: dic
 def batch_lineage(sources: Iterable[str], output_dir: str, model: str, summary: dict[str, Any]) -> Lineage:
     """The lineage of a batch: its source folders, its output folder, and the run's counts."""
     counts = {key: int(summary.get(key) or 0)
-              for key in ("total", "edited", "skipped", "recovered", "shared", "restored", "by_other_runs", "failed",
-                          "in_doubt")}
+              for key in ("total", "edited", "skipped", "recovered", "shared", "restored", "edited_again",
+                          "by_other_runs", "failed", "in_doubt")}
     facet = CutoutEditRunFacet(model=model, edits=counts["edited"], credits=int(summary.get("credits_spent") or 0),
                                counts=counts)
     return OperatorLineage(inputs=source_groups(sources), outputs=datasets([output_dir.rstrip("/")]),

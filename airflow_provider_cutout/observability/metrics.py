@@ -19,6 +19,8 @@ EDITS = "cutout.edits"
 CREDITS = "cutout.credits"
 RETRIES = "cutout.retries"
 EDIT_SECONDS = "cutout.edit_seconds"
+RATE_LIMITED = "cutout.rate_limited"
+RATE = "cutout.rate"
 
 
 def _stats() -> Any:
@@ -41,8 +43,18 @@ def edit_done(model: str, outcome: str, *, credits: int = 0, seconds: float | No
 
 
 def retried(reason: str) -> None:
-    """Count one retry by its reason (the error's class name, e.g. ``RateLimitError``)."""
-    _stats().incr(RETRIES, tags={"reason": reason})
+    """Count one retry by its reason (the error's class name, e.g. ``RateLimitError``); a 429 also counts as rate
+    limited."""
+    stats = _stats()
+    stats.incr(RETRIES, tags={"reason": reason})
+    if reason == "RateLimitError":
+        stats.incr(RATE_LIMITED)
+
+
+def sending_rate(rate: float | None) -> None:
+    """The rate (edits a second) the task's governor lets edits through at, once the account's limit was met."""
+    if rate is not None:
+        _stats().gauge(RATE, rate)
 
 
 def measured_edit(send: Callable[[ImageEditRequest], ImageEditResult], request: ImageEditRequest) -> ImageEditResult:
