@@ -1,5 +1,5 @@
 # The project's commands; each installs what it needs into a local virtual environment.
-.PHONY: test test-latest constraints demo bench fuzz dist cluster
+.PHONY: test test-latest constraints demo review bench fuzz dist cluster
 
 test:  ## lint, type-check and run the whole test suite on the newest and the oldest supported Airflow (pinned by constraints/)
 	bash scripts/test.sh
@@ -12,6 +12,9 @@ constraints:  ## regenerate constraints/airflow-<version>.txt from the newest re
 
 demo:  ## start the sandbox, run the example catalog refresh end to end, print where the results are
 	bash scripts/demo.sh
+
+review:  ## a local review UI: Airflow with a reviewer and a viewer, example_cutout_review waiting at its gate; Ctrl-C stops it
+	bash scripts/review.sh
 
 fuzz:  ## the model of the catalog's long profile (30 minutes or more); an example it finds becomes a regression test
 	bash scripts/fuzz.sh

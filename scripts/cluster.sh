@@ -9,6 +9,7 @@
 #   CUTOUT_CLUSTER_DIR      state folder (default: a new temporary folder)
 #   CUTOUT_CLUSTER_DAGS     the DAGs folder (default: example_dags)
 #   CUTOUT_CLUSTER_WORKERS  Celery workers (default 2), named worker1@cutout, worker2@cutout...
+#   CUTOUT_CLUSTER_API_PORT the API server's (the UI's) port (default: a free port); a busy one fails
 #   CUTOUT_CLUSTER_PYTHON   an interpreter whose environment already has Airflow and the provider
 #                           with its cluster extra (default: install them into .venv)
 #   CUTOUT_PG_URL           reuse a running PostgreSQL (postgresql://user@host:port/db) instead
@@ -27,6 +28,11 @@ chmod 755 "$DIR"
 PIDS=()
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+if [ -n "${CUTOUT_CLUSTER_API_PORT:-}" ] && ! python3 -c 'import socket, sys; s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1])))' "$CUTOUT_CLUSTER_API_PORT" 2>/dev/null; then
+  echo "CUTOUT_CLUSTER_API_PORT=$CUTOUT_CLUSTER_API_PORT: that port is busy (or no port); pick a free one" >&2
+  exit 1
+fi
 
 stop_all() {
   trap - EXIT INT TERM
@@ -115,7 +121,7 @@ else
 fi
 
 # -- Airflow settings shared by every component --------------------------------------------------
-API_PORT=$(free_port)
+API_PORT=${CUTOUT_CLUSTER_API_PORT:-$(free_port)}
 export AIRFLOW_HOME=$DIR/airflow
 export AIRFLOW__CORE__EXECUTOR=airflow.providers.celery.executors.celery_executor.CeleryExecutor
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=${PG_URL/postgresql:/postgresql+psycopg2:}
