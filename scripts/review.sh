@@ -8,6 +8,9 @@
 #   CUTOUT_REVIEW_PORT    the Airflow UI's port (default 8080); a busy port fails, nothing running is reused
 #   CUTOUT_REVIEW_PYTHON  an interpreter whose environment already has Airflow and the provider
 #                         with its sandbox extra (default: install them into .venv)
+#   CUTOUT_REVIEW_CATALOG your own catalog to review: a products.json as example_dags/catalog/products.json
+#                         (key, image, prompt, aspect_ratio per item; images relative to the sandbox's
+#                         samples, or absolute https:// URLs) (default: the example's 12 products)
 # shellcheck disable=SC2317  # (shellcheck 0.9) functions run by trap and wait_for are reachable
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,7 +60,7 @@ stop_all() {  # every process group this script started: TERM, then KILL what is
   echo "== stopped; the home stays in $REVIEW until the next make review"
 }
 trap stop_all EXIT
-trap 'exit 130' INT TERM
+trap 'exit 0' INT TERM  # Ctrl-C is how it is meant to stop
 
 start() {  # start NAME COMMAND...: in a process group of its own, logged to .review/logs/NAME.log
   local name=$1
@@ -110,6 +113,9 @@ export AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT AIRFLOW__LOGGING__TRIGGER_LOG_SE
 export CUTOUT_EXAMPLE_OUTPUT=$AIRFLOW_HOME/output
 cp example_dags/example_cutout_review.py "$AIRFLOW_HOME/dags/"
 cp -r example_dags/catalog "$AIRFLOW_HOME/dags/"  # the DAG reads catalog/products.json beside itself
+if [ -n "${CUTOUT_REVIEW_CATALOG:-}" ]; then
+  cp "$CUTOUT_REVIEW_CATALOG" "$AIRFLOW_HOME/dags/catalog/products.json" || fail "CUTOUT_REVIEW_CATALOG: cannot read it"
+fi
 
 echo "== starting the sandbox"
 start sandbox "$BIN/cutout-sandbox" --port 0 --balance 1000
@@ -152,7 +158,7 @@ gate_asks() {  # the gate waits for an answer (awaiting_input on Airflow 3.3, de
     grep -qE '"state": *"(awaiting_input|deferred)"'
 }
 RUN_Q=$("$BIN/python" -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$RUN_ID")
-echo "   run $RUN_ID: the catalog refresh edits 12 products, then the review gate asks"
+echo "   run $RUN_ID: the catalog refresh edits the products, then the review gate asks"
 wait_for 300 "the review gate's question" gate_asks
 
 cat <<EOF
@@ -163,7 +169,9 @@ cat <<EOF
    the review view:  $URL/cutout-review/view?dag_id=$DAG&run_id=$RUN_Q&task_id=refresh_catalog&map_index=-1
    the gate's page:  $URL/dags/$DAG/runs/$RUN_Q/tasks/review/required_actions
    The view opens full page from its link, and inside Airflow as the "Cutout review" tab of the task
-   instance refresh_catalog; the gate's page links to it too. Logs: $LOGS. Ctrl-C stops everything.
+   instance refresh_catalog; the gate's page links to it too. One run of the DAG at a time: answer the
+   gate before you trigger the next. Published results go to $CUTOUT_EXAMPLE_OUTPUT/published.
+   Logs: $LOGS. Ctrl-C stops everything.
 EOF
 wait -n "${PIDS[@]}" || true  # until one of them stops on its own (Ctrl-C runs the trap instead)
 all_alive

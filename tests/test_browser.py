@@ -462,6 +462,9 @@ def test_a_merchandiser_reviews_before_and_after_in_place_and_the_gates_primary_
     answer = api_server.xcom({**ids, "task_id": "review"}, "return_value")
     assert sorted(answer["undecided"]) == sorted(set(stored) - set(plan))  # held back, and named
     assert answer["not_stored"] == [failed] and sorted(answer["rejected"]) == sorted(stored[:2])
+    gate_tab = requests.get(f"{api_server.url}/cutout-review/view", params={**ids, "task_id": "review"},
+                            headers={"Authorization": f"Bearer {api_server.token()}"}, timeout=30)
+    assert gate_tab.status_code == 404 and "task_id=refresh_catalog" in gate_tab.text  # the gate's tab links on
     assert sandbox.ledger()["charges"] == 11  # reviewing and publishing cost nothing
 
     proc = api_server.start("tests.dags.examples:example_cutout_review", conf, **env)

@@ -34,6 +34,8 @@ main{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,540px),
 .item{display:flex;flex-wrap:wrap;gap:8px 12px;background:#fff;border:1px solid #d5dbe1;border-radius:6px;padding:10px;
 min-width:0;scroll-margin-top:120px}
 .item.failed,.item.in_doubt{border-color:#d1242f}.item.edited{border-color:#bf8700}
+.item:target{outline:3px solid #0969da;outline-offset:2px}
+h2.key{flex:1 1 100%;font-size:15px;margin:0;overflow-wrap:anywhere}
 .pics{display:flex;flex-wrap:wrap;gap:12px;flex:1 1 100%}
 figure{margin:0;flex:1 1 240px;min-width:240px;max-width:360px;text-align:center}
 figcaption{color:#5b6875;font-size:12px;overflow-wrap:anywhere}
@@ -57,9 +59,9 @@ _CSP = "default-src 'none'; img-src * data: blob: file:; style-src 'unsafe-inlin
 
 
 def gallery_items(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The newest entry of each item key: those that need a look first, then the newest stored."""
+    """The newest entry of each item key: those that need a look first, then the stored; by key within each."""
     return sorted(map(_sane, newest(entries, order=lambda e: number(e.get("updated_at"))).values()),
-                  key=lambda e: (_ORDER.get(e.get("status", ""), 0), -number(e.get("updated_at")), str(e.get("key"))))
+                  key=lambda e: (_ORDER.get(e.get("status", ""), 0), str(e.get("key"))))
 
 
 def render_gallery(entries: Iterable[dict[str, Any]], *, title: str, run: dict[str, Any] | None = None,
@@ -153,8 +155,10 @@ def card(entry: dict[str, Any], result_src: Callable[[str], str], source_src: Ca
     return (
         f"<section class='item {escape(status)}' id='{item_anchor(entry.get('key'))}' data-key='{key}' "
         f"data-status='{escape(status)}' data-review='{escape(decided.get('decision', ''))}'>{recorded}"
-        f"<div class='pics'><figure>{source}<figcaption>before: {host or 'source'}{extra}</figcaption></figure>"
-        f"<figure>{result}<figcaption>after: the edit</figcaption></figure></div>"
+        f"<h2 class='key'>{key}</h2>"
+        f"<div class='pics'><figure>{source}<figcaption>before: {host or 'source'}{extra}{_zoom(shown)}"
+        f"</figcaption></figure><figure>{result}<figcaption>after: the edit{_zoom(status == STORED and stored)}"
+        "</figcaption></figure></div>"
         f"<dl><dt>status</dt><dd class='status'>{LABELS.get(status, escape(status))}</dd>{_rows(rows)}{error}"
         f"{_review_rows(decided)}</dl><details><summary>technical details</summary><dl>{_rows(technical)}</dl>"
         f"</details>{footer}</section>"
@@ -163,6 +167,10 @@ def card(entry: dict[str, Any], result_src: Callable[[str], str], source_src: Ca
 
 def _rows(rows: list[tuple[str, Any]]) -> str:
     return "".join(f"<dt>{name}</dt><dd>{escape(value)}</dd>" for name, value in rows if value not in (None, ""))
+
+
+def _zoom(linked: Any) -> str:
+    return " (click for full size)" if linked else ""
 
 
 def _linked(href: str, image: str) -> str:

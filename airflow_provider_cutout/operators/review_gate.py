@@ -56,7 +56,8 @@ class CutoutReviewGateOperator(HITLOperator):
         nothing that nobody approved is published; ``Reject run`` publishes nothing on timeout).
     """
 
-    template_fields: Sequence[str] = (*HITLOperator.template_fields, "items", "output_dir")
+    # (batch_task_id too: rendered, the review view's tab of a gate links to its batch's view)
+    template_fields: Sequence[str] = (*HITLOperator.template_fields, "items", "output_dir", "batch_task_id")
 
     def __init__(self, *, batch_task_id: str, items: Any = None, output_dir: str | None = None,
                  subject: str | None = None, body: str | None = None, options: list[str] | None = None,

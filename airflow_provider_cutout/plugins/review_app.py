@@ -304,6 +304,20 @@ def _written(ids: TaskInstanceIds) -> str | None:
     return found if isinstance(found, str) else None
 
 
+def _batch_of(ids: TaskInstanceIds) -> str | None:
+    """The batch task a review gate task instance asks about (its rendered ``batch_task_id``), if it is one."""
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields as Rendered
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        fields = session.scalar(select(Rendered.rendered_fields).where(
+            Rendered.dag_id == ids.dag_id, Rendered.run_id == ids.run_id, Rendered.task_id == ids.task_id,
+            Rendered.map_index == ids.map_index))
+    found = fields.get("batch_task_id") if isinstance(fields, dict) else None
+    return found if isinstance(found, str) and found else None
+
+
 def _folder(ids: TaskInstanceIds) -> tuple[str, float]:
     """The task instance's output folder, when the view may read it at all, and when the task started: an
     ``HTTPException`` otherwise (before anything is read from a store)."""
@@ -384,6 +398,12 @@ async def view(ids: Ids, user: GetUserDep, request: Request, status: str | None 
     try:
         _, started, catalog = await _catalog_of(ids)
     except HTTPException as err:
+        batch = await _in_thread(_batch_of, ids) if err.status_code == 404 else None
+        if batch:  # a review gate's tab: its batch's view is one click away
+            href = view_href("view", {**ids.params(), "task_id": batch, "map_index": "-1"})()
+            return _page(f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Cutout review</title>"
+                         f"</head><body><p>This is a review gate. The items it asks about are in the review view of "
+                         f"<a href='{escape(href)}'>{escape(batch)}</a>.</p></body></html>", 404)
         return _message(str(err.detail), err.status_code)
     query = ReviewQuery.parse(status, q, page)
     params = {**ids.params(), "status": query.status, "q": query.search}
