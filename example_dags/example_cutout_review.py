@@ -85,7 +85,8 @@ with DAG(
             published.append(item["key"])
         undecided = 0 if decision["decision"] == "Publish all but rejected" else len(decision["undecided"])
         print(f"{decision['decision']}: published {len(published)} into {target}, held back "
-              f"{len(decision['rejected'])} rejected, {undecided} undecided, {len(decision['changed'])} edited again since the review, "
+              f"{len(decision['rejected'])} rejected, {undecided} undecided, {len(decision['changed'])} edited again "
+              "since the review, "
               f"{len(decision['unverified'])} with a decision that could not be trusted and "
               f"{len(decision['not_stored'])} without a result")
         return published
