@@ -80,7 +80,7 @@ def test_an_account_that_accepts_nothing_for_its_patience_stalls():
     clock.now += 59
     assert not gov.stalled()
     clock.now += 2
-    assert gov.stalled() and "answers 429" in gov.describe()
+    assert gov.stalled() and "answered 429" in gov.describe()
     gov.answered(gov.admit(), throttled=False)
     assert not gov.stalled()
 
@@ -104,3 +104,28 @@ def _timed(function) -> float:
     started = time.monotonic()
     function()
     return time.monotonic() - started
+
+
+def test_a_first_429_long_after_the_governor_was_made_is_waited_out_and_slow_start_begins_with_the_first_edit():
+    """Planning and source checks took 20 minutes: the patience counts from the first 429, not from then, and the
+    first edits still go at the slow start's pace (a review found both counted from the governor's creation)."""
+    gov, clock = governor(patience=600.0)
+    clock.now += 1200
+    starts = [gov.admit() for _ in range(3)]
+    assert starts[1] - starts[0] == pytest.approx(1 / START_RATE)
+    gov.answered(starts[2], throttled=True, retry_after=1)
+    assert not gov.stalled()
+
+
+def test_a_ceiling_below_the_governors_floor_is_kept_and_the_settled_rate_is_what_the_account_took():
+    gov, clock = governor(cap=0.02)
+    first = gov.admit()
+    assert gov.admit() - first == pytest.approx(50.0)  # one edit every 50 s, as requests_per_second asked
+    gov, clock = governor()
+    for _ in range(30):  # 3 a second for 10 s
+        clock.now += 1 / 3
+        gov.answered(gov.admit(), throttled=False)
+    gov.answered(gov.admit(), throttled=True)
+    clock.now += 1800  # half an hour without a 429: the governor probes up, the settled rate stays what was taken
+    assert gov.settled == pytest.approx(3.0, rel=0.1) and gov.rate > 100
+    assert gov.describe().startswith("3.0 edits/s accepted, 1 answered 429")

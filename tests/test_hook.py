@@ -354,3 +354,21 @@ def test_a_stop_ends_a_retry_wait_sends_nothing_and_says_whether_an_earlier_atte
     assert isinstance(err, exc.StoppedError) and err.maybe_charged and not err.retryable
     assert sandbox.settled_ledger()["edit_calls"] == 1  # the first POST only
     assert hook.get_credit_balance().total == 996  # a read after the stop: still answered
+
+
+def test_after_a_batch_stops_sending_edits_a_download_still_waits_out_its_backoff(sandbox, monkeypatch):
+    """A batch that met an error every further edit would meet (insufficient credits, say) sends no more edits,
+    but the results already paid for are still fetched: their retries wait as usual (a review found they burnt
+    every retry at once, so a CDN's short outage lost a paid result)."""
+    import io
+
+    hook = use_conn(monkeypatch, sandbox, backoff_base=0.4, backoff_max=0.4)
+    result = edit(hook, sandbox)
+    hook.client.transport.stop_edits()
+    with pytest.raises(exc.StoppedError):
+        edit(hook, sandbox)  # no edit is sent any more
+    sandbox.fault("http_error", status=503, count=2, path="results")
+    started = time.monotonic()
+    assert hook.client.download(result.image_url, io.BytesIO())[0] > 0
+    assert time.monotonic() - started >= 0.4  # two waits of 0.2 to 0.4 s, not cut short
+    assert sandbox.ledger()["edit_calls"] == 1

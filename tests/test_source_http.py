@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import ssl
 import struct
 import threading
 import time
 import zlib
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -36,11 +38,14 @@ def answer(status: str, body: bytes = b"", **headers: str) -> bytes:
 class RawServer:
     """Calls ``handler(connection, request head, request number)`` for each request; ``False`` closes."""
 
-    def __init__(self, handler: Handler, family: int = socket.AF_INET, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, handler: Handler, family: int = socket.AF_INET, host: str = "127.0.0.1", port: int = 0,
+                 tls: ssl.SSLContext | None = None):
         self.sock = socket.socket(family)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.sock.listen(16)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_side=True)
         self.port, self.handler, self.requests = self.sock.getsockname()[1], handler, list[str]()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -245,3 +250,182 @@ def test_a_304_that_names_another_version_is_not_taken_for_unchanged(serve, hook
     assert (info.unchanged, info.status, info.validator, info.width) == (False, 200, '"v2"', 64)
     assert info.version == "sha256:" + hashlib.sha256(png(64, 48)).hexdigest()
     assert server.requests == ["GET /a.png HTTP/1.1"] * 2
+
+
+class Proxy:
+    """A forward proxy on loopback: ``CONNECT host:port`` opens a tunnel; a request whose target is a whole
+    ``http://`` URL is sent on to that server (one connection each) and its answer (framed by Content-Length)
+    relayed. Records each request line and its ``Proxy-Authorization``."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.requests, self.auth, self.connections = list[str](), list[str | None](), 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        reader = conn.makefile("rb")
+        with conn:
+            while head := _head(reader):
+                line, *fields = head.decode().split("\r\n")
+                headers = dict(field.split(": ", 1) for field in fields)
+                self.requests.append(line)
+                self.auth.append(next((headers.pop(k) for k in list(headers) if k.lower() == "proxy-authorization"),
+                                      None))
+                method, target, version = line.split(" ")
+                if method == "CONNECT":
+                    host, port = target.rsplit(":", 1)
+                    upstream = socket.create_connection((host, int(port)))
+                    conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    threading.Thread(target=_pipe, args=(upstream, conn), daemon=True).start()
+                    _pipe(reader, upstream)
+                    return
+                where = urlsplit(target)
+                with socket.create_connection((where.hostname, where.port or 80)) as upstream:
+                    path = where.path + (f"?{where.query}" if where.query else "")
+                    upstream.sendall(f"{method} {path} {version}\r\n".encode()
+                                     + "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode() + b"\r\n")
+                    answered = upstream.makefile("rb")
+                    got = _head(answered)
+                    length = int(next((f.split(b": ")[1] for f in got.split(b"\r\n")
+                                       if f.lower().startswith(b"content-length:")), b"0"))
+                    conn.sendall(got + b"\r\n\r\n" + (answered.read(length) if method != "HEAD" else b""))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _head(reader) -> bytes:
+    """A request's or an answer's head, without its blank line; ``b""`` at the end."""
+    lines = []
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        lines.append(line)
+    return b"".join(lines).removesuffix(b"\r\n")
+
+
+def _pipe(source, sink: socket.socket) -> None:
+    try:
+        while data := (source.read1(65536) if hasattr(source, "read1") else source.recv(65536)):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        try:
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def proxy(monkeypatch):
+    """A proxy named in HTTP_PROXY and HTTPS_PROXY, with credentials; NO_PROXY unset."""
+    made = Proxy()
+    with_user = made.url.replace("http://", "http://photos:p%40ss@")
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY",
+                 "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", with_user)
+    monkeypatch.setenv("HTTPS_PROXY", with_user)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def tls(tmp_path, monkeypatch):
+    """``start(handler)``: a RawServer over TLS, its certificate trusted through REQUESTS_CA_BUNDLE."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "cert.pem"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    servers: list[RawServer] = []
+
+    def start(handler: Handler) -> RawServer:
+        servers.append(RawServer(handler, tls=context))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def photo_or_304(conn, head, n):
+    path = head.split(b" ")[1].decode()
+    if f'If-None-Match: "{path}"'.encode() in head:
+        conn.sendall(answer("304 Not Modified", ETag=f'"{path}"'))
+    else:
+        conn.sendall(answer("200 OK", png(64, 48), ETag=f'"{path}"', Content_Type="image/png"))
+
+
+def test_sources_behind_a_proxy_are_checked_through_it(serve, proxy, caplog):
+    """HTTP_PROXY: a source is asked through the proxy (its whole URL on the request line, the proxy's
+    credentials sent to the proxy; the lean pool leaves it to the session), and asked again with its ETag (a
+    304); no log line holds the signed URL's query."""
+    server = serve(photo_or_304)
+    url = f"http://127.0.0.1:{server.port}/a.png?X-Amz-Signature=secret"
+    caplog.set_level("DEBUG", logger="urllib3")
+    made = CutoutHook()
+    first = made.client.inspect_source(url)
+    again = made.client.inspect_source(url, Recorded(first.version, first.validator))
+    made.close()
+    assert (first.status, first.width, again.unchanged) == (200, 64, True)
+    assert proxy.requests == [f"GET {url} HTTP/1.1"] * 2
+    assert proxy.auth == ["Basic cGhvdG9zOnBAc3M="] * 2  # photos:p@ss
+    assert server.requests == ["GET /a.png?X-Amz-Signature=secret HTTP/1.1"] * 2
+    assert "secret" not in caplog.text and "a.png" in caplog.text
+
+
+def test_https_sources_behind_a_proxy_are_checked_through_a_tunnel(serve, tls, proxy):
+    """HTTPS_PROXY: an https source is asked through a CONNECT tunnel, kept for the next check, its server's
+    certificate verified against REQUESTS_CA_BUNDLE through it."""
+    server = tls(photo_or_304)
+    made = CutoutHook()
+    url = f"https://127.0.0.1:{server.port}/b.png"
+    first = made.client.inspect_source(url)
+    again = made.client.inspect_source(url, Recorded(first.version, first.validator))
+    made.close()
+    assert (first.status, first.width, first.error, again.unchanged) == (200, 64, "", True)
+    assert [line.rsplit(" ", 1)[0] for line in proxy.requests] == [f"CONNECT 127.0.0.1:{server.port}"]
+    assert proxy.auth == ["Basic cGhvdG9zOnBAc3M="]
+    assert server.requests == ["GET /b.png HTTP/1.1"] * 2
+
+
+def test_no_proxy_sends_sources_past_the_proxy(serve, tls, proxy, monkeypatch):
+    """NO_PROXY names the hosts asked directly: the proxy sees nothing."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    plain, secure = serve(photo_or_304), tls(photo_or_304)
+    made = CutoutHook()
+    infos = [made.client.inspect_source(f"http://127.0.0.1:{plain.port}/c.png"),
+             made.client.inspect_source(f"https://127.0.0.1:{secure.port}/d.png")]
+    lean = made.client.transport.read_source(f"http://127.0.0.1:{plain.port}/c.png", {}, (3, 3), limit=1 << 20)
+    made.close()
+    assert lean is not None and lean.status == 200  # not behind the proxy: the lean pool reads it
+    assert [(i.status, i.error) for i in infos] == [(200, "")] * 2
+    assert proxy.requests == [] and secure.requests == ["GET /d.png HTTP/1.1"]
+    assert plain.requests == ["GET /c.png HTTP/1.1"] * 2

@@ -76,9 +76,10 @@ class CutoutClient:
         return self.transport.governor
 
     @property
-    def stopped(self) -> threading.Event:
-        """Set by ``stop``: no edit is sent after it, and every wait to send one ends."""
-        return self.transport.stopped
+    def edits_stopped(self) -> threading.Event:
+        """Set by ``stop`` (and by a batch that met an error every further edit would meet): no edit is sent after
+        it, and every wait to send one ends; reads go on."""
+        return self.transport.edits_stopped
 
     def close(self) -> None:
         """Close the pooled connections."""

@@ -63,8 +63,9 @@ class Governor:
         self._paused_until = now
         self._decreased_at = -math.inf  # a 429 to an edit sent before this lowers nothing
         self._accepts: collections.deque[float] = collections.deque()
-        self._first_send: float | None = None
-        self._last_accept = now
+        self._first_send: float | None = None  # the slow start begins with the first edit, not at creation
+        self._throttled_since: float | None = None  # the first 429 since the last accepted edit
+        self.settled: float | None = None  # the rate the account accepted when its last new 429 came
         self.rate_limited = 0  # 429s answered so far
         self.accepted = 0
 
@@ -85,7 +86,7 @@ class Governor:
             rate = self._base * float(2.0 ** min(elapsed, 20.0))
         else:
             rate = self._base + max(INCREASE, INCREASE_SHARE * self._base) * elapsed
-        return max(MIN_RATE, min(rate, MAX_RATE, self.cap or MAX_RATE))
+        return min(max(MIN_RATE, min(rate, MAX_RATE)), self.cap or MAX_RATE)  # the cap, however low
 
     def admit(self) -> float:
         """Wait for this thread's turn to send (or until ``stopped``: the caller checks it); the time it was
@@ -95,8 +96,9 @@ class Governor:
                 now = self._clock()
                 start = max(self._next, self._paused_until)
                 if start <= now:
+                    if self._first_send is None:  # planning and checks took their time: the slow start is now
+                        self._first_send = self._since = now
                     self._next = max(now, self._next) + 1.0 / self._rate(now)
-                    self._first_send = self._first_send if self._first_send is not None else now
                     return now
             if self.stopped.wait(min(start - now, 1.0)):
                 return now
@@ -108,12 +110,13 @@ class Governor:
             now = self._clock()
             if not throttled:
                 self.accepted += 1
-                self._last_accept = now
+                self._throttled_since = None
                 self._accepts.append(now)
                 while self._accepts and self._accepts[0] < now - WINDOW_S:
                     self._accepts.popleft()
                 return False
             self.rate_limited += 1
+            self._throttled_since = now if self._throttled_since is None else self._throttled_since
             pause = min(retry_after if retry_after is not None else DEFAULT_PAUSE_S, self.retry_after_max)
             self._paused_until = max(self._paused_until, now + pause)
             if sent_at < self._decreased_at:
@@ -123,7 +126,8 @@ class Governor:
             span = min(WINDOW_S, max(1.0, now - (self._first_send or now)))
             current = self._rate(now)  # too few accepted to measure: down from the rate it sent at
             accepted = len(self._accepts) / span if len(self._accepts) >= MIN_SAMPLE else current
-            self._base = max(MIN_RATE, BETA * min(current, accepted))
+            self.settled = min(current, accepted)
+            self._base = max(MIN_RATE, BETA * self.settled)
             self._since = self._decreased_at = max(now, self._paused_until)  # it grows again after the pause
             self._slow_start = False
             self._next = self._paused_until
@@ -135,12 +139,13 @@ class Governor:
             return max(0.0, self._paused_until - self._clock())
 
     def stalled(self) -> bool:
-        """Whether the account has accepted no edit for ``patience`` seconds while it answered 429s."""
+        """Whether the account has answered 429 to every edit for ``patience`` seconds (counted from the first 429
+        since it last accepted one)."""
         with self._lock:
-            return self.rate_limited > 0 and self._clock() - self._last_accept > self.patience
+            return self._throttled_since is not None and self._clock() - self._throttled_since > self.patience
 
     def describe(self) -> str:
-        """The rate as a log line says it."""
-        if not self.limited:
+        """The rate as a log line says it: what the account accepted when its last new 429 came."""
+        if self.settled is None:
             return "no rate limit met"
-        return f"{self.rate:.1f} edits/s after {self.rate_limited} answers 429"
+        return f"{self.settled:.1f} edits/s accepted, {self.rate_limited} answered 429"

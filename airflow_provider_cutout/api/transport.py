@@ -255,8 +255,9 @@ class Transport:
     def __init__(self, api_key: str, settings: ClientSettings, logger: logging.Logger | logging.LoggerAdapter[Any],
                  sleep: Callable[[float], None] | None, on_retry: Callable[[str], None] | None) -> None:
         self._api_key, self.settings, self.log = api_key, settings, logger
-        self.stopped = threading.Event()  # set by stop(): no attempt starts after it, waits end at once
-        self.governor = Governor(self.stopped, retry_after_max=settings.retry_after_max,  # every edit passes it
+        self.stopped = threading.Event()  # set by stop(): no edit is sent after it, and every wait ends at once
+        self.edits_stopped = threading.Event()  # set by stop() and stop_edits(): no edit is sent, reads go on
+        self.governor = Governor(self.edits_stopped, retry_after_max=settings.retry_after_max,  # every edit passes it
                                  patience=settings.rate_limit_patience)
         self._sleep = sleep or self._pause
         self.on_retry = on_retry
@@ -295,7 +296,10 @@ class Transport:
             parts.port  # noqa: B018 # a port that is not a number raises
         except ValueError:
             return None
-        if self.proxies_for(url, parts) or parts.username is not None or not _SENDABLE.fullmatch(url):
+        if parts.username is not None or not _SENDABLE.fullmatch(url):
+            return None
+        proxies = self.proxies_for(url, parts)  # {"no": ...} alone when only NO_PROXY is set: no proxy for it
+        if proxies and requests.utils.select_proxy(url, proxies):
             return None
         try:
             return self._sources.read(parts, headers, timeout, method, limit)
@@ -328,8 +332,9 @@ class Transport:
                                                                                RateLimitError)
             return 0.0 if throttled else self._wait(state)
 
+        sleep = self._sleep if self._sleep != self._pause or not governed else self._edits_pause
         retrying = tenacity.Retrying(stop=stop, wait=wait, retry=tenacity.retry_if_exception(retry_here),
-                                     reraise=True, sleep=self._sleep, before_sleep=before_sleep)
+                                     reraise=True, sleep=sleep, before_sleep=before_sleep)
         try:
             for round_ in retrying:
                 with round_:
@@ -341,7 +346,8 @@ class Transport:
                 raise RateLimitError(
                     f"the account answered 429 to every edit for {self.governor.patience:.0f} s (the account is "
                     f"blocked, or other clients take all of its rate); the rate reached before: "
-                    f"{self.governor.describe()}", http_status=429, retryable=False, attempts=err.attempts) from None
+                    f"{self.governor.describe()}", http_status=429, retryable=False, attempts=err.attempts,
+                    maybe_charged=any(getattr(e, "maybe_charged", False) for e in failed)) from None
             raise
         raise AssertionError("tenacity ended without an outcome")  # reraise=True: never reached
 
@@ -370,15 +376,30 @@ class Transport:
         """Wait ``seconds`` between attempts, or until ``stop``."""
         self.stopped.wait(seconds)
 
+    def _edits_pause(self, seconds: float) -> None:
+        """Wait ``seconds`` between attempts to send an edit, or until no more edits are to be sent."""
+        self.edits_stopped.wait(seconds)
+
     def stop(self) -> None:
-        """Send nothing more: an edit waiting to be retried wakes and raises ``StoppedError``, and no edit's attempt
-        starts after this (the task was told to stop). An attempt in flight finishes; reads (a result's download,
-        the balance) go on, since they cost nothing."""
+        """Send nothing more, the task was told to stop: an edit waiting (in the governor or to be retried) wakes and
+        raises ``StoppedError``, no edit's attempt starts after this, and every wait ends. An attempt in flight
+        finishes; reads (a result's download, the balance) go on, since they cost nothing."""
+        self.edits_stopped.set()
         self.stopped.set()
+
+    def stop_edits(self) -> None:
+        """Send no more edits (a batch met an error every further edit would meet): as ``stop``, but reads still wait
+        out their backoff (a result's download after a 503 is still fetched)."""
+        self.edits_stopped.set()
+
+    def resume(self) -> None:
+        """A new run on this transport: edits may be sent again."""
+        self.stopped.clear()
+        self.edits_stopped.clear()
 
     def _check_stopped(self, method: str, url: str, failed: list[BaseException]) -> None:
         """Before an attempt: ``StoppedError`` once stopped, maybe charged when an earlier attempt may have been."""
-        if not self.stopped.is_set():
+        if not self.edits_stopped.is_set():
             return
         earlier = failed[-1] if failed else None
         raise StoppedError(f"{method} {path_of(url)} was not sent{' again' if earlier else ''}: the task was told to "

@@ -67,7 +67,7 @@ class Reporter:
             done, total = progress.done, progress.total
             rate = worked / elapsed if elapsed > 0 else 0.0
             eta = f"ETA {(total - done) / rate:.0f}s" if rate > 0 and done < total else "ETA -"
-        limit = f"; rate limit: {self.governor.describe()}" if self.governor.limited else ""
+        limit = f"; rate limit: {self.governor.describe()}" if self.governor.settled is not None else ""
         self.log.info(
             "Cutout batch progress: %d/%d done, %d skipped, %d failed, %d credits spent, %.1f items/s, %s%s",
             done, total, progress.skipped, progress.failed, progress.credits, rate, eta, limit,
@@ -127,10 +127,11 @@ class Reporter:
             self.log.info("Cutout batch: review gallery: %s", self.gallery)
 
     def _rate(self) -> dict[str, Any]:
-        """The account's rate limit as this run met it: how many 429s, and the rate it settled at (edits a second;
-        ``None`` when no 429 came)."""
+        """The account's rate limit as this run met it: how many 429s, and the rate it settled at (edits a second
+        the account accepted when its last new 429 came; ``None`` when no 429 came)."""
         governor = self.governor
-        return {"rate_limited": governor.rate_limited, "rate": round(governor.rate, 2) if governor.limited else None}
+        return {"rate_limited": governor.rate_limited,
+                "rate": round(governor.settled, 2) if governor.settled is not None else None}
 
     def _fail_if_incomplete(self, summary: dict[str, Any], to_attempt: int) -> None:
         from airflow.sdk.exceptions import AirflowException

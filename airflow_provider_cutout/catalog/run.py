@@ -53,10 +53,10 @@ class BatchRun:
         self.manifest = Manifest(folder, writer=owner.token, keys=keys if self.chunk else None, origin=owner.origin)
         self.origin = owner.origin
         self.folds = owner.map_index <= 0  # one task of a mapped run folds the reviewers' decision files
-        # One stop signal for the run and its client: a thread waiting in the governor wakes, and sends nothing.
-        # A run starts unstopped (an operator's hook outlives a run in ``dag.test``).
-        hook.client.stopped.clear()
-        self.progress = Progress(total=len(planned) + len(self.rejected), stop=hook.client.stopped)
+        # One signal for the run and its client to send no more edits: a thread waiting in the governor wakes, and
+        # sends nothing; downloads go on. A run starts unstopped (an operator's hook outlives a run in dag.test).
+        hook.client.transport.resume()
+        self.progress = Progress(total=len(planned) + len(self.rejected), stop=hook.client.edits_stopped)
         self.claims = Claims(folder, owner, config.heartbeat_timeout)
         self.reporter = Reporter(config, self.progress, self.manifest, folder, log, keys=keys,
                                  chunk=owner.map_index if self.chunk else None, governor=hook.client.governor)
@@ -121,4 +121,5 @@ class BatchRun:
         if not self.progress.killed.is_set():
             self.log.warning("Cutout batch: told to stop; no new edit starts, the edits in flight are recorded")
         self.progress.killed.set()
+        self.progress.stop.set()  # (the client's signal: also if the hook's client were rebuilt since)
         self.hook.stop()  # wakes the threads that wait in the governor or to retry: nothing is sent after this
