@@ -231,7 +231,7 @@ def test_gallery_on_s3_shows_results_by_signed_urls_kept_out_of_xcom(sandbox, ai
     assert sandbox.ledger()["charges"] == 3 and set(charges(sandbox).values()) == {1}
     assert run["summaries"][0]["gallery"].endswith(f"{prefix}/cutout-gallery.html")
     page = s3.client.get_object(Bucket="catalog", Key=f"{prefix}/cutout-gallery.html")["Body"].read().decode()
-    signed = re.findall(r"<img src='([^']+)' alt='result of", page)
+    signed = re.findall(r"<img class='result' src='([^']+)' alt='result of", page)
     assert len(signed) == 3 and all("Signature=" in url for url in signed)
     for url in signed:  # a browser can fetch them: moto checks the signature
         answer = requests.get(url.replace("&amp;", "&"), timeout=10)
