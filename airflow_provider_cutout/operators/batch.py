@@ -26,12 +26,28 @@ from airflow_provider_cutout.observability.links import CutoutGalleryLink, galle
 from airflow_provider_cutout.operators._common import as_list, is_dynamic
 
 if TYPE_CHECKING:
+    import jinja2
     from airflow.sdk import Context
 
 __all__ = ["CutoutBatchImageEditOperator", "PlannedEdit", "chunk_items", "file_stem"]
 
 #: The arguments that shape a run, validated by ``BatchConfig`` (at parse time, and again once rendered).
 CONFIG_FIELDS = tuple(BatchConfig.model_fields)
+
+
+def _renders_as_itself(text: str, env: jinja2.Environment, template_ext: Sequence[str]) -> bool:
+    """Whether Jinja would render ``text`` to itself: no start of a tag, an expression or a comment (``{%``,
+    ``{{``, ``{#`` or the DAG's own delimiters), no line statement or line comment prefix, no line break (Jinja
+    rewrites ``\\r\\n`` and drops a last newline), not a template file's name, and no extension that rewrites
+    the source (Airflow's own, ``do``, does not)."""
+    from jinja2.ext import Extension
+
+    markers = (env.block_start_string, env.variable_start_string, env.comment_start_string,
+               env.line_statement_prefix, env.line_comment_prefix)
+    return not ("\n" in text or "\r" in text or any(marker and marker in text for marker in markers)
+                or (template_ext and text.endswith(tuple(template_ext)))
+                or any(type(ext).preprocess is not Extension.preprocess
+                       or type(ext).filter_stream is not Extension.filter_stream for ext in env.extensions.values()))
 
 
 class CutoutBatchImageEditOperator(BaseOperator):
@@ -136,6 +152,39 @@ class CutoutBatchImageEditOperator(BaseOperator):
         self.run_config(static_only=True)
         if not is_dynamic([items, prompt, model, aspect_ratio]):
             self.check_items(None, base_url="http://127.0.0.1")  # parse time: no connection lookup
+
+    def render_template(self, content: Any, context: Context, jinja_env: jinja2.Environment | None = None,
+                        seen_oids: set[int] | None = None) -> Any:
+        """Render as Airflow does, except that a text Jinja would give back unchanged is not compiled.
+
+        Airflow's ``Templater.render_template`` compiles every string it meets (its environments cache no
+        template), and walks ``items`` calling this method for each value: a catalog written in the DAG file
+        as 8,000 dicts of three plain texts cost 24,000 compiles, most of an unchanged re-run's CPU. Overriding
+        this per-value hook, rather than a pass over ``items`` before rendering, keeps all the rest Airflow's on
+        every supported version: lists, dicts and tuples walked, XComArgs resolved, ``seen_oids`` (a mapped
+        task's expanded values are not rendered), ``template_ext`` files, the fields of nested objects, and
+        the errors; mapped tasks render through it too (Airflow calls the unmapped task's
+        ``_do_render_template_fields``). The shortcut returns what Jinja would: the text itself, or with native
+        rendering what Jinja's ``native_concat`` makes of it (``"123"`` becomes ``123``, as before); so it
+        serves every templated field alike, ``items`` being the one where it counts."""
+        if isinstance(content, str) and not (seen_oids and id(content) in seen_oids):
+            jinja_env = jinja_env or self.get_template_env()
+            if _renders_as_itself(content, jinja_env, self.template_ext):
+                if not self._renders_native():
+                    return content
+                from jinja2.nativetypes import native_concat
+
+                return native_concat([content] if content else [])  # Jinja yields nothing for "": None
+        return super().render_template(content, context, jinja_env, seen_oids)
+
+    def _renders_native(self) -> bool:
+        """Whether Airflow renders this task's templates to native objects, decided as its ``_render`` does: the
+        operator's own ``render_template_as_native_obj`` (Airflow 3.2+), else its DAG's."""
+        own = getattr(self, "render_template_as_native_obj", None)
+        if own is not None:
+            return bool(own)
+        dag = self.get_dag()
+        return bool(dag and dag.render_template_as_native_obj)
 
     @cached_property
     def hook(self) -> CutoutHook:
