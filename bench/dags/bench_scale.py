@@ -4,11 +4,16 @@ DAGs used by scripts/bench.py to measure the catalog state at 1,000 to 100,000 i
 The chunked DAGs differ in how the chunks reach the batch tasks: ``bench_scale_chunked`` maps over the
 chunks of a mapped task (each batch task pulls its own chunk's XCom, the pattern docs/operators.md
 recommends for large catalogs); ``bench_scale_one_xcom`` over the list one task returns (Airflow resolves
-each mapped task's ``items`` by pulling that whole list)."""
+each mapped task's ``items`` by pulling that whole list).
+
+``bench_scale_literal`` holds its catalog in the DAG file, as a DAG that builds its items at parse time does:
+``CUTOUT_BENCH_LITERAL_N`` dicts, each with its own key, prompt and image URL (none by default, so the other
+DAGs' runs, which parse this file too, do not pay for it)."""
 
 from __future__ import annotations
 
 import datetime
+import os
 
 from airflow.sdk import DAG, task
 
@@ -46,6 +51,13 @@ with DAG("bench_scale", schedule=None, start_date=datetime.datetime(2026, 1, 1),
          params={"n": 1000, "out": "/tmp/unused"}) as dag:
     CutoutBatchImageEditOperator(task_id="batch", items=catalog(), output_dir="{{ params.out }}/",
                                  prompt="grayscale", max_concurrency=32, progress_interval=60)
+
+with DAG("bench_scale_literal", schedule=None, start_date=datetime.datetime(2026, 1, 1),
+         params={"out": "/tmp/unused"}) as literal:
+    _n = int(os.environ.get("CUTOUT_BENCH_LITERAL_N", "0"))
+    _catalog = [{**item, "prompt": "grayscale"} for item in _items(0, _n)] if _n else []  # built while parsed
+    CutoutBatchImageEditOperator(task_id="batch", items=_catalog, output_dir="{{ params.out }}/", max_concurrency=32,
+                                 progress_interval=60)
 
 with DAG("bench_scale_chunked", schedule=None, start_date=datetime.datetime(2026, 1, 1),
          params={"n": 1000, "chunk": 500, "out": "/tmp/unused"}) as chunked:
