@@ -197,7 +197,8 @@ def test_sigkill_at_20_random_moments_never_charges_twice_without_consent(sandbo
             run = finish(proc)
             stored = read_manifest(tmp_path)
             assert run["state"] == "failed" or sum(e["status"] == "stored" for e in stored.values()) == n
-        assert max(charges(sandbox).values(), default=1) == 1, f"an item was charged twice (seed {seed})"
+        # (<= 1: a kill during the first edit leaves only its call in flight, charged once the sandbox finishes it)
+        assert max(charges(sandbox).values(), default=0) <= 1, f"an item was charged twice (seed {seed})"
     ledger = sandbox.ledger()
     assert any(c.get("hung_up") for c in ledger["calls"]), f"no kill hit an edit in flight (seed {seed})"
 
