@@ -171,6 +171,7 @@ def wait_for_claims(owners: Path, proc: subprocess.Popen[str], timeout: float = 
     return False
 
 
+@pytest.mark.timeout(600)  # twenty DAG runs, each a process of its own that Airflow starts
 def test_sigkill_at_20_random_moments_never_charges_twice_without_consent(sandbox, airflow_db, tmp_path):
     """Twenty runs of one 300-item catalog, each killed with SIGKILL at a random moment (three during
     start-up and planning, the others while edits are in flight); the sandbox charges edits whose client
