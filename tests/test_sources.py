@@ -16,7 +16,7 @@ from airflow_provider_cutout import exceptions as exc
 from airflow_provider_cutout.api import inspection
 from airflow_provider_cutout.api.sources import Recorded, SourceInfo, source_problems
 from airflow_provider_cutout.hooks.cutout import CutoutHook
-from tests.conftest import calls_and_charges, charges_per_edit, hand_over, states, xcoms
+from tests.conftest import calls_and_charges, charges_per_edit, hand_over, self_signed_cert, states, xcoms
 
 
 def test_a_source_is_read_whole_and_its_version_is_the_digest_of_its_bytes(sandbox):
@@ -597,31 +597,14 @@ def test_a_single_edit_in_a_moved_folder_is_found_there_not_paid_again(sandbox, 
 def https_source(tmp_path, sandbox):
     """An https server on loopback with a certificate of its own: it serves one sample photo as a CDN does (an ETag,
     a 304 for it, Range ignored), and the path of its certificate."""
-    import datetime
     import hashlib
-    import ipaddress
     import ssl
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     import requests
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                         serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption()))
+    self_signed_cert(tmp_path)
     photo = requests.get(sandbox.sample("mug", "png", w=320, h=240), timeout=10).content
     etag = f'"{hashlib.sha256(photo).hexdigest()[:16]}"'
 
