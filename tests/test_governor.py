@@ -42,7 +42,7 @@ def test_slow_start_doubles_each_second_up_to_the_cap():
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert gaps[0] == pytest.approx(1 / START_RATE) and gaps == sorted(gaps, reverse=True)  # 4 a second, rising
     clock.now += 2.0
-    assert gov.rate == pytest.approx(START_RATE * 2 ** (clock.now - 1000.0), rel=0.01) and not gov.limited
+    assert gov.rate == pytest.approx(START_RATE * 2 ** (clock.now - 1000.0), rel=0.01) and gov.settled is None
     capped, clock = governor(cap=5.0)
     clock.now += 10
     assert capped.rate == 5.0
@@ -55,7 +55,7 @@ def test_a_429_pauses_every_thread_and_drops_the_rate_to_what_the_account_accept
         gov.answered(gov.admit(), throttled=False)
     sent = gov.admit()
     gov.answered(sent, throttled=True, retry_after=2.0)
-    assert gov.limited and gov.rate_limited == 1
+    assert gov.settled is not None and gov.rate_limited == 1
     assert gov.rate == pytest.approx(BETA * 10, rel=0.05)  # from the accepted rate over the last 5 s
     assert gov.admit() >= sent + 2.0  # every thread waits for the Retry-After
     before = gov.rate

@@ -364,7 +364,7 @@ def test_after_a_batch_stops_sending_edits_a_download_still_waits_out_its_backof
 
     hook = use_conn(monkeypatch, sandbox, backoff_base=0.4, backoff_max=0.4)
     result = edit(hook, sandbox)
-    hook.client.transport.stop_edits()
+    hook.client.edits_stopped.set()  # what a batch's Progress.stop_with sets
     with pytest.raises(exc.StoppedError):
         edit(hook, sandbox)  # no edit is sent any more
     sandbox.fault("http_error", status=503, count=2, path="results")

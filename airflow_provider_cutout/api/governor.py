@@ -58,7 +58,6 @@ class Governor:
         self._lock = threading.Lock()
         now = clock()
         self._base, self._since = START_RATE, now  # the rate at ``_since``, from which it grows
-        self._slow_start = True
         self._next = now  # when the next edit may start
         self._paused_until = now
         self._decreased_at = -math.inf  # a 429 to an edit sent before this lowers nothing
@@ -75,14 +74,9 @@ class Governor:
         with self._lock:
             return self._rate(self._clock())
 
-    @property
-    def limited(self) -> bool:
-        """Whether a 429 has been met (the rate is the account's, as found, not the slow start's)."""
-        return not self._slow_start
-
     def _rate(self, now: float) -> float:
         elapsed = max(0.0, now - self._since)
-        if self._slow_start:
+        if self.settled is None:  # no 429 yet: the slow start
             rate = self._base * float(2.0 ** min(elapsed, 20.0))
         else:
             rate = self._base + max(INCREASE, INCREASE_SHARE * self._base) * elapsed
@@ -129,7 +123,6 @@ class Governor:
             self.settled = min(current, accepted)
             self._base = max(MIN_RATE, BETA * self.settled)
             self._since = self._decreased_at = max(now, self._paused_until)  # it grows again after the pause
-            self._slow_start = False
             self._next = self._paused_until
             return True
 

@@ -256,7 +256,7 @@ class Transport:
                  sleep: Callable[[float], None] | None, on_retry: Callable[[str], None] | None) -> None:
         self._api_key, self.settings, self.log = api_key, settings, logger
         self.stopped = threading.Event()  # set by stop(): no edit is sent after it, and every wait ends at once
-        self.edits_stopped = threading.Event()  # set by stop() and stop_edits(): no edit is sent, reads go on
+        self.edits_stopped = threading.Event()  # set by stop() and by a batch's stop_with: no edit, reads go on
         self.governor = Governor(self.edits_stopped, retry_after_max=settings.retry_after_max,  # every edit passes it
                                  patience=settings.rate_limit_patience)
         self._sleep = sleep or self._pause
@@ -386,11 +386,6 @@ class Transport:
         finishes; reads (a result's download, the balance) go on, since they cost nothing."""
         self.edits_stopped.set()
         self.stopped.set()
-
-    def stop_edits(self) -> None:
-        """Send no more edits (a batch met an error every further edit would meet): as ``stop``, but reads still wait
-        out their backoff (a result's download after a 503 is still fetched)."""
-        self.edits_stopped.set()
 
     def resume(self) -> None:
         """A new run on this transport: edits may be sent again."""

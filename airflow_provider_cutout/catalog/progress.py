@@ -60,10 +60,6 @@ class Progress:
         with self.lock:
             self.doubtful.append(key)
 
-    def pause(self, seconds: float) -> None:
-        """Wait ``seconds``, or until the run is told to stop."""
-        self.stop.wait(seconds)
-
     def stop_with(self, err: CutoutError) -> None:
         """Send nothing more: ``err`` would meet every further call (the first such error is reported)."""
         with self.lock:

@@ -72,7 +72,7 @@ class Reporter:
             "Cutout batch progress: %d/%d done, %d skipped, %d failed, %d credits spent, %.1f items/s, %s%s",
             done, total, progress.skipped, progress.failed, progress.credits, rate, eta, limit,
         )
-        metrics.sending_rate(self.governor.rate if self.governor.limited else None)
+        metrics.sending_rate(self.governor.rate if self.governor.settled is not None else None)
 
     def write_gallery(self) -> None:
         """Regenerate the folder's review gallery from the whole manifest (a mapped task: its chunk's gallery, from
