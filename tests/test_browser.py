@@ -116,8 +116,9 @@ def serving(env: dict[str, str]) -> Iterator[UI]:
     home = Path(env["AIRFLOW_HOME"])
     port = free_port()
     log = (home / f"api-server-{port}.log").open("w")
+    served = {**env, "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}"}  # on loopback: sandbox sources shown
     proc = subprocess.Popen([sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port",
-                             str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                             str(port)], env=served, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from airflow_provider_cutout.api.urls import browser_source, carries_credentials
+from airflow_provider_cutout.api.urls import browser_source
 from airflow_provider_cutout.catalog.gallery import gallery_items, item_anchor
 from airflow_provider_cutout.catalog.review import ReviewQuery, render_review, select, view_href
 
@@ -310,14 +310,17 @@ def test_links_inside_a_folder_two_keys_of_one_text_and_oversized_logs_are_refus
 
 
 def test_which_sources_a_browser_may_load_itself():
-    assert browser_source("https://cdn.example/a.jpg?v=3&width=960") == "https://cdn.example/a.jpg?v=3&width=960"
+    """Only a public https URL with no query (a query may sign it in more ways than a list could name: an attack
+    review got percent-encoded, Akamai and ;-separated signatures past a list of names)."""
+    assert browser_source("https://cdn.example/a.jpg") == "https://cdn.example/a.jpg"
     for url in ("https://user:pw@cdn.example/a.jpg", "https://b.s3.amazonaws.com/a.jpg?X-Amz-Signature=1",
-                "https://a.blob.core.windows.net/c/a.jpg?sv=1&sig=2", "https://cdn.example/a.jpg?token=t",
-                "s3://aws_default@bucket/a.jpg", "http://cdn.example/a.jpg", "javascript:alert(1)", "https:///a"):
+                "https://b.s3.amazonaws.com/a.png?X%2DAmz%2DSignature=abc", "https://a.example/p.jpg?hdnts=exp=1~hmac=x",
+                "https://a.blob.core.windows.net/c/a.jpg?sv=1&si%67=2", "https://cdn.example/a.jpg?a=1;sig=x",
+                "https://cdn.example/a.jpg?v=3", "s3://aws_default@bucket/a.jpg", "http://cdn.example/a.jpg",
+                "javascript:alert(1)", "https:///a", "http://[::1]/a.jpg"):
         assert browser_source(url, loopback=True) is None, url
     assert browser_source("http://127.0.0.1:9/a.jpg") is None  # plain http: only on a developer's machine
     assert browser_source("http://127.0.0.1:9/a.jpg", loopback=True) == "http://127.0.0.1:9/a.jpg"
-    assert carries_credentials("https://x.example/a?Key-Pair-Id=1&Policy=2") and not carries_credentials("https://x/a")
 
 
 def test_a_decided_card_keeps_its_place_says_what_was_recorded_and_links_the_next_to_review():

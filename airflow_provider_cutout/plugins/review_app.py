@@ -40,7 +40,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from airflow_provider_cutout.api.models import check_prompt
-from airflow_provider_cutout.api.urls import browser_source, folder_problem, is_loopback_host
+from airflow_provider_cutout.api.urls import browser_source, folder_problem, is_loopback_url
 from airflow_provider_cutout.catalog.gallery import escape, gallery_items, item_anchor
 from airflow_provider_cutout.catalog.review import (
     CSP,
@@ -414,7 +414,7 @@ async def view(ids: Ids, user: GetUserDep, request: Request, status: str | None 
             decide = Decide(view_href("decide", ids.params())(), csrf_token(user, ids, request))
         except NoSecretError as err:  # no forms: a decision signed with a made-up key would be ignored
             log.warning("Cutout review: no decisions can be made: %s", err)
-    loopback = is_loopback_host(request.url.hostname or "")  # a developer's machine: sandbox sources over http
+    loopback = _served_on_loopback()  # a developer's machine: sandbox sources over plain http
     page_html = render_review(
         catalog.items, query=query, title=str(catalog.folder), since=started, href=view_href("view", params),
         image_url=lambda name: image(name=name), hidden=ids.params(), decide=decide, counts=catalog.counts(started),
@@ -523,6 +523,15 @@ def _all_admins() -> bool:
     from airflow.configuration import conf
 
     return conf.getboolean("core", "simple_auth_manager_all_admins", fallback=False)
+
+
+@functools.cache
+def _served_on_loopback() -> bool:
+    """Whether the API server's configured address (``[api] base_url``) is loopback: a developer's machine, whose
+    sandbox serves sources over plain http. (Not the request's Host: a proxy in front may rewrite it to loopback.)"""
+    from airflow.configuration import conf
+
+    return is_loopback_url(conf.get("api", "base_url", fallback="") or None)
 
 
 def _may_decide(user: Any, ids: TaskInstanceIds) -> bool:
