@@ -322,6 +322,13 @@ FOUND = {
     # catalog (the chunks) restored the first one's edit, its result URL expired, over the second one's file
     "a third catalog restoring over another's file": [("run_b", {}), ("expire_result_urls", {}),
                                                       ("run_chunks_listing_k0_twice", {})],
+    # make fuzz after issue 34 (seed 172987580324652641304303544273730520542), printed in 9 steps: the second
+    # chunk fetched again the other catalog's paid result for k0 instead of refusing a key the first chunk lists
+    # with another edit, and both chunks said success
+    "a chunk fetching again a key another chunk lists": [
+        ("expire_result_urls", {}), ("run_a", {"resend": False}), ("delete_file", {"key": "k0"}),
+        ("change_photo", {"key": "k0"}), ("result_url_500_once", {}), ("run_b", {}),
+        ("reserve_photo", {"key": "k0"}), ("run_chunks_listing_k0_twice", {})],
 }
 
 

@@ -57,8 +57,8 @@ class Checks:
         return plan.without({names[name].key for name in failing})
 
     def conflicts(self, plan: Plan, origin: dict[str, Any], folder: Any, planned: list[PlannedEdit]) -> Plan:
-        """The items this run would pay for (or restore) whose key another edit writes: listed in another chunk
-        of this run, or whose file another catalog (DAG and task) overwrote with its own edit since this one
+        """The items this run would pay for, restore or fetch again whose key another edit writes: listed in
+        another chunk of this run (any item that writes its file), or whose file another catalog (DAG and task) overwrote with its own edit since this one
         stored it. Each run would otherwise pay for its edit over the other's, again and again. The plan
         without them (failed items of this run, left to ``max_failures``), or an error before anything is sent."""
         if not origin:
@@ -66,10 +66,10 @@ class Checks:
         found = conflicts(self.manifest.entries.values(), plan, origin, folder)
         if origin["chunk"] >= 0:  # a key another chunk of this run lists, whether or not it wrote a record of it
             keys = {item.key: item.fingerprint for item in planned}
-            editing = {item.key for item in plan.editing}
+            writing = {item.key for item in plan.writing}
             runs = run_folder(folder, origin["catalog"], str(origin["run"]))
             theirs = other_chunks(runs, origin["chunk"], origin["clear"], keys)
-            found.update({key: chunk_conflict(key, chunk) for key, chunk in theirs.items() if key in editing})
+            found.update({key: chunk_conflict(key, chunk) for key, chunk in theirs.items() if key in writing})
         if found and not self.config.tolerates(len(found) + len(plan.rejected), plan.to_attempt):
             raise InvalidInputError(f"{plural(len(found), 'item')} of this run would write "
                                     f"a file that another edit of the same key writes; nothing was sent:\n  "

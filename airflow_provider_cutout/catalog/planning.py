@@ -63,14 +63,21 @@ class Plan:
         return [*self.to_edit, *(item for item, _ in self.to_restore)]
 
     @property
+    def writing(self) -> list[PlannedEdit]:
+        """The items this run writes the file of: those it may pay for, and those it fetches again (free)."""
+        return [*self.editing, *(item for item, _ in self.to_refetch)]
+
+    @property
     def cost(self) -> int:
         """The planned cost: what the items this run may pay for cost."""
         return sum(item.request.credits for item in self.editing)
 
     def without(self, keys: set[str]) -> Plan:
-        """The plan with the items of ``keys`` no longer to edit or restore (their sources failed their checks)."""
+        """The plan with the items of ``keys`` no longer to write (their sources failed their checks, or another
+        edit writes their key)."""
         return dataclasses.replace(self, to_edit=tuple(i for i in self.to_edit if i.key not in keys),
-                                   to_restore=tuple((i, e) for i, e in self.to_restore if i.key not in keys))
+                                   to_restore=tuple((i, e) for i, e in self.to_restore if i.key not in keys),
+                                   to_refetch=tuple((i, e) for i, e in self.to_refetch if i.key not in keys))
 
 
 def make_plan(config: BatchConfig, hook: CutoutHook, folder: Any, entries: Entries, planned: list[PlannedEdit],
