@@ -58,9 +58,10 @@ class Checks:
 
     def conflicts(self, plan: Plan, origin: dict[str, Any], folder: Any, planned: list[PlannedEdit]) -> Plan:
         """The items this run would pay for, restore or fetch again whose key another edit writes: listed in
-        another chunk of this run (any item that writes its file), or whose file another catalog (DAG and task) overwrote with its own edit since this one
-        stored it. Each run would otherwise pay for its edit over the other's, again and again. The plan
-        without them (failed items of this run, left to ``max_failures``), or an error before anything is sent."""
+        another chunk of this run (any item that writes its file), or whose file another catalog (DAG and task)
+        overwrote with its own edit since this one stored it. Each run would otherwise pay for its edit over the
+        other's, again and again. The plan without them (failed items of this run, left to ``max_failures``), or
+        an error before anything is sent."""
         if not origin:
             return plan
         found = conflicts(self.manifest.entries.values(), plan, origin, folder)

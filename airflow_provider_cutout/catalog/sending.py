@@ -22,7 +22,7 @@ from airflow_provider_cutout.exceptions import (
 from airflow_provider_cutout.observability import metrics
 from airflow_provider_cutout.state.claims import Claims, Owner
 from airflow_provider_cutout.state.crash import crash_point
-from airflow_provider_cutout.state.io import Digesting, copy_into, is_local, list_names, store_image
+from airflow_provider_cutout.state.io import Digesting, copy_into, is_local, list_names, remove, store_image
 from airflow_provider_cutout.state.manifest import EDITED, STORED, precedence
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class Sender:
                 continue
             stem, _, token = name[1:-5].rpartition(".")
             if stem in stems and not self.claims.is_alive(Owner(token=token)):
-                (self.folder / name).unlink(missing_ok=True)
+                remove(self.folder / name)
 
     def edit(self, item: PlannedEdit) -> None:
         """Claim an item and, when this run now holds it, send it."""

@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from airflow_provider_cutout.state.io import STATE_DIR, list_files, write_whole
+from airflow_provider_cutout.state.io import STATE_DIR, fresh_bytes, list_files, write_whole
 
 _NAME = re.compile(r"(\d+)\.(\d+)\.json")
 
@@ -41,7 +41,7 @@ def other_chunks(folder: Any, chunk: int, clear: int, keys: Mapping[str, str]) -
     found: dict[str, int] = {}
     for other, (_, name) in sorted(newest.items()):
         try:
-            theirs = json.loads((folder / name).read_bytes())
+            theirs = json.loads(fresh_bytes(folder / name))
         except (OSError, ValueError):  # a chunk being written, or a damaged file: its own check covers it
             continue
         for key, fingerprint in (theirs.items() if isinstance(theirs, dict) else ()):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_cutout.exceptions import CatalogStateError
-from airflow_provider_cutout.state.io import STATE_DIR, list_files, write_whole
+from airflow_provider_cutout.state.io import STATE_DIR, fresh_bytes, list_files, remove, write_whole
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def _pid_running(pid: int) -> bool:
 def _read_token(path: Any) -> str:
     """The token a take-over marker names ("" when it is gone or unreadable: its taker counts as dead)."""
     try:
-        return str(path.read_bytes().decode("utf-8", errors="replace")).strip()
+        return str(fresh_bytes(path).decode("utf-8", errors="replace")).strip()
     except FileNotFoundError:
         return ""
 
@@ -160,7 +160,7 @@ class Claims:
                 f"the store of {self.dir} does not refuse a second exclusive create, so claims cannot keep two runs "
                 "from paying for the same edit; put output_dir on a local or shared file system, S3, or GCS")
         finally:
-            probe.unlink(missing_ok=True)
+            remove(probe)
         write_whole(self._me, self._beat_body())  # whole or not at all: a half-read heartbeat would look dead
         self._last_beat = time.monotonic()
         self._thread = threading.Thread(target=self._beat_loop, name="cutout-heartbeat", daemon=True)
@@ -171,18 +171,18 @@ class Claims:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self._me.unlink(missing_ok=True)
+        remove(self._me)
 
     def forget_dead_owners(self) -> None:
         """Delete the heartbeat files that killed runs left, once older than ``heartbeat_timeout``: a file that
         fresh is never deleted, whatever a PID says (others would then count its run dead too)."""
         for name in list_files(self._owners):
             if name.endswith(".json") and name != self._me.name and self._stale(name):
-                (self._owners / name).unlink(missing_ok=True)
+                remove(self._owners / name)
 
     def _stale(self, name: str) -> bool:
         try:
-            beat = float(json.loads((self._owners / name).read_bytes())["heartbeat_at"])
+            beat = float(json.loads(fresh_bytes(self._owners / name))["heartbeat_at"])
         except FileNotFoundError:
             return False
         except (ValueError, KeyError, TypeError):
@@ -216,7 +216,7 @@ class Claims:
         path = self.dir / f"{fingerprint}.json"
         for _ in range(20):
             try:
-                owner = _owner_from(json.loads(path.read_bytes()))
+                owner = _owner_from(json.loads(fresh_bytes(path)))
             except FileNotFoundError:
                 return None
             except ValueError:
@@ -228,7 +228,7 @@ class Claims:
 
     def release(self, fingerprint: str) -> None:
         """Give up a claim after a failure that charged nothing, so a later run can try again."""
-        (self.dir / f"{fingerprint}.json").unlink(missing_ok=True)
+        remove(self.dir / f"{fingerprint}.json")
 
     def take_over(self, fingerprint: str, dead: Owner) -> Owner | None:
         """Take the claim of a dead owner: ``None`` when it is now this run's, else who holds it now. A marker
@@ -276,7 +276,7 @@ class Claims:
     def _beating(self, token: str) -> bool:
         """A heartbeat fresher than the timeout, from a process that is not gone from this host."""
         try:
-            data = json.loads((self._owners / f"{token}.json").read_bytes())
+            data = json.loads(fresh_bytes(self._owners / f"{token}.json"))
             known, beat = _owner_from(data), float(data["heartbeat_at"])
         except FileNotFoundError:
             return False  # ended, or never started

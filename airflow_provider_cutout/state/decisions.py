@@ -33,6 +33,7 @@ from airflow_provider_cutout.state.io import (
     json_lines,
     list_files,
     read_file,
+    remove,
     write_whole,
 )
 from airflow_provider_cutout.state.signing import DECISION, sign, signed
@@ -228,7 +229,7 @@ class Decisions:
             lines = "".join(json.dumps(d, separators=(",", ":")) + "\n" for d in self.standing())
             write_whole(self.path / name, lines.encode())
             for old in folded:
-                (self.path / old).unlink(missing_ok=True)
+                remove(self.path / old)
             self._read = (self._read - folded) | {name}
 
 

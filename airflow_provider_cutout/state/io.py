@@ -116,6 +116,7 @@ def read_file(path: Any, limit: int) -> bytes:
     refused), of at most ``limit`` bytes. ``FileNotFoundError`` when it is not there; ``CatalogStateError``
     naming the file when it is no such file."""
     if not is_local(path):
+        path.fs.invalidate_cache(path.path)  # written by another run, maybe after this process listed its folder
         info = path.fs.info(path.path)
         if info.get("type") != "file" or int(info.get("size") or 0) > limit:
             raise _unsafe(path, limit)
@@ -126,6 +127,15 @@ def read_file(path: Any, limit: int) -> bytes:
     if len(data) > limit:  # grew since
         raise _unsafe(path, limit)
     return data
+
+
+def fresh_bytes(path: Any) -> bytes:
+    """A file's bytes as the store has them now. Object-store file systems (s3fs, gcsfs, adlfs) answer
+    ``FileNotFoundError`` from a listing they cached for a file another run wrote after this process listed its
+    folder: a live run's heartbeat or claim would look gone, and the run dead."""
+    if not is_local(path):
+        path.fs.invalidate_cache(path.path)
+    return bytes(path.read_bytes())
 
 
 def _open_regular(path: Any, limit: int) -> IO[bytes]:
@@ -174,6 +184,15 @@ def write_whole(path: Any, data: bytes, *, exclusive: bool = False) -> None:
         os.link(partial.path, path.path)
     finally:
         partial.unlink()
+
+
+def remove(path: Any) -> None:
+    """Delete a file that another run may delete at the same moment (two runs tidying one folder): gone is what
+    was wanted. ``unlink(missing_ok=True)`` looks, then deletes; gcsfs raises when the object went in between."""
+    try:
+        path.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
 
 
 def list_names(folder: Any) -> set[str]:

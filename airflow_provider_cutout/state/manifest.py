@@ -42,6 +42,7 @@ from airflow_provider_cutout.state.io import (
     list_names,
     read_file,
     read_ranges,
+    remove,
     write_whole,
 )
 from airflow_provider_cutout.texts import number
@@ -479,7 +480,7 @@ class Manifest:
         listed = list_files(self.path)
         for name in listed:  # indexes of files gone (a writer that died between the two, or lost a race)
             if name.endswith(".jsonl" + _INDEX_SUFFIX) and name[: -len(_INDEX_SUFFIX)] not in listed:
-                (self.path / name).unlink(missing_ok=True)  # a file written after it is indexed again when read
+                remove(self.path / name)  # a file written after it is indexed again when read
         self._own, self._rolled = [], []
 
     def _check(self) -> None:
@@ -500,8 +501,8 @@ class Manifest:
 
     def _delete(self, name: str) -> None:
         """Delete a log file folded into another, then its index (a reader that listed it reads it whole)."""
-        (self.path / name).unlink(missing_ok=True)
-        (self.path / (name + _INDEX_SUFFIX)).unlink(missing_ok=True)
+        remove(self.path / name)
+        remove(self.path / (name + _INDEX_SUFFIX))
 
     def _write_loop(self) -> None:
         while True:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from airflow_provider_cutout.state.io import STATE_DIR, file_exists, is_folder, write_whole
+from airflow_provider_cutout.state.io import STATE_DIR, file_exists, fresh_bytes, is_folder, remove, write_whole
 
 
 def _record_path(output_path: Any, fingerprint: str) -> Any:
@@ -27,7 +27,7 @@ def _charged_path(output_path: Any, fingerprint: str) -> Any:
 
 def _read(path: Any, fingerprint: str) -> dict[str, Any] | None:
     try:
-        record = json.loads(path.read_bytes())
+        record = json.loads(fresh_bytes(path))
     except (OSError, ValueError):  # none yet, or a path that cannot hold one: storing will say why
         return None
     return record if isinstance(record, dict) and record.get("fingerprint") == fingerprint else None
@@ -75,7 +75,7 @@ def remember_charged_edit(output_path: Any, fingerprint: str, payload: dict[str,
 
 def forget_charged_edit(output_path: Any, fingerprint: str) -> None:
     """The charged edit is stored and recorded as such: its charged record goes."""
-    _charged_path(output_path, fingerprint).unlink(missing_ok=True)
+    remove(_charged_path(output_path, fingerprint))
 
 
 def forget_stored_edit(output_path: Any, fingerprint: str) -> None:
