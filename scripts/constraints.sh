@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/install.sh
 
-EXTRAS=dev,cluster,sandbox
+EXTRAS=dev,cluster,sandbox,azure
 versions=("$@")
 [ ${#versions[@]} -gt 0 ] || versions=("$NEWEST_AIRFLOW" "$FLOOR_AIRFLOW")
 work=$(mktemp -d -t cutout-constraints-XXXXXX)

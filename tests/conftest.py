@@ -105,6 +105,26 @@ def sandbox(_sandbox_server: Any, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
     return box
 
 
+def _store(kind: str) -> Iterator[Any]:
+    from tests.stores import STORES
+
+    store = STORES[kind]()
+    yield store
+    store.stop()
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[Any]:
+    """A bucket on moto's S3 server, reached through ``aws_default`` (tests/stores.py)."""
+    yield from _store("s3")
+
+
+@pytest.fixture(scope="session")
+def abfs() -> Iterator[Any]:
+    """A container on Azurite, reached through ``wasb_default`` (tests/stores.py)."""
+    yield from _store("abfs")
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> str:
     """Migrate the throw-away sqlite metadata database once per session."""

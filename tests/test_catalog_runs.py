@@ -8,10 +8,7 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,68 +39,15 @@ def conf(out: str, n: int = N) -> dict[str, Any]:
     return {"n": n, "out": out, "changed": "", "invalid": False}
 
 
-class S3:
-    """A bucket on moto's S3 server, reached through the ``aws_default`` connection."""
-
-    def __init__(self) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.recording = Path(tempfile.mkdtemp()) / "moto_recording"  # moto's request log, when started
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     env={**os.environ, "MOTO_RECORDER_FILEPATH": str(self.recording)})
-        import boto3
-
-        self.client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{self.port}", region_name="us-east-1",
-                                   aws_access_key_id="testing", aws_secret_access_key="testing")
-        for _ in range(100):
-            try:
-                self.client.create_bucket(Bucket="catalog")
-                break
-            except Exception:
-                time.sleep(0.1)
-        os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps({
-            "conn_type": "aws", "login": "testing", "password": "testing",
-            "extra": {"endpoint_url": f"http://127.0.0.1:{self.port}", "region_name": "us-east-1"}})
-
-    def requests_during(self, work: Any) -> list[tuple[str, str]]:
-        """The (method, path and query) of every request moto's server answered while ``work()`` ran."""
-        import requests
-
-        base = f"http://127.0.0.1:{self.port}/moto-api/recorder"
-        requests.post(f"{base}/reset-recording", timeout=10).raise_for_status()
-        requests.post(f"{base}/start-recording", timeout=10).raise_for_status()
-        try:
-            work()
-        finally:
-            requests.post(f"{base}/stop-recording", timeout=10).raise_for_status()
-        lines = requests.get(f"{base}/download-recording", timeout=30).text.splitlines()
-        calls = [json.loads(line) for line in lines if line.strip()]
-        return [(c["method"], c["url"].split("://", 1)[-1].partition("/")[2]) for c in calls]
-
-    def keys(self, prefix: str) -> list[str]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket="catalog", Prefix=prefix)
-        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-
-
-@pytest.fixture(scope="session")
-def s3():
-    bucket = S3()
-    yield bucket
-    bucket.proc.terminate()
-    bucket.proc.wait(timeout=30)
-
-
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "abfs"])
 def output(request, tmp_path):
-    """An output folder on a local disk or on S3, and a function listing the item files in it."""
+    """An output folder on a local disk, on S3 or on Azure Blob Storage (tests/stores.py), and a function listing
+    the item files in it."""
     if request.param == "local":
         return str(tmp_path / "catalog"), lambda: sorted(p.name for p in (tmp_path / "catalog").glob("item-*"))
-    s3 = request.getfixturevalue("s3")
+    store = request.getfixturevalue(request.param)
     prefix = f"runs/{tmp_path.name}"
-    return (f"s3://aws_default@catalog/{prefix}",
-            lambda: sorted(k.rsplit("/", 1)[-1] for k in s3.keys(prefix + "/") if "/item-" in k))
+    return store.uri(prefix), lambda: sorted(k.rsplit("/", 1)[-1] for k in store.keys(prefix + "/") if "/item-" in k)
 
 
 def test_two_overlapping_runs_then_a_third_charge_every_item_once(sandbox, airflow_db, output):

@@ -665,3 +665,42 @@ def test_idle_connections_are_kept_for_the_origins_used_last(https_source, sandb
     assert kept.sock is None  # closed, not left to the garbage collector
     pool.close()
     assert not pool._idle
+
+
+def test_a_listed_etag_is_compared_in_the_form_the_etag_header_gives():
+    """A listing's ETag in the store's own form against what a read recorded (the quoted ``ETag`` header): S3's
+    listing quotes it, Azure's (adlfs) too; GCS's JSON listing gives a bare ``etag`` and the MD5 in base64, while
+    its XML API (where signed URLs point) answers with the MD5 in hex, quoted (fake-gcs-server with the quoted
+    listing ``etag``): every form is compared, so an unchanged photo on GCS is not read again."""
+    from airflow_provider_cutout.hooks.listings import header_forms
+
+    assert header_forms({"ETag": '"d41d8cd98f00b204e9800998ecf8427e"'}) == {'"d41d8cd98f00b204e9800998ecf8427e"'}
+    assert header_forms({"etag": '"0x8DC1"'}) == {'"0x8DC1"'}
+    gcs = header_forms({"etag": "CKih16GjycICEAE=", "md5Hash": "1B2M2Y8AsgTpgAmY7PhCfg=="})
+    assert gcs == {'"CKih16GjycICEAE="', '"d41d8cd98f00b204e9800998ecf8427e"'}
+    assert header_forms({"etag": 'W/"weak"'}) == {'W/"weak"'}
+    assert header_forms({"md5Hash": "not base64!"}) == frozenset()
+
+
+@pytest.mark.parametrize("field", ["source", "output_dir"])
+def test_az_uris_are_refused_naming_abfs(field):
+    """Airflow's Azure provider registers abfs://, abfss:// and adl:// for ObjectStoragePath, not adlfs' az://:
+    refused before anything is sent, naming the URI to write instead."""
+    from airflow_provider_cutout.api.urls import check_source_url, folder_problem
+
+    uri = "az://wasb_default@photos/mug.jpg"
+    if field == "source":
+        with pytest.raises(ValueError) as err:
+            check_source_url(uri, 0, allow_http=False)
+        message = str(err.value)
+    else:
+        message = folder_problem(uri) or ""
+    assert "'abfs://wasb_default@photos/mug.jpg'" in message and "az://" in message
+
+
+def test_a_single_edit_to_an_az_output_path_is_refused_before_any_call(sandbox, airflow_db, tmp_path):
+    from tests.run_dag import finish, spawn
+
+    run = finish(spawn("tests.dags.operator_dags:stored_edit", {"out": "az://wasb_default@out", "file": "a.png"}))
+    assert run["state"] == "failed" and "write 'abfs://wasb_default@out/a.png'" in run["output"]
+    assert sandbox.ledger()["calls"] == []

@@ -53,7 +53,18 @@ def normalise_base_url(host: str | None, port: int | None = None) -> str:
 
 
 #: Object stores whose URIs (``s3://conn_id@bucket/key``) are signed for the API by the hook.
-OBJECT_STORE_SCHEMES: tuple[str, ...] = ("s3", "gs", "gcs", "abfs", "abfss", "az")
+OBJECT_STORE_SCHEMES: tuple[str, ...] = ("s3", "gs", "gcs", "abfs", "abfss")
+
+
+def az_problem(field: str, path: str) -> str | None:
+    """Why ``path`` cannot be used when it names Azure by ``az://`` (adlfs' other name for Azure Blob Storage,
+    which Airflow's Azure provider does not register for ObjectStoragePath), else ``None``."""
+    if not path.startswith("az://"):
+        return None
+    rest = path[5:200]
+    return (f"{field}='az://{rest}' names Azure Blob Storage by a scheme Airflow does not register (its Azure "
+            f"provider registers abfs://, abfss:// and adl://): write 'abfs://{rest}' (abfs://<connection "
+            "id>@<container>/<path>)")
 
 
 #: Where an output folder may be: a local path, or an object store with exclusive create.
@@ -73,6 +84,8 @@ def folder_problem(folder: str, template: str | None = None) -> str | None:
         default connection; ``None``: not checked.
     """
     parts = urlsplit(folder)
+    if parts.scheme == "az":
+        return az_problem("output_dir", folder)
     if parts.scheme not in FOLDER_SCHEMES or (not parts.scheme and not folder.startswith("/")):
         return (f"output_dir={folder[:300]!r} is not an absolute local path or a folder on a supported object store "
                 f"({', '.join(s + '://' for s in FOLDER_SCHEMES if s)}): http(s), memory and other file systems "
@@ -108,6 +121,8 @@ def check_source_url(value: Any, index: int, allow_http: bool) -> str:
         _ = parts.port  # raises on a malformed port
     except ValueError as err:
         raise ValueError(f"{where}={shorten(url)} is not a valid URL ({err})") from None
+    if parts.scheme == "az":
+        raise ValueError(az_problem(where, url))
     if parts.scheme in OBJECT_STORE_SCHEMES and parts.netloc and parts.path.strip("/"):
         return url  # signed by the hook just before each use; the URI itself is what is kept and shown
     if parts.scheme in ("file", "local") or (not parts.scheme and url.startswith("/")):

@@ -238,7 +238,7 @@ class CutoutHook(BaseHook):
         todo = [url for url in urls if url not in self._inspected or (self._inspected[url].unchanged and not known)]
         listed = listed_etags([url for url in todo if url in known and is_object_store_uri(url)],
                               concurrency=concurrency)
-        unchanged = {url for url, etag in listed.items() if known[url].validator and etag == known[url].validator}
+        unchanged = {url for url, etags in listed.items() if known[url].validator in etags}
         for url in unchanged:
             self._inspected[url] = SourceInfo(url, NOT_MODIFIED, version=known[url].version,
                                               validator=known[url].validator, unchanged=True,

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_cutout.api.models import ImageEditRequest
-from airflow_provider_cutout.exceptions import CutoutError, ResultDownloadError, fail_or_retry
+from airflow_provider_cutout.api.urls import az_problem
+from airflow_provider_cutout.exceptions import CutoutError, InvalidInputError, ResultDownloadError, fail_or_retry
 from airflow_provider_cutout.hooks.cutout import CutoutHook
 from airflow_provider_cutout.observability import metrics
 from airflow_provider_cutout.observability.links import RESULT_XCOM_KEY, CutoutResultLink
@@ -90,6 +91,9 @@ class CutoutImageEditOperator(BaseOperator):
         hook = self.hook
         try:
             try:
+                problem = az_problem("output_path", str(self.output_path)) if self.output_path else None
+                if problem is not None:
+                    raise InvalidInputError(f"{problem}; nothing was sent")
                 request = hook.validate(self.prompt, as_list(self.image_urls), self.model, self.aspect_ratio)
             except CutoutError as err:
                 fail_or_retry(err, self.log)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_cutout.exceptions import CatalogStateError
-from airflow_provider_cutout.state.io import STATE_DIR, fresh_bytes, list_files, remove, write_whole
+from airflow_provider_cutout.state.io import STATE_DIR, SUPPORTED_STORES, fresh_bytes, list_files, remove, write_whole
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ class Claims:
         else:
             raise CatalogStateError(
                 f"the store of {self.dir} does not refuse a second exclusive create, so claims cannot keep two runs "
-                "from paying for the same edit; put output_dir on a local or shared file system, S3, or GCS")
+                f"from paying for the same edit; put output_dir on {SUPPORTED_STORES}")
         finally:
             remove(probe)
         write_whole(self._me, self._beat_body())  # whole or not at all: a half-read heartbeat would look dead
@@ -295,8 +295,8 @@ class Claims:
         except (ValueError, NotImplementedError, TypeError) as err:
             raise CatalogStateError(
                 f"the store of {path.parent} cannot create a file exclusively ({type(err).__name__}: {err}), so "
-                "claims cannot keep two runs from paying for the same edit; use a local or shared file system, "
-                "S3, or GCS for output_dir") from err
+                f"claims cannot keep two runs from paying for the same edit; put output_dir on {SUPPORTED_STORES}"
+            ) from err
 
     def _claim_body(self) -> bytes:
         return json.dumps({"owner": dataclasses.asdict(self.owner), "claimed_at": time.time()}).encode()

@@ -31,6 +31,9 @@ MAX_RECORD_BYTES = 1 << 20
 #: The folder, inside an output folder, that holds the provider's own state (manifest, claims, records).
 STATE_DIR = "_cutout"
 CHUNK_BYTES = 64 * 1024
+#: Where claims and the manifest are kept safely (stores that refuse a second exclusive create), for messages.
+SUPPORTED_STORES = ("a local or shared file system, S3 (s3://), GCS (gs://, gcsfs 2025.3 or newer) or Azure Blob "
+                    "Storage / ADLS (abfs://, abfss://)")
 
 
 def is_folder(output_path: Any) -> bool:
@@ -169,8 +172,13 @@ def write_whole(path: Any, data: bytes, *, exclusive: bool = False) -> None:
     renamed into place, on object stores one PUT (atomic there).
 
     :param exclusive: create it only if it does not exist (``FileExistsError`` otherwise): locally a hard
-        link of the temporary file (atomic and exclusive, NFS too), on object stores a conditional PUT.
+        link of the temporary file (atomic and exclusive, NFS too), on object stores a conditional PUT. On GCS
+        one upload with ``ifGenerationMatch=0`` (gcsfs' ``open("xb")`` starts a resumable upload, whose
+        precondition gcsfs calls experimental and the emulator does not keep).
     """
+    if exclusive and path.protocol in ("gs", "gcs"):
+        path.fs.pipe_file(path.path, data, mode="create")
+        return
     if not is_local(path):
         with path.open("xb" if exclusive else "wb") as sink:
             sink.write(data)
