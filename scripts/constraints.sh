@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/install.sh
 
-EXTRAS=dev,cluster,sandbox,azure
+EXTRAS=dev,cluster,sandbox,azure,test-gcs
 versions=("$@")
 [ ${#versions[@]} -gt 0 ] || versions=("$NEWEST_AIRFLOW" "$FLOOR_AIRFLOW")
 work=$(mktemp -d -t cutout-constraints-XXXXXX)
@@ -16,6 +16,8 @@ trap 'rm -rf "$work"' EXIT
 
 for version in "${versions[@]}"; do
   echo "== Airflow $version: the newest releases it admits (extras $EXTRAS)"
+  python3 -m venv "$work/$version"  # the Google provider without its dependencies, as scripts/test.sh installs it
+  "$work/$version/bin/python" -m pip install --quiet --no-deps "apache-airflow-providers-google==22.8.0"
   CUTOUT_UNPINNED=1 install_env "$work/$version" "$version" "$EXTRAS"
   out=constraints/airflow-$version.txt
   {

@@ -120,6 +120,12 @@ def s3() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def gs() -> Iterator[Any]:
+    """A bucket on fake-gcs-server, reached through ``google_cloud_default`` (tests/stores.py)."""
+    yield from _store("gs")
+
+
+@pytest.fixture(scope="session")
 def abfs() -> Iterator[Any]:
     """A container on Azurite, reached through ``wasb_default`` (tests/stores.py)."""
     yield from _store("abfs")

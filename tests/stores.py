@@ -134,7 +134,7 @@ class S3(Store):
 
 class GCS(Store):
     """A bucket on fake-gcs-server. gcsfs reaches it through ``STORAGE_EMULATOR_HOST`` and the connection's
-    ``gcs.endpoint``; the connection is anonymous (signing needs a key: see ``signing_connection``)."""
+    ``gcs.endpoint`` (where signed URLs point too)."""
 
     scheme, conn_id = "gs", "google_cloud_default"
 
@@ -151,10 +151,22 @@ class GCS(Store):
              "-log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: requests.post(f"{self.base}/storage/v1/b?project=test-project", json={"name": BUCKET},
                                          timeout=5).status_code in (200, 409), "fake-gcs-server")
+        # The default connection has a service-account key made here, as a key file would give it: URLs are signed
+        # offline with it, and its access tokens come from a token endpoint on loopback (fake-gcs-server takes any).
+        self.tokens = token_endpoint()
         self.connect({"conn_type": "google_cloud_platform",
-                      "extra": {"is_anonymous": True, "project": "test-project", "gcs.endpoint": self.base}},
+                      "extra": {"keyfile_dict": json.dumps(service_account_key(self.tokens)),
+                                "project": "test-project", "gcs.endpoint": self.base}},
                      STORAGE_EMULATOR_HOST=self.base,
                      GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")  # else gcsfs waits on a gRPC probe per bucket
+        #: A connection with no key and no service account (anonymous): it cannot sign.
+        os.environ["AIRFLOW_CONN_GOOGLE_CLOUD_ANONYMOUS"] = json.dumps({
+            "conn_type": "google_cloud_platform",
+            "extra": {"is_anonymous": True, "project": "test-project", "gcs.endpoint": self.base}})
+
+    def stop(self) -> None:
+        super().stop()
+        self.tokens.shutdown()
 
     def put(self, key: str, data: bytes) -> None:
         requests.post(f"{self.base}/upload/storage/v1/b/{BUCKET}/o", params={"uploadType": "media", "name": key},
@@ -179,6 +191,41 @@ class GCS(Store):
             token = page.get("nextPageToken")
             if not token:
                 return found
+
+
+def token_endpoint() -> Any:
+    """An OAuth token endpoint on loopback that gives any service account an access token (the emulator takes
+    any), so a connection with a key works without Google's network."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Tokens(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = json.dumps({"access_token": "made-by-the-tests", "expires_in": 3600, "token_type": "Bearer"})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Tokens)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def service_account_key(tokens: Any) -> dict[str, str]:
+    """A service-account key file's fields, with a private key made here and ``tokens`` as its token endpoint."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    return {"type": "service_account", "project_id": "test-project", "private_key_id": "made-by-the-tests",
+            "private_key": pem, "client_email": "cutout-tests@test-project.iam.gserviceaccount.com",
+            "client_id": "1", "token_uri": f"http://127.0.0.1:{tokens.server_address[1]}/token"}
 
 
 class Azure(Store):

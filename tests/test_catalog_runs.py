@@ -39,10 +39,10 @@ def conf(out: str, n: int = N) -> dict[str, Any]:
     return {"n": n, "out": out, "changed": "", "invalid": False}
 
 
-@pytest.fixture(params=["local", "s3", "abfs"])
+@pytest.fixture(params=["local", "s3", "gs", "abfs"])
 def output(request, tmp_path):
-    """An output folder on a local disk, on S3 or on Azure Blob Storage (tests/stores.py), and a function listing
-    the item files in it."""
+    """An output folder on a local disk, on S3, on GCS or on Azure Blob Storage (tests/stores.py), and a function
+    listing the item files in it."""
     if request.param == "local":
         return str(tmp_path / "catalog"), lambda: sorted(p.name for p in (tmp_path / "catalog").glob("item-*"))
     store = request.getfixturevalue(request.param)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,8 @@ class CatalogModel(RuleBasedStateMachine):
         self.expired: list[int] = []  # the steps at which result URLs expired
         self.losses: dict[str, list[int]] = {k: [] for k in KEYS}  # steps at which a key's result was lost
         self.consented: set[int] = set()  # the steps of runs with resend_in_doubt=True
+        self.trace: list[tuple[str, dict[str, Any]]] = []  # the steps so far, as FOUND keeps them (a failure that
+        # depends on timing makes Hypothesis give up printing its steps: FlakyStrategyDefinition)
 
     # -- the world -------------------------------------------------------------------------------
 
@@ -100,6 +103,11 @@ class CatalogModel(RuleBasedStateMachine):
         catalogs on one folder stay reachable (the refusal itself is tested in test_review_security.py)."""
         self.step += 1
         hand_over(self.out)
+        frame = sys._getframe(1)
+        while frame.f_code.co_name in ("run", "set_photo"):  # helpers: the rule is the one that called them
+            frame = frame.f_back  # type: ignore[assignment]
+        args = {k: v for k, v in frame.f_locals.items() if k in ("key", "point", "resend")}
+        self.trace.append((frame.f_code.co_name, args))
 
     # -- runs --------------------------------------------------------------------------------------
 
@@ -129,11 +137,12 @@ class CatalogModel(RuleBasedStateMachine):
         for key, prompt in prompts.items():
             fp = ImageEditRequest.build(prompt, [self.url(key)], "gpt-image-1", base_url=self.sandbox.url).fingerprint
             files = [p for p in self.out.glob(f"{key}.*") if p.is_file()]
-            assert files, f"the run said success, and {key} has no file"
+            assert files, f"the run said success, and {key} has no file; the steps: {self.trace[1:]}"
             digest = hashlib.sha256(files[0].read_bytes()).hexdigest()
             expected = results.get((fp, self.photo_sha(key)), set())
             assert digest in expected, (f"the run said success, and {key}'s file is not the result of its current "
-                                        f"edit ({prompt!r}, photo version {self.version[key]})")
+                                        f"edit ({prompt!r}, photo version {self.version[key]}); the steps: "
+                                        f"{self.trace[1:]}")
 
     @initialize()
     def first_run(self) -> None:
@@ -175,7 +184,7 @@ class CatalogModel(RuleBasedStateMachine):
         run = model_dags().model_chunks.test(run_conf={"chunks": chunks, "out": str(self.out)})
         self.settle()
         assert not all(s == "success" for s, _ in states(run)["batch"]), (
-            "both chunks said success, and k0's file can hold only one of its two edits")
+            f"both chunks said success, and k0's file can hold only one of its two edits; the steps: {self.trace[1:]}")
 
     @enabled("change_photo")
     @rule(key=st.sampled_from(KEYS))
@@ -251,7 +260,8 @@ class CatalogModel(RuleBasedStateMachine):
                 lost = any(before < s < step for s in self.losses.get(key, []))
                 expired = any(before < s < step for s in self.expired)
                 assert lost and expired, (f"an edit of {key} paid at step {before} was paid again at step {step} "
-                                          f"(lost since: {lost}; result URLs expired since: {expired})")
+                                          f"(lost since: {lost}; result URLs expired since: {expired}); the "
+                                          f"steps: {self.trace[1:]}")
             last[edit] = step
 
     def key_of(self, call: dict[str, Any]) -> str:

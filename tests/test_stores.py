@@ -20,10 +20,11 @@ from tests.run_dag import finish, spawn
 pytestmark = pytest.mark.e2e  # newest Airflow only (make test installs the stores' providers there)
 
 #: What a signed URL carries that must appear nowhere else, per store.
-SIGNATURE_MARKS = {"s3": ("Signature=", "X-Amz-Credential", "AWSAccessKeyId"), "abfs": ("sig=", "AccountKey")}
+SIGNATURE_MARKS = {"s3": ("Signature=", "X-Amz-Credential", "AWSAccessKeyId"), "abfs": ("sig=", "AccountKey"),
+                   "gs": ("X-Goog-Signature", "X-Goog-Credential", "PRIVATE KEY")}
 
 
-@pytest.fixture(params=["s3", "abfs"])
+@pytest.fixture(params=["s3", "gs", "abfs"])
 def store(request):
     return request.getfixturevalue(request.param)
 
@@ -133,6 +134,23 @@ def test_a_heartbeat_written_after_a_listing_is_read_from_the_store_not_the_list
         first.close()
 
 
+def test_a_log_file_another_run_deleted_first_is_no_failure(store, tmp_path):
+    """Two runs tidying the manifest at once: one deletes a folded log file that the other (this process, which
+    still lists it in its cache) deletes too: ``unlink(missing_ok=True)`` looks, then deletes, and gcsfs raises
+    when the object went in between (S3 and Azure delete quietly)."""
+    from airflow_provider_cutout.state.io import list_files
+    from airflow_provider_cutout.state.manifest import Manifest
+
+    prefix = f"tidy/{tmp_path.name}"
+    folder = path_of(store, prefix + "/")
+    manifest = Manifest(folder, "w")
+    manifest.record({"fingerprint": "fp", "key": "k", "status": "stored", "stored_path": str(folder / "k.png")})
+    manifest.close(compact=False)
+    (name,) = [n for n in list_files(manifest.path) if n.endswith(".jsonl")]
+    store.delete(f"{prefix}/_cutout/manifest/{name}")  # the other run deleted it
+    manifest._delete(name)  # no error: it is gone, as wanted
+
+
 def test_a_rerun_learns_unchanged_sources_from_one_listing_of_their_folder(sandbox, store, tmp_path):
     """A re-run learns an unchanged source's version from one listing of its folder (100 sources or more), by
     the ETag a read of the source recorded: a listing gives it in the store's own form (Azure's ``0x8D...`` and
@@ -154,3 +172,16 @@ def test_a_rerun_learns_unchanged_sources_from_one_listing_of_their_folder(sandb
     hook._inspect = lambda url, known: read.append(url) or inspect(url, known)  # a spy: the read still happens
     again = hook.inspect_sources(uris, known={u: Recorded(i.version, i.validator) for u, i in first.items()})
     assert read == [] and all(info.unchanged for info in again.values())
+
+
+def test_gcs_sources_without_a_key_or_a_service_account_fail_naming_the_fix(sandbox, gs):
+    """Credentials with no private key sign through IAM as their service account (Cloud Composer's); credentials
+    with neither (here anonymous) fail before anything is sent, naming both ways to sign."""
+    from airflow_provider_cutout import exceptions as exc
+    from airflow_provider_cutout.hooks.cutout import CutoutHook
+
+    gs.put("nokey/mug.jpg", b"photo")
+    with pytest.raises(exc.InvalidInputError) as err:
+        CutoutHook()._sign("gs://google_cloud_anonymous@catalog/nokey/mug.jpg")
+    assert "Keyfile JSON" in str(err.value) and "roles/iam.serviceAccountTokenCreator" in str(err.value)
+    assert sandbox.ledger()["calls"] == []

@@ -213,7 +213,9 @@ class CutoutHook(BaseHook):
             store = (path.protocol, path.conn_id)
             if store not in self._filesystems:  # attaching a store costs ~35 ms (its connection, a client)
                 self._filesystems[store] = path.fs
-            signed = str(self._filesystems[store].sign(path.path, expiration=self.client.settings.signed_url_expiry))
+            signed = signed_url(self._filesystems[store], path, self.client.settings.signed_url_expiry)
+        except InvalidInputError:
+            raise
         except (NotImplementedError, ValueError, TypeError, OSError) as err:
             raise InvalidInputError(
                 f"{uri!r} cannot be given a signed URL for the API ({type(err).__name__}: {err}); check its "
@@ -320,3 +322,44 @@ def _redacted(err: CutoutError, signed: dict[str, str]) -> CutoutError:
         setattr(clean, name, text)
     clean.args = (clean.message,)
     return clean
+
+
+def signed_url(fs: Any, path: Any, expiry: int) -> str:
+    """A URL for the object at ``path`` that the API can fetch for ``expiry`` seconds. GCS signs with a private
+    key; credentials without one (Cloud Composer's, a VM's, workload identity) sign through the IAM signBlob API
+    as their service account, which needs the Service Account Token Creator role on itself."""
+    try:
+        return str(fs.sign(path.path, expiration=expiry))
+    except AttributeError as err:  # google-auth: "you need a private key to sign credentials"
+        if path.protocol not in ("gs", "gcs"):
+            raise
+        email, token = _service_account(fs)
+        if not email or not token:
+            raise InvalidInputError(
+                f"{path} cannot be given a signed URL for the API: the connection's credentials have no private key "
+                f"and name no service account ({err}). Give the connection a service-account key (Keyfile JSON), "
+                "or run with a service account's credentials (as Cloud Composer does) that may sign through IAM: "
+                "grant it roles/iam.serviceAccountTokenCreator on itself") from None
+        try:
+            return str(fs.sign(path.path, expiration=expiry, service_account_email=email, access_token=token))
+        except Exception as iam:  # the IAM API refused (no role), or could not be reached
+            raise InvalidInputError(
+                f"{path} cannot be given a signed URL for the API: signing through IAM as {email} failed "
+                f"({type(iam).__name__}: {str(iam)[:300]}); grant {email} roles/iam.serviceAccountTokenCreator on "
+                "itself, or give the connection a service-account key (Keyfile JSON)") from None
+
+
+def _service_account(fs: Any) -> tuple[str | None, str | None]:
+    """The service account and a fresh access token of a GCS file system's credentials, when they have them."""
+    credentials = getattr(getattr(fs, "credentials", None), "credentials", None)
+    email = getattr(credentials, "service_account_email", None)
+    if credentials is None or not hasattr(credentials, "refresh") or not email:
+        return None, None
+    if not getattr(credentials, "valid", False) or email == "default":  # a VM's: named once refreshed
+        from google.auth.transport.requests import Request
+
+        try:
+            credentials.refresh(Request())
+        except Exception:  # no metadata server, no network: the caller says what to do
+            return None, None
+    return getattr(credentials, "service_account_email", None), getattr(credentials, "token", None)
