@@ -81,7 +81,7 @@ def test_a_run_killed_with_edits_in_flight_on_the_store_pays_each_edit_once(sand
     """SIGKILL once claims are on the store and edits in flight (the sandbox charges the edits whose client hung
     up, as a service that finishes the work would); the next run pays nothing twice and holds back what is in
     doubt; a run with resend_in_doubt=True (another DAG, the folder handed over) stores every item."""
-    n, prefix = 40, f"killed/{tmp_path.name}"
+    n, prefix = 24, f"killed/{tmp_path.name}"
     sandbox.reset(balance=10_000)
     sandbox.server.state.config.latency = 0.2
     sandbox.server.state.config.charge_hung_up = True
@@ -185,3 +185,4 @@ def test_gcs_sources_without_a_key_or_a_service_account_fail_naming_the_fix(sand
         CutoutHook()._sign("gs://google_cloud_anonymous@catalog/nokey/mug.jpg")
     assert "Keyfile JSON" in str(err.value) and "roles/iam.serviceAccountTokenCreator" in str(err.value)
     assert sandbox.ledger()["calls"] == []
+

@@ -59,7 +59,7 @@ OBJECT_STORE_SCHEMES: tuple[str, ...] = ("s3", "gs", "gcs", "abfs", "abfss")
 def az_problem(field: str, path: str) -> str | None:
     """Why ``path`` cannot be used when it names Azure by ``az://`` (adlfs' other name for Azure Blob Storage,
     which Airflow's Azure provider does not register for ObjectStoragePath), else ``None``."""
-    if not path.startswith("az://"):
+    if path[:5].lower() != "az://":
         return None
     rest = path[5:200]
     return (f"{field}='az://{rest}' names Azure Blob Storage by a scheme Airflow does not register (its Azure "

@@ -64,8 +64,10 @@ class Plan:
 
     @property
     def writing(self) -> list[PlannedEdit]:
-        """The items this run writes the file of: those it may pay for, and those it fetches again (free)."""
-        return [*self.editing, *(item for item, _ in self.to_refetch)]
+        """The items this run writes the file of: those it may pay for, those it fetches again (free), and those
+        that copy another item's edit (followers)."""
+        return [*self.editing, *(item for item, _ in self.to_refetch),
+                *(item for items in self.followers.values() for item in items)]
 
     @property
     def cost(self) -> int:
@@ -75,9 +77,11 @@ class Plan:
     def without(self, keys: set[str]) -> Plan:
         """The plan with the items of ``keys`` no longer to write (their sources failed their checks, or another
         edit writes their key)."""
+        followers = {fp: [i for i in items if i.key not in keys] for fp, items in self.followers.items()}
         return dataclasses.replace(self, to_edit=tuple(i for i in self.to_edit if i.key not in keys),
                                    to_restore=tuple((i, e) for i, e in self.to_restore if i.key not in keys),
-                                   to_refetch=tuple((i, e) for i, e in self.to_refetch if i.key not in keys))
+                                   to_refetch=tuple((i, e) for i, e in self.to_refetch if i.key not in keys),
+                                   followers={fp: items for fp, items in followers.items() if items})
 
 
 def make_plan(config: BatchConfig, hook: CutoutHook, folder: Any, entries: Entries, planned: list[PlannedEdit],

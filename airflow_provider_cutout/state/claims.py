@@ -150,7 +150,10 @@ class Claims:
         self._owners.mkdir(parents=True, exist_ok=True)
         probe = self._owners / f"{self.owner.token}.exclusive-check"
         token = self.owner.token.encode()  # not empty: s3fs writes an empty file without the condition
-        self._create(probe, token)
+        try:
+            self._create(probe, token)
+        except FileExistsError:  # a create that succeeded, retried by the file system after a lost answer
+            pass
         try:
             self._create(probe, token)
         except FileExistsError:

@@ -119,7 +119,7 @@ def read_file(path: Any, limit: int) -> bytes:
     refused), of at most ``limit`` bytes. ``FileNotFoundError`` when it is not there; ``CatalogStateError``
     naming the file when it is no such file."""
     if not is_local(path):
-        path.fs.invalidate_cache(path.path)  # written by another run, maybe after this process listed its folder
+        forget_listing(path)  # written by another run, maybe after this process listed its folder
         info = path.fs.info(path.path)
         if info.get("type") != "file" or int(info.get("size") or 0) > limit:
             raise _unsafe(path, limit)
@@ -133,12 +133,21 @@ def read_file(path: Any, limit: int) -> bytes:
 
 
 def fresh_bytes(path: Any) -> bytes:
-    """A file's bytes as the store has them now. Object-store file systems (s3fs, gcsfs, adlfs) answer
-    ``FileNotFoundError`` from a listing they cached for a file another run wrote after this process listed its
-    folder: a live run's heartbeat or claim would look gone, and the run dead."""
-    if not is_local(path):
-        path.fs.invalidate_cache(path.path)
-    return bytes(path.read_bytes())
+    """A file's bytes as the store has them now: on object stores one GET, which consults no listing. s3fs, gcsfs
+    and adlfs answer a look-up from a listing they cached ("no such file" on S3 and GCS, "a folder" on Azure) for
+    a file another run wrote after this process listed its folder: a live run's heartbeat or claim would look
+    gone, and the run dead."""
+    if is_local(path):
+        return bytes(path.read_bytes())
+    forget_listing(path)
+    return bytes(path.fs.cat_file(path.path))
+
+
+def forget_listing(path: Any) -> None:
+    """Drop what this process cached of an object-store file and of its folder's listing (adlfs keeps the folder's
+    listing when asked to forget the file; s3fs and gcsfs drop both)."""
+    path.fs.invalidate_cache(path.path)
+    path.fs.invalidate_cache(path.parent.path)
 
 
 def _open_regular(path: Any, limit: int) -> IO[bytes]:
@@ -223,7 +232,7 @@ def file_exists(path: Any) -> bool:
         except (FileNotFoundError, NotADirectoryError):
             return False
         return True
-    path.fs.invalidate_cache(path.path)
+    forget_listing(path)
     try:
         path.fs.info(path.path)
     except FileNotFoundError:
@@ -273,7 +282,10 @@ def json_lines(name: str, text: str, problem_of: Callable[[Any], str | None]) ->
 
 
 def list_files(folder: Any) -> dict[str, int]:
-    """File names in ``folder`` and their sizes, as the store has them now (object stores cache listings)."""
+    """File names in ``folder`` and their sizes, as the store has them now (object stores cache listings, and
+    adlfs ignores ``refresh``)."""
+    if not is_local(folder):
+        folder.fs.invalidate_cache(folder.path)
     try:
         found = folder.fs.ls(folder.path, detail=True, refresh=True)
     except FileNotFoundError:

@@ -28,8 +28,8 @@ def _charged_path(output_path: Any, fingerprint: str) -> Any:
 def _read(path: Any, fingerprint: str) -> dict[str, Any] | None:
     try:
         record = json.loads(fresh_bytes(path))
-    except (OSError, ValueError):  # none yet, or a path that cannot hold one: storing will say why
-        return None
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError):  # none yet, or a path that
+        return None  # cannot hold one (storing will say why); a failed read raises: "none" could pay again
     return record if isinstance(record, dict) and record.get("fingerprint") == fingerprint else None
 
 

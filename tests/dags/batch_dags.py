@@ -80,6 +80,16 @@ with DAG("t_batch_key_in_two_chunks", schedule=None, start_date=START, params=PA
     CutoutBatchImageEditOperator.partial(
         task_id="batch", output_dir="{{ params.out }}/", prompt="grayscale", max_concurrency=4,
     ).expand(items=chunks_listing_item_0_twice(make_items()))
+with DAG("t_batch_follower_in_two_chunks", schedule=None, start_date=START, params=PARAMS) as follower_in_two_chunks:
+    @task
+    def chunks_where_item_0_follows(items: list[dict]) -> list[list[dict]]:  # by hand, not with chunk_items
+        """item-0 with its own edit in the first chunk; in the second, item-0 copies item-1's edit (a follower)."""
+        return [[{**items[0], "prompt": "invert"}], [items[1], {**items[1], "key": "item-0"}]]
+
+    CutoutBatchImageEditOperator.partial(
+        task_id="batch", output_dir="{{ params.out }}/", prompt="grayscale", max_concurrency=4,
+    ).expand(items=chunks_where_item_0_follows(make_items()))
+
 impatient = batch_dag("t_batch_impatient", claim_wait_timeout=1.0)
 timed = batch_dag("t_batch_timed", max_concurrency=4, retries=0, execution_timeout=datetime.timedelta(seconds=4))
 stoppable = batch_dag("t_batch_stoppable", max_concurrency=4, retries=0)
