@@ -83,8 +83,9 @@ with DAG("t_batch_key_in_two_chunks", schedule=None, start_date=START, params=PA
 with DAG("t_batch_follower_in_two_chunks", schedule=None, start_date=START, params=PARAMS) as follower_in_two_chunks:
     @task
     def chunks_where_item_0_follows(items: list[dict]) -> list[list[dict]]:  # by hand, not with chunk_items
-        """item-0 with its own edit in the first chunk; in the second, item-0 copies item-1's edit (a follower)."""
-        return [[{**items[0], "prompt": "invert"}], [items[1], {**items[1], "key": "item-0"}]]
+        """In each chunk item-0 copies the edit of the item before it (a follower): item-2's in the first, item-1's
+        in the second."""
+        return [[items[2], {**items[2], "key": "item-0"}], [items[1], {**items[1], "key": "item-0"}]]
 
     CutoutBatchImageEditOperator.partial(
         task_id="batch", output_dir="{{ params.out }}/", prompt="grayscale", max_concurrency=4,
