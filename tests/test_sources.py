@@ -353,6 +353,24 @@ def test_a_key_that_would_copy_another_items_edit_in_a_second_chunk_is_refused(s
     assert calls_and_charges(sandbox) == [(1, 1)]  # the first chunk's leader; the second chunk paid nothing
 
 
+def test_a_key_listed_twice_is_not_paid_again_when_its_chunks_run_in_the_other_order(sandbox, airflow_db, tmp_path):
+    """Found by the model's long profile: item-0 in two chunks with two prompts. In each run the chunk that runs
+    first pays for its edit (it cannot see the other's list yet) and the other refuses. In a later run in the
+    other order, the first chunk's own edit was stored before (here by the plain catalog) and its file now holds
+    the other prompt's: it would restore it, and with its result URL expired pay for it again. It is refused,
+    as a key the catalog lists twice (the earlier run's chunk lists say so)."""
+    from tests.dags.batch_dags import batch, key_twice_in_order
+
+    assert summary_of(batch.test(run_conf=conf(tmp_path, 1)))["edited"] == 1  # item-0, grayscale
+    hand_over(tmp_path)
+    first = key_twice_in_order.test(run_conf={**conf(tmp_path, 1), "first": "invert", "second": "grayscale"})
+    assert sorted(s for s, _ in states(first)["batch"]) == ["failed", "success"]
+    requests.post(f"{sandbox.url}/__sandbox__/expire", json={}, timeout=10).raise_for_status()
+    again = key_twice_in_order.test(run_conf={**conf(tmp_path, 1), "first": "grayscale", "second": "invert"})
+    assert "failed" in [s for s, _ in states(again)["batch"]]  # one chunk refuses item-0 in every run
+    assert max(charges_per_edit(sandbox)) == 1, calls_and_charges(sandbox)  # grayscale was paid once, at first
+
+
 def test_a_photo_changed_back_gets_its_own_edit_back_not_the_newer_one(sandbox, airflow_db, tmp_path):
     """Both versions' entries name the same file, which holds the newer edit: the older one is not taken as
     stored, but restored from its result URL (free while it lives)."""

@@ -11,7 +11,7 @@ from airflow_provider_cutout.api.sources import sources_failed
 from airflow_provider_cutout.catalog import lifecycle
 from airflow_provider_cutout.catalog.entries import base_entry, written_at
 from airflow_provider_cutout.exceptions import InsufficientCreditsError, InvalidInputError
-from airflow_provider_cutout.state.chunk_keys import other_chunks, run_folder
+from airflow_provider_cutout.state.chunk_keys import listed_elsewhere, other_chunks, run_folder
 from airflow_provider_cutout.state.io import file_sha256
 from airflow_provider_cutout.state.manifest import STORED, file_name
 from airflow_provider_cutout.texts import first_of, plural
@@ -124,15 +124,19 @@ def chunk_conflict(key: str, chunk: Any) -> str:
 
 
 def conflicts(entries: Any, plan: Plan, origin: dict[str, Any], folder: Any) -> dict[str, str]:
-    """By key, why a restore this run would make writes over another catalog's edit of its key: the item's file
-    holds (by its digest) an edit another catalog (DAG and task) stored there after the one to restore was."""
-    restoring = {item.key: entry for item, entry in plan.to_restore}
+    """By key, why a restore this run would make writes over another edit of its key: the item's file holds (by
+    its digest) an edit stored there after the one to restore was, by another catalog (DAG and task), or by a
+    chunk of a run of this catalog whose other chunk listed the key with this very edit (the catalog lists the
+    key twice: whichever chunk runs first pays, so each run in the other order would pay again)."""
+    restoring = {item.key: (item, entry) for item, entry in plan.to_restore}
     newest: dict[Any, dict[str, Any]] = {}
     for entry in entries:
-        mine = restoring.get(entry.get("key"))
+        item, mine = restoring.get(entry.get("key"), (None, None))
         if (mine is not None and entry.get("status") == STORED and entry.get("sha256")
-                and entry.get("catalog") not in (None, origin["catalog"]) and written_at(entry) > written_at(mine)
-                and written_at(entry) > written_at(newest.get(entry["key"], {}))):
+                and entry.get("catalog") is not None and written_at(entry) > written_at(mine)
+                and written_at(entry) > written_at(newest.get(entry["key"], {}))
+                and (entry["catalog"] != origin["catalog"]
+                     or (item is not None and _listed_twice(entry, item, folder)))):
             newest[entry["key"]] = entry
     found = {}
     for key, other in newest.items():
@@ -143,10 +147,26 @@ def conflicts(entries: Any, plan: Plan, origin: dict[str, Any], folder: Any) -> 
             holds = False
         except OSError:  # undecided: restoring over it might start the fight; refused for this run
             holds = True
-        if holds:
+        if holds and other["catalog"] == origin["catalog"]:
+            found[key] = (f"item {key!r}: its file {file_name(other)} holds another edit of the key, which map_index "
+                          f"{other.get('chunk')} of run {other.get('run')!r} of this catalog stored while another "
+                          "chunk of that run listed the key with this item's edit: the catalog lists the key twice, "
+                          "and each chunk would pay for its edit over the other's. List each key once "
+                          "(chunk_items refuses this before the chunks are mapped)")
+        elif holds:
             found[key] = (f"item {key!r}: its file {file_name(other)} holds another edit of the key, which "
                           f"{other['catalog']} (DAG.task) stored after this catalog's edit; two catalogs writing one "
                           "key in one folder would each restore or pay for their edit over the other's on every run. "
                           "Give each catalog its own output_dir or keys; if the other no longer writes this key, "
                           "delete the file and the next run restores this catalog's edit")
     return found
+
+
+def _listed_twice(entry: dict[str, Any], item: PlannedEdit, folder: Any) -> bool:
+    """Whether ``entry`` was stored by a chunk of a mapped run in which another chunk listed its key with
+    ``item``'s edit (the fingerprint it had then, before any source changed since)."""
+    chunk, run = entry.get("chunk"), entry.get("run")
+    if not isinstance(chunk, int) or chunk < 0 or run is None:
+        return False
+    runs = run_folder(folder, str(entry["catalog"]), str(run))
+    return listed_elsewhere(runs, chunk, str(entry["key"]), item.fingerprint)

@@ -40,11 +40,26 @@ def other_chunks(folder: Any, chunk: int, clear: int, keys: Mapping[str, str]) -
             newest[int(match[1])] = (int(match[2]), name)
     found: dict[str, int] = {}
     for other, (_, name) in sorted(newest.items()):
-        try:
-            theirs = json.loads(fresh_bytes(folder / name))
-        except (OSError, ValueError):  # a chunk being written, or a damaged file: its own check covers it
-            continue
-        for key, fingerprint in (theirs.items() if isinstance(theirs, dict) else ()):
+        for key, fingerprint in _listed(folder / name).items():
             if key in keys and keys[key] != fingerprint:
                 found.setdefault(key, other)
     return found
+
+
+def listed_elsewhere(folder: Any, chunk: int, key: str, fingerprint: str) -> bool:
+    """Whether a chunk of that run other than ``chunk`` listed ``key`` with ``fingerprint`` (read only): the run's
+    catalog listed the key twice, with two edits."""
+    for name in list_files(folder):
+        match = _NAME.fullmatch(name)
+        if match and int(match[1]) != chunk and _listed(folder / name).get(key) == fingerprint:
+            return True
+    return False
+
+
+def _listed(path: Any) -> dict[str, Any]:
+    """One chunk's keys and fingerprints (none when it is being written, or damaged: its own check covers it)."""
+    try:
+        theirs = json.loads(fresh_bytes(path))
+    except (OSError, ValueError):
+        return {}
+    return theirs if isinstance(theirs, dict) else {}

@@ -91,6 +91,17 @@ with DAG("t_batch_follower_in_two_chunks", schedule=None, start_date=START, para
         task_id="batch", output_dir="{{ params.out }}/", prompt="grayscale", max_concurrency=4,
     ).expand(items=chunks_where_item_0_follows(make_items()))
 
+with DAG("t_batch_key_twice_in_order", schedule=None, start_date=START,
+         params={**PARAMS, "first": "invert", "second": "grayscale"}) as key_twice_in_order:
+    @task
+    def item_0_in_two_chunks(items: list[dict], params=None) -> list[list[dict]]:  # by hand, not with chunk_items
+        """item-0 in both chunks, with ``params.first``'s prompt in the first and ``params.second``'s in the other."""
+        return [[{**items[0], "prompt": params["first"]}], [{**items[0], "prompt": params["second"]}]]
+
+    CutoutBatchImageEditOperator.partial(
+        task_id="batch", output_dir="{{ params.out }}/", prompt="grayscale", max_concurrency=4,
+    ).expand(items=item_0_in_two_chunks(make_items()))
+
 impatient = batch_dag("t_batch_impatient", claim_wait_timeout=1.0)
 timed = batch_dag("t_batch_timed", max_concurrency=4, retries=0, execution_timeout=datetime.timedelta(seconds=4))
 stoppable = batch_dag("t_batch_stoppable", max_concurrency=4, retries=0)
