@@ -152,7 +152,8 @@ def conflicts(entries: Any, plan: Plan, origin: dict[str, Any], folder: Any) -> 
                           f"{other.get('chunk')} of run {other.get('run')!r} of this catalog stored while another "
                           "chunk of that run listed the key with this item's edit: the catalog lists the key twice, "
                           "and each chunk would pay for its edit over the other's. List each key once "
-                          "(chunk_items refuses this before the chunks are mapped)")
+                          "(chunk_items refuses this before the chunks are mapped); once it is, delete the file and "
+                          "the next run restores this edit")
         elif holds:
             found[key] = (f"item {key!r}: its file {file_name(other)} holds another edit of the key, which "
                           f"{other['catalog']} (DAG.task) stored after this catalog's edit; two catalogs writing one "
