@@ -45,15 +45,18 @@ install_env "$NEWEST" "$NEWEST_AIRFLOW" dev,cluster,azure,test-gcs
 "$NEWEST/bin/ruff" check airflow_provider_cutout tests example_dags scripts
 "$NEWEST/bin/mypy"
 "$NEWEST/bin/lint-imports"
-# The tests that start no Airflow of their own beyond DAG runs share two workers, a test file each (as on the
-# oldest Airflow below); the browser, cluster and end-to-end files, which time kills and start servers, run alone.
+# Two workers, a test file each (as on the oldest Airflow below): first the tests that start no Airflow of their
+# own beyond DAG runs, then the end-to-end files (DAG runs in processes of their own, killed or overlapping, on the
+# object stores); the browser and cluster files, which start Airflow's servers and a deployment, and the files
+# marked alone run by themselves.
 pytest_some() {  # pytest_some PYTHON ARGS...: pytest, where "no test selected" (exit 5, e.g. under -k) is no failure
   local rc=0
   "$@" || rc=$?
   [ "$rc" = 0 ] || [ "$rc" = 5 ]
 }
 pytest_some "$NEWEST/bin/python" -m pytest -m "not browser and not e2e" -n 2 --dist loadfile "$@"
-pytest_some "$NEWEST/bin/python" -m pytest -m "browser or e2e" "$@"
+pytest_some "$NEWEST/bin/python" -m pytest -m "e2e and not browser and not cluster and not alone" -n 2 --dist loadfile "$@"
+pytest_some "$NEWEST/bin/python" -m pytest -m "browser or cluster or alone" "$@"
 
 echo "== Airflow $FLOOR_AIRFLOW: install, tests (the browser, e2e and cluster tests run on the newest Airflow only)"
 FLOOR=.venv-floor$SUFFIX

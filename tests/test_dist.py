@@ -20,7 +20,7 @@ import pytest
 from airflow_provider_cutout import __version__
 from tests.conftest import REPO, install_script
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.alone]  # builds in the tree: no DAG run may start beside it
 NEWEST_AIRFLOW = install_script("echo $NEWEST_AIRFLOW")
 PINS = install_script(f"pins {NEWEST_AIRFLOW}").split()  # the constraints make test installs with
 
